@@ -1,0 +1,45 @@
+"""On-disk cache of per-module cost counts, keyed by architecture, resolution and batch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["cache_dir", "cache_key", "read_cached", "write_cached"]
+
+_VERSION = 1  # bump when the way counts are taken changes
+
+
+def cache_dir() -> Path:
+    """``$PRUNER_CACHE_DIR`` or ``$XDG_CACHE_HOME/pruner`` (``~/.cache/pruner``)."""
+    root = os.environ.get("PRUNER_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pruner"
+
+
+def cache_key(config: Mapping[str, Any], **shape: Any) -> str:
+    arch = {k: v for k, v in config.items() if not k.startswith("_")}
+    blob = json.dumps({"arch": arch, "shape": shape, "version": _VERSION}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def read_cached(kind: str, key: str) -> dict[str, Any] | None:
+    path = cache_dir() / kind / f"{key}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_cached(kind: str, key: str, payload: Mapping[str, Any]) -> None:
+    """Write atomically: a reader never sees half a file."""
+    folder = cache_dir() / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(folder / f"{key}.json")

@@ -1,0 +1,25 @@
+"""Errors pruner raises for bad input: each carries a one-line message that names the problem and the fix."""
+
+from __future__ import annotations
+
+__all__ = ["InexpressiblePlanError", "PrunerError", "RecipeError", "UnknownUnitError"]
+
+
+class PrunerError(Exception):
+    """A user-facing error: the CLI prints its message on one line and exits with code 2."""
+
+
+class UnknownUnitError(PrunerError):
+    """A plan or recipe names a unit the teacher does not have."""
+
+
+class InexpressiblePlanError(PrunerError):
+    """A plan no stock diffusers config can describe; ``nearest`` is the closest plan that can be."""
+
+    def __init__(self, message: str, nearest: object | None = None) -> None:
+        super().__init__(message)
+        self.nearest = nearest
+
+
+class RecipeError(PrunerError):
+    """A recipe file that cannot be read or does not validate."""

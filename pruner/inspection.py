@@ -1,0 +1,123 @@
+"""What ``pruner inspect`` reports: a model's removable units with their parameters, MACs and latency."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from pruner.cost.latency import Latency, measure_latency
+from pruner.cost.model import CostModel
+from pruner.recipe import load_recipe
+from pruner.student import resolve_recipe
+from pruner.unet.load import VAE_SCALE, ModelRef, load_unet, resolve_model, unet_config
+from pruner.unet.plan import Plan
+from pruner.unet.surgery import meta_unet
+from pruner.unet.topology import topology_of
+from pruner.unet.units import Unit, list_units
+
+__all__ = ["Inspection", "inspect_model", "vae_scale_factor"]
+
+
+@dataclass
+class Inspection:
+    """A model's totals and units, with the conditions MACs and latency were taken under."""
+
+    target: str
+    source: str  # architecture, hub, pipeline, unet_folder, single_file, recipe
+    params: int
+    macs: int | None
+    resolution: int
+    latent: int
+    batch: int
+    units: list[Unit]
+    latency: Latency | None = None
+    unit_latency_ms: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        units = []
+        for u in self.units:
+            row = {"name": u.name, "kind": u.kind, "params": u.params, "macs": u.macs, "parent": u.parent,
+                   "coupled": list(u.coupled), "modules": list(u.modules)}  # fmt: skip
+            if self.unit_latency_ms:
+                row["latency_ms"] = self.unit_latency_ms.get(u.name)
+            units.append(row)
+        return {
+            "target": self.target, "source": self.source, "params": self.params, "macs": self.macs,
+            "macs_note": "multiply-adds per UNet call, fvcore with attention counted",
+            "resolution": self.resolution, "latent": self.latent, "batch": self.batch,
+            "latency": self.latency.as_dict() if self.latency else None, "units": units,
+        }  # fmt: skip
+
+
+def vae_scale_factor(ref: ModelRef | None) -> int:
+    """Pixels per latent pixel: read from a pipeline's VAE, else Stable Diffusion's 8."""
+    if ref is not None and ref.kind == "architecture":
+        return VAE_SCALE[ref.target]
+    if ref is not None and ref.kind == "pipeline" and ref.path is not None:
+        vae = ref.path / "vae" / "config.json"
+        if vae.is_file():
+            return 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1)
+    return 8
+
+
+def _target_model(target: str) -> tuple[str, dict[str, Any], ModelRef | None, UNet2DConditionModel | None]:
+    """(source kind, UNet config, model reference, loaded model or None) for a target of any kind."""
+    if Path(target).suffix in (".yaml", ".yml"):
+        resolved = resolve_recipe(load_recipe(target), target)
+        return "recipe", resolved.config, None, None
+    ref = resolve_model(target)
+    if ref.kind in ("architecture", "hub"):
+        return ref.kind, unet_config(ref), ref, None
+    return ref.kind, unet_config(ref), ref, load_unet(ref)
+
+
+def _materialised(config: dict[str, Any], model: UNet2DConditionModel | None, device: str) -> UNet2DConditionModel:
+    """The model to count and time: the loaded one, or uninitialised real tensors (no weights needed)."""
+    if model is None:
+        model = meta_unet(config).to_empty(device=device)
+    return model.to(device).eval()
+
+
+def _unit_latency(units: list[Unit], latency: Latency) -> dict[str, float]:
+    return {u.name: sum(latency.modules_ms.get(m, 0.0) for m in u.modules) for u in units}
+
+
+def inspect_model(
+    target: str,
+    *,
+    resolution: int | None = None,
+    batch: int = 1,
+    device: str = "cpu",
+    macs: bool = True,
+    latency: bool = False,
+    on_status: Callable[[str], None] = lambda _msg: None,
+) -> Inspection:
+    """Inspect a hub id, folder, single file, architecture name or recipe (then: the student it makes)."""
+    source, config, ref, model = _target_model(target)
+    scale = vae_scale_factor(ref)
+    resolution = resolution or int(config.get("sample_size", 64)) * scale
+    latent = max(1, resolution // scale)
+    need_real = macs or latency
+    real = _materialised(config, model, "cpu") if need_real else None
+    if macs:
+        on_status(f"counting MACs at {resolution}px with fvcore (cached after the first time)")
+    cost = CostModel(config, latent=latent if macs else None, batch=batch, teacher=real)
+    units = list_units(cost.topology, cost)
+    total = cost.cost(Plan())
+    report = Inspection(target, source, total.params, total.macs, resolution, latent, batch, units, config=config)
+    if latency and real is not None:
+        on_status(f"timing on {device}")
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        modules = sorted({m for u in units for m in u.modules})
+        timed = real.to(device) if dtype == torch.float32 else real.to(device, dtype)
+        report.latency = measure_latency(timed, latent, batch=batch, modules=modules)
+        report.unit_latency_ms = _unit_latency(units, report.latency)
+    assert topology_of(meta_unet(config)) == cost.topology
+    return report

@@ -1,0 +1,131 @@
+"""From a recipe to a student: check the recipe against its teacher, build the student, save it.
+
+A saved student is a stock diffusers UNet folder (``config.json`` + safetensors) with its ``recipe.yaml``
+beside it; ``UNet2DConditionModel.from_pretrained`` loads it as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusers import UNet2DConditionModel
+
+from pruner.cost.model import CostModel
+from pruner.errors import PrunerError, RecipeError, UnknownUnitError
+from pruner.recipe import Recipe, StudentSpec, dump_recipe
+from pruner.unet.config import ARCH_FIELDS, student_config
+from pruner.unet.load import architecture_config, load_unet, resolve_model, unet_config
+from pruner.unet.plan import Layout, Plan, check_expressible
+from pruner.unet.surgery import InitReport, build_student, meta_unet
+from pruner.unet.topology import Topology, topology_of
+
+__all__ = [
+    "ResolvedRecipe",
+    "apply_recipe",
+    "derive_student_spec",
+    "resolve_recipe",
+    "save_student",
+    "teacher_config_for",
+]
+
+
+@dataclass(frozen=True)
+class ResolvedRecipe:
+    """A recipe checked against its teacher: the plan, its layout and the student config."""
+
+    recipe: Recipe
+    teacher_config: dict[str, Any]
+    topology: Topology
+    plan: Plan
+    layout: Layout
+    config: dict[str, Any]
+
+
+def teacher_config_for(recipe: Recipe) -> dict[str, Any]:
+    """The teacher's UNet config: from its weights' folder or the hub, else from the named architecture."""
+    try:
+        return unet_config(recipe.teacher.model)
+    except PrunerError:
+        if recipe.teacher.architecture:
+            return architecture_config(recipe.teacher.architecture)
+        raise
+
+
+def _arch_fields(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config.get(k) for k in ARCH_FIELDS}
+
+
+def derive_student_spec(teacher_config: dict[str, Any], plan: Plan, topo: Topology | None = None) -> StudentSpec:
+    """The recipe's derived ``student`` section for a plan on a teacher."""
+    topo = topo or topology_of(meta_unet(teacher_config))
+    layout = check_expressible(plan, topo)
+    config = student_config(teacher_config, layout, topo)
+    return StudentSpec(config=_arch_fields(config), params=CostModel(teacher_config).params(layout))
+
+
+def _check_student(recipe: Recipe, source: str, config: dict[str, Any], params: int) -> None:
+    if recipe.student is None:
+        return
+    derived = _arch_fields(config)
+    for key, value in recipe.student.config.items():
+        if derived.get(key) != value:
+            raise RecipeError(
+                f"{source}: student.config.{key} is {value!r} but the plan gives {derived.get(key)!r} on teacher "
+                f"{recipe.teacher.model}; the recipe was made for another teacher, or delete `student` to re-derive it"
+            )
+    if recipe.student.params is not None and recipe.student.params != params:
+        raise RecipeError(f"{source}: student.params is {recipe.student.params} but the plan gives {params}")
+
+
+def resolve_recipe(recipe: Recipe, source: str = "<recipe>") -> ResolvedRecipe:
+    """Check a recipe's plan against its teacher and derive the student config."""
+    teacher_config = teacher_config_for(recipe)
+    topo = topology_of(meta_unet(teacher_config))
+    plan = recipe.plan_obj()
+    try:
+        layout = check_expressible(plan, topo)
+    except UnknownUnitError as exc:
+        raise RecipeError(
+            f"{source}: {exc}; is this a recipe for another architecture than {recipe.teacher.model}?"
+        ) from exc
+    except PrunerError as exc:
+        raise RecipeError(f"{source}: {exc}") from exc
+    config = student_config(teacher_config, layout, topo)
+    _check_student(recipe, source, config, CostModel(teacher_config).params(layout))
+    return ResolvedRecipe(recipe, teacher_config, topo, plan, layout, config)
+
+
+def save_student(student: UNet2DConditionModel, recipe: Recipe, out_dir: str | Path) -> Path:
+    """Save a student as a stock diffusers UNet folder (safetensors) with ``recipe.yaml`` beside it.
+
+    Written under a temporary name and renamed, so an interrupted save never looks complete.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise PrunerError(f"{out} already exists and is not empty; choose another --out or delete it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    student.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out
+
+
+def apply_recipe(recipe: Recipe, out_dir: str | Path, source: str = "<recipe>") -> tuple[Path, InitReport]:
+    """Build the recipe's student from the teacher's weights (untrained) and save it."""
+    resolved = resolve_recipe(recipe, source)
+    if resolve_model(recipe.teacher.model).kind == "architecture":
+        raise PrunerError(
+            f"{source}: teacher {recipe.teacher.model} has no weights; point teacher.model at a folder or hub id"
+        )
+    teacher = load_unet(recipe.teacher.model)
+    student, report = build_student(teacher, resolved.plan)
+    spec = StudentSpec(config=_arch_fields(resolved.config), params=sum(p.numel() for p in student.parameters()))
+    return save_student(student, recipe.model_copy(update={"student": spec}), out_dir), report

@@ -1,0 +1,153 @@
+"""Find and load a teacher UNet: a hub id, a local pipeline or UNet folder, a single safetensors file, or an
+architecture name with no weights (``sdxl``, ``sd15``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from pruner.errors import PrunerError
+
+__all__ = [
+    "ARCHITECTURES",
+    "HUB_ARCHITECTURES",
+    "VAE_SCALE",
+    "ModelRef",
+    "architecture_config",
+    "load_unet",
+    "resolve_model",
+    "unet_config",
+]
+
+ARCHITECTURES = ("sdxl", "sd15", "tiny-sdxl")
+VAE_SCALE = {"sdxl": 8, "sd15": 8, "tiny-sdxl": 4}  # pixels per latent pixel of each architecture's VAE
+HUB_ARCHITECTURES = {
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
+    "runwayml/stable-diffusion-v1-5": "sd15",
+    "CompVis/stable-diffusion-v1-4": "sd15",
+}
+Kind = Literal["architecture", "hub", "pipeline", "unet_folder", "single_file"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved teacher reference: what kind of thing ``target`` names and where it is."""
+
+    target: str
+    kind: Kind
+    path: Path | None = None
+
+    @property
+    def architecture(self) -> str | None:
+        if self.kind == "architecture":
+            return self.target
+        return HUB_ARCHITECTURES.get(self.target) if self.kind == "hub" else None
+
+
+@cache
+def architecture_config(name: str) -> dict[str, Any]:
+    """The UNet config of a named architecture shipped with pruner."""
+    if name not in ARCHITECTURES:
+        raise PrunerError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    text = resources.files("pruner.unet").joinpath(f"configs/{name}.json").read_text()
+    return json.loads(text)
+
+
+def _looks_like_path(target: str) -> bool:
+    return (
+        target.startswith((".", "/", "~"))
+        or target.endswith((".safetensors", ".json", ".yaml", ".yml"))
+        or (os.sep in target and target.count("/") != 1)
+    )
+
+
+def resolve_model(target: str) -> ModelRef:
+    """Classify a teacher reference; a missing local path is an error, anything ``org/name``-shaped a hub id."""
+    if target in ARCHITECTURES:
+        return ModelRef(target, "architecture")
+    path = Path(target).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":
+        return ModelRef(target, "single_file", path)
+    if path.is_dir():
+        if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
+            return ModelRef(target, "pipeline", path)
+        if (path / "config.json").is_file():
+            return ModelRef(target, "unet_folder", path)
+        raise PrunerError(f"{target} is a folder but holds neither model_index.json nor a UNet config.json")
+    if path.exists():
+        raise PrunerError(
+            f"{target} is not a model: give a folder, a .safetensors file, a hub id or {'/'.join(ARCHITECTURES)}"
+        )
+    if _looks_like_path(target) or target.count("/") != 1:
+        raise PrunerError(
+            f"teacher path {target} does not exist; give a local folder, a hub id (org/name) or an architecture name"
+        )
+    return ModelRef(target, "hub")
+
+
+def _hub_config(ref: ModelRef) -> dict[str, Any]:
+    """A hub UNet's config; hub ids of shipped architectures need no network."""
+    if ref.architecture:
+        return architecture_config(ref.architecture)
+    try:
+        return dict(UNet2DConditionModel.load_config(ref.target, subfolder="unet"))
+    except Exception as exc:
+        raise PrunerError(
+            f"cannot read {ref.target} from the Hugging Face hub ({type(exc).__name__}); "
+            "download it first or pass a local folder"
+        ) from exc
+
+
+def unet_config(target: str | ModelRef) -> dict[str, Any]:
+    """The teacher's UNet config without loading its weights (offline: known hub ids fall back to the
+    shipped config of their architecture)."""
+    ref = target if isinstance(target, ModelRef) else resolve_model(target)
+    if ref.kind == "architecture":
+        return architecture_config(ref.target)
+    if ref.kind == "hub":
+        return _hub_config(ref)
+    if ref.kind == "single_file":
+        from pruner.unet.single_file import single_file_config
+
+        return single_file_config(ref.path)  # type: ignore[arg-type]
+    folder = ref.path / "unet" if ref.kind == "pipeline" else ref.path  # type: ignore[operator]
+    return json.loads((folder / "config.json").read_text())  # type: ignore[union-attr]
+
+
+def _from_pretrained(source: str | Path, subfolder: str | None, dtype: torch.dtype | None) -> UNet2DConditionModel:
+    try:
+        return UNet2DConditionModel.from_pretrained(str(source), subfolder=subfolder, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunerError(f"cannot load a UNet from {source}: {first}") from exc
+
+
+def load_unet(
+    target: str | ModelRef, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> UNet2DConditionModel:
+    """Load the teacher's UNet with its weights, in eval mode."""
+    ref = target if isinstance(target, ModelRef) else resolve_model(target)
+    if ref.kind == "architecture":
+        raise PrunerError(
+            f"{ref.target} names an architecture with no weights; give a hub id, a folder or a .safetensors file"
+        )
+    if ref.kind == "single_file":
+        from pruner.unet.single_file import load_single_file
+
+        unet = load_single_file(ref.path, dtype=dtype)  # type: ignore[arg-type]
+    elif ref.kind == "hub":
+        unet = _from_pretrained(ref.target, "unet", dtype)
+    elif ref.kind == "pipeline":
+        unet = _from_pretrained(ref.path, "unet", dtype)  # type: ignore[arg-type]
+    else:
+        unet = _from_pretrained(ref.path, None, dtype)  # type: ignore[arg-type]
+    return unet.to(device).eval()

@@ -1,0 +1,86 @@
+"""A UNet stored as one ``.safetensors`` file.
+
+Files in diffusers' own key layout are matched to a ``config.json`` beside them or, failing that, to a
+shipped architecture whose every tensor shape agrees. Files in the original Stable Diffusion layout
+(``model.diffusion_model.*``) go through diffusers' ``from_single_file``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from pruner.errors import PrunerError
+
+__all__ = ["load_single_file", "single_file_config"]
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise PrunerError(f"{path} is not a readable safetensors file ({exc}); re-download or re-save it") from exc
+
+
+def _is_original_layout(shapes: dict[str, tuple[int, ...]]) -> bool:
+    return any(k.startswith("model.diffusion_model.") for k in shapes)
+
+
+def _matching_architecture(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any] | None:
+    from pruner.unet.load import ARCHITECTURES, architecture_config
+    from pruner.unet.surgery import meta_unet
+
+    for name in ARCHITECTURES:
+        config = architecture_config(name)
+        expected = {k: tuple(v.shape) for k, v in meta_unet(config).state_dict().items()}
+        if expected == shapes:
+            return config
+    return None
+
+
+def single_file_config(path: Path) -> dict[str, Any]:
+    """The UNet config of a single-file checkpoint, read without loading its tensors."""
+    shapes = _header_shapes(path)
+    if _is_original_layout(shapes):
+        return dict(_original_layout_unet(path, None).config)
+    beside = path.with_name("config.json")
+    if beside.is_file():
+        return json.loads(beside.read_text())
+    config = _matching_architecture(shapes)
+    if config is None:
+        raise PrunerError(f"cannot tell the architecture of {path}; put the UNet's config.json beside it")
+    return config
+
+
+def _original_layout_unet(path: Path, dtype: torch.dtype | None) -> UNet2DConditionModel:
+    try:
+        return UNet2DConditionModel.from_single_file(str(path), torch_dtype=dtype)
+    except Exception as exc:
+        raise PrunerError(
+            f"diffusers could not convert {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from exc
+
+
+def load_single_file(path: Path, *, dtype: torch.dtype | None = None) -> UNet2DConditionModel:
+    """Load a UNet from one safetensors file (diffusers or original key layout)."""
+    shapes = _header_shapes(path)
+    if _is_original_layout(shapes):
+        return _original_layout_unet(path, dtype)
+    unet = UNet2DConditionModel.from_config(single_file_config(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise PrunerError(f"{path} is truncated or corrupt ({exc}); re-download or re-save it") from exc
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PrunerError(
+            f"{path} does not match its config: {len(missing)} missing and {len(unexpected)} unexpected tensors"
+        )
+    return unet.to(dtype) if dtype is not None else unet

@@ -156,5 +156,116 @@ def apply(
         err.print(f"saved {path} ({report.summary()})")
 
 
+@app.command()
+def cache(
+    data: Annotated[Path, typer.Argument(help="Image folder with metadata.jsonl (file_name, text per line).")],
+    teacher: Annotated[str, typer.Option(help="Pipeline whose VAE and text encoders encode the data.")] = "tiny-sdxl",
+    out: Annotated[Path, typer.Option("--out", help="Cache folder to create or resume.")] = Path("cache"),
+    resolution: Annotated[int | None, typer.Option(help="Side in pixels; default the teacher's native size.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images encoded per batch.")] = 16,
+) -> None:
+    """Encode an image folder into shards of VAE latents and text conditioning (safetensors) for
+    `pruner distill`. Unreadable images are skipped and counted; re-running resumes."""
+    from pruner.distill.cache import build_cache
+
+    with user_errors():
+        summary = build_cache(data, teacher, out, resolution=resolution, batch_size=batch_size, progress=True)
+        err.print(f"cached {summary.n_written} rows in {summary.out} ({summary.n_skipped} skipped"
+                  f"{', resumed' if summary.resumed else ''})")  # fmt: skip
+
+
+@app.command()
+def distill(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (from `pruner search` or recipes/).")],
+    output: Annotated[Path | None, typer.Option(help="Output folder; default outputs/<recipe name>.")] = None,
+    data: Annotated[str | None, typer.Option(help="Latent cache from `pruner cache`; optional for tiny-sdxl.")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Total steps, overriding the recipe's (a quick run).")
+    ] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N steps.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete checkpoint.")] = False,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size per device; default the recipe's.")] = None,
+    validate_every: Annotated[int | None, typer.Option(min=1, help="Held-out KD loss every N steps.")] = None,
+    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (accelerate).")] = "no",
+    grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    seed: Annotated[int, typer.Option(help="Seeds sampling, noise and caption dropout.")] = 0,
+) -> None:
+    """Train a recipe's student with task loss, output KD and layer-level feature KD, stage by stage.
+    Many GPUs: `accelerate launch -m pruner distill RECIPE ...`."""
+    from pruner.distill.run import DistillOptions, distill_recipe
+    from pruner.recipe import load_recipe
+
+    with user_errors():
+        out = output or Path("outputs") / load_recipe(recipe).name
+        opts = DistillOptions(data=data, steps=steps, checkpoint_every=checkpoint_every, resume=resume,
+                              batch_size=batch_size, seed=seed, validate_every=validate_every,
+                              mixed_precision=mixed_precision, grad_accum=grad_accum,
+                              gradient_checkpointing=gradient_checkpointing)  # fmt: skip
+        result = distill_recipe(recipe, out, opts)
+        err.print(f"student saved in {result.output} after {result.steps} steps")
+
+
+@app.command("synth-data")
+def synth_data(
+    out: Annotated[Path, typer.Option("--out", help="Folder to create: PNGs plus metadata.jsonl (file_name, text).")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of captioned pictures.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Same seed, same pictures and captions, byte for byte.")] = 0,
+    size: Annotated[int, typer.Option(min=8, help="Picture side in pixels (the bundled teacher uses 32).")] = 32,
+) -> None:
+    """Write captioned pictures of shapes ("a small red circle left of a blue square on a grey background"),
+    the task the bundled tiny-sdxl teacher was trained on, in the image-folder layout diffusers reads."""
+    from pruner.tiny.synth import write_dataset
+
+    with user_errors():
+        try:
+            summary = write_dataset(out, n, seed, size=size, progress=True)
+        except ValueError as exc:
+            raise PrunerError(str(exc)) from exc
+        err.print(f"wrote {summary['n']} pictures to {summary['out_dir']} ({summary['one_object']} with one object, "
+                  f"{summary['two_objects']} with two)")  # fmt: skip
+
+
+@app.command("eval")
+def eval_(
+    student: Annotated[str, typer.Argument(help="Student folder: a stock diffusers UNet folder or a pipeline folder.")],
+    teacher: Annotated[
+        str, typer.Option(help="Teacher pipeline: hub id, pipeline folder, or tiny-sdxl.")
+    ] = "tiny-sdxl",
+    prompts: Annotated[
+        Path | None, typer.Option(help="Prompts file, one a line (default for tiny-sdxl: held-out captions).")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of prompts (and of pictures per model).")] = 64,
+    steps: Annotated[int, typer.Option(min=1, help="Sampling steps per picture.")] = 20,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Seeds the prompts, noise and timesteps.")] = 0,
+    grid: Annotated[Path | None, typer.Option(help="PNG grid, teacher row above student row.")] = Path("eval-grid.png"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+) -> None:
+    """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
+    judge's prompt accuracy (bundled teacher), and UNet latency of both."""
+    from pruner.evaluate import evaluate_student
+
+    with user_errors(), err.status("generating and comparing"):
+        report = evaluate_student(student, teacher, n_prompts=n, steps=steps, guidance_scale=guidance, seed=seed,
+                                  prompts_file=prompts, grid_path=grid)  # fmt: skip
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+        return
+    table = Table(title=f"{student} vs {teacher} ({report.n_prompts} prompts, {report.steps} steps)")
+    table.add_column("metric")
+    table.add_column("student", justify="right")
+    table.add_column("teacher", justify="right")
+    acc = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    table.add_row("params", _fmt(report.student_params), _fmt(report.teacher_params))
+    table.add_row("held-out KD loss (MSE)", f"{report.kd_loss:.5f}", "0")
+    table.add_row("PSNR to teacher (dB)", f"{report.psnr:.2f}", "-")
+    table.add_row("prompt accuracy", acc(report.prompt_accuracy), acc(report.teacher_prompt_accuracy))
+    table.add_row("UNet latency, batch 2 (ms)", f"{report.student_latency_ms:.2f}", f"{report.teacher_latency_ms:.2f}")
+    Console().print(table)
+    if report.grid:
+        err.print(f"grid: {report.grid}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

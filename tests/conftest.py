@@ -102,3 +102,27 @@ def tiny_sdxl_dir(tiny_sdxl: UNet2DConditionModel, tmp_path_factory: pytest.Temp
     path = tmp_path_factory.mktemp("teacher") / "tiny-sdxl-unet"
     tiny_sdxl.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_tiny_sdxl_pipeline(root: Path, scaling_factor: float = 0.7) -> str:
+    """A random-weight SDXL pipeline of the bundled teacher's shape (32 px, 4x VAE, two encoders), saved."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    from pruner.tiny.text import build_text_encoders, build_tokenizer
+    from pruner.tiny.train import build_unet, build_vae
+
+    torch.manual_seed(0)
+    vae = build_vae().eval()
+    vae.register_to_config(scaling_factor=scaling_factor)  # not 1, so a missing scale cannot hide
+    tokenizers = (build_tokenizer(root / "tok"), build_tokenizer(root / "tok"))
+    first, second = build_text_encoders(len(tokenizers[0]), seed=0)
+    parts = {"vae": vae, "text_encoder": first, "text_encoder_2": second, "tokenizer": tokenizers[0]}
+    parts |= {"tokenizer_2": tokenizers[1], "unet": build_unet(0), "scheduler": EulerDiscreteScheduler()}
+    pipe = StableDiffusionXLPipeline(**parts)
+    pipe.save_pretrained(root / "pipe")
+    return str(root / "pipe")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_pipeline(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("sdxl-pipeline"))

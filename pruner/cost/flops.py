@@ -14,8 +14,6 @@ from math import prod
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from pruner.errors import PrunerError
@@ -30,6 +28,13 @@ MATMUL_CLASS_OPS = frozenset(
         "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
     }
 )  # fmt: skip
+
+
+def get_shape(value: Any) -> list[int]:
+    """Shape of a traced value (fvcore's helper, imported late: fvcore loads only when counting)."""
+    from fvcore.nn.jit_handles import get_shape as fvcore_get_shape
+
+    return fvcore_get_shape(value)
 
 
 def _sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
@@ -96,6 +101,8 @@ def count_macs(unet: nn.Module, latent: int, batch: int = 1, seq_len: int = 77) 
     param = next(unet.parameters())
     if param.device.type == "meta":
         raise PrunerError("fvcore cannot count on the meta device; materialise the model first (to_empty)")
+    from fvcore.nn import FlopCountAnalysis
+
     args = dummy_inputs(unet.config, latent, batch, seq_len, param.device, param.dtype)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     with torch.no_grad():

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from pruner.unet.config import student_config
-from pruner.unet.load import ModelRef, architecture_config, load_unet, resolve_model, unet_config
+from pruner.unet.load import (
+    ModelRef,
+    architecture_config,
+    bundled_teacher,
+    load_pipeline,
+    load_unet,
+    resolve_model,
+    unet_config,
+)
 from pruner.unet.maps import FeatureLevel, feature_map, position_map, weight_map
 from pruner.unet.plan import (
     LayerSlot,
@@ -31,12 +39,14 @@ __all__ = [
     "Unit",
     "architecture_config",
     "build_student",
+    "bundled_teacher",
     "check_expressible",
     "compress_names",
     "expand_names",
     "feature_map",
     "layout_of",
     "list_units",
+    "load_pipeline",
     "load_unet",
     "meta_unet",
     "nearest_expressible",

@@ -22,6 +22,8 @@ __all__ = [
     "VAE_SCALE",
     "ModelRef",
     "architecture_config",
+    "bundled_teacher",
+    "load_pipeline",
     "load_unet",
     "resolve_model",
     "unet_config",
@@ -70,8 +72,16 @@ def _looks_like_path(target: str) -> bool:
     )
 
 
+def bundled_teacher() -> Path | None:
+    """The trained tiny SDXL pipeline shipped with pruner (``tiny-sdxl``), if this install has it."""
+    folder = Path(str(resources.files("pruner.tiny").joinpath("teacher")))
+    return folder if (folder / "model_index.json").is_file() else None
+
+
 def resolve_model(target: str) -> ModelRef:
     """Classify a teacher reference; a missing local path is an error, anything ``org/name``-shaped a hub id."""
+    if target == "tiny-sdxl" and (bundled := bundled_teacher()) is not None:
+        return ModelRef(target, "pipeline", bundled)
     if target in ARCHITECTURES:
         return ModelRef(target, "architecture")
     path = Path(target).expanduser()
@@ -125,7 +135,9 @@ def unet_config(target: str | ModelRef) -> dict[str, Any]:
 
 def _from_pretrained(source: str | Path, subfolder: str | None, dtype: torch.dtype | None) -> UNet2DConditionModel:
     try:
-        return UNet2DConditionModel.from_pretrained(str(source), subfolder=subfolder, torch_dtype=dtype)
+        return UNet2DConditionModel.from_pretrained(
+            str(source), subfolder=subfolder, torch_dtype=dtype or torch.float32
+        )
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PrunerError(f"cannot load a UNet from {source}: {first}") from exc
@@ -151,3 +163,24 @@ def load_unet(
     else:
         unet = _from_pretrained(ref.path, None, dtype)  # type: ignore[arg-type]
     return unet.to(device).eval()
+
+
+def load_pipeline(target: str | ModelRef, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]
+    """Load a full diffusers pipeline (hub id or pipeline folder) with its text encoders and VAE."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    ref = target if isinstance(target, ModelRef) else resolve_model(target)
+    if ref.kind not in ("hub", "pipeline"):
+        raise PrunerError(f"{ref.target} is a bare UNet; give a full pipeline (hub id or folder with model_index.json)")
+    source = ref.target if ref.kind == "hub" else str(ref.path)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunerError(f"cannot load a pipeline from {source}: {first}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

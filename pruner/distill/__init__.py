@@ -1,0 +1,7 @@
+"""Distillation: the latent/text-conditioning cache (``pruner cache``), and the trainer that reads it."""
+
+from __future__ import annotations
+
+from pruner.distill.cache import CacheSummary, LatentCache, build_cache
+
+__all__ = ["CacheSummary", "LatentCache", "build_cache"]

@@ -1,0 +1,532 @@
+"""Turn a captioned image folder into shards of VAE latents and text conditioning (``pruner cache``).
+
+Why: the teacher's VAE and text encoders are frozen during distillation, so their outputs can be computed
+once and read back every epoch instead of being recomputed on every step.
+
+Input: an image folder with ``metadata.jsonl`` (one JSON object per line with ``file_name`` and ``text``,
+the layout of diffusers' imagefolder). Output, a folder of::
+
+    cache.json                  what was cached, from which data and teacher; the shard list
+    shard-00000.safetensors     stacked rows: latents, prompt_embeds, [pooled_prompt_embeds, time_ids], index
+
+``latents`` are already multiplied by the VAE's ``scaling_factor``; ``index`` holds each row's number in
+metadata.jsonl (its position among the non-blank lines). Every file is written under a temporary name and
+renamed into place, and ``cache.json`` is rewritten after each shard, so an interrupted run leaves a valid
+prefix that a re-run of the same command resumes from. Unusable rows are skipped and counted by reason.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from pruner import __version__
+from pruner.errors import PrunerError
+from pruner.unet.load import load_pipeline, resolve_model
+
+__all__ = [
+    "CACHE_FILE",
+    "SCHEMA_VERSION",
+    "CacheSummary",
+    "LatentCache",
+    "build_cache",
+    "default_resolution",
+    "load_image",
+    "read_metadata",
+]
+
+SCHEMA_VERSION = 1
+CACHE_FILE = "cache.json"
+METADATA_FILE = "metadata.jsonl"
+_TMP = ".tmp"  # suffix of files being written; any left over belongs to an interrupted run
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# Fields that must match between a cache folder and a re-run that resumes it: (cache.json key, what to call it).
+_IDENTITY = {
+    "data": "data folder",
+    "metadata_sha256": "metadata",
+    "teacher_id": "teacher",
+    "resolution": "resolution",
+    "dtype": "dtype",
+}
+Kind = Literal["sdxl", "sd"]
+TimeIds = tuple[int, int, int, int, int, int]
+
+
+@dataclass
+class CacheSummary:
+    """What ``build_cache`` left in ``out``: counts over the whole cache, not only this call's share.
+
+    ``n_written`` rows are in ``shards`` shard files, ``n_skipped`` rows of metadata.jsonl's ``n_total`` were
+    unusable (``skipped_reasons`` says why); ``resumed`` is true when existing shards were kept, and
+    ``n_encoded`` counts the rows this call encoded itself.
+    """
+
+    n_written: int
+    n_skipped: int
+    n_total: int
+    shards: int
+    out: Path
+    resumed: bool
+    kind: Kind
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+    n_encoded: int = 0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of metadata.jsonl; ``file_name``/``text`` are None when absent or not usable strings."""
+
+    index: int
+    file_name: str | None
+    text: str | None
+
+
+@dataclass(frozen=True)
+class _Item:
+    """A row whose image loaded: pixels in [-1, 1], (C, H, W), and SDXL's size conditioning."""
+
+    index: int
+    text: str
+    pixels: torch.Tensor
+    time_ids: TimeIds
+
+
+# --------------------------------------------------------------------------- reading the data folder
+
+
+def _nonblank_string(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _parse_row(index: int, line: str) -> Row:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return Row(index, None, None)
+    if not isinstance(record, dict):
+        return Row(index, None, None)
+    return Row(index, _nonblank_string(record.get("file_name")), _nonblank_string(record.get("text")))
+
+
+def read_metadata(data: str | Path) -> tuple[list[Row], str]:
+    """The rows of ``data/metadata.jsonl`` and the file's sha256 (which ties a cache to this exact list)."""
+    folder = Path(data)
+    if not folder.is_dir():
+        raise PrunerError(f"data folder {folder} does not exist; give a folder of images with {METADATA_FILE}")
+    path = folder / METADATA_FILE
+    if not path.is_file():
+        if (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file():
+            raise PrunerError(
+                f"{folder} is a `datasets` save_to_disk folder; export it as images plus {METADATA_FILE} "
+                "(file_name, text per line)"
+            )
+        raise PrunerError(f"{folder} has no {METADATA_FILE}; write one JSON object per image with file_name and text")
+    raw = path.read_bytes()
+    lines = [line for line in raw.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    if not lines:
+        raise PrunerError(f"{path} has no rows; write one JSON object per image with file_name and text")
+    return [_parse_row(i, line) for i, line in enumerate(lines)], hashlib.sha256(raw).hexdigest()
+
+
+def load_image(path: str | Path, resolution: int) -> tuple[torch.Tensor, TimeIds]:
+    """RGB pixels in [-1, 1], shape (3, resolution, resolution), and SDXL's time ids for them.
+
+    The shorter side is resized to ``resolution`` (bicubic), then the picture is center-cropped, as SDXL's
+    training script does; time ids are (original height, original width, crop top, crop left, resolution,
+    resolution), the original size taken after EXIF rotation and before resizing.
+    """
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    height, width = image.height, image.width
+    scale = resolution / min(height, width)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    if size != (width, height):
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    top, left = round((size[1] - resolution) / 2), round((size[0] - resolution) / 2)
+    image = image.crop((left, top, left + resolution, top + resolution))
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+    return pixels, (height, width, top, left, resolution, resolution)
+
+
+class _RowReader:
+    """Yields loadable rows in order, tallying the rest; ``consumed`` counts rows looked at so far.
+
+    Why a class: a shard records how far the reader got and what it skipped up to there, which is what a
+    resumed run restores.
+    """
+
+    def __init__(self, data: Path, rows: list[Row], start: int, skipped: dict[str, int], resolution: int) -> None:
+        self.data, self.rows, self.consumed, self.resolution = data, rows, start, resolution
+        self.skipped: Counter[str] = Counter(skipped)
+
+    def _load(self, row: Row) -> _Item | str:
+        """The row's item, or the reason it is skipped."""
+        if row.file_name is None:
+            return "bad_row"
+        if row.text is None:
+            return "no_text"
+        path = self.data / row.file_name
+        if not path.is_file():
+            return "missing"
+        try:
+            pixels, ids = load_image(path, self.resolution)
+        except _IMAGE_ERRORS:
+            return "unreadable"
+        return _Item(row.index, row.text, pixels, ids)
+
+    def __iter__(self) -> Iterator[_Item]:
+        while self.consumed < len(self.rows):
+            loaded = self._load(self.rows[self.consumed])
+            self.consumed += 1
+            if isinstance(loaded, str):
+                self.skipped[loaded] += 1
+            else:
+                yield loaded
+
+
+# --------------------------------------------------------------------------- the teacher
+
+
+def _teacher_id(teacher: str) -> str:
+    """A spelling-independent name for the teacher: its resolved folder, or its hub id."""
+    ref = resolve_model(teacher)
+    return str(ref.path.resolve()) if ref.path is not None else ref.target
+
+
+def _pipeline_kind(pipe: Any, teacher: str) -> Kind:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        return "sdxl"
+    if isinstance(pipe, StableDiffusionPipeline):
+        return "sd"
+    raise PrunerError(
+        f"teacher {teacher} is a {type(pipe).__name__}; caching needs a StableDiffusionXLPipeline or "
+        "StableDiffusionPipeline"
+    )
+
+
+def default_resolution(pipe: Any) -> int:
+    """The pipeline's default image size: ``default_sample_size`` (or the UNet's sample size) in pixels."""
+    sample = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
+    return int(sample if isinstance(sample, int) else sample[0]) * int(pipe.vae_scale_factor)
+
+
+@torch.no_grad()
+def _encode_batch(pipe: Any, kind: Kind, items: list[_Item]) -> dict[str, torch.Tensor]:
+    """One batch's cached tensors, computed exactly as the pipeline computes them, returned on the CPU."""
+    device = pipe.vae.device
+    pixels = torch.stack([item.pixels for item in items]).to(device=device, dtype=pipe.vae.dtype)
+    latents = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+    prompts = [item.text for item in items]
+    text = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    batch = {"latents": latents, "prompt_embeds": text[0]}
+    if kind == "sdxl":
+        batch["pooled_prompt_embeds"] = text[2]
+        batch["time_ids"] = torch.tensor([item.time_ids for item in items], dtype=torch.float32)
+    batch["index"] = torch.tensor([item.index for item in items], dtype=torch.int64)
+    return {name: tensor.detach().cpu() for name, tensor in batch.items()}
+
+
+# --------------------------------------------------------------------------- cache.json and shards
+
+
+def _replace_durably(tmp: Path, final: Path) -> None:
+    """Flush ``tmp`` to disk, then rename it over ``final``: readers see the old file or the new, never half."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+
+
+def _write_meta(out: Path, meta: dict[str, Any]) -> None:
+    tmp = out / f".{CACHE_FILE}{_TMP}"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    _replace_durably(tmp, out / CACHE_FILE)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PrunerError(f"{path} is unreadable ({type(exc).__name__}); delete {path.parent} and rebuild") from exc
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        found = meta.get("schema_version") if isinstance(meta, dict) else None
+        raise PrunerError(f"{path} has schema version {found!r}, this pruner reads {SCHEMA_VERSION}; rebuild it")
+    return meta
+
+
+def _shard_name(number: int) -> str:
+    return f"shard-{number:05d}.safetensors"
+
+
+def _write_shard(out: Path, number: int, parts: list[dict[str, torch.Tensor]], dtype: str, kind: Kind) -> str:
+    """Stack the batches of one shard and write them atomically; floats (except time ids) in ``dtype``."""
+    tensors = {name: torch.cat([part[name] for part in parts]).contiguous() for name in parts[0]}
+    for name in ("latents", "prompt_embeds", "pooled_prompt_embeds"):
+        if name in tensors:
+            tensors[name] = tensors[name].to(_DTYPES[dtype])
+    name = _shard_name(number)
+    tmp = out / f".{name}{_TMP}"
+    save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION), "kind": kind})
+    _replace_durably(tmp, out / name)
+    return name
+
+
+def _shard_rows(path: Path) -> int | None:
+    """Rows in a shard file, read from its header; None when it is missing or damaged."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return int(handle.get_slice("index").get_shape()[0])
+    except Exception:  # any unreadable file is simply re-encoded
+        return None
+
+
+def _intact_prefix(out: Path, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The listed shards up to the first one that is missing or does not hold its recorded rows."""
+    kept = []
+    for record in shards:
+        if _shard_rows(out / record["file"]) != record["n"]:
+            break
+        kept.append(record)
+    return kept
+
+
+def _remove_strays(out: Path, kept: list[dict[str, Any]]) -> None:
+    """Delete leftover temporary files and shard files cache.json does not list (they would be rewritten)."""
+    listed = {record["file"] for record in kept}
+    for path in out.iterdir():
+        stale_shard = path.name.startswith("shard-") and path.suffix == ".safetensors" and path.name not in listed
+        if path.name.endswith(_TMP) or stale_shard:
+            path.unlink()
+
+
+# --------------------------------------------------------------------------- starting or resuming
+
+
+def _existing_meta(out: Path) -> dict[str, Any] | None:
+    """cache.json of ``out`` when it holds a cache; None when ``out`` is absent or empty."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise PrunerError(f"cache folder {out} is a file; give a folder")
+    if (out / CACHE_FILE).is_file():
+        return _read_meta(out / CACHE_FILE)
+    if any(not path.name.endswith(_TMP) for path in out.iterdir()):
+        raise PrunerError(f"{out} is not empty and holds no {CACHE_FILE}; give a new or empty folder for the cache")
+    return None
+
+
+def _check_same(meta: dict[str, Any], wanted: dict[str, Any], out: Path) -> None:
+    """Raise when the cache in ``out`` was made from other inputs than this run's."""
+    for key, what in _IDENTITY.items():
+        if key not in wanted or meta.get(key) == wanted[key]:
+            continue
+        if key == "metadata_sha256":
+            raise PrunerError(f"{wanted['data']}/{METADATA_FILE} changed since the cache in {out} was made; "
+                              f"delete {out} to rebuild it, or give another out folder")  # fmt: skip
+        raise PrunerError(
+            f"{out} holds a cache made with {what} {meta.get(key)}, not {wanted[key]}; "
+            f"give another out folder or delete {out} to rebuild"
+        )
+
+
+def _fresh_meta(identity: dict[str, Any], teacher: str, kind: Kind, pipe: Any, n_rows: int) -> dict[str, Any]:
+    factor = int(pipe.vae_scale_factor)
+    side = identity["resolution"] // factor
+    keys = ["latents", "prompt_embeds", *(["pooled_prompt_embeds", "time_ids"] if kind == "sdxl" else []), "index"]
+    return {"schema_version": SCHEMA_VERSION, "format": "pruner-latent-cache", "pruner_version": __version__,
+            "teacher": teacher, "kind": kind, **identity, "n_rows": n_rows,
+            "latent_shape": [int(pipe.vae.config.latent_channels), side, side],
+            "scaling_factor": float(pipe.vae.config.scaling_factor), "keys": keys,
+            "n": 0, "next_row": 0, "complete": False, "skipped": {}, "n_skipped": 0, "shards": []}  # fmt: skip
+
+
+def _resumable(meta: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``meta`` cut back to the shards still intact on disk, with the progress recorded at the last of them."""
+    kept = _intact_prefix(out, meta["shards"])
+    _remove_strays(out, kept)
+    if len(kept) == len(meta["shards"]) and meta["complete"]:
+        return meta
+    last: dict[str, Any] = kept[-1] if kept else {"end_row": 0, "skipped": {}}
+    skipped: dict[str, int] = dict(last["skipped"])
+    return {**meta, "shards": kept, "n": sum(record["n"] for record in kept), "next_row": last["end_row"],
+            "skipped": skipped, "n_skipped": sum(skipped.values()), "complete": False}  # fmt: skip
+
+
+def _start_or_resume(
+    out: Path, existing: dict[str, Any] | None, identity: dict[str, Any], fresh: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The cache.json to continue from: the existing one cut back to its intact shards, or ``fresh()``."""
+    if existing is not None:
+        _check_same(existing, identity, out)
+        return _resumable(existing, out)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_strays(out, [])
+    return fresh()
+
+
+def _check_resolution(resolution: int, pipe: Any) -> None:
+    factor = int(pipe.vae_scale_factor)
+    if resolution < factor or resolution % factor:
+        raise PrunerError(f"resolution {resolution} must be a positive multiple of the VAE's factor {factor}")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _batched(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _record_progress(meta: dict[str, Any], reader: _RowReader) -> None:
+    meta["next_row"] = reader.consumed
+    meta["skipped"] = dict(sorted(reader.skipped.items()))
+    meta["n_skipped"] = sum(reader.skipped.values())
+    meta["complete"] = reader.consumed == len(reader.rows)
+
+
+def _encode_shards(
+    pipe: Any, meta: dict[str, Any], reader: _RowReader, out: Path, batch_size: int, shard_size: int, bar: tqdm
+) -> int:
+    """Encode the reader's rows shard by shard, recording each shard in cache.json once it is on disk."""
+    items = iter(reader)
+    encoded = 0
+    while True:
+        parts = []
+        for batch in _batched(itertools.islice(items, shard_size), batch_size):
+            parts.append(_encode_batch(pipe, meta["kind"], batch))
+            bar.update(reader.consumed - bar.n)
+            bar.set_postfix(skipped=sum(reader.skipped.values()), refresh=False)
+        if not parts:
+            break
+        name = _write_shard(out, len(meta["shards"]), parts, meta["dtype"], meta["kind"])
+        rows = sum(len(part["index"]) for part in parts)
+        _record_progress(meta, reader)
+        meta["shards"].append({"file": name, "n": rows, "end_row": reader.consumed, "skipped": meta["skipped"]})
+        meta["n"] += rows
+        encoded += rows
+        _write_meta(out, meta)
+    _record_progress(meta, reader)
+    _write_meta(out, meta)
+    bar.update(reader.consumed - bar.n)
+    return encoded
+
+
+def _check_arguments(batch_size: int, shard_size: int, dtype: str) -> None:
+    if batch_size < 1 or shard_size < 1:
+        raise PrunerError(f"batch_size and shard_size must be at least 1, got {batch_size} and {shard_size}")
+    if dtype not in _DTYPES:
+        raise PrunerError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+
+
+def build_cache(
+    data: str | Path,
+    teacher: str,
+    out: str | Path,
+    *,
+    resolution: int | None = None,
+    batch_size: int = 16,
+    shard_size: int = 1024,
+    progress: bool = True,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+) -> CacheSummary:
+    """Encode every usable row of ``data`` with ``teacher``'s VAE and text encoder(s) into shards in ``out``.
+
+    ``resolution`` defaults to the pipeline's default image size. Re-running the same call on the same
+    ``out`` resumes after the last complete shard; a cache of other data, teacher, resolution or dtype is
+    refused with a PrunerError. ``dtype`` is how floats are stored; the encoders always run in float32.
+    """
+    _check_arguments(batch_size, shard_size, dtype)
+    data_dir, out_dir = Path(data).expanduser().resolve(), Path(out).expanduser()
+    rows, digest = read_metadata(data_dir)
+    identity: dict[str, Any] = {"data": str(data_dir), "metadata_sha256": digest,
+                                "teacher_id": _teacher_id(teacher), "dtype": dtype}  # fmt: skip
+    existing = _existing_meta(out_dir)
+    if existing is not None:
+        _check_same(existing, identity, out_dir)
+    pipe = load_pipeline(teacher, dtype=torch.float32, device=device)
+    kind = _pipeline_kind(pipe, teacher)
+    identity["resolution"] = resolution or default_resolution(pipe)
+    _check_resolution(identity["resolution"], pipe)
+    meta = _start_or_resume(out_dir, existing, identity, lambda: _fresh_meta(identity, teacher, kind, pipe, len(rows)))
+    resumed = existing is not None and meta["next_row"] > 0
+    reader = _RowReader(data_dir, rows, meta["next_row"], meta["skipped"], identity["resolution"])
+    with tqdm(total=len(rows), initial=reader.consumed, desc="cache", unit="img", disable=not progress) as bar:
+        encoded = _encode_shards(pipe, meta, reader, out_dir, batch_size, shard_size, bar)
+    return CacheSummary(n_written=meta["n"], n_skipped=meta["n_skipped"], n_total=len(rows),
+                        shards=len(meta["shards"]), out=out_dir, resumed=resumed, kind=kind,
+                        skipped_reasons=dict(meta["skipped"]), n_encoded=encoded)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- reading a cache
+
+
+class LatentCache(torch.utils.data.Dataset):
+    """A cache folder as a map-style dataset; shards are memory-mapped with ``safetensors.safe_open``.
+
+    Items are dicts of ``latents`` (C, h, w; already scaled), ``prompt_embeds`` (L, D) and, for SDXL,
+    ``pooled_prompt_embeds`` (P,) and ``time_ids`` (6,), in the stored dtype. Shard handles are opened
+    lazily in each process, so the dataset pickles into DataLoader workers.
+    """
+
+    def __init__(self, path: str | Path, *, allow_incomplete: bool = False) -> None:
+        self.path = Path(path)
+        if not (self.path / CACHE_FILE).is_file():
+            raise PrunerError(f"{self.path} is not a cache made by `pruner cache` (no {CACHE_FILE})")
+        self.meta: dict[str, Any] = _read_meta(self.path / CACHE_FILE)
+        if not self.meta["complete"] and not allow_incomplete:
+            raise PrunerError(
+                f"cache {self.path} is incomplete ({self.meta['next_row']} of {self.meta['n_rows']} rows read); "
+                "re-run `pruner cache` with the same arguments to finish it"
+            )
+        self.keys = tuple(key for key in self.meta["keys"] if key != "index")
+        self._files = [self.path / record["file"] for record in self.meta["shards"]]
+        if missing := [str(path) for path in self._files if not path.is_file()]:
+            raise PrunerError(f"cache shard {missing[0]} is missing; re-run `pruner cache` to rebuild it")
+        self._ends = list(itertools.accumulate(record["n"] for record in self.meta["shards"]))
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def _locate(self, i: int) -> tuple[Any, int]:
+        """The open shard holding item ``i`` and the row within it."""
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for a cache of {len(self)} rows")
+        shard = bisect.bisect_right(self._ends, i)
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self._files[shard]), framework="pt")
+        return self._handles[shard], i - (self._ends[shard - 1] if shard else 0)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        handle, row = self._locate(i)
+        return {key: handle.get_slice(key)[row : row + 1][0] for key in self.keys}
+
+    def source_row(self, i: int) -> int:
+        """Item ``i``'s row number in the data folder's metadata.jsonl."""
+        handle, row = self._locate(i)
+        return int(handle.get_slice("index")[row : row + 1][0])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": {}}

@@ -1,0 +1,83 @@
+"""What a finished distillation leaves behind: a stock diffusers UNet (and pipeline), a model card,
+the recipe, metrics and a teacher | student picture grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+
+from pruner.recipe import Recipe, dump_recipe
+from pruner.unet.load import load_pipeline, resolve_model
+
+__all__ = ["model_card", "write_outputs"]
+
+
+def _move_into(src: Path, out: Path) -> None:
+    for item in src.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(item, target)
+    src.rmdir()
+
+
+def _validation_grid(pipe, student: UNet2DConditionModel, path: Path, prompts: list[str]) -> None:  # type: ignore[no-untyped-def]
+    from pruner.evaluate import _generate, _grid
+
+    teacher_images = _generate(pipe, prompts, 0, 20, 5.0, "pil").images
+    teacher_unet, pipe.unet = pipe.unet, student
+    student_images = _generate(pipe, prompts, 0, 20, 5.0, "pil").images
+    pipe.unet = teacher_unet
+    _grid(teacher_images, student_images, path)
+
+
+def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
+    teachers = [recipe.teacher.model] + [s.teacher for s in recipe.distill.stages if s.teacher]
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in metrics.get("final_losses", {}).items())
+    return (
+        f"---\nlibrary_name: diffusers\ntags: [pruner, distillation, block-removal]\n---\n\n"
+        f"# {recipe.name}\n\n{recipe.description}\n\n"
+        f"- Recipe: `recipe.yaml` (made with pruner; rebuild with `pruner apply recipe.yaml --out DIR`)\n"
+        f"- Teacher(s): {', '.join(f'`{t}`' for t in dict.fromkeys(teachers))}\n"
+        f"- Removed units: {len(recipe.plan.remove)} entries; student parameters: {metrics.get('params')}\n"
+        f"- Steps: {metrics.get('steps')}; final losses: {losses or '-'}; "
+        f"held-out KD loss: {metrics.get('held_out_kd')}\n\n"
+        "```python\nfrom diffusers import UNet2DConditionModel\n"
+        'unet = UNet2DConditionModel.from_pretrained(".", subfolder="unet")\n```\n'
+    )
+
+
+def write_outputs(student: UNet2DConditionModel, recipe: Recipe, out: Path, result: Any, prompts: list[str]) -> None:
+    """Save the student (and pipeline), model card, recipe and metrics; each file renamed into place."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".final.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    ref = resolve_model(recipe.teacher.model)
+    if ref.kind in ("pipeline", "hub"):
+        pipe = load_pipeline(ref)
+        pipe.unet = student if student.dtype == torch.float32 else student.to(torch.float32)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        if prompts:
+            _validation_grid(pipe, student, tmp / "validation.png", prompts)
+    else:
+        student.save_pretrained(tmp / "unet", safe_serialization=True)
+    held = result.held_out_kd[-1][1] if result.held_out_kd else None
+    metrics = {
+        "steps": result.steps,
+        "final_losses": result.final_losses,
+        "held_out_kd": held,
+        "held_out_kd_history": result.held_out_kd,
+        "params": sum(p.numel() for p in student.parameters()),
+    }
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
+    (tmp / "README.md").write_text(model_card(recipe, metrics))
+    _move_into(tmp, out)

@@ -1,0 +1,229 @@
+"""``pruner distill RECIPE``: build the recipe's student, train it stage by stage, save it.
+
+The output folder is laid out as diffusers lays out a pipeline: ``unet/`` always; ``model_index.json``
+and the teacher's other components when the teacher is a full pipeline. Checkpoints go under
+``checkpoints/``; TensorBoard logs under ``logs/``; a model card (``README.md``), ``recipe.yaml``,
+``metrics.json`` and a teacher | student ``validation.png`` beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file
+
+from pruner.distill.losses import LossWeights
+from pruner.distill.trainer import Distiller, TrainSettings, latest_checkpoint
+from pruner.errors import PrunerError
+from pruner.recipe import Recipe, StageSpec, load_recipe
+from pruner.student import ResolvedRecipe, resolve_recipe
+from pruner.unet.load import load_unet, resolve_model
+from pruner.unet.maps import feature_map
+from pruner.unet.surgery import build_student
+
+__all__ = ["DistillOptions", "DistillResult", "distill_recipe", "noise_scheduler_for", "stage_steps"]
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """Command-line overrides of what the recipe says."""
+
+    data: str | None = None
+    steps: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 3
+    resume: bool = False
+    batch_size: int | None = None
+    seed: int = 0
+    held_out: int = 64
+    validate_every: int | None = None
+    mixed_precision: str = "no"
+    grad_accum: int = 1
+    gradient_checkpointing: bool = False
+    caption_dropout: float = 0.1
+
+
+@dataclass
+class DistillResult:
+    output: Path
+    steps: int
+    final_losses: dict[str, float] = field(default_factory=dict)
+    held_out_kd: list[tuple[int, float]] = field(default_factory=list)
+
+
+def stage_steps(stages: list[StageSpec], total: int | None) -> list[int]:
+    """Each stage's steps; ``total`` (``--steps``) rescales them, keeping at least one per stage."""
+    steps = [s.steps for s in stages]
+    if total is None:
+        return steps
+    scale = total / sum(steps)
+    scaled = [max(1, math.floor(s * scale)) for s in steps]
+    scaled[-1] = max(1, total - sum(scaled[:-1]))
+    return scaled
+
+
+def noise_scheduler_for(teacher: str) -> DDPMScheduler:
+    """The teacher's training noise schedule (its pipeline's scheduler config), SDXL's otherwise."""
+    ref = resolve_model(teacher)
+    if ref.kind == "pipeline" and ref.path is not None and (ref.path / "scheduler").is_dir():
+        return DDPMScheduler.from_pretrained(ref.path, subfolder="scheduler")
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def _resolve_data(recipe: Recipe, data: str | None) -> Any:
+    from pruner.distill.cache import LatentCache
+
+    source = data or recipe.distill.data
+    if source is None and recipe.teacher.model == "tiny-sdxl":
+        from pruner.distill.data import tiny_sdxl_cache
+
+        source = str(tiny_sdxl_cache())
+    if source is None:
+        raise PrunerError("no training data: pass --data CACHE (made with `pruner cache DATA --teacher T --out CACHE`)")
+    return LatentCache(source)
+
+
+def _settings(stage: StageSpec, steps: int, opts: DistillOptions, recipe: Recipe) -> TrainSettings:
+    loss = stage.loss
+    weights = LossWeights(loss.task, loss.output_kd, loss.feature_kd, loss.normalize_features)
+    return TrainSettings(
+        steps=steps, learning_rate=stage.learning_rate, batch_size=opts.batch_size or recipe.distill.batch_size,
+        weights=weights, seed=opts.seed, grad_accum=opts.grad_accum, caption_dropout=opts.caption_dropout,
+        checkpoint_every=opts.checkpoint_every, keep_checkpoints=opts.keep_checkpoints,
+        validate_every=opts.validate_every, gradient_checkpointing=opts.gradient_checkpointing,
+    )  # fmt: skip
+
+
+def _accelerator(out: Path, opts: DistillOptions) -> Accelerator:
+    project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs"))
+    return Accelerator(
+        mixed_precision=opts.mixed_precision, gradient_accumulation_steps=opts.grad_accum, log_with="tensorboard",
+        project_config=project, cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+
+
+def held_out_prompts(data: Any, held_out: int, n: int = 8) -> list[str]:
+    """Captions of the first held-out rows (the validation grid shows pictures the student never trained on)."""
+    from pruner.distill.cache import read_metadata
+
+    rows, _ = read_metadata(data.meta["data"])
+    start = len(data) - held_out if held_out else 0
+    picks = [data.source_row(i) for i in range(start, min(len(data), start + n))]
+    return [rows[r].text for r in picks if rows[r].text]
+
+
+class _StageRun:
+    """Runs one stage: checkpoints, validation and logging around ``Distiller.run``."""
+
+    def __init__(
+        self, distiller: Distiller, index: int, first_global: int, ckpt_dir: Path, result: DistillResult
+    ) -> None:
+        self.d, self.index, self.first_global, self.ckpt_dir, self.result = (
+            distiller,
+            index,
+            first_global,
+            ckpt_dir,
+            result,
+        )
+
+    def progress(self, stage_step: int) -> dict[str, Any]:
+        return {"stage": self.index, "stage_step": stage_step, "global_step": self.first_global + stage_step}
+
+    def on_step(self, step: int, terms) -> None:  # type: ignore[no-untyped-def]
+        s = self.d.settings
+        logs = {f"loss/{k}": v for k, v in terms.as_floats().items()}
+        logs["lr"] = self.d.lr_scheduler.get_last_lr()[0]
+        if s.validate_every and step % s.validate_every == 0:
+            kd = self.d.held_out_kd()
+            logs["val/held_out_kd"] = kd
+            self.result.held_out_kd.append((self.first_global + step, kd))
+        self.d.acc.log(logs, step=self.first_global + step)
+        if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
+            self.d.save_checkpoint(self.ckpt_dir, self.progress(step))
+
+
+def held_out_rows(data: Any, opts: DistillOptions) -> int:
+    return min(opts.held_out, len(data) // 10)
+
+
+def _resume_point(ckpt_dir: Path, resume: bool) -> tuple[Path | None, dict[str, Any]]:
+    if not resume:
+        return None, {"stage": 0, "stage_step": 0, "global_step": 0}
+    ckpt = latest_checkpoint(ckpt_dir)
+    if ckpt is None:
+        raise PrunerError(f"--resume: no complete checkpoint under {ckpt_dir}; run without --resume to start")
+    return ckpt, json.loads((ckpt / "progress.json").read_text())
+
+
+def _check_output(out: Path, resume: bool) -> None:
+    if (out / "unet" / "config.json").is_file() and not resume:
+        raise PrunerError(f"{out} already holds a trained student; choose another --output or delete it")
+    if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise PrunerError(f"{out}/checkpoints holds an earlier run; pass --resume to continue it, or delete it")
+
+
+def _train_stages(
+    resolved: ResolvedRecipe, student, data, out: Path, opts: DistillOptions, result
+) -> UNet2DConditionModel:  # type: ignore[no-untyped-def]
+    recipe = resolved.recipe
+    stages = recipe.distill.stages
+    steps = stage_steps(stages, opts.steps)
+    ckpt_dir = out / "checkpoints"
+    ckpt, progress = _resume_point(ckpt_dir, opts.resume)
+    if ckpt is not None and progress["stage_step"] >= steps[progress["stage"]]:
+        student.load_state_dict(load_file(str(ckpt / "model.safetensors")))  # a finished stage: start the next
+        progress = {"stage": progress["stage"] + 1, "stage_step": 0, "global_step": progress["global_step"]}
+        ckpt = None
+    first_global = sum(steps[: progress["stage"]])
+    for k in range(progress["stage"], len(stages)):
+        stage = stages[k]
+        teacher = load_unet(stage.teacher or recipe.teacher.model)
+        pairs = feature_map(resolved.layout, resolved.topology, stage.loss.feature_level)
+        acc = _accelerator(out, opts)
+        acc.init_trackers("distill", config={"recipe": recipe.name, "stage": k, "steps": steps[k]})
+        d = Distiller(student, teacher, pairs, data, _settings(stage, steps[k], opts, recipe),
+                      noise_scheduler=noise_scheduler_for(stage.teacher or recipe.teacher.model),
+                      accelerator=acc, held_out=held_out_rows(data, opts))  # fmt: skip
+        if ckpt is not None and k == progress["stage"]:
+            d.load_checkpoint(ckpt)
+        run = _StageRun(d, k, first_global, ckpt_dir, result)
+        terms = d.run(steps[k], run.on_step, desc=f"stage {k + 1}/{len(stages)}")
+        if terms is not None:
+            result.final_losses = terms.as_floats()
+        result.held_out_kd.append((first_global + steps[k], d.held_out_kd()))
+        d.save_checkpoint(ckpt_dir, run.progress(steps[k]))
+        acc.end_training()
+        student = acc.unwrap_model(d.model)
+        d.close()
+        first_global += steps[k]
+    result.steps = first_global
+    return student
+
+
+def distill_recipe(
+    recipe_path: str | Path, output: str | Path, opts: DistillOptions = DistillOptions()
+) -> DistillResult:
+    """Distill a recipe's student to its output folder (see the module docstring)."""
+    recipe_path = Path(recipe_path)
+    resolved = resolve_recipe(load_recipe(recipe_path), str(recipe_path))
+    out = Path(output)
+    _check_output(out, opts.resume)
+    data = _resolve_data(resolved.recipe, opts.data)
+    torch.manual_seed(opts.seed)
+    student, _ = build_student(load_unet(resolved.recipe.teacher.model), resolved.plan)
+    result = DistillResult(out, 0)
+    student = _train_stages(resolved, student, data, out, opts, result)
+    if Accelerator().is_main_process:
+        from pruner.distill.output import write_outputs
+
+        prompts = held_out_prompts(data, held_out_rows(data, opts))
+        write_outputs(student.eval(), resolved.recipe, out, result, prompts)
+    return result

@@ -1,0 +1,262 @@
+"""The training loop shared by full distillation runs and the search's short proxy fine-tunes.
+
+One ``Distiller`` trains one student against one frozen teacher with accelerate (mixed precision,
+gradient accumulation, DDP/FSDP under ``accelerate launch``). Each step: sample a batch from the latent
+cache, drop captions (zero embeddings, as SDXL's pipeline feeds for no prompt), noise the latents, run
+the teacher without grad and the student, and combine task, output-KD and feature-KD losses over the
+plan's feature pairs. State (model, optimizer, schedule, sampler and RNG) checkpoints through
+``accelerator.save_state`` under a temporary name, renamed when complete, so a resumed run continues
+exactly where an uninterrupted one would have been.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from tqdm import tqdm
+
+from pruner.distill.hooks import FeatureRecorder
+from pruner.distill.losses import LossTerms, LossWeights, distill_loss, min_snr_weights, task_target
+
+__all__ = ["Distiller", "IndexSampler", "TrainSettings", "latest_checkpoint"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one stage trains."""
+
+    steps: int
+    learning_rate: float
+    batch_size: int = 16
+    weights: LossWeights = field(default_factory=LossWeights)
+    seed: int = 0
+    grad_accum: int = 1
+    caption_dropout: float = 0.1
+    warmup_steps: int | None = None
+    max_grad_norm: float = 1.0
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 3
+    validate_every: int | None = None
+    gradient_checkpointing: bool = False
+    ema_decay: float | None = None
+
+
+class IndexSampler:
+    """Samples batch rows and noise from one seeded generator whose state is checkpointed."""
+
+    def __init__(self, n_rows: int, seed: int) -> None:
+        self.n_rows = n_rows
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def rows(self, batch: int) -> torch.Tensor:
+        return torch.randint(self.n_rows, (batch,), generator=self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def collate(data: Any, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Stack cache rows into one batch."""
+    items = [data[int(i)] for i in rows]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (``*/progress.json`` exists), or None."""
+    done = [p for p in folder.glob("step-*") if (p / "progress.json").is_file()] if folder.is_dir() else []
+    return max(done, key=lambda p: json.loads((p / "progress.json").read_text())["global_step"], default=None)
+
+
+class Distiller:
+    """Trains ``student`` to match ``teacher`` on a latent cache; see the module docstring."""
+
+    def __init__(
+        self,
+        student: UNet2DConditionModel,
+        teacher: UNet2DConditionModel,
+        pairs: Sequence[tuple[str, str]],
+        data: Any,
+        settings: TrainSettings,
+        *,
+        noise_scheduler: DDPMScheduler,
+        accelerator: Accelerator | None = None,
+        held_out: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.acc = accelerator or Accelerator(
+            gradient_accumulation_steps=settings.grad_accum, cpu=not torch.cuda.is_available()
+        )
+        self.noise_scheduler = noise_scheduler
+        self.data, self.pairs = data, list(pairs)
+        self.n_train = len(data) - held_out
+        self.held_out = held_out
+        self.teacher = self._frozen_teacher(teacher)
+        self.student = student
+        if settings.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        self.sampler = IndexSampler(self.n_train, settings.seed + self.acc.process_index)
+        self._prepare(student)
+        self.step_count = 0
+
+    def _frozen_teacher(self, teacher: UNet2DConditionModel) -> UNet2DConditionModel:
+        """Teacher on the device, no grad, in half precision where the device allows."""
+        dtype = torch.float32
+        if self.acc.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        teacher = teacher.to(self.acc.device) if dtype == teacher.dtype else teacher.to(self.acc.device, dtype)
+        return teacher.eval().requires_grad_(False)
+
+    def _prepare(self, student: UNet2DConditionModel) -> None:
+        s = self.settings
+        optimizer = torch.optim.AdamW(student.parameters(), lr=s.learning_rate, weight_decay=1e-2)
+        warmup = s.warmup_steps if s.warmup_steps is not None else min(100, s.steps // 10)
+        lr = get_scheduler("cosine", optimizer, num_warmup_steps=warmup * self.acc.num_processes,
+                           num_training_steps=s.steps * self.acc.num_processes)  # fmt: skip
+        self.model, self.optimizer, self.lr_scheduler = self.acc.prepare(student.train(), optimizer, lr)
+        self.acc.register_for_checkpointing(self.sampler)
+        unwrapped = self.acc.unwrap_model(self.model)
+        self.student_features = FeatureRecorder(unwrapped, [p[0] for p in self.pairs])
+        self.teacher_features = FeatureRecorder(self.teacher, [p[1] for p in self.pairs])
+
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Noisy latents, timesteps, noise, and conditioning with captions dropped."""
+        g, dev = self.sampler.generator, self.acc.device
+        latents = batch["latents"]
+        n = len(latents)
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=g)
+        keep = (torch.rand(n, generator=g) >= self.settings.caption_dropout).float()
+        embeds = batch["prompt_embeds"] * keep[:, None, None]
+        pooled = batch["pooled_prompt_embeds"] * keep[:, None] if "pooled_prompt_embeds" in batch else None
+        noisy = self.noise_scheduler.add_noise(latents, noise, t)
+        out = (noisy, t, embeds, pooled, batch.get("time_ids"), latents, noise)
+        return tuple(x.to(dev) if x is not None else None for x in out)  # type: ignore[misc]
+
+    @staticmethod
+    def _added(pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+        return None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}  # type: ignore[dict-item]
+
+    def _teacher_pass(self, noisy, t, embeds, added) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        dtype = next(self.teacher.parameters()).dtype
+        cast = {k: v.to(dtype) for k, v in added.items()} if added else None
+        with torch.no_grad():
+            return self.teacher(noisy.to(dtype), t, embeds.to(dtype), added_cond_kwargs=cast).sample
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossTerms:
+        """Forward both models on one batch and combine the loss terms."""
+        noisy, t, embeds, pooled, time_ids, latents, noise = self._inputs(batch)
+        added = self._added(pooled, time_ids)
+        teacher_pred = self._teacher_pass(noisy, t, embeds, added)
+        with self.acc.autocast():
+            student_pred = self.model(noisy, t, embeds, added_cond_kwargs=added).sample
+        w = self.settings.weights
+        target = task_target(self.noise_scheduler, latents, noise, t.cpu()).to(self.acc.device)
+        snr = (
+            min_snr_weights(self.noise_scheduler, t.cpu(), w.min_snr_gamma).to(self.acc.device)
+            if w.min_snr_gamma
+            else None
+        )
+        feats = (self.student_features.features, self.teacher_features.features, self.pairs)
+        return distill_loss(student_pred, teacher_pred, target, feats, w, snr)
+
+    def step(self) -> LossTerms:
+        """One optimizer step (``grad_accum`` micro-batches)."""
+        for _ in range(self.settings.grad_accum):
+            batch = collate(self.data, self.sampler.rows(self.settings.batch_size))
+            with self.acc.accumulate(self.model):
+                terms = self.loss(batch)
+                self.acc.backward(terms.total)
+                if self.acc.sync_gradients:
+                    self.acc.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        return terms
+
+    @torch.no_grad()
+    def held_out_kd(self, seed: int = 1234) -> float:
+        """Mean MSE of student vs teacher noise predictions on the held-out rows, fixed noise and timesteps."""
+        if not self.held_out:
+            return float("nan")
+        rows = torch.arange(self.n_train, len(self.data))
+        g = torch.Generator().manual_seed(seed)
+        self.model.eval()
+        total = 0.0
+        for chunk in rows.split(self.settings.batch_size):
+            batch = collate(self.data, chunk)
+            noise = torch.randn(batch["latents"].shape, generator=g)
+            t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(chunk),), generator=g)
+            noisy = self.noise_scheduler.add_noise(batch["latents"], noise, t).to(self.acc.device)
+            added = self._added(batch.get("pooled_prompt_embeds"), batch.get("time_ids"))
+            added = {k: v.to(self.acc.device) for k, v in added.items()} if added else None
+            embeds, t = batch["prompt_embeds"].to(self.acc.device), t.to(self.acc.device)
+            teacher = self._teacher_pass(noisy, t, embeds, added).float()
+            with self.acc.autocast():
+                student = self.acc.unwrap_model(self.model)(noisy, t, embeds, added_cond_kwargs=added).sample.float()
+            total += float(((student - teacher) ** 2).mean()) * len(chunk)
+        self.model.train()
+        return total / len(rows)
+
+    def save_checkpoint(self, folder: Path, extra: dict[str, Any]) -> Path:
+        """Save the full training state atomically, then keep only the newest ``keep_checkpoints``."""
+        final = folder / f"step-{extra['global_step']:07d}"
+        tmp = folder / f".{final.name}.partial"
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp), safe_serialization=True)
+        if self.acc.is_main_process:
+            (tmp / "progress.json").write_text(json.dumps(extra))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            done = sorted((p for p in folder.glob("step-*") if (p / "progress.json").is_file()), key=lambda p: p.name)
+            for old in done[: -self.settings.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        self.acc.load_state(str(path))
+        progress = json.loads((path / "progress.json").read_text())
+        self.step_count = int(progress["stage_step"])
+        return progress
+
+    def run(
+        self, until: int, on_step: Callable[[int, LossTerms], None] | None = None, desc: str = "distill"
+    ) -> LossTerms | None:
+        """Train until ``step_count == until``, with a progress bar showing the loss terms."""
+        terms = None
+        bar = tqdm(total=until, initial=self.step_count, desc=desc, disable=not self.acc.is_local_main_process,
+                   mininterval=1.0, dynamic_ncols=True)  # fmt: skip
+        while self.step_count < until:
+            terms = self.step()
+            values = terms.as_floats()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
+            bar.update(1)
+            if on_step is not None:
+                on_step(self.step_count, terms)
+        bar.close()
+        return terms
+
+    def close(self) -> None:
+        self.student_features.remove()
+        self.teacher_features.remove()
+
+
+def finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,121 @@
+"""`pruner cache` then `pruner distill` end to end on a tiny SDXL pipeline: outputs, resume, errors, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from pruner.cli import app
+from pruner.distill import trainer
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_sdxl_pipeline: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(recipe pointing at the tiny pipeline, latent cache of 40 synthetic pictures)."""
+    root = tmp_path_factory.mktemp("distill")
+    assert runner.invoke(app, ["synth-data", "--out", str(root / "data"), "--n", "40"]).exit_code == 0
+    result = runner.invoke(
+        app, ["cache", str(root / "data"), "--teacher", tiny_sdxl_pipeline, "--out", str(root / "cache")]
+    )
+    assert result.exit_code == 0, result.output
+    text = (RECIPES / "tiny-sdxl-bk-small.yaml").read_text().replace("model: tiny-sdxl", f"model: {tiny_sdxl_pipeline}")
+    (root / "recipe.yaml").write_text(text)
+    return root / "recipe.yaml", root / "cache"
+
+
+def distill(recipe: Path, cache: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
+    args = ["distill", str(recipe), "--data", str(cache), "--output", str(out), "--batch-size", "4", *extra]
+    return runner.invoke(app, args)
+
+
+def unet_weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.slow
+def test_distill_writes_a_pipeline_stock_diffusers_loads(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe, cache = setup
+    result = distill(
+        recipe, cache, tmp_path / "out", "--steps", "6", "--checkpoint-every", "3", "--validate-every", "3"
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    unet = UNet2DConditionModel.from_pretrained(out, subfolder="unet")
+    assert unet.config.layers_per_block == 1 and unet.config.mid_block_type is None
+    pipe = StableDiffusionXLPipeline.from_pretrained(out, torch_dtype=torch.float32)
+    assert pipe(["a small red circle on the left on a grey background"], num_inference_steps=2).images[0].size == (
+        32,
+        32,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and set(metrics["final_losses"]) == {"total", "task", "output_kd", "feature_kd"}
+    assert len(metrics["held_out_kd_history"]) == 3  # steps 3 and 6, and the stage end
+    assert (out / "validation.png").is_file() and "tiny-sdxl-bk-small" in (out / "README.md").read_text()
+    assert any((out / "logs").rglob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
+    assert not list(out.glob(".*partial*"))
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_weights(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    recipe, cache = setup
+    assert distill(recipe, cache, tmp_path / "straight", "--steps", "6", "--checkpoint-every", "2").exit_code == 0
+
+    real_step = trainer.Distiller.step
+
+    def dying_step(self):  # type: ignore[no-untyped-def]
+        if self.step_count == 5:
+            raise KeyboardInterrupt("killed")
+        return real_step(self)
+
+    monkeypatch.setattr(trainer.Distiller, "step", dying_step)
+    distill(recipe, cache, tmp_path / "resumed", "--steps", "6", "--checkpoint-every", "2")
+    assert not (tmp_path / "resumed" / "unet").exists()
+    monkeypatch.setattr(trainer.Distiller, "step", real_step)
+    result = distill(recipe, cache, tmp_path / "resumed", "--steps", "6", "--checkpoint-every", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    expected, got = unet_weights(tmp_path / "straight"), unet_weights(tmp_path / "resumed")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_user_errors(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe, cache = setup
+    result = distill(recipe, cache, tmp_path / "o", "--resume")
+    assert result.exit_code == 2 and "no complete checkpoint" in result.output
+    (tmp_path / "o" / "checkpoints" / "step-0000001").mkdir(parents=True)
+    (tmp_path / "o" / "checkpoints" / "step-0000001" / "progress.json").write_text("{}")
+    result = distill(recipe, cache, tmp_path / "o")
+    assert result.exit_code == 2 and "--resume" in result.output
+    sdxl_recipe = RECIPES / "sdxl-vega.yaml"
+    result = runner.invoke(app, ["distill", str(sdxl_recipe), "--output", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--data" in result.output
+    result = runner.invoke(app, ["cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_two_processes(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe, cache = setup
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate is not None
+    cmd = [accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--cpu", "-m", "pruner", "distill", str(recipe), "--data", str(cache),
+           "--output", str(tmp_path / "ddp"), "--steps", "3", "--batch-size", "2"]  # fmt: skip
+    env = {**os.environ, "PRUNER_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "num_processes=2" in done.stderr or (tmp_path / "ddp" / "unet").is_dir()
+    assert UNet2DConditionModel.from_pretrained(tmp_path / "ddp", subfolder="unet").config.layers_per_block == 1

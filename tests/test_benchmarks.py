@@ -1,0 +1,35 @@
+"""The benchmark scripts run (at tiny scale, on CPU) and print their tables; their timings are not tested."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def run(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_at_tiny_scale_on_cpu(tmp_path: Path) -> None:
+    out = run("benchmarks/gpu_check.py", "--tiny", "--steps", "1", "--runs", "2", "--json", str(tmp_path / "f.json"))
+    assert "tiny-sdxl-vega" in out and "speedup" in out
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["tiny-sdxl-vega"]["params"] < figures["teacher_params"]
+    assert figures["tiny-sdxl-vega"]["speedup"] > 0 and figures["tiny-sdxl-bk-small"]["step_s"] > 0
+
+
+@pytest.mark.slow
+def test_distill_step_benchmark_prints_the_overhead() -> None:
+    out = run("benchmarks/distill_step.py", "--steps", "1", "--batch", "2")
+    assert "overhead" in out and all(level in out for level in ("block", "sub_block", "layer"))

@@ -81,6 +81,7 @@ class LossSpec(_Strict):
         description="Where features are compared: block outputs, each resnet/attention, each transformer layer.",
     )
     normalize_features: bool = Field(False, description="Divide each feature term by the teacher feature's norm.")
+    min_snr_gamma: float | None = Field(None, gt=0, description="Min-SNR weighting of the task loss (5.0 is usual).")
 
 
 class StageSpec(_Strict):

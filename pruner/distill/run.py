@@ -49,6 +49,7 @@ class DistillOptions:
     grad_accum: int = 1
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.1
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -93,12 +94,13 @@ def _resolve_data(recipe: Recipe, data: str | None) -> Any:
 
 def _settings(stage: StageSpec, steps: int, opts: DistillOptions, recipe: Recipe) -> TrainSettings:
     loss = stage.loss
-    weights = LossWeights(loss.task, loss.output_kd, loss.feature_kd, loss.normalize_features)
+    weights = LossWeights(loss.task, loss.output_kd, loss.feature_kd, loss.normalize_features, loss.min_snr_gamma)
     return TrainSettings(
         steps=steps, learning_rate=stage.learning_rate, batch_size=opts.batch_size or recipe.distill.batch_size,
         weights=weights, seed=opts.seed, grad_accum=opts.grad_accum, caption_dropout=opts.caption_dropout,
         checkpoint_every=opts.checkpoint_every, keep_checkpoints=opts.keep_checkpoints,
         validate_every=opts.validate_every, gradient_checkpointing=opts.gradient_checkpointing,
+        ema_decay=opts.ema_decay,
     )  # fmt: skip
 
 
@@ -201,7 +203,7 @@ def _train_stages(
         result.held_out_kd.append((first_global + steps[k], d.held_out_kd()))
         d.save_checkpoint(ckpt_dir, run.progress(steps[k]))
         acc.end_training()
-        student = acc.unwrap_model(d.model)
+        student = d.final_student()
         d.close()
         first_global += steps[k]
     result.steps = first_global

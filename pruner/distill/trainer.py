@@ -127,6 +127,13 @@ class Distiller:
                            num_training_steps=s.steps * self.acc.num_processes)  # fmt: skip
         self.model, self.optimizer, self.lr_scheduler = self.acc.prepare(student.train(), optimizer, lr)
         self.acc.register_for_checkpointing(self.sampler)
+        self.ema = None
+        if self.settings.ema_decay is not None:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.acc.unwrap_model(self.model).parameters(), decay=self.settings.ema_decay)
+            self.ema.to(self.acc.device)
+            self.acc.register_for_checkpointing(self.ema)
         unwrapped = self.acc.unwrap_model(self.model)
         self.student_features = FeatureRecorder(unwrapped, [p[0] for p in self.pairs])
         self.teacher_features = FeatureRecorder(self.teacher, [p[1] for p in self.pairs])
@@ -184,6 +191,8 @@ class Distiller:
                 self.optimizer.step()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None and self.acc.sync_gradients:
+                self.ema.step(self.acc.unwrap_model(self.model).parameters())
         self.step_count += 1
         return terms
 
@@ -252,6 +261,13 @@ class Distiller:
                 on_step(self.step_count, terms)
         bar.close()
         return terms
+
+    def final_student(self) -> UNet2DConditionModel:
+        """The trained student (with its EMA weights, when EMA is on)."""
+        student = self.acc.unwrap_model(self.model)
+        if self.ema is not None:
+            self.ema.copy_to(student.parameters())
+        return student
 
     def close(self) -> None:
         self.student_features.remove()

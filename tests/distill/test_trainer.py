@@ -30,13 +30,19 @@ def fake_cache(n: int = 48, seed: int = 0) -> list[dict[str, torch.Tensor]]:
 
 
 def make(
-    teacher, level: str = "sub_block", steps: int = 6, lr: float = 1e-3, held_out: int = 8, weights=None
+    teacher, level: str = "sub_block", steps: int = 6, lr: float = 1e-3, held_out: int = 8, weights=None, ema=None
 ) -> Distiller:  # type: ignore[no-untyped-def]
     topo = topology_of(teacher)
     student, _ = build_student(teacher, PLAN)
     pairs = feature_map(layout_of(PLAN, topo), topo, level)  # type: ignore[arg-type]
     settings = TrainSettings(
-        steps=steps, learning_rate=lr, batch_size=4, seed=3, warmup_steps=0, weights=weights or LossWeights()
+        steps=steps,
+        learning_rate=lr,
+        batch_size=4,
+        seed=3,
+        warmup_steps=0,
+        weights=weights or LossWeights(),
+        ema_decay=ema,
     )
     return Distiller(student, teacher, pairs, fake_cache(), settings, noise_scheduler=noise_scheduler_for("sdxl"),
                      accelerator=Accelerator(cpu=True), held_out=held_out)  # fmt: skip
@@ -88,13 +94,16 @@ def test_output_kd_brings_held_out_predictions_closer(tiny_sdxl) -> None:  # typ
     d.close()
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_sdxl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    straight = make(tiny_sdxl)
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_sdxl, tmp_path: Path, ema) -> None:  # type: ignore[no-untyped-def]
+    straight = make(tiny_sdxl, ema=ema)
     straight.run(6)
-    expected = {k: v.clone() for k, v in straight.acc.unwrap_model(straight.model).state_dict().items()}
+    raw = {k: v.clone() for k, v in straight.acc.unwrap_model(straight.model).state_dict().items()}
+    expected = {k: v.clone() for k, v in straight.final_student().state_dict().items()}
+    assert (ema is None) == all(torch.equal(raw[k], expected[k]) for k in raw)  # EMA weights differ from raw ones
     straight.close()
 
-    first = make(tiny_sdxl)
+    first = make(tiny_sdxl, ema=ema)
     first.run(3)
     first.save_checkpoint(tmp_path, {"stage": 0, "stage_step": 3, "global_step": 3})
     first.run(4)  # "killed" after a step past the checkpoint
@@ -103,10 +112,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_sdxl, tmp_pa
     ckpt = latest_checkpoint(tmp_path)
     assert ckpt is not None and ckpt.name == "step-0000003"
 
-    resumed = make(tiny_sdxl)
+    resumed = make(tiny_sdxl, ema=ema)
     resumed.load_checkpoint(ckpt)
     resumed.run(6)
-    got = resumed.acc.unwrap_model(resumed.model).state_dict()
+    got = resumed.final_student().state_dict()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     resumed.close()
 

@@ -157,6 +157,50 @@ def apply(
 
 
 @app.command()
+def search(
+    budget: Annotated[
+        str,
+        typer.Option(
+            help="Size limit naming its unit: 0.74B, 740M, 45% (of the teacher's params), macs=2.8T, macs=60%."
+        ),
+    ] = "50%",
+    teacher: Annotated[str, typer.Option(help="Teacher: hub id, pipeline or UNet folder, or tiny-sdxl.")] = "tiny-sdxl",
+    objectives: Annotated[
+        str, typer.Option(help="Comma-separated, minimised: quality plus macs, params or latency.")
+    ] = "quality,macs",
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the study (a re-run resumes up to this many).")] = 24,
+    proxy_steps: Annotated[int, typer.Option(min=0, help="Layer-level KD steps per trial (0: zero-shot only).")] = 30,
+    data: Annotated[str | None, typer.Option(help="Latent cache (from `pruner cache`) to calibrate on.")] = None,
+    prompts: Annotated[
+        str | None, typer.Option(help="No dataset: prompts file; the teacher generates the latents.")
+    ] = None,
+    space: Annotated[
+        str, typer.Option(help="Search space: a name under search/ (default, depth-only) or a YAML file.")
+    ] = "default",
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL; default sqlite under search/runs/.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name; default from teacher, budget and space.")] = None,
+    out: Annotated[Path, typer.Option(help="Where found.yaml, front/*.yaml and front.png go.")] = Path("recipes"),
+    seed: Annotated[int, typer.Option(help="Seeds the sampler, calibration noise and proxy training.")] = 0,
+    calibration: Annotated[
+        int, typer.Option(min=4, help="Calibration rows the proxy trains on (32 more are held out).")
+    ] = 96,
+) -> None:
+    """Search which units to remove: an Optuna multi-objective study scores each plan by a short layer-level KD
+    fine-tune and by cost, then writes the Pareto front as recipes (found.yaml: the best quality in budget)."""
+    from pruner.search.front import front_table
+    from pruner.search.study import SearchConfig, run_search
+
+    with user_errors():
+        cfg = SearchConfig(teacher=teacher, budget=budget, objectives=tuple(o.strip() for o in objectives.split(",")),
+                           trials=trials, proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
+                           storage=storage, study=study, out=out, seed=seed, calibration=calibration)  # fmt: skip
+        result = run_search(cfg, status=lambda message: err.print(f"[dim]{message}[/dim]"))
+        Console(width=200).print(front_table(result.study, title=f"Pareto front of {result.study.study_name}"))
+        err.print(f"found: {result.found}\nfront: {result.front_dir} and {result.plot}\nstudy: {result.storage} "
+                  f"(optuna-dashboard {result.storage})\nnext: pruner distill {result.found}")  # fmt: skip
+
+
+@app.command()
 def cache(
     data: Annotated[Path, typer.Argument(help="Image folder with metadata.jsonl (file_name, text per line).")],
     teacher: Annotated[str, typer.Option(help="Pipeline whose VAE and text encoders encode the data.")] = "tiny-sdxl",

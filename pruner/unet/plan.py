@@ -247,7 +247,7 @@ def _empty_block_violations(layout: Layout) -> list[_Violation]:
     ]
 
 
-def _mid_violation(layout: Layout, topo: Topology, removed: frozenset[str]) -> _Violation | None:
+def _mid_violation(layout: Layout, topo: Topology, removed: frozenset[str], prefer: str = "keep") -> _Violation | None:
     last = len(layout.down) - 1
     if layout.mid != "cross_attn" or not topo.down[last].attn or not layout.down[last]:
         return None
@@ -265,7 +265,7 @@ def _mid_violation(layout: Layout, topo: Topology, removed: frozenset[str]) -> _
     mid_removed = [f"{MID_ATTN}.transformer_blocks.{m}" for m in range(topo.mid_depth) if m not in layout.mid_blocks]
     gap = abs(d_down - d_mid)
     small_removed = mid_removed if d_mid < d_down else down_removed
-    if len(small_removed) >= gap:
+    if prefer == "keep" and len(small_removed) >= gap:
         return _Violation(message, readd=tuple(small_removed[:gap]))
     big_kept = (
         [f"{down_attn}.{m}" for m in first.blocks]
@@ -275,21 +275,22 @@ def _mid_violation(layout: Layout, topo: Topology, removed: frozenset[str]) -> _
     return _Violation(message, remove=tuple(big_kept[-gap:]))
 
 
-def _violations(plan: Plan, topo: Topology) -> list[_Violation]:
+def _violations(plan: Plan, topo: Topology, prefer: str = "keep") -> list[_Violation]:
     layout = layout_of(plan, topo)
     found = _empty_block_violations(layout)
     if not found:
-        mid = _mid_violation(layout, topo, plan.removed)
+        mid = _mid_violation(layout, topo, plan.removed, prefer)
         if mid is not None:
             found.append(mid)
     return found
 
 
-def nearest_expressible(plan: Plan, topo: Topology) -> Plan:
+def nearest_expressible(plan: Plan, topo: Topology, prefer: str = "keep") -> Plan:
     """The expressible plan closest to ``plan``: add back as few units as possible (or remove, when
-    adding back cannot fix a coupling)."""
+    adding back cannot fix a coupling). ``prefer="remove"`` fixes the mid-depth coupling by removing
+    layers from the deeper side instead (what a repair towards a budget wants)."""
     for _ in range(4 * len(unit_kinds(topo)) + 4):
-        found = _violations(plan, topo)
+        found = _violations(plan, topo, prefer)
         if not found:
             return plan
         v = found[0]

@@ -1,0 +1,377 @@
+"""The Pareto front of a finished search, as rows, a rich table, a plot and recipes.
+
+The search stores what each trial found as user attributes (``params``, ``macs``, ``latency_ms``, ``proxy_kd``,
+``removed``, ``label``, ``recipe``) and its objectives as ``trial.values``: quality first, then costs, all
+minimised. Infeasible trials (over the budget) carry a positive constraint. Everything here reads a study
+through Optuna's public API, so it works on any storage and in notebooks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from rich.table import Table
+
+from pruner.budget import count_scale, format_count
+from pruner.errors import PrunerError
+from pruner.recipe import Recipe, save_recipe
+from pruner.unet.plan import compress_names, expand_names
+
+__all__ = [
+    "COST_KEYS",
+    "CostKey",
+    "best_quality_trial",
+    "constraint_values",
+    "export_front",
+    "feasible_trials",
+    "front_rows",
+    "front_table",
+    "is_feasible",
+    "pareto_trials",
+    "plot_front",
+]
+
+CostKey = Literal["macs", "params", "latency_ms"]
+COST_KEYS: tuple[CostKey, ...] = ("macs", "params", "latency_ms")
+NO_FEASIBLE = "no feasible trial finished; raise --trials or loosen --budget"
+# Optuna < 5 (``constraints_func``) stored one list under this system attribute; Optuna 5 reads it too.
+_LEGACY_CONSTRAINTS_KEY = "constraints"
+# Unit-name abbreviations for the table, longest first so that "mid_block." wins over "mid_block".
+_SHORT_NAMES = (
+    ("transformer_blocks.", "t"),
+    ("down_blocks.", "d"),
+    ("up_blocks.", "u"),
+    ("mid_block.", "mid."),
+    ("mid_block", "mid"),
+    ("attentions.", "a"),
+    ("resnets.", "r"),
+)
+_SHORT_NAMES_CAPTION = "removed: d/u/mid = down/up/mid block, a = attention, r = resnet layer, t = transformer layers"
+
+
+# --- which trials ------------------------------------------------------------------------------------------
+
+
+def constraint_values(trial: FrozenTrial) -> list[float]:
+    """A trial's constraint values, however they were stored (a value > 0 means infeasible).
+
+    Optuna 5's ``trial.set_constraint(key, value)`` stores one system attribute per constraint, named
+    ``"constraints:<key>"``; ``FrozenTrial.constraints`` reads those together with the list that the deprecated
+    ``constraints_func`` stored under ``"constraints"``. Older Optuna has only that list.
+    """
+    constraints = getattr(trial, "constraints", None)
+    if isinstance(constraints, dict):
+        return [float(v) for v in constraints.values()]
+    return [float(v) for v in trial.system_attrs.get(_LEGACY_CONSTRAINTS_KEY) or ()]
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether every constraint is satisfied (<= 0); a NaN constraint counts as violated, as in Optuna."""
+    return all(v <= 0 for v in constraint_values(trial))
+
+
+def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Complete trials that meet every constraint, in trial order."""
+    n_objectives = len(study.directions)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [t for t in complete if t.values is not None and len(t.values) == n_objectives and is_feasible(t)]
+
+
+def _minimised(directions: Sequence[StudyDirection], trial: FrozenTrial) -> tuple[float, ...]:
+    """The trial's objective values with maximised ones negated, so that lower is better everywhere."""
+    return tuple(-v if d == StudyDirection.MAXIMIZE else v for v, d in zip(trial.values, directions, strict=True))
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
+
+
+def _cost_order(key: tuple[float, ...], trial: FrozenTrial) -> tuple[Any, ...]:
+    """Sort key: cost objectives first, then quality, then trial number (stable across runs)."""
+    return (*key[1:], key[0], trial.number)
+
+
+def _pareto(study: optuna.Study, feasible: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Non-dominated trials, found in one pass over the lexicographic order, where a dominator always comes first."""
+    directions = study.directions  # read once: on an RDB storage each read is a query
+    keyed = sorted(((_minimised(directions, t), t) for t in feasible), key=lambda kt: (kt[0], kt[1].number))
+    front: list[tuple[tuple[float, ...], FrozenTrial]] = []
+    for key, trial in keyed:
+        if not any(_dominates(other, key) for other, _ in front):
+            front.append((key, trial))
+    return [t for k, t in sorted(front, key=lambda kt: _cost_order(*kt))]
+
+
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The non-dominated feasible trials over all objectives, cheapest first."""
+    return _pareto(study, feasible_trials(study))
+
+
+def _best(study: optuna.Study, feasible: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """Best quality; ties go to the cheaper trial, so the winner is always on the Pareto front."""
+    directions = study.directions
+    return min(feasible, key=lambda t: (_minimised(directions, t), t.number), default=None)
+
+
+def best_quality_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The feasible trial with the best quality objective (``values[0]``), or None when there is none."""
+    return _best(study, feasible_trials(study))
+
+
+# --- what each trial found ---------------------------------------------------------------------------------
+
+
+def _metric_names(study: optuna.Study) -> list[str]:
+    return list(getattr(study, "metric_names", None) or [])
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a user attribute, or None for anything else (missing, None, NaN, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _cost(trial: FrozenTrial, key: str, names: Sequence[str]) -> float | None:
+    """A cost from the trial's user attributes, else from its objective of that name."""
+    value = _number(trial.user_attrs.get(key))
+    if value is None and key in names and trial.values is not None and names.index(key) < len(trial.values):
+        value = _number(trial.values[names.index(key)])
+    return value
+
+
+def _quality(trial: FrozenTrial) -> float | None:
+    """The proxy KD loss the search recorded, else the quality objective."""
+    value = _number(trial.user_attrs.get("proxy_kd"))
+    if value is None and trial.values:
+        value = _number(trial.values[0])
+    return value
+
+
+def _removed(trial: FrozenTrial) -> list[str]:
+    """Removed unit names, one per unit: the search may store them folded (``...transformer_blocks.2-9``)."""
+    raw = trial.user_attrs.get("removed")
+    names = [n for n in raw if isinstance(n, str)] if isinstance(raw, list | tuple) else []
+    try:
+        return sorted(set(expand_names(names)))
+    except PrunerError:  # a backwards range: count it as written rather than fail a report
+        return sorted(set(names))
+
+
+def _label(trial: FrozenTrial) -> str | None:
+    label = trial.user_attrs.get("label")
+    return str(label) if label else None
+
+
+def _row(trial: FrozenTrial, names: Sequence[str]) -> dict[str, Any]:
+    removed = _removed(trial)
+    return {
+        "number": trial.number,
+        "label": _label(trial),
+        "params": _cost(trial, "params", names),
+        "macs": _cost(trial, "macs", names),
+        "latency_ms": _cost(trial, "latency_ms", names),
+        "proxy_kd": _quality(trial),
+        "n_removed": len(removed),
+        "removed": ", ".join(compress_names(removed)),
+        "recipe": trial.user_attrs.get("recipe"),
+    }
+
+
+def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One dict per Pareto trial, cheapest first; ``removed`` is the recipe's folded form, comma-separated."""
+    names = _metric_names(study)
+    return [_row(t, names) for t in pareto_trials(study)]
+
+
+# --- table -------------------------------------------------------------------------------------------------
+
+
+def _short(removed: str) -> str:
+    for long, short in _SHORT_NAMES:
+        removed = removed.replace(long, short)
+    return removed
+
+
+def _cell(value: float | None, fmt: Callable[[float], str]) -> str:
+    return "-" if value is None else fmt(value)
+
+
+_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("params", "params", lambda v: format_count(v, "params")),
+    ("macs", "MACs", lambda v: format_count(v, "macs")),
+    ("latency_ms", "latency ms", lambda v: f"{v:.1f}"),
+)
+
+
+def front_table(study: optuna.Study, title: str | None = None) -> Table:
+    """The Pareto front as a rich table; cost columns no trial measured are left out."""
+    rows = front_rows(study)
+    if title is None:
+        title = f"Pareto front of {study.study_name}: {len(rows)} of {len(feasible_trials(study))} feasible trials"
+    costs = [c for c in _COLUMNS if any(r[c[0]] is not None for r in rows)]
+    table = Table(title=title, caption=_SHORT_NAMES_CAPTION if rows else None)
+    for header in ("trial", "seed", *(c[1] for c in costs), "proxy KD", "n removed"):
+        table.add_column(header, justify="left" if header == "seed" else "right", no_wrap=True)
+    table.add_column("removed", overflow="fold")
+    for r in rows:
+        cost_cells = [_cell(r[key], fmt) for key, _, fmt in costs]
+        quality = _cell(r["proxy_kd"], lambda v: f"{v:.4g}")
+        table.add_row(
+            str(r["number"]), r["label"] or "", *cost_cells, quality, str(r["n_removed"]), _short(r["removed"])
+        )
+    return table
+
+
+# --- plot --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Point:
+    x: float
+    y: float
+    label: str | None
+
+
+def _points(trials: Sequence[FrozenTrial], x: str, names: Sequence[str]) -> list[_Point]:
+    """(cost, quality) of each trial that has both, finite."""
+    points = []
+    for trial in trials:
+        cost, quality = _cost(trial, x, names), _quality(trial)
+        if cost is not None and quality is not None:
+            points.append(_Point(cost, quality, _label(trial)))
+    return points
+
+
+def _x_axis(x: str, largest: float) -> tuple[float, str]:
+    """(divisor, label with unit) of the cost axis: MACs in G or T, parameters in M or B, latency in ms."""
+    if x == "latency_ms":
+        return 1.0, "latency per UNet call (ms)"
+    scale, suffix = count_scale(largest, "macs" if x == "macs" else "params")
+    noun = "MACs per UNet call" if x == "macs" else "parameters"
+    return scale, f"{noun} ({suffix})" if suffix else noun
+
+
+def _staircase(front: Sequence[_Point]) -> list[_Point]:
+    """The front as seen on this axis: points in cost order that improve quality on every cheaper one."""
+    stairs: list[_Point] = []
+    for p in sorted(front, key=lambda p: (p.x, p.y)):
+        if not stairs or p.y < stairs[-1].y:
+            stairs.append(p)
+    return stairs
+
+
+def _draw(ax: Axes, everyone: Sequence[_Point], front: Sequence[_Point], scale: float) -> None:
+    ax.scatter([p.x / scale for p in everyone], [p.y for p in everyone], s=12, color="0.7", label="feasible trials")
+    stairs = _staircase(front)
+    ax.step([p.x / scale for p in stairs], [p.y for p in stairs], where="post", color="C0", linewidth=1.2)
+    ax.scatter([p.x / scale for p in front], [p.y for p in front], s=40, color="C0", zorder=3, label="Pareto front")
+    seeds = [p for p in everyone if p.label]
+    if seeds:
+        ax.scatter([p.x / scale for p in seeds], [p.y for p in seeds], s=140, marker="*", color="C3", zorder=4,
+                   edgecolors="black", linewidths=0.5, label="heuristic seeds")  # fmt: skip
+    for p in seeds:
+        ax.annotate(
+            p.label or "", (p.x / scale, p.y), xytext=(6, 4), textcoords="offset points", fontsize=8, color="C3"
+        )
+
+
+def _use_log_scale(points: Sequence[_Point]) -> bool:
+    low, high = min(p.y for p in points), max(p.y for p in points)
+    return low > 0 and high / low > 10
+
+
+def _save_atomically(fig: Figure, path: Path) -> Path:
+    """Write the figure under a temporary name, then rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_front(study: optuna.Study, path: Path, x: str = "macs") -> Path:
+    """Plot quality against one cost: feasible trials light, the Pareto front as a staircase, seeds starred.
+
+    Uses matplotlib's Agg canvas directly (no pyplot), so it changes no global backend in a notebook.
+    """
+    if x not in COST_KEYS:
+        raise PrunerError(f"cannot plot against {x!r}; choose one of {', '.join(COST_KEYS)}")
+    names, feasible = _metric_names(study), feasible_trials(study)
+    everyone = _points(feasible, x, names)
+    if not everyone:
+        raise PrunerError(
+            NO_FEASIBLE if not feasible else f"no feasible trial recorded {x}; plot against macs or params"
+        )
+    front = _points(_pareto(study, feasible), x, names)
+    scale, x_label = _x_axis(x, max(p.x for p in everyone))
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    _draw(ax, everyone, front, scale)
+    if _use_log_scale(everyone):
+        ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    quality = names[0] if names and names[0] != "proxy_kd" else "proxy KD loss"
+    ax.set_ylabel(f"{quality} (lower is better)")
+    ax.set_title(f"{study.study_name}: {len(front)} on the front of {len(everyone)} feasible trials", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save_atomically(fig, Path(path))
+
+
+# --- recipes -----------------------------------------------------------------------------------------------
+
+
+def _plot_axis(study: optuna.Study, trials: Sequence[FrozenTrial]) -> str:
+    """The cost to plot against: the study's first cost objective, else MACs, else parameters."""
+    names = _metric_names(study)
+    candidates = [n for n in names[1:] if n in COST_KEYS] + ["macs", "params", "latency_ms"]
+    return next((c for c in candidates if any(_cost(t, c, names) is not None for t in trials)), "macs")
+
+
+def _write_front(front_dir: Path, recipes: dict[int, Recipe]) -> None:
+    """Write ``trial-<number>.yaml`` per front trial and remove the ones an earlier export left behind.
+
+    Only ``trial-*.yaml`` files are removed: those are the names this function writes, so a recipe a user put
+    in the folder by hand survives.
+    """
+    written = {save_recipe(recipe, front_dir / f"trial-{number}.yaml") for number, recipe in recipes.items()}
+    for old in front_dir.glob("trial-*.yaml"):
+        if old not in written:
+            old.unlink()
+
+
+def export_front(study: optuna.Study, out_dir: Path, recipe_of: Callable[[FrozenTrial], Recipe]) -> dict[str, Path]:
+    """Write ``front/trial-<n>.yaml`` per Pareto trial, ``found.yaml`` (best quality) and ``front.png``.
+
+    Every recipe is built before any file is written, so a failing ``recipe_of`` leaves an earlier export whole.
+    """
+    out_dir = Path(out_dir)
+    feasible = feasible_trials(study)
+    best = _best(study, feasible)
+    if best is None:
+        raise PrunerError(NO_FEASIBLE)
+    front = _pareto(study, feasible)
+    recipes = {t.number: recipe_of(t) for t in front}
+    found_recipe = recipes[best.number] if best.number in recipes else recipe_of(best)
+    front_dir = out_dir / "front"
+    front_dir.mkdir(parents=True, exist_ok=True)
+    _write_front(front_dir, recipes)
+    found = save_recipe(found_recipe, out_dir / "found.yaml")
+    plot = plot_front(study, out_dir / "front.png", x=_plot_axis(study, feasible))
+    return {"found": found, "front_dir": front_dir, "plot": plot}

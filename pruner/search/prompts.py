@@ -1,0 +1,40 @@
+"""Calibration latents for a user with no dataset: the teacher's own generations for their prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pruner.errors import PrunerError
+
+__all__ = ["prompt_latents"]
+
+
+@torch.no_grad()
+def prompt_latents(
+    teacher: str, prompts_file: Path, n: int, seed: int, steps: int = 20
+) -> list[dict[str, torch.Tensor]]:
+    """Rows shaped like a latent cache's: the teacher generates one latent per prompt (cycled to ``n``)."""
+    from pruner.evaluate import _conditioning, _generate
+    from pruner.unet.load import load_pipeline
+
+    lines = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()] if prompts_file.is_file() else []
+    if not lines:
+        raise PrunerError(f"{prompts_file} holds no prompts; write one prompt per line")
+    prompts = (lines * (n // len(lines) + 1))[:n]
+    pipe = load_pipeline(teacher)
+    rows: list[dict[str, torch.Tensor]] = []
+    for start in range(0, n, 16):
+        chunk = prompts[start : start + 16]
+        latents = _generate(pipe, chunk, seed + start, steps, 5.0, "latent").images
+        embeds, added = _conditioning(pipe, chunk)
+        for k in range(len(chunk)):
+            row = {"latents": latents[k].float(), "prompt_embeds": embeds[k].float()}
+            if added is not None:
+                row |= {
+                    "pooled_prompt_embeds": added["text_embeds"][k].float(),
+                    "time_ids": added["time_ids"][k].float(),
+                }
+            rows.append(row)
+    return rows

@@ -1,0 +1,148 @@
+"""Search spaces as data (``search/*.yaml``): what a trial may remove, and how a sampled genome becomes a plan.
+
+A genome is a handful of integers and one choice: the transformer depth of each attention module, the
+number of layers of each down block, and what becomes of the mid block. ``decode`` turns it into a plan by
+choosing *which* teacher layers each count keeps: the first ones, an even spread, or the most important
+(by each unit's sensitivity).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pruner.errors import PrunerError
+from pruner.unet.plan import MID_ATTN, Plan, layer_unit
+from pruner.unet.topology import Topology
+
+__all__ = ["SearchSpace", "decode", "genome_of", "load_space", "suggest_genome"]
+
+SPACES = Path(__file__).resolve().parents[2] / "search"
+
+
+class SearchSpace(BaseModel):
+    """Which kinds of unit a search may remove, and how kept layers are chosen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: Literal[1] = 1
+    name: str = "default"
+    description: str = ""
+    transformer_layers: bool = Field(True, description="Search the depth of every attention module.")
+    layers: bool = Field(True, description="Search how many resnet(+attention) layers each down block keeps.")
+    mid_attention: bool = Field(True, description="The mid block's attention may go (UNetMidBlock2D).")
+    mid_block: bool = Field(True, description="The whole mid block may go.")
+    select: Literal["first", "spread", "importance"] = Field(
+        "importance", description="Which teacher layers a kept count keeps."
+    )
+    min_depth: int = Field(0, ge=0, description="Fewest transformer layers an attention module keeps.")
+    keep_skip_topology: bool = Field(
+        False, description="Never remove layers with skip connections (ControlNet-style adapters stay compatible)."
+    )
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """A space by file path, or by name under the top-level ``search/`` folder."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = SPACES / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise PrunerError(f"no search space {name_or_path!r}; give a YAML file or a name under search/ (e.g. default)")
+    try:
+        return SearchSpace.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (yaml.YAMLError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise PrunerError(f"{path}: invalid search space: {first}") from exc
+
+
+def _attention_modules(topo: Topology) -> list[tuple[str, int]]:
+    mods = [
+        (f"down_blocks.{i}.attentions.{k}", d)
+        for i, b in enumerate(topo.down)
+        if b.attn
+        for k, d in enumerate(b.depths)
+    ]
+    if topo.mid == "cross_attn":
+        mods.append((MID_ATTN, topo.mid_depth))
+    mods += [
+        (f"up_blocks.{j}.attentions.{u}", d) for j, b in enumerate(topo.up) if b.attn for u, d in enumerate(b.depths)
+    ]
+    return [(m, d) for m, d in mods if d > 0]
+
+
+def _mid_choices(space: SearchSpace, topo: Topology) -> list[str]:
+    choices = ["full"] if topo.mid is not None else ["none"]
+    if topo.mid == "cross_attn" and space.mid_attention:
+        choices.append("no_attention")
+    if topo.mid is not None and space.mid_block:
+        choices.append("none")
+    return choices
+
+
+def suggest_genome(trial: Any, space: SearchSpace, topo: Topology) -> dict[str, Any]:
+    """Ask an Optuna trial for a genome (the same parameter names for every trial)."""
+    genome: dict[str, Any] = {}
+    if space.transformer_layers:
+        for mod, depth in _attention_modules(topo):
+            genome[f"depth:{mod}"] = trial.suggest_int(f"depth:{mod}", min(space.min_depth, depth), depth)
+    if space.layers and not space.keep_skip_topology:
+        for i, block in enumerate(topo.down):
+            if block.layers > 1:
+                genome[f"layers:down_blocks.{i}"] = trial.suggest_int(f"layers:down_blocks.{i}", 1, block.layers)
+    genome["mid"] = trial.suggest_categorical("mid", _mid_choices(space, topo))
+    return genome
+
+
+def _choose(n_total: int, keep: int, how: str, score: list[float]) -> list[int]:
+    """Indices of the ``keep`` of ``n_total`` items a count keeps."""
+    if keep >= n_total:
+        return list(range(n_total))
+    if keep <= 0:
+        return []
+    if how == "first":
+        return list(range(keep))
+    if how == "spread":
+        return sorted({round(k * (n_total - 1) / max(1, keep - 1)) for k in range(keep)} if keep > 1 else {0})
+    return sorted(sorted(range(n_total), key=lambda k: -score[k])[:keep])
+
+
+def decode(genome: dict[str, Any], space: SearchSpace, topo: Topology, sensitivity: dict[str, float]) -> Plan:
+    """The plan a genome describes (not yet repaired to expressibility or budget)."""
+    removed: set[str] = set()
+    for key, keep in genome.items():
+        if key.startswith("depth:"):
+            mod = key.removeprefix("depth:")
+            depth = dict(_attention_modules(topo))[mod]
+            names = [f"{mod}.transformer_blocks.{m}" for m in range(depth)]
+            kept = _choose(depth, keep, space.select, [sensitivity.get(n, 0.0) for n in names])
+            removed |= {n for m, n in enumerate(names) if m not in kept}
+        elif key.startswith("layers:"):
+            i = int(key.rsplit(".", 1)[1])
+            names = [layer_unit(i, k) for k in range(topo.down[i].layers)]
+            kept = _choose(len(names), keep, space.select, [sensitivity.get(n, 0.0) for n in names])
+            removed |= {n for k, n in enumerate(names) if k not in kept}
+    if genome.get("mid") == "no_attention":
+        removed.add(MID_ATTN)
+    elif genome.get("mid") == "none" and topo.mid is not None:
+        removed.add("mid_block")
+    return Plan(frozenset(removed))
+
+
+def genome_of(plan: Plan, space: SearchSpace, topo: Topology) -> dict[str, Any]:
+    """The genome whose counts match a plan (for enqueuing hand-made plans as trials)."""
+    genome: dict[str, Any] = {}
+    if space.transformer_layers:
+        for mod, depth in _attention_modules(topo):
+            gone = sum(f"{mod}.transformer_blocks.{m}" in plan.removed for m in range(depth))
+            genome[f"depth:{mod}"] = max(min(space.min_depth, depth), depth - gone)
+    if space.layers and not space.keep_skip_topology:
+        for i, block in enumerate(topo.down):
+            if block.layers > 1:
+                genome[f"layers:down_blocks.{i}"] = block.layers - sum(
+                    layer_unit(i, k) in plan.removed for k in range(block.layers)
+                )
+    mid = "none" if "mid_block" in plan.removed else "no_attention" if MID_ATTN in plan.removed else "full"
+    genome["mid"] = mid if topo.mid is not None else "none"
+    return genome

@@ -1,0 +1,135 @@
+"""The search on a tiny SDXL pipeline: a short study, its front as recipes, resume, and bad budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from pruner.cli import app
+from pruner.cost import CostModel
+from pruner.recipe import load_recipe
+from pruner.search.heuristics import seed_plans
+from pruner.search.repair import repair_to_budget
+from pruner.search.space import SearchSpace, decode, genome_of
+from pruner.student import resolve_recipe
+from pruner.unet import Plan, architecture_config, check_expressible, meta_unet, topology_of, unit_kinds
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_sdxl_pipeline: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("search-data")
+    assert runner.invoke(app, ["synth-data", "--out", str(root / "data"), "--n", "24"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["cache", str(root / "data"), "--teacher", tiny_sdxl_pipeline, "--out", str(root / "c")]
+        ).exit_code
+        == 0
+    )
+    return root / "c"
+
+
+def test_repair_reaches_the_budget_and_stays_expressible() -> None:
+    config = architecture_config("tiny-sdxl")
+    topo = topology_of(meta_unet(config))
+    cost = CostModel(config)
+    total = cost.params(Plan())
+    sens = {n: float(k) for k, n in enumerate(unit_kinds(topo))}
+    for fraction in (0.9, 0.6, 0.4):
+        plan = repair_to_budget(Plan(), topo, lambda p: cost.params(p), fraction * total, sens)
+        assert plan is not None
+        check_expressible(plan, topo)
+        assert cost.params(plan) <= fraction * total
+        assert cost.params(plan) > 0.8 * fraction * total  # at or just under, not far below
+
+
+def test_genomes_round_trip_through_plans() -> None:
+    topo = topology_of(meta_unet(architecture_config("tiny-sdxl")))
+    space = SearchSpace(select="first")
+    plan = Plan.removing(
+        ["mid_block.attentions.0", "down_blocks.2.attentions.1.transformer_blocks.3-5", "down_blocks.1.resnets.1"]
+    )
+    assert decode(genome_of(plan, space, topo), space, topo, {}) == plan
+
+
+def test_seed_plans_meet_the_budget_in_their_own_styles() -> None:
+    config = architecture_config("tiny-sdxl")
+    topo = topology_of(meta_unet(config))
+    cost = CostModel(config)
+    limit = 0.5 * cost.params(Plan())
+    seeds = seed_plans(topo, lambda p: cost.params(p), limit, {}, lambda _n: True)
+    assert {"bk", "ssd", "vega"} <= set(seeds)
+    assert all(cost.params(p) <= limit for p in seeds.values())
+    assert "mid_block.attentions.0" in seeds["ssd"].removed or "mid_block" in seeds["ssd"].removed
+
+
+@pytest.mark.slow
+def test_a_short_search_writes_its_front_and_resumes(tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    args = [
+        "search",
+        "--teacher",
+        tiny_sdxl_pipeline,
+        "--data",
+        str(tiny_cache),
+        "--budget",
+        "50%",
+        "--trials",
+        "4",
+        "--proxy-steps",
+        "2",
+        "--calibration",
+        "16",
+        "--storage",
+        storage,
+        "--study",
+        "t",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    found = load_recipe(tmp_path / "r" / "found.yaml")
+    resolved = resolve_recipe(found, "found.yaml")
+    assert found.provenance.source == "search" and found.distill.data == str(tiny_cache)
+    assert found.student is not None and found.student.params <= 0.5 * 10_140_868
+    assert list((tmp_path / "r" / "front").glob("*.yaml")) and (tmp_path / "r" / "front.png").is_file()
+    assert resolved.plan == found.plan_obj()
+    study = optuna.load_study(study_name="t", storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 4
+    labelled = [t for t in study.trials if t.user_attrs.get("label")]
+    assert labelled and all(
+        {"params", "macs", "removed"} <= set(t.user_attrs) for t in study.trials if t.state.name == "COMPLETE"
+    )
+    again = runner.invoke(app, [*args[:8], "6", *args[9:]])  # --trials 6: two more
+    assert again.exit_code == 0, again.output
+    assert len([t for t in optuna.load_study(study_name="t", storage=storage).trials if t.state.is_finished()]) == 6
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"), [("100%", "nothing to remove"), ("0.1%", "smallest student"), ("12X", "budget")]
+)
+def test_unreachable_or_bad_budgets_get_one_line(
+    tiny_sdxl_pipeline: str, tiny_cache: Path, budget: str, message: str, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "--teacher",
+            tiny_sdxl_pipeline,
+            "--data",
+            str(tiny_cache),
+            "--budget",
+            budget,
+            "--storage",
+            f"sqlite:///{tmp_path / 's.db'}",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1

@@ -201,6 +201,39 @@ def search(
 
 
 @app.command()
+def front(
+    study: Annotated[str, typer.Argument(help="Study name (as `pruner search` printed it).")],
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL; default sqlite under search/runs/.")] = None,
+    export: Annotated[Path | None, typer.Option(help="Write front/*.yaml, found.yaml and front.png here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="PNG of the front; default front.png beside --export, else here.")
+    ] = None,
+    x: Annotated[str, typer.Option(help="Cost axis of the plot: macs, params or latency_ms.")] = "macs",
+) -> None:
+    """Show a study's Pareto-optimal trials (params, MACs, latency, proxy loss, removed units) and plot the front
+    with the heuristic seeds marked."""
+    import optuna
+
+    from pruner.search.front import front_table, plot_front
+    from pruner.search.study import default_storage, export_study
+
+    with user_errors():
+        url = storage or default_storage(study)
+        try:
+            loaded = optuna.load_study(study_name=study, storage=url)
+        except KeyError as exc:
+            raise PrunerError(
+                f"no study {study!r} in {url}; check the name `pruner search` printed, or --storage"
+            ) from exc
+        Console(width=200).print(front_table(loaded, title=f"Pareto front of {study}"))
+        if export is not None:
+            paths = export_study(loaded, export)
+            err.print(f"recipes: {paths['front_dir']}, {paths['found']}; plot: {paths['plot']}")
+        if plot is not None or export is None:
+            err.print(f"plot: {plot_front(loaded, plot or Path('front.png'), x=x)}")
+
+
+@app.command()
 def cache(
     data: Annotated[Path, typer.Argument(help="Image folder with metadata.jsonl (file_name, text per line).")],
     teacher: Annotated[str, typer.Option(help="Pipeline whose VAE and text encoders encode the data.")] = "tiny-sdxl",

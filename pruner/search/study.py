@@ -277,41 +277,54 @@ def _progress(total: int, done: int):  # type: ignore[no-untyped-def]
     return bar, callback
 
 
-def _distill_spec(cfg: SearchConfig, data_path: str | None, latent: int) -> DistillSpec:
+def _distill_spec(teacher: str, data_path: str | None, latent: int) -> DistillSpec:
     """Distillation defaults for a found recipe: the bundled teacher's scale, or SSD-1B's published one."""
     loss = LossSpec(task=1.0, output_kd=0.5, feature_kd=0.5, feature_level="sub_block")
-    if cfg.teacher == "tiny-sdxl":
+    if teacher == "tiny-sdxl":
         return DistillSpec(resolution=32, batch_size=64, data=data_path,
                            stages=[StageSpec(steps=2000, learning_rate=2e-4, loss=loss)])  # fmt: skip
     return DistillSpec(resolution=latent * 8, batch_size=1, data=data_path,
                        stages=[StageSpec(steps=100_000, learning_rate=1e-5, loss=loss)])  # fmt: skip
 
 
-def recipe_for_trial(ctx: SearchContext, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Recipe:
-    """The recipe of one trial: plan, derived student, distillation stages and provenance."""
+def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo: Topology, study_name: str,
+                     trial: optuna.trial.FrozenTrial) -> Recipe:  # fmt: skip
+    """The recipe of one trial: plan, derived student, distillation stages and provenance.
+
+    ``settings`` is what the search stored in the study's ``search`` user attribute (teacher, budget,
+    objectives, data), so a finished study alone suffices (``pruner front --export``)."""
     plan = Plan.removing(trial.user_attrs["removed"])
-    teacher_cfg = dict(ctx.teacher.config)
-    label = trial.user_attrs.get("label")
-    objectives = dict(zip(ctx.cfg.objectives, trial.values or [], strict=False))
+    teacher, label = settings["teacher"], trial.user_attrs.get("label")
+    objectives = dict(zip(settings["objectives"], trial.values or [], strict=False))
     costs = {
         k: float(trial.user_attrs[k]) for k in ("params", "macs", "latency_ms") if trial.user_attrs.get(k) is not None
     }
+    style = f", seeded in {label} style" if label else ""
     return Recipe(
         schema_version=1,
-        name=f"{_slug(ctx.cfg.teacher)}-trial-{trial.number}" + (f"-{label}" if label else ""),
-        description=f"Found by `pruner search` ({ctx.budget.describe()} budget, trial {trial.number}"
-        + (f", seeded in {label} style" if label else "")
-        + ").",
-        teacher=TeacherSpec(
-            model=ctx.cfg.teacher, architecture="tiny-sdxl" if ctx.cfg.teacher == "tiny-sdxl" else None
-        ),
+        name=f"{_slug(teacher)}-trial-{trial.number}" + (f"-{label}" if label else ""),
+        description=f"Found by `pruner search` ({settings['budget']} budget, trial {trial.number}{style}).",
+        teacher=TeacherSpec(model=teacher, architecture="tiny-sdxl" if teacher == "tiny-sdxl" else None),
         plan=PlanSpec(remove=compress_names(plan.removed)),
-        student=derive_student_spec(teacher_cfg, plan, ctx.topo),
-        distill=_distill_spec(ctx.cfg, ctx.data_path, int(teacher_cfg["sample_size"])),
+        student=derive_student_spec(teacher_cfg, plan, topo),
+        distill=_distill_spec(teacher, settings.get("data"), int(teacher_cfg["sample_size"])),
         provenance=Provenance(
-            source="search", study=study.study_name, trial=trial.number, objectives=objectives, costs=costs
+            source="search", study=study_name, trial=trial.number, objectives=objectives, costs=costs
         ),
     )
+
+
+def export_study(study: optuna.Study, out: Path) -> dict[str, Path]:
+    """Write a finished study's front as recipes, found.yaml and the plot, from the study alone."""
+    from pruner.search.front import export_front
+    from pruner.unet.surgery import meta_unet
+
+    settings = study.user_attrs.get("search")
+    if not settings:
+        raise PrunerError(f"study {study.study_name} was not made by `pruner search`: it records no search settings")
+    teacher_cfg = unet_config(settings["teacher"])
+    topo = topology_of(meta_unet(teacher_cfg))
+    return export_front(study, out, lambda t: recipe_for_trial(settings, teacher_cfg, topo, study.study_name, t))
 
 
 def study_name(cfg: SearchConfig) -> str:
@@ -320,7 +333,7 @@ def study_name(cfg: SearchConfig) -> str:
 
 def run_search(cfg: SearchConfig, status=lambda _m: None) -> SearchResult:  # type: ignore[no-untyped-def]
     """Run (or resume) the study, then write the front's recipes, found.yaml and the plot."""
-    from pruner.search.front import export_front, front_rows
+    from pruner.search.front import front_rows
 
     unknown = set(cfg.objectives) - OBJECTIVES
     if unknown or "quality" not in cfg.objectives:
@@ -333,12 +346,14 @@ def run_search(cfg: SearchConfig, status=lambda _m: None) -> SearchResult:  # ty
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, storage = open_study(cfg, name)
     _enqueue_seeds(study, ctx)
+    study.set_user_attr("search", {"teacher": cfg.teacher, "budget": ctx.budget.describe(), "space": cfg.space,
+                                   "objectives": list(cfg.objectives), "data": ctx.data_path})  # fmt: skip
     done = len([t for t in study.trials if t.state.is_finished()])
     bar, callback = _progress(cfg.trials, min(done, cfg.trials))
     if done < cfg.trials:
         study.optimize(lambda t: _objective(t, ctx), n_trials=cfg.trials - done, callbacks=[callback], catch=())
     bar.close()
-    paths = export_front(study, Path(cfg.out), lambda t: recipe_for_trial(ctx, study, t))
+    paths = export_study(study, Path(cfg.out))
     return SearchResult(
         study, paths["found"], paths["front_dir"], paths["plot"], storage, ctx.data_path, front_rows(study)
     )

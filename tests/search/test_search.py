@@ -106,6 +106,12 @@ def test_a_short_search_writes_its_front_and_resumes(tiny_sdxl_pipeline: str, ti
     assert labelled and all(
         {"params", "macs", "removed"} <= set(t.user_attrs) for t in study.trials if t.state.name == "COMPLETE"
     )
+    shown = runner.invoke(app, ["front", "t", "--storage", storage, "--export", str(tmp_path / "again")])
+    assert shown.exit_code == 0, shown.output
+    assert "Pareto front of t" in shown.stdout and (tmp_path / "again" / "found.yaml").is_file()
+    assert load_recipe(tmp_path / "again" / "found.yaml").plan_obj() == found.plan_obj()
+    dashboard = {"params", "macs", "proxy_kd", "zero_shot_kd", "removed"}
+    assert all(dashboard <= set(t.user_attrs) for t in finished if t.state.name == "COMPLETE")
     again = runner.invoke(app, [*args[:8], "6", *args[9:]])  # --trials 6: two more
     assert again.exit_code == 0, again.output
     assert len([t for t in optuna.load_study(study_name="t", storage=storage).trials if t.state.is_finished()]) == 6

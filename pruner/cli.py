@@ -177,7 +177,13 @@ def search(
     space: Annotated[
         str, typer.Option(help="Search space: a name under search/ (default, depth-only) or a YAML file.")
     ] = "default",
-    storage: Annotated[str | None, typer.Option(help="Optuna storage URL; default sqlite under search/runs/.")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage: sqlite:///x.db, postgresql://user@host/db or "
+            "journal:PATH (workers share it); default sqlite under search/runs/."
+        ),
+    ] = None,
     study: Annotated[str | None, typer.Option(help="Study name; default from teacher, budget and space.")] = None,
     out: Annotated[Path, typer.Option(help="Where found.yaml, front/*.yaml and front.png go.")] = Path("recipes"),
     seed: Annotated[int, typer.Option(help="Seeds the sampler, calibration noise and proxy training.")] = 0,
@@ -215,12 +221,12 @@ def front(
     import optuna
 
     from pruner.search.front import front_table, plot_front
-    from pruner.search.study import default_storage, export_study
+    from pruner.search.study import default_storage, export_study, storage_of
 
     with user_errors():
         url = storage or default_storage(study)
         try:
-            loaded = optuna.load_study(study_name=study, storage=url)
+            loaded = optuna.load_study(study_name=study, storage=storage_of(url))
         except KeyError as exc:
             raise PrunerError(
                 f"no study {study!r} in {url}; check the name `pruner search` printed, or --storage"

@@ -238,11 +238,22 @@ def _enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> None:
     seeds = list(seed_plans(ctx.topo, ctx.cost, ctx.limit, ctx.sens, ctx.allow).items())
     for label, plan in seeds[: ctx.cfg.trials]:
         params = genome_of(plan, ctx.space, ctx.topo)
+        # skip_if_exists: a second worker on the same storage does not enqueue the seeds again
         study.enqueue_trial(
-            params, user_attrs={"label": label, "seed_removed": sorted(plan.removed)}, skip_if_exists=False
+            params, user_attrs={"label": label, "seed_removed": sorted(plan.removed)}, skip_if_exists=True
         )
     study.set_user_attr("seeded", True)
     study.set_user_attr("sensitivity", {k: (v if math.isfinite(v) else None) for k, v in ctx.sens.items()})
+
+
+def storage_of(url: str):  # type: ignore[no-untyped-def]
+    """An Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or ``journal:PATH`` (a journal file)."""
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return url
 
 
 def open_study(cfg: SearchConfig, name: str) -> tuple[optuna.Study, str]:
@@ -251,7 +262,7 @@ def open_study(cfg: SearchConfig, name: str) -> tuple[optuna.Study, str]:
     directions = ["minimize"] * len(cfg.objectives)
     try:
         study = optuna.create_study(
-            study_name=name, storage=storage, directions=directions, sampler=sampler, load_if_exists=True
+            study_name=name, storage=storage_of(storage), directions=directions, sampler=sampler, load_if_exists=True
         )
     except ValueError as exc:
         raise PrunerError(
@@ -351,7 +362,10 @@ def run_search(cfg: SearchConfig, status=lambda _m: None) -> SearchResult:  # ty
     done = len([t for t in study.trials if t.state.is_finished()])
     bar, callback = _progress(cfg.trials, min(done, cfg.trials))
     if done < cfg.trials:
-        study.optimize(lambda t: _objective(t, ctx), n_trials=cfg.trials - done, callbacks=[callback], catch=())
+        # workers sharing a storage stop together once the study holds --trials finished trials
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        stop = optuna.study.MaxTrialsCallback(cfg.trials, states=finished)
+        study.optimize(lambda t: _objective(t, ctx), n_trials=cfg.trials - done, callbacks=[callback, stop], catch=())
     bar.close()
     paths = export_study(study, Path(cfg.out))
     return SearchResult(

@@ -139,3 +139,30 @@ def test_unreachable_or_bad_budgets_get_one_line(
     )
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_without_duplicates(
+    tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path
+) -> None:
+    import collections
+    import os
+    import subprocess
+    import sys
+
+    storage = f"journal:{tmp_path / 'study.log'}"
+    cmd = [sys.executable, "-m", "pruner", "search", "--teacher", tiny_sdxl_pipeline, "--data", str(tiny_cache),
+           "--budget", "50%", "--trials", "8", "--proxy-steps", "1", "--calibration", "12", "--storage", storage,
+           "--study", "shared"]  # fmt: skip
+    env = {**os.environ, "PRUNER_THREADS": "1"}
+    workers = [subprocess.Popen([*cmd, "--out", str(tmp_path / f"out{k}")], env=env, stderr=subprocess.PIPE, text=True)
+               for k in range(2)]  # fmt: skip
+    for w in workers:
+        assert w.wait(timeout=600) == 0, w.stderr.read()[-2000:] if w.stderr else ""
+    from pruner.search.study import storage_of
+
+    study = optuna.load_study(study_name="shared", storage=storage_of(storage))
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert 8 <= len(finished) <= 9  # each worker stops once the study holds 8; one may be mid-trial then
+    labels = collections.Counter(t.user_attrs.get("label") for t in study.trials if t.user_attrs.get("label"))
+    assert labels and max(labels.values()) == 1

@@ -202,8 +202,9 @@ def search(
                            storage=storage, study=study, out=out, seed=seed, calibration=calibration)  # fmt: skip
         result = run_search(cfg, status=lambda message: err.print(f"[dim]{message}[/dim]"))
         Console(width=200).print(front_table(result.study, title=f"Pareto front of {result.study.study_name}"))
+        dashboard = result.storage.removeprefix("journal:")
         err.print(f"found: {result.found}\nfront: {result.front_dir} and {result.plot}\nstudy: {result.storage} "
-                  f"(optuna-dashboard {result.storage})\nnext: pruner distill {result.found}")  # fmt: skip
+                  f"(browse it: optuna-dashboard {dashboard})\nnext: pruner distill {result.found}")  # fmt: skip
 
 
 @app.command()

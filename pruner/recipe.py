@@ -89,6 +89,11 @@ class StageSpec(_Strict):
     steps: int = Field(gt=0, description="Optimizer steps in this stage.")
     learning_rate: float = Field(gt=0, description="Peak learning rate of AdamW.")
     loss: LossSpec = Field(default_factory=LossSpec)
+    remove: list[str] = Field(
+        default_factory=list,
+        description="Progressive removal: units of the previous stage's student (its own module paths) that this "
+        "stage removes before training; not allowed in the first stage (use plan.remove).",
+    )
 
 
 class DistillSpec(_Strict):

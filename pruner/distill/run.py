@@ -21,12 +21,12 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from pruner.distill.losses import LossWeights
+from pruner.distill.progressive import composed_pairs, shrink, stage_chains
 from pruner.distill.trainer import Distiller, TrainSettings, latest_checkpoint
 from pruner.errors import PrunerError
 from pruner.recipe import Recipe, StageSpec, load_recipe
 from pruner.student import ResolvedRecipe, resolve_recipe
 from pruner.unet.load import load_unet, resolve_model
-from pruner.unet.maps import feature_map
 from pruner.unet.surgery import build_student
 
 __all__ = ["DistillOptions", "DistillResult", "distill_recipe", "noise_scheduler_for", "stage_steps"]
@@ -179,7 +179,11 @@ def _train_stages(
     stages = recipe.distill.stages
     steps = stage_steps(stages, opts.steps)
     ckpt_dir = out / "checkpoints"
+    chains = stage_chains(resolved)
     ckpt, progress = _resume_point(ckpt_dir, opts.resume)
+    applied = progress["stage"] if ckpt is not None else 0  # stages whose removal the student has
+    for j in range(1, applied + 1):
+        student = shrink(student, stages[j].remove)  # the architecture the checkpoint holds
     if ckpt is not None and progress["stage_step"] >= steps[progress["stage"]]:
         student.load_state_dict(load_file(str(ckpt / "model.safetensors")))  # a finished stage: start the next
         progress = {"stage": progress["stage"] + 1, "stage_step": 0, "global_step": progress["global_step"]}
@@ -187,8 +191,10 @@ def _train_stages(
     first_global = sum(steps[: progress["stage"]])
     for k in range(progress["stage"], len(stages)):
         stage = stages[k]
+        if k > applied:
+            student, applied = shrink(student, stage.remove), k
         teacher = load_unet(stage.teacher or recipe.teacher.model)
-        pairs = feature_map(resolved.layout, resolved.topology, stage.loss.feature_level)
+        pairs = composed_pairs(chains[k], stage.loss.feature_level)
         acc = _accelerator(out, opts)
         acc.init_trackers("distill", config={"recipe": recipe.name, "stage": k, "steps": steps[k]})
         d = Distiller(student, teacher, pairs, data, _settings(stage, steps[k], opts, recipe),
@@ -216,6 +222,7 @@ def distill_recipe(
     """Distill a recipe's student to its output folder (see the module docstring)."""
     recipe_path = Path(recipe_path)
     resolved = resolve_recipe(load_recipe(recipe_path), str(recipe_path))
+    stage_chains(resolved, str(recipe_path))  # progressive removals checked before anything trains
     out = Path(output)
     _check_output(out, opts.resume)
     data = _resolve_data(resolved.recipe, opts.data)

@@ -119,3 +119,33 @@ def test_accelerate_launch_runs_two_processes(setup, tmp_path: Path) -> None:  #
     assert done.returncode == 0, done.stderr[-3000:]
     assert "num_processes=2" in done.stderr or (tmp_path / "ddp" / "unet").is_dir()
     assert UNet2DConditionModel.from_pretrained(tmp_path / "ddp", subfolder="unet").config.layers_per_block == 1
+
+
+def _two_stage_recipe(recipe: Path, tmp_path: Path, remove: str) -> Path:
+    text = recipe.read_text()
+    stage = text[text.index("  stages:\n") :].split("provenance:")[0]
+    second = stage.replace("  stages:\n", "").replace("- teacher: null", f"- remove: [{remove}]\n    teacher: null")
+    path = tmp_path / "two-stage.yaml"
+    path.write_text(text.replace(stage, stage + second))
+    return path
+
+
+@pytest.mark.slow
+def test_a_later_stage_removes_more_of_the_student(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe, cache = setup
+    two = _two_stage_recipe(recipe, tmp_path, "down_blocks.2.attentions.0.transformer_blocks.0-1")
+    result = distill(two, cache, tmp_path / "out", "--steps", "4", "--checkpoint-every", "1")
+    assert result.exit_code == 0, result.output
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "out", subfolder="unet")
+    assert unet.config.layers_per_block == 1
+    assert [len(a.transformer_blocks) for a in unet.down_blocks[2].attentions] == [4]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["params"] < 5_288_068
+
+
+def test_a_bad_progressive_removal_is_refused_before_training(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    recipe, cache = setup
+    two = _two_stage_recipe(recipe, tmp_path, "down_blocks.2.attentions.0.transformer_blocks.9")
+    result = distill(two, cache, tmp_path / "out")
+    assert result.exit_code == 2 and "distill.stages.1.remove" in result.output
+    assert not (tmp_path / "out").exists()

@@ -83,6 +83,8 @@ def _resolve_data(recipe: Recipe, data: str | None) -> Any:
     from pruner.distill.cache import LatentCache
 
     source = data or recipe.distill.data
+    if data is None and source is not None and not Path(source).exists() and recipe.teacher.model == "tiny-sdxl":
+        source = None  # a recipe found on another machine: synthesise the bundled teacher's data here
     if source is None and recipe.teacher.model == "tiny-sdxl":
         from pruner.distill.data import tiny_sdxl_cache
 

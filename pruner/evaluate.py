@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -171,7 +170,3 @@ def evaluate_student(
 
 def _seq_len(pipe) -> int:  # type: ignore[no-untyped-def]
     return int(pipe.tokenizer.model_max_length)
-
-
-def report_json(report: EvalReport) -> str:
-    return json.dumps(report.as_dict())

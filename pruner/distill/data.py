@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pruner.cost.cache import cache_dir
@@ -18,17 +19,11 @@ def tiny_sdxl_cache(n: int = 4096, seed: int = 0, progress: bool = True) -> Path
     images, cache = root / "images", root / "cache"
     if not (images / "metadata.jsonl").is_file():
         write_dataset(images, n, seed, progress=progress)
-    if not (cache / "cache.json").is_file() or _incomplete(cache, n):
+    if not (cache / "cache.json").is_file() or _incomplete(cache):
         build_cache(images, "tiny-sdxl", cache, progress=progress)
     return cache
 
 
-def _incomplete(cache: Path, n: int) -> bool:
-    import json
-
-    meta = json.loads((cache / "cache.json").read_text())
-    return (
-        int(meta.get("n", 0))
-        + int(sum(meta.get("skipped", {}).values()) if isinstance(meta.get("skipped"), dict) else 0)
-        < n
-    )
+def _incomplete(cache: Path) -> bool:
+    """An interrupted `build_cache` leaves ``complete: false`` in cache.json; re-running it resumes."""
+    return not json.loads((cache / "cache.json").read_text()).get("complete", False)

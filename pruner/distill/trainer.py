@@ -12,7 +12,6 @@ exactly where an uninterrupted one would have been.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -272,7 +271,3 @@ class Distiller:
     def close(self) -> None:
         self.student_features.remove()
         self.teacher_features.remove()
-
-
-def finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -105,8 +105,11 @@ class SearchContext:
         metric = self.budget.metric
         return float(self.cost_model.params(plan) if metric == "params" else self.cost_model.macs(plan))
 
+    def __post_init__(self) -> None:
+        self._allow = _allow(self.space, unit_kinds(self.topo))  # built once: repair asks it for every candidate
+
     def allow(self, name: str) -> bool:
-        return _allow(self.space, unit_kinds(self.topo))(name)
+        return self._allow(name)
 
 
 def _teacher_total(cost: CostModel, budget: Budget) -> float:

@@ -27,6 +27,7 @@ __all__ = [
     "StageSpec",
     "StudentSpec",
     "TeacherSpec",
+    "WidthSpec",
     "dump_recipe",
     "load_recipe",
     "parse_recipe",
@@ -47,6 +48,24 @@ class TeacherSpec(_Strict):
     )
 
 
+class WidthSpec(_Strict):
+    ff_keep: dict[int, float] = Field(
+        description="Per resolution level (down block i, its up partner, and the mid block at the innermost): "
+        "the share of feed-forward hidden channels each transformer layer keeps, in (0, 1]."
+    )
+    importance: Literal["magnitude", "taylor"] = Field(
+        "magnitude", description="How channels are ranked (torch-pruning): weight magnitude, or Taylor on data."
+    )
+
+    @field_validator("ff_keep")
+    @classmethod
+    def _ratios(cls, ratios: dict[int, float]) -> dict[int, float]:
+        for level, ratio in ratios.items():
+            if level < 0 or not 0 < ratio <= 1:
+                raise ValueError(f"level {level}: keep ratio {ratio} must be in (0, 1] at a level >= 0")
+        return ratios
+
+
 class PlanSpec(_Strict):
     remove: list[str] = Field(
         default_factory=list,
@@ -61,8 +80,10 @@ class PlanSpec(_Strict):
                 raise ValueError(f"{name!r} is not a unit name such as down_blocks.1.resnets.0")
         return names
 
+    width: WidthSpec | None = Field(None, description="Feed-forward width pruning on top of the removals.")
+
     def plan(self) -> Plan:
-        return Plan.removing(self.remove)
+        return Plan.removing(self.remove, self.width.ff_keep if self.width else None)
 
 
 class StudentSpec(_Strict):
@@ -185,6 +206,8 @@ def dump_recipe(recipe: Recipe) -> str:
     """YAML text of a recipe, with removed units folded into runs and fields in schema order."""
     data = recipe.model_dump(mode="json", exclude_none=False)
     data["plan"]["remove"] = compress_names(expand_names(data["plan"]["remove"]))
+    if data["plan"].get("width") is None:
+        data["plan"].pop("width", None)
     if data.get("student"):
         cfg = data["student"]["config"]
         data["student"]["config"] = {k: cfg[k] for k in ARCH_FIELDS if k in cfg}

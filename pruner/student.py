@@ -1,7 +1,8 @@
 """From a recipe to a student: check the recipe against its teacher, build the student, save it.
 
 A saved student is a stock diffusers UNet folder (``config.json`` + safetensors) with its ``recipe.yaml``
-beside it; ``UNet2DConditionModel.from_pretrained`` loads it as it is.
+beside it; ``UNet2DConditionModel.from_pretrained`` loads a depth-only one as it is, ``pruner.load_unet``
+any (width-pruned ones too).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pruner.unet.load import architecture_config, load_unet, resolve_model, unet
 from pruner.unet.plan import Layout, Plan, check_expressible
 from pruner.unet.surgery import InitReport, build_student, meta_unet
 from pruner.unet.topology import Topology, topology_of
+from pruner.unet.width import check_width_levels, save_unet
 
 __all__ = [
     "ResolvedRecipe",
@@ -64,7 +66,8 @@ def derive_student_spec(teacher_config: dict[str, Any], plan: Plan, topo: Topolo
     topo = topo or topology_of(meta_unet(teacher_config))
     layout = check_expressible(plan, topo)
     config = student_config(teacher_config, layout, topo)
-    return StudentSpec(config=_arch_fields(config), params=CostModel(teacher_config).params(layout))
+    check_width_levels(plan.ff_ratios, topo)
+    return StudentSpec(config=_arch_fields(config), params=CostModel(teacher_config).params(plan))
 
 
 def _check_student(recipe: Recipe, source: str, config: dict[str, Any], params: int) -> None:
@@ -88,6 +91,7 @@ def resolve_recipe(recipe: Recipe, source: str = "<recipe>") -> ResolvedRecipe:
     plan = recipe.plan_obj()
     try:
         layout = check_expressible(plan, topo)
+        check_width_levels(plan.ff_ratios, topo)
     except UnknownUnitError as exc:
         raise RecipeError(
             f"{source}: {exc}; is this a recipe for another architecture than {recipe.teacher.model}?"
@@ -95,7 +99,7 @@ def resolve_recipe(recipe: Recipe, source: str = "<recipe>") -> ResolvedRecipe:
     except PrunerError as exc:
         raise RecipeError(f"{source}: {exc}") from exc
     config = student_config(teacher_config, layout, topo)
-    _check_student(recipe, source, config, CostModel(teacher_config).params(layout))
+    _check_student(recipe, source, config, CostModel(teacher_config).params(plan))
     return ResolvedRecipe(recipe, teacher_config, topo, plan, layout, config)
 
 
@@ -110,7 +114,7 @@ def save_student(student: UNet2DConditionModel, recipe: Recipe, out_dir: str | P
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    student.save_pretrained(tmp, safe_serialization=True)
+    save_unet(student, tmp)
     (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
     if out.exists():
         out.rmdir()
@@ -126,6 +130,12 @@ def apply_recipe(recipe: Recipe, out_dir: str | Path, source: str = "<recipe>") 
             f"{source}: teacher {recipe.teacher.model} has no weights; point teacher.model at a folder or hub id"
         )
     teacher = load_unet(recipe.teacher.model)
+    width = recipe.plan.width
+    if width is not None and width.importance == "taylor":
+        raise PrunerError(
+            f"{source}: plan.width.importance taylor ranks channels on data; `pruner apply` has none, so use "
+            "magnitude here or let `pruner distill` build the student"
+        )
     student, report = build_student(teacher, resolved.plan)
     spec = StudentSpec(config=_arch_fields(resolved.config), params=sum(p.numel() for p in student.parameters()))
     return save_student(student, recipe.model_copy(update={"student": spec}), out_dir), report

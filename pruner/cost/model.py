@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +16,24 @@ from pruner.unet.config import student_config
 from pruner.unet.plan import Layout, Plan, layout_of
 from pruner.unet.surgery import meta_unet
 from pruner.unet.topology import Topology, topology_of
+from pruner.unet.width import feed_forwards, hidden_size
 
 __all__ = ["Cost", "CostModel"]
+
+
+def _ff_out_bias(ff: nn.Module) -> int:
+    """Parameters of a feed-forward that do not scale with its hidden size: the output layer's bias."""
+    bias = ff.net[2].bias  # type: ignore[index]
+    return 0 if bias is None else bias.numel()
+
+
+def _ff_shapes(model: nn.Module, fixed: Callable[[nn.Module], int]) -> dict[str, tuple[int, int]]:
+    """Block prefix -> (hidden size, fixed cost) of its first feed-forward (a base model's are all alike)."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for path, ff in feed_forwards(model).items():
+        prefix = ".".join(path.split(".")[:1] if path.startswith("mid_block") else path.split(".")[:2])
+        shapes.setdefault(prefix, (hidden_size(ff), fixed(ff)))
+    return shapes
 
 
 @dataclass(frozen=True)
@@ -61,7 +77,10 @@ class CostModel:
     def params_table(self, offset: int = 0) -> CostTable:
         if offset not in self._params:
             model = meta_unet(self.base_config(offset))
-            self._params[offset] = table_from_modules(params_by_module(model), topology_of(model), count_params(model))
+            ff = _ff_shapes(model, fixed=_ff_out_bias)
+            self._params[offset] = table_from_modules(
+                params_by_module(model), topology_of(model), count_params(model), ff
+            )
         return self._params[offset]
 
     def _count_macs(self, offset: int) -> dict[str, Any]:
@@ -86,8 +105,9 @@ class CostModel:
             raise ValueError("this cost model has no resolution: pass latent= to count MACs")
         if offset not in self._macs:
             payload = self._count_macs(offset)
-            topo = self.topology if offset == 0 else topology_of(meta_unet(self.base_config(offset)))
-            self._macs[offset] = table_from_modules(payload["modules"], topo, payload["total"])
+            model = meta_unet(self.base_config(offset))
+            ff = _ff_shapes(model, fixed=lambda _ff: 0)  # fvcore counts the two matmuls, both linear in width
+            self._macs[offset] = table_from_modules(payload["modules"], topology_of(model), payload["total"], ff)
         return self._macs[offset]
 
     def by_operator(self) -> dict[str, int]:
@@ -101,14 +121,20 @@ class CostModel:
     def layout(self, plan: Plan) -> Layout:
         return layout_of(plan, self.topology)
 
+    def _layout_widths(self, plan_or_layout: Plan | Layout) -> tuple[Layout, dict[int, float]]:
+        if isinstance(plan_or_layout, Layout):
+            return plan_or_layout, {}
+        return self.layout(plan_or_layout), plan_or_layout.ff_ratios
+
     def params(self, plan_or_layout: Plan | Layout) -> int:
-        layout = plan_or_layout if isinstance(plan_or_layout, Layout) else self.layout(plan_or_layout)
-        return compose(self.params_table(layout.up_offset), layout)
+        """Exact parameters; a bare layout is priced at full feed-forward width."""
+        layout, widths = self._layout_widths(plan_or_layout)
+        return compose(self.params_table(layout.up_offset), layout, widths)
 
     def macs(self, plan_or_layout: Plan | Layout) -> int:
-        layout = plan_or_layout if isinstance(plan_or_layout, Layout) else self.layout(plan_or_layout)
-        return compose(self.macs_table(layout.up_offset), layout)
+        """MACs of one UNet call as fvcore counts them; a bare layout is priced at full feed-forward width."""
+        layout, widths = self._layout_widths(plan_or_layout)
+        return compose(self.macs_table(layout.up_offset), layout, widths)
 
     def cost(self, plan: Plan) -> Cost:
-        layout = self.layout(plan)
-        return Cost(self.params(layout), self.macs(layout) if self.latent is not None else None)
+        return Cost(self.params(plan), self.macs(plan) if self.latent is not None else None)

@@ -14,6 +14,7 @@ from diffusers import UNet2DConditionModel
 
 from pruner.recipe import Recipe, dump_recipe
 from pruner.unet.load import load_pipeline, resolve_model
+from pruner.unet.width import ff_inner_sizes, mark_width_config, save_unet
 
 __all__ = ["model_card", "write_outputs"]
 
@@ -39,6 +40,16 @@ def _validation_grid(pipe, student: UNet2DConditionModel, path: Path, prompts: l
     _grid(teacher_images, student_images, path)
 
 
+_LOAD_STOCK = (
+    'from diffusers import UNet2DConditionModel\nunet = UNet2DConditionModel.from_pretrained(".", subfolder="unet")\n'
+)
+_LOAD_WIDTH = (
+    "# width-pruned feed-forwards: stock from_pretrained cannot size them, pruner.load_unet can\n"
+    'import pruner\nfrom diffusers import StableDiffusionXLPipeline\nunet = pruner.load_unet("unet")\n'
+    'pipe = StableDiffusionXLPipeline.from_pretrained(".", unet=unet)\n'
+)
+
+
 def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
     teachers = [recipe.teacher.model] + [s.teacher for s in recipe.distill.stages if s.teacher]
     losses = ", ".join(f"{k} {v:.4g}" for k, v in metrics.get("final_losses", {}).items())
@@ -50,8 +61,7 @@ def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
         f"- Removed units: {len(recipe.plan.remove)} entries; student parameters: {metrics.get('params')}\n"
         f"- Steps: {metrics.get('steps')}; final losses: {losses or '-'}; "
         f"held-out KD loss: {metrics.get('held_out_kd')}\n\n"
-        "```python\nfrom diffusers import UNet2DConditionModel\n"
-        'unet = UNet2DConditionModel.from_pretrained(".", subfolder="unet")\n```\n'
+        f"```python\n{_LOAD_WIDTH if recipe.plan.width else _LOAD_STOCK}```\n"
     )
 
 
@@ -65,10 +75,13 @@ def write_outputs(student: UNet2DConditionModel, recipe: Recipe, out: Path, resu
         pipe = load_pipeline(ref)
         pipe.unet = student if student.dtype == torch.float32 else student.to(torch.float32)
         pipe.save_pretrained(tmp, safe_serialization=True)
+        inner = ff_inner_sizes(student)
+        if inner:
+            mark_width_config(tmp / "unet" / "config.json", inner)
         if prompts:
             _validation_grid(pipe, student, tmp / "validation.png", prompts)
     else:
-        student.save_pretrained(tmp / "unet", safe_serialization=True)
+        save_unet(student, tmp / "unet")
     held = result.held_out_kd[-1][1] if result.held_out_kd else None
     metrics = {
         "steps": result.steps,

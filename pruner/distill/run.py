@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from pruner.distill.losses import LossWeights
 from pruner.distill.progressive import composed_pairs, shrink, stage_chains
-from pruner.distill.trainer import Distiller, TrainSettings, latest_checkpoint
+from pruner.distill.trainer import Distiller, TrainSettings, collate, latest_checkpoint
 from pruner.errors import PrunerError
 from pruner.recipe import Recipe, StageSpec, load_recipe
 from pruner.student import ResolvedRecipe, resolve_recipe
@@ -218,6 +218,42 @@ def _train_stages(
     return student
 
 
+def kd_gradients(  # type: ignore[no-untyped-def]
+    teacher: Any, data: Any, noise_scheduler: Any, n_rows: int, batches: int = 4, batch_size: int = 8, seed: int = 0
+):
+    """A ``grad_fn`` for Taylor width importance: output-KD gradients of a student on a few batches of the
+    first ``n_rows`` cached rows (the training rows, never the held-out ones)."""
+
+    def grad_fn(student: Any) -> None:
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(batches):
+            batch = collate(data, torch.randint(n_rows, (batch_size,), generator=g))
+            latents = batch["latents"].float()
+            noise = torch.randn(latents.shape, generator=g)
+            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=g)
+            noisy = noise_scheduler.add_noise(latents, noise, t)
+            pooled = batch.get("pooled_prompt_embeds")
+            added = None if pooled is None else {"text_embeds": pooled.float(), "time_ids": batch["time_ids"].float()}
+            embeds = batch["prompt_embeds"].float()
+            with torch.no_grad():
+                target = teacher(noisy, t, embeds, added_cond_kwargs=added).sample
+            loss = torch.nn.functional.mse_loss(student(noisy, t, embeds, added_cond_kwargs=added).sample, target)
+            (loss / batches).backward()
+
+    return grad_fn
+
+
+def _initial_student(resolved: ResolvedRecipe, data: Any, opts: DistillOptions) -> Any:
+    """The recipe's student built from its teacher, feed-forwards narrowed as its plan says."""
+    teacher = load_unet(resolved.recipe.teacher.model)
+    width = resolved.recipe.plan.width
+    if width is None or width.importance != "taylor":
+        return build_student(teacher, resolved.plan, importance=width.importance if width else "magnitude")[0]
+    n_rows = len(data) - held_out_rows(data, opts)
+    grad_fn = kd_gradients(teacher, data, noise_scheduler_for(resolved.recipe.teacher.model), n_rows, seed=opts.seed)
+    return build_student(teacher, resolved.plan, importance="taylor", grad_fn=grad_fn)[0]
+
+
 def distill_recipe(
     recipe_path: str | Path, output: str | Path, opts: DistillOptions = DistillOptions()
 ) -> DistillResult:
@@ -229,7 +265,7 @@ def distill_recipe(
     _check_output(out, opts.resume)
     data = _resolve_data(resolved.recipe, opts.data)
     torch.manual_seed(opts.seed)
-    student, _ = build_student(load_unet(resolved.recipe.teacher.model), resolved.plan)
+    student = _initial_student(resolved, data, opts)
     result = DistillResult(out, 0)
     student = _train_stages(resolved, student, data, out, opts, result)
     if Accelerator().is_main_process:

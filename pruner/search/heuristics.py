@@ -56,7 +56,7 @@ def _follow(order: list[str], topo: Topology, cost: Callable[[Plan], float], lim
     for name in order:
         if cost(plan) <= limit:
             break
-        plan = nearest_expressible(Plan(plan.removed | {name}), topo, prefer="remove")
+        plan = nearest_expressible(plan.plus({name}), topo, prefer="remove")
     return plan
 
 

@@ -40,7 +40,7 @@ def _best_removal(
     here = cost(plan)
     best, best_ratio = None, float("inf")
     for name in _candidates(plan, topo, unit_kinds(topo), allow):
-        nxt = nearest_expressible(Plan(plan.removed | {name}), topo, prefer="remove")
+        nxt = nearest_expressible(plan.plus({name}), topo, prefer="remove")
         saved = here - cost(nxt)
         if saved <= 0 or not nxt.removed > plan.removed:
             continue

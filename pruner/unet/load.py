@@ -15,6 +15,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from pruner.errors import PrunerError
+from pruner.unet.width import WIDTH_KEY, reshape_feed_forwards, unmark_width_config
 
 __all__ = [
     "ARCHITECTURES",
@@ -130,17 +131,54 @@ def unet_config(target: str | ModelRef) -> dict[str, Any]:
 
         return single_file_config(ref.path)  # type: ignore[arg-type]
     folder = ref.path / "unet" if ref.kind == "pipeline" else ref.path  # type: ignore[operator]
-    return json.loads((folder / "config.json").read_text())  # type: ignore[union-attr]
+    return unmark_width_config(json.loads((folder / "config.json").read_text()))[0]  # type: ignore[union-attr]
+
+
+def _width_record(folder: Path) -> bool:
+    config = folder / "config.json"
+    return config.is_file() and WIDTH_KEY in json.loads(config.read_text())
+
+
+def _load_width_pruned(folder: Path, dtype: torch.dtype | None) -> UNet2DConditionModel:
+    """A width-pruned student: the stock model from its unmarked config, FeedForwards resized, weights loaded."""
+    from safetensors.torch import load_file
+
+    config, inner = unmark_width_config(json.loads((folder / "config.json").read_text()))
+    weights = sorted(folder.glob("*.safetensors"))
+    if len(weights) != 1:
+        raise PrunerError(f"{folder} should hold one .safetensors file of UNet weights, found {len(weights)}")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    reshape_feed_forwards(unet, inner)
+    try:
+        unet.load_state_dict(load_file(str(weights[0])), strict=True, assign=True)
+    except RuntimeError as exc:
+        raise PrunerError(f"cannot load {weights[0]}: {str(exc).splitlines()[0]}; the folder is damaged") from exc
+    return unet.to(dtype or torch.float32)
 
 
 def _from_pretrained(source: str | Path, subfolder: str | None, dtype: torch.dtype | None) -> UNet2DConditionModel:
+    folder = Path(source) / subfolder if subfolder else Path(source)
+    if folder.is_dir() and _width_record(folder):
+        return _load_width_pruned(folder, dtype)
     try:
         return UNet2DConditionModel.from_pretrained(
             str(source), subfolder=subfolder, torch_dtype=dtype or torch.float32
         )
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "width-pruned by pruner" in first and not folder.is_dir():
+            return _load_width_pruned(_hub_folder(str(source), subfolder), dtype)
         raise PrunerError(f"cannot load a UNet from {source}: {first}") from exc
+
+
+def _hub_folder(repo: str, subfolder: str | None) -> Path:
+    """The local snapshot of a hub UNet (downloaded into the Hugging Face cache when not there)."""
+    from huggingface_hub import snapshot_download
+
+    pattern = f"{subfolder}/*" if subfolder else "*"
+    root = Path(snapshot_download(repo, allow_patterns=[pattern]))
+    return root / subfolder if subfolder else root
 
 
 def load_unet(
@@ -177,8 +215,11 @@ def load_pipeline(target: str | ModelRef, *, dtype: torch.dtype = torch.float32,
     if ref.kind not in ("hub", "pipeline"):
         raise PrunerError(f"{ref.target} is a bare UNet; give a full pipeline (hub id or folder with model_index.json)")
     source = ref.target if ref.kind == "hub" else str(ref.path)
+    extra = {}
+    if ref.kind == "pipeline" and _width_record(ref.path / "unet"):  # type: ignore[operator]
+        extra["unet"] = _load_width_pruned(ref.path / "unet", dtype)  # type: ignore[operator]
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, **extra)
     except (OSError, ValueError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PrunerError(f"cannot load a pipeline from {source}: {first}") from exc

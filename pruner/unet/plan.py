@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from pruner.errors import InexpressiblePlanError, UnknownUnitError
 from pruner.unet.topology import MidKind, Topology
@@ -38,19 +38,45 @@ _TLAYER = re.compile(r"^(?P<head>.+\.transformer_blocks)\.(?P<m>\d+)$")
 
 @dataclass(frozen=True)
 class Plan:
-    """The set of teacher units a student leaves out."""
+    """The set of teacher units a student leaves out, and how narrow its feed-forwards become.
+
+    ``ff_keep`` holds (level, keep ratio) pairs: the share of feed-forward hidden channels every
+    transformer layer at that resolution level keeps (``pruner.unet.width``); levels not named keep all.
+    """
 
     removed: frozenset[str] = field(default_factory=frozenset)
+    ff_keep: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        pairs = dict(self.ff_keep)
+        for level, ratio in pairs.items():
+            if not 0 < ratio <= 1:
+                raise ValueError(f"feed-forward keep ratio {ratio} at level {level} is outside (0, 1]")
+        object.__setattr__(self, "ff_keep", tuple(sorted((int(k), float(v)) for k, v in pairs.items() if v < 1)))
 
     @classmethod
-    def removing(cls, names: Iterable[str]) -> Plan:
-        return cls(frozenset(expand_names(names)))
+    def removing(cls, names: Iterable[str], ff_keep: Mapping[int, float] | None = None) -> Plan:
+        return cls(frozenset(expand_names(names)), tuple((ff_keep or {}).items()))
 
     def __or__(self, other: Plan) -> Plan:
-        return Plan(self.removed | other.removed)
+        return Plan(self.removed | other.removed, tuple({**dict(self.ff_keep), **dict(other.ff_keep)}.items()))
+
+    def with_removed(self, removed: Iterable[str]) -> Plan:
+        """The same widths with another set of removed units."""
+        return replace(self, removed=frozenset(removed))
+
+    def plus(self, names: Iterable[str]) -> Plan:
+        return self.with_removed(self.removed | set(names))
 
     def without(self, names: Iterable[str]) -> Plan:
-        return Plan(self.removed - set(names))
+        return self.with_removed(self.removed - set(names))
+
+    def with_widths(self, ff_keep: Mapping[int, float]) -> Plan:
+        return Plan(self.removed, tuple(ff_keep.items()))
+
+    @property
+    def ff_ratios(self) -> dict[int, float]:
+        return dict(self.ff_keep)
 
     def sorted_names(self) -> list[str]:
         return sorted(self.removed, key=_natural_key)
@@ -294,7 +320,7 @@ def nearest_expressible(plan: Plan, topo: Topology, prefer: str = "keep") -> Pla
         if not found:
             return plan
         v = found[0]
-        plan = Plan((plan.removed - set(v.readd)) | set(v.remove))
+        plan = plan.with_removed((plan.removed - set(v.readd)) | set(v.remove))
     raise InexpressiblePlanError("could not repair the plan into an expressible one")  # pragma: no cover
 
 

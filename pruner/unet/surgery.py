@@ -18,6 +18,7 @@ from pruner.unet.config import student_config
 from pruner.unet.maps import position_map, resolve, weight_map
 from pruner.unet.plan import Layout, Plan, check_expressible
 from pruner.unet.topology import Topology, topology_of
+from pruner.unet.width import GradFn, planned_inner_sizes, prune_widths, reshape_feed_forwards
 
 __all__ = ["InitReport", "build_student", "meta_unet", "plan_student_config"]
 
@@ -29,10 +30,12 @@ class InitReport:
     copied: dict[str, str] = field(default_factory=dict)  # student leaf -> source teacher leaf
     by_position: dict[str, str] = field(default_factory=dict)  # source had other shapes: same-position teacher leaf
     fresh: list[str] = field(default_factory=list)  # no teacher module fits: default initialisation
+    narrowed: dict[str, tuple[int, int]] = field(default_factory=dict)  # feed-forward -> (hidden was, kept)
 
     def summary(self) -> str:
         copied, by_position, fresh = len(self.copied), len(self.by_position), len(self.fresh)
-        return f"{copied} modules copied, {by_position} from same-position modules, {fresh} fresh"
+        text = f"{copied} modules copied, {by_position} from same-position modules, {fresh} fresh"
+        return text + (f", {len(self.narrowed)} feed-forwards narrowed" if self.narrowed else "")
 
 
 def meta_unet(config: dict[str, Any]) -> UNet2DConditionModel:
@@ -106,8 +109,12 @@ def build_student(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    importance: str = "magnitude",
+    grad_fn: GradFn | None = None,
 ) -> tuple[UNet2DConditionModel, InitReport]:
-    """The student ``plan`` makes of ``teacher``, its weights copied from the mapped teacher modules.
+    """The student ``plan`` makes of ``teacher``, its weights copied from the mapped teacher modules, then
+    its feed-forwards narrowed as the plan says (channels ranked by ``importance``; Taylor calls
+    ``grad_fn(student)`` to get gradients of a loss on real batches).
 
     A plan that keeps every unit gives a model equal to the teacher, bit for bit. On ``device="meta"``
     nothing is copied (for sizing).
@@ -117,8 +124,10 @@ def build_student(
     config = student_config(teacher.config, layout, topo)
     student = meta_unet(config)
     if str(device) == "meta":
+        reshape_feed_forwards(student, planned_inner_sizes(student, plan.ff_ratios))
         return student, InitReport()
     ref = next(teacher.parameters())
     device = torch.device(device) if device is not None else ref.device
     report = _fill(student, teacher, layout, topo, device, dtype or ref.dtype)
+    report.narrowed = prune_widths(student, plan.ff_ratios, importance, grad_fn)
     return student.train(teacher.training), report

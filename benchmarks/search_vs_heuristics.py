@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import time
 from pathlib import Path
 
 import optuna
+import torch
 
+from pruner.cli import default_threads
 from pruner.distill.run import DistillOptions, distill_recipe
 from pruner.evaluate import evaluate_student
 from pruner.recipe import save_recipe
@@ -68,6 +71,7 @@ def main() -> None:
     p.add_argument("--eval-n", type=int, default=128)
     p.add_argument("--out", type=Path, default=Path("/tmp/pruner-search-vs-heuristics"))
     args = p.parse_args()
+    torch.set_num_threads(default_threads())  # one thread on a 2-core machine: two are far slower there
     args.out.mkdir(parents=True, exist_ok=True)
     storage = f"journal:{args.out / 'study.log'}"
     cfg = SearchConfig(teacher="tiny-sdxl", budget=args.budget, trials=args.trials, proxy_steps=args.proxy_steps,
@@ -100,6 +104,13 @@ def main() -> None:
     print(f"Kendall tau, proxy KD vs KD after distillation: {kendall_tau(proxy, final):.2f}")
     zero = [t.user_attrs.get("zero_shot_kd", float("nan")) for _, t, _ in rows]
     print(f"Kendall tau, zero-shot KD vs KD after distillation: {kendall_tau(zero, final):.2f}")
+    results = [{"plan": name, "removed": t.user_attrs["removed"], "ff_keep": t.user_attrs.get("ff_keep") or {},
+                "params": t.user_attrs["params"], "macs": t.user_attrs["macs"],
+                "zero_shot_kd": t.user_attrs.get("zero_shot_kd"), "proxy_kd": t.user_attrs["proxy_kd"],
+                "kd_after": r.kd_loss, "psnr": r.psnr, "prompt_accuracy": r.prompt_accuracy}
+               for name, t, r in rows]  # fmt: skip
+    summary = {"budget": args.budget, "steps": args.steps, "search_minutes": search_minutes, "plans": results}
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
     share, screened_s, full_s = screen_savings(result.study)
     print(
         f"zero-shot screen: stopped {100 * share:.0f}% of trials; {screened_s:.1f} s each, {full_s:.1f} s a full trial"

@@ -31,7 +31,7 @@ _state = {"debug": False}
 err = Console(stderr=True)
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
     """One thread on machines with two cores or fewer: measured there, thread wake-ups made a tiny UNet's
     call 50-85x slower than one thread did. Elsewhere torch's own default."""
     return 1 if (os.cpu_count() or 1) <= 2 else torch.get_num_threads()
@@ -50,7 +50,7 @@ def main(
     ] = None,
 ) -> None:
     _state["debug"] = debug
-    torch.set_num_threads(threads or _default_threads())
+    torch.set_num_threads(threads or default_threads())
 
 
 @contextmanager
@@ -175,7 +175,7 @@ def search(
         str | None, typer.Option(help="No dataset: prompts file; the teacher generates the latents.")
     ] = None,
     space: Annotated[
-        str, typer.Option(help="Search space: a name under search/ (default, depth-only) or a YAML file.")
+        str, typer.Option(help="Search space: a name under search/ (default, depth-only, depth-width) or a YAML file.")
     ] = "default",
     storage: Annotated[
         str | None,
@@ -187,9 +187,10 @@ def search(
     study: Annotated[str | None, typer.Option(help="Study name; default from teacher, budget and space.")] = None,
     out: Annotated[Path, typer.Option(help="Where found.yaml, front/*.yaml and front.png go.")] = Path("recipes"),
     seed: Annotated[int, typer.Option(help="Seeds the sampler, calibration noise and proxy training.")] = 0,
-    calibration: Annotated[
-        int, typer.Option(min=4, help="Calibration rows the proxy trains on (32 more are held out).")
-    ] = 96,
+    calibration: Annotated[int, typer.Option(min=4, help="Calibration rows the proxy trains on.")] = 96,
+    held_out: Annotated[
+        int, typer.Option(min=2, help="Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.")
+    ] = 128,
 ) -> None:
     """Search which units to remove: an Optuna multi-objective study scores each plan by a short layer-level KD
     fine-tune and by cost, then writes the Pareto front as recipes (found.yaml: the best quality in budget)."""
@@ -199,7 +200,8 @@ def search(
     with user_errors():
         cfg = SearchConfig(teacher=teacher, budget=budget, objectives=tuple(o.strip() for o in objectives.split(",")),
                            trials=trials, proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
-                           storage=storage, study=study, out=out, seed=seed, calibration=calibration)  # fmt: skip
+                           storage=storage, study=study, out=out, seed=seed, calibration=calibration,
+                           held_out=held_out)  # fmt: skip
         result = run_search(cfg, status=lambda message: err.print(f"[dim]{message}[/dim]"))
         Console(width=200).print(front_table(result.study, title=f"Pareto front of {result.study.study_name}"))
         dashboard = result.storage.removeprefix("journal:")

@@ -19,6 +19,7 @@ from pruner.unet.load import VAE_SCALE, ModelRef, load_unet, resolve_model, unet
 from pruner.unet.plan import Plan
 from pruner.unet.surgery import meta_unet
 from pruner.unet.units import Unit, list_units
+from pruner.unet.width import default_inner, ff_inner_sizes, ff_level, planned_inner_sizes, reshape_feed_forwards
 
 __all__ = ["Inspection", "inspect_model", "vae_scale_factor"]
 
@@ -66,21 +67,37 @@ def vae_scale_factor(ref: ModelRef | None) -> int:
     return 8
 
 
-def _target_model(target: str) -> tuple[str, dict[str, Any], ModelRef | None, UNet2DConditionModel | None]:
-    """(source kind, UNet config, model reference, loaded model or None) for a target of any kind."""
+def _level_widths(model: UNet2DConditionModel) -> dict[int, float]:
+    """Feed-forward keep ratio per level of a width-pruned model (empty for a depth-only one)."""
+    n = len(model.down_blocks)  # type: ignore[arg-type]
+    widths: dict[int, float] = {}
+    for path, size in ff_inner_sizes(model).items():
+        widths.setdefault(ff_level(path, n), size / default_inner(model, path))
+    return widths
+
+
+def _target_model(
+    target: str,
+) -> tuple[str, dict[str, Any], ModelRef | None, UNet2DConditionModel | None, dict[int, float]]:
+    """(source kind, UNet config, model reference, loaded model or None, feed-forward widths) for any target."""
     if Path(target).suffix in (".yaml", ".yml"):
         resolved = resolve_recipe(load_recipe(target), target)
-        return "recipe", resolved.config, None, None
+        return "recipe", resolved.config, None, None, resolved.plan.ff_ratios
     ref = resolve_model(target)
     if ref.kind in ("architecture", "hub"):
-        return ref.kind, unet_config(ref), ref, None
-    return ref.kind, unet_config(ref), ref, load_unet(ref)
+        return ref.kind, unet_config(ref), ref, None, {}
+    model = load_unet(ref)
+    return ref.kind, unet_config(ref), ref, model, _level_widths(model)
 
 
-def _materialised(config: dict[str, Any], model: UNet2DConditionModel | None, device: str) -> UNet2DConditionModel:
+def _materialised(
+    config: dict[str, Any], model: UNet2DConditionModel | None, device: str, widths: dict[int, float]
+) -> UNet2DConditionModel:
     """The model to count and time: the loaded one, or uninitialised real tensors (no weights needed)."""
     if model is None:
-        model = meta_unet(config).to_empty(device=device)
+        model = meta_unet(config)
+        reshape_feed_forwards(model, planned_inner_sizes(model, widths))
+        model = model.to_empty(device=device)
     return model.to(device).eval()
 
 
@@ -99,17 +116,19 @@ def inspect_model(
     on_status: Callable[[str], None] = lambda _msg: None,
 ) -> Inspection:
     """Inspect a hub id, folder, single file, architecture name or recipe (then: the student it makes)."""
-    source, config, ref, model = _target_model(target)
+    source, config, ref, model, widths = _target_model(target)
     scale = vae_scale_factor(ref)
     resolution = resolution or int(config.get("sample_size", 64)) * scale
     latent = max(1, resolution // scale)
     need_real = macs or latency
-    real = _materialised(config, model, "cpu") if need_real else None
+    real = _materialised(config, model, "cpu", widths) if need_real else None
     if macs:
         on_status(f"counting MACs at {resolution}px with fvcore (cached after the first time)")
-    cost = CostModel(config, latent=latent if macs else None, batch=batch, teacher=real)
-    units = list_units(cost.topology, cost)
-    total = cost.cost(Plan())
+    # a width-pruned model is priced by composition on its full-width config (its MACs never enter the cache)
+    cost = CostModel(config, latent=latent if macs else None, batch=batch, teacher=None if widths else real)
+    base = Plan(ff_keep=tuple(widths.items()))
+    units = list_units(cost.topology, cost, base)
+    total = cost.cost(base)
     report = Inspection(target, source, total.params, total.macs, resolution, latent, batch, units, config=config)
     if latency and real is not None:
         on_status(f"timing on {device}")

@@ -185,6 +185,7 @@ def _row(trial: FrozenTrial, names: Sequence[str]) -> dict[str, Any]:
         "proxy_kd": _quality(trial),
         "n_removed": len(removed),
         "removed": ", ".join(compress_names(removed)),
+        "ff_keep": {str(k): float(v) for k, v in (trial.user_attrs.get("ff_keep") or {}).items()},
         "recipe": trial.user_attrs.get("recipe"),
     }
 
@@ -222,14 +223,17 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
         title = f"Pareto front of {study.study_name}: {len(rows)} of {len(feasible_trials(study))} feasible trials"
     costs = [c for c in _COLUMNS if any(r[c[0]] is not None for r in rows)]
     table = Table(title=title, caption=_SHORT_NAMES_CAPTION if rows else None)
-    for header in ("trial", "seed", *(c[1] for c in costs), "proxy KD", "n removed"):
-        table.add_column(header, justify="left" if header == "seed" else "right", no_wrap=True)
+    widths = any(r["ff_keep"] for r in rows)
+    headers = ("trial", "seed", *(c[1] for c in costs), "proxy KD", "n removed", *(("FF keep",) if widths else ()))
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("seed", "FF keep") else "right", no_wrap=True)
     table.add_column("removed", overflow="fold")
     for r in rows:
         cost_cells = [_cell(r[key], fmt) for key, _, fmt in costs]
         quality = _cell(r["proxy_kd"], lambda v: f"{v:.4g}")
+        ff = [" ".join(f"L{k}:{v:g}" for k, v in sorted(r["ff_keep"].items())) or "full"] if widths else []
         table.add_row(
-            str(r["number"]), r["label"] or "", *cost_cells, quality, str(r["n_removed"]), _short(r["removed"])
+            str(r["number"]), r["label"] or "", *cost_cells, quality, str(r["n_removed"]), *ff, _short(r["removed"])
         )
     return table
 

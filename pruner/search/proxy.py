@@ -8,6 +8,7 @@ features, so trials cost one student's training steps and nothing else.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,14 @@ from pruner.unet.plan import Plan, check_expressible, layout_of
 from pruner.unet.surgery import build_student
 from pruner.unet.topology import Topology
 
-__all__ = ["Calibration", "ProxyScore", "build_calibration", "proxy_score", "unit_sensitivity"]
+__all__ = [
+    "Calibration",
+    "ProxyScore",
+    "build_calibration",
+    "calibration_gradients",
+    "proxy_score",
+    "unit_sensitivity",
+]
 
 
 @dataclass
@@ -104,16 +112,22 @@ class ProxyScore:
 
 
 def _train_steps(
-    student: UNet2DConditionModel, calib: Calibration, pairs, steps: int, lr: float, batch: int, seed: int
-) -> None:  # type: ignore[no-untyped-def]
-    """Layer-level KD against the cached teacher: output KD + normalised feature KD (+ task loss)."""
+    student: UNet2DConditionModel, calib: Calibration, pairs, steps: int, lr: float, batch: int, seed: int,  # type: ignore[no-untyped-def]
+    schedule: str = "cosine",
+) -> None:  # fmt: skip
+    """Layer-level KD against the cached teacher: output KD + normalised feature KD (+ task loss).
+
+    The learning rate decays to zero (cosine) by default: a constant rate leaves a plan's loss swinging
+    between steps, which scrambles how plans rank against each other."""
     student.train()
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(calib.n_train, generator=g)
     chunks = itertools.cycle(order.split(batch))
     with FeatureRecorder(student, [s for s, _ in pairs]) as rec:
-        for _ in range(steps):
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr * (0.5 * (1 + math.cos(math.pi * step / steps)) if schedule == "cosine" else 1.0)
             rows = next(chunks)
             x, t, e, a = calib.inputs(rows)
             pred = student(x, t, e, added_cond_kwargs=a).sample
@@ -128,21 +142,33 @@ def _train_steps(
             opt.step()
 
 
+def calibration_gradients(calib: Calibration, rows: int = 32):  # type: ignore[no-untyped-def]
+    """A ``grad_fn`` for Taylor width importance: output-KD gradients on the first calibration rows."""
+
+    def grad_fn(student: nn.Module) -> None:
+        chunk = torch.arange(min(rows, calib.n_train))
+        x, t, e, a = calib.inputs(chunk)
+        ((student(x, t, e, added_cond_kwargs=a).sample - calib.teacher_pred[chunk]) ** 2).mean().backward()
+
+    return grad_fn
+
+
 def proxy_score(
     teacher: UNet2DConditionModel, plan: Plan, topo: Topology, calib: Calibration, *, steps: int, lr: float = 3e-4,  # type: ignore[no-untyped-def]
-    batch: int = 16, seed: int = 0, screen=None,
+    batch: int = 16, seed: int = 0, screen=None, importance: str = "magnitude", schedule: str = "cosine",
 ) -> ProxyScore:  # fmt: skip
     """Zero-shot KD of the freshly built student, then (unless ``screen(zero_shot)`` stops the trial by
     raising) ``steps`` of KD and the held-out KD loss after them."""
     layout = check_expressible(plan, topo)
-    student, _ = build_student(teacher, plan)
+    grad_fn = calibration_gradients(calib) if importance == "taylor" else None
+    student, _ = build_student(teacher, plan, importance=importance, grad_fn=grad_fn)
     zero = held_out_kd(student, calib)
     if screen is not None:
         screen(zero)
     if steps <= 0:
         return ProxyScore(zero, zero, 0)
     torch.manual_seed(seed)
-    _train_steps(student, calib, feature_map(layout, topo, calib.level), steps, lr, batch, seed)
+    _train_steps(student, calib, feature_map(layout, topo, calib.level), steps, lr, batch, seed, schedule)
     return ProxyScore(zero, held_out_kd(student, calib), steps)
 
 

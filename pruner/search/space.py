@@ -1,7 +1,8 @@
 """Search spaces as data (``search/*.yaml``): what a trial may remove, and how a sampled genome becomes a plan.
 
 A genome is a handful of integers and one choice: the transformer depth of each attention module, the
-number of layers of each down block, and what becomes of the mid block. ``decode`` turns it into a plan by
+number of layers of each down block, and what becomes of the mid block; with ``width: true``, also a
+feed-forward keep ratio per resolution level. ``decode`` turns it into a plan by
 choosing *which* teacher layers each count keeps: the first ones, an even spread, or the most important
 (by each unit's sensitivity).
 """
@@ -12,13 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pruner.errors import PrunerError
 from pruner.unet.plan import MID_ATTN, Plan, layer_unit
 from pruner.unet.topology import Topology
 
-__all__ = ["SearchSpace", "decode", "genome_of", "load_space", "suggest_genome"]
+__all__ = ["SearchSpace", "decode", "genome_of", "load_space", "suggest_genome", "width_levels"]
 
 SPACES = Path(__file__).resolve().parents[2] / "search"
 
@@ -41,6 +42,20 @@ class SearchSpace(BaseModel):
     keep_skip_topology: bool = Field(
         False, description="Never remove layers with skip connections (ControlNet-style adapters stay compatible)."
     )
+    width: bool = Field(False, description="Also search the feed-forward width of each resolution level.")
+    width_ratios: tuple[float, ...] = Field(
+        (1.0, 0.75, 0.5, 0.25), min_length=1, description="Keep ratios a level's feed-forwards may take."
+    )
+    width_importance: Literal["magnitude", "taylor"] = Field(
+        "magnitude", description="How kept feed-forward channels are chosen (torch-pruning criteria)."
+    )
+
+    @field_validator("width_ratios")
+    @classmethod
+    def _ratios(cls, ratios: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < r <= 1 for r in ratios):
+            raise ValueError(f"width_ratios {list(ratios)} must all lie in (0, 1]")
+        return tuple(sorted(set(ratios), reverse=True))
 
 
 def load_space(name_or_path: str) -> SearchSpace:
@@ -72,6 +87,16 @@ def _attention_modules(topo: Topology) -> list[tuple[str, int]]:
     return [(m, d) for m, d in mods if d > 0]
 
 
+def width_levels(topo: Topology) -> list[int]:
+    """Resolution levels with transformer layers (the ones a width gene can narrow)."""
+    levels = {i for i, b in enumerate(topo.down) if b.attn} | {
+        topo.n_blocks - 1 - j for j, b in enumerate(topo.up) if b.attn
+    }
+    if topo.mid == "cross_attn":
+        levels.add(topo.n_blocks - 1)
+    return sorted(levels)
+
+
 def _mid_choices(space: SearchSpace, topo: Topology) -> list[str]:
     choices = ["full"] if topo.mid is not None else ["none"]
     if topo.mid == "cross_attn" and space.mid_attention:
@@ -92,6 +117,9 @@ def suggest_genome(trial: Any, space: SearchSpace, topo: Topology) -> dict[str, 
             if block.layers > 1:
                 genome[f"layers:down_blocks.{i}"] = trial.suggest_int(f"layers:down_blocks.{i}", 1, block.layers)
     genome["mid"] = trial.suggest_categorical("mid", _mid_choices(space, topo))
+    if space.width:
+        for level in width_levels(topo):
+            genome[f"width:{level}"] = trial.suggest_categorical(f"width:{level}", list(space.width_ratios))
     return genome
 
 
@@ -127,7 +155,8 @@ def decode(genome: dict[str, Any], space: SearchSpace, topo: Topology, sensitivi
         removed.add(MID_ATTN)
     elif genome.get("mid") == "none" and topo.mid is not None:
         removed.add("mid_block")
-    return Plan(frozenset(removed))
+    widths = {int(k.removeprefix("width:")): float(v) for k, v in genome.items() if k.startswith("width:")}
+    return Plan(frozenset(removed), tuple(widths.items()))
 
 
 def genome_of(plan: Plan, space: SearchSpace, topo: Topology) -> dict[str, Any]:
@@ -145,4 +174,8 @@ def genome_of(plan: Plan, space: SearchSpace, topo: Topology) -> dict[str, Any]:
                 )
     mid = "none" if "mid_block" in plan.removed else "no_attention" if MID_ATTN in plan.removed else "full"
     genome["mid"] = mid if topo.mid is not None else "none"
+    if space.width:
+        ratios = plan.ff_ratios
+        for level in width_levels(topo):
+            genome[f"width:{level}"] = min(space.width_ratios, key=lambda r: abs(r - ratios.get(level, 1.0)))
     return genome

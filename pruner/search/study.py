@@ -24,11 +24,11 @@ from tqdm import tqdm
 from pruner.budget import Budget, parse_budget
 from pruner.cost.model import CostModel
 from pruner.errors import PrunerError
-from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec
+from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
 from pruner.search.heuristics import seed_plans
 from pruner.search.proxy import Calibration, build_calibration, proxy_score, unit_sensitivity
 from pruner.search.repair import repair_to_budget
-from pruner.search.space import SearchSpace, decode, genome_of, load_space, suggest_genome
+from pruner.search.space import SearchSpace, decode, genome_of, load_space, suggest_genome, width_levels
 from pruner.student import derive_student_spec
 from pruner.unet.load import load_unet, resolve_model, unet_config
 from pruner.unet.plan import Plan, compress_names, nearest_expressible, unit_kinds
@@ -54,7 +54,7 @@ class SearchConfig:
     out: Path = Path("recipes")
     seed: int = 0
     calibration: int = 96
-    held_out: int = 32
+    held_out: int = 128
     screen_ratio: float = 2.0
 
 
@@ -116,12 +116,12 @@ def _teacher_total(cost: CostModel, budget: Budget) -> float:
     return float(cost.params(Plan()) if budget.metric == "params" else cost.macs(Plan()))
 
 
-def _check_budget(ctx_cost, topo: Topology, budget: Budget, total: float, allow) -> float:  # type: ignore[no-untyped-def]
+def _check_budget(ctx_cost, topo: Topology, budget: Budget, total: float, allow, narrowest=()) -> float:  # type: ignore[no-untyped-def]
     """The budget's absolute limit, or a one-line error when no student of this space can meet it."""
     limit = budget.limit(total)
     if limit >= total:
         raise PrunerError(f"budget {budget.describe()} is not below the teacher's {total:,.0f}: nothing to remove")
-    everything = Plan(frozenset(n for n in unit_kinds(topo) if allow(n)))
+    everything = Plan(frozenset(n for n in unit_kinds(topo) if allow(n)), narrowest)
     floor = ctx_cost(nearest_expressible(everything, topo, prefer="remove"))
     if floor > limit:
         raise PrunerError(
@@ -167,7 +167,8 @@ def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  
     total = _teacher_total(cost, budget)
     allow = _allow(space, kinds)
     metric_cost = (lambda p: float(cost.params(p))) if budget.metric == "params" else (lambda p: float(cost.macs(p)))
-    limit = _check_budget(metric_cost, topo, budget, total, allow)
+    narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
+    limit = _check_budget(metric_cost, topo, budget, total, allow, narrowest)
     status("building the calibration set (teacher outputs and features, once)")
     data, data_path = _calibration_data(cfg)
     calib = build_calibration(teacher, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
@@ -214,13 +215,15 @@ def _objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, ...]:
     params, macs = ctx.cost_model.params(plan), ctx.cost_model.macs(plan)
     trial.set_constraint("budget", ctx.cost(plan) - ctx.limit)
     trial.set_user_attr("removed", compress_names(plan.removed))
+    trial.set_user_attr("ff_keep", {str(k): v for k, v in plan.ff_keep})
     trial.set_user_attr("params", params)
     trial.set_user_attr("macs", macs)
     latency = _latency(ctx, plan) if "latency" in ctx.cfg.objectives else None
     trial.set_user_attr("latency_ms", latency)
     screen = _screen(trial, ctx, macs, trial.user_attrs.get("label") is not None)
     seed = ctx.cfg.seed + trial.number
-    score = proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=ctx.cfg.proxy_steps, seed=seed, screen=screen)
+    score = proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=ctx.cfg.proxy_steps, seed=seed, screen=screen,
+                        importance=ctx.space.width_importance)  # fmt: skip
     trial.set_user_attr("proxy_kd", score.proxy_kd)
     values = {"quality": score.proxy_kd, "macs": float(macs), "params": float(params), "latency": latency or 0.0}
     return tuple(values[o] for o in ctx.cfg.objectives)
@@ -307,7 +310,9 @@ def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo
 
     ``settings`` is what the search stored in the study's ``search`` user attribute (teacher, budget,
     objectives, data), so a finished study alone suffices (``pruner front --export``)."""
-    plan = Plan.removing(trial.user_attrs["removed"])
+    ff_keep = {int(k): float(v) for k, v in (trial.user_attrs.get("ff_keep") or {}).items()}
+    plan = Plan.removing(trial.user_attrs["removed"], ff_keep)
+    width = WidthSpec(ff_keep=ff_keep, importance=settings.get("width_importance", "magnitude")) if ff_keep else None
     teacher, label = settings["teacher"], trial.user_attrs.get("label")
     objectives = dict(zip(settings["objectives"], trial.values or [], strict=False))
     costs = {
@@ -319,7 +324,7 @@ def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo
         name=f"{_slug(teacher)}-trial-{trial.number}" + (f"-{label}" if label else ""),
         description=f"Found by `pruner search` ({settings['budget']} budget, trial {trial.number}{style}).",
         teacher=TeacherSpec(model=teacher, architecture="tiny-sdxl" if teacher == "tiny-sdxl" else None),
-        plan=PlanSpec(remove=compress_names(plan.removed)),
+        plan=PlanSpec(remove=compress_names(plan.removed), width=width),
         student=derive_student_spec(teacher_cfg, plan, topo),
         distill=_distill_spec(teacher, settings.get("data"), int(teacher_cfg["sample_size"])),
         provenance=Provenance(
@@ -361,7 +366,8 @@ def run_search(cfg: SearchConfig, status=lambda _m: None) -> SearchResult:  # ty
     study, storage = open_study(cfg, name)
     _enqueue_seeds(study, ctx)
     study.set_user_attr("search", {"teacher": cfg.teacher, "budget": ctx.budget.describe(), "space": cfg.space,
-                                   "objectives": list(cfg.objectives), "data": ctx.data_path})  # fmt: skip
+                                   "objectives": list(cfg.objectives), "data": ctx.data_path,
+                                   "width_importance": ctx.space.width_importance})  # fmt: skip
     done = len([t for t in study.trials if t.state.is_finished()])
     bar, callback = _progress(cfg.trials, min(done, cfg.trials))
     if done < cfg.trials:

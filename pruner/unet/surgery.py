@@ -18,7 +18,14 @@ from pruner.unet.config import student_config
 from pruner.unet.maps import position_map, resolve, weight_map
 from pruner.unet.plan import Layout, Plan, check_expressible
 from pruner.unet.topology import Topology, topology_of
-from pruner.unet.width import GradFn, planned_inner_sizes, prune_widths, reshape_feed_forwards
+from pruner.unet.width import (
+    GradFn,
+    feed_forwards,
+    ff_inner_sizes,
+    planned_inner_sizes,
+    prune_widths,
+    reshape_feed_forwards,
+)
 
 __all__ = ["InitReport", "build_student", "meta_unet", "plan_student_config"]
 
@@ -103,6 +110,15 @@ def _fill(student: nn.Module, teacher: nn.Module, layout: Layout, topo: Topology
     return report
 
 
+def _inherited_widths(student: nn.Module, teacher: nn.Module, layout: Layout) -> dict[str, int]:
+    """Feed-forward hidden sizes a student takes from an already width-pruned teacher (progressive removal)."""
+    narrowed = ff_inner_sizes(teacher)
+    if not narrowed:
+        return {}
+    wmap = weight_map(layout)
+    return {path: narrowed[src] for path in feed_forwards(student) if (src := resolve(path, wmap)) in narrowed}
+
+
 def build_student(
     teacher: UNet2DConditionModel,
     plan: Plan,
@@ -123,6 +139,7 @@ def build_student(
     layout = check_expressible(plan, topo)
     config = student_config(teacher.config, layout, topo)
     student = meta_unet(config)
+    reshape_feed_forwards(student, _inherited_widths(student, teacher, layout))
     if str(device) == "meta":
         reshape_feed_forwards(student, planned_inner_sizes(student, plan.ff_ratios))
         return student, InitReport()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from pruner.unet.plan import MID_ATTN, Plan, layout_of, parent_of, unit_kinds
+from pruner.unet.plan import MID_ATTN, Plan, parent_of, unit_kinds
 from pruner.unet.topology import Topology
 
 if TYPE_CHECKING:
@@ -73,17 +73,18 @@ def _coupled(name: str, kind: str, topo: Topology, kinds: dict[str, str]) -> tup
     return ()
 
 
-def list_units(topo: Topology, cost: CostModel | None = None) -> list[Unit]:
+def list_units(topo: Topology, cost: CostModel | None = None, base: Plan | None = None) -> list[Unit]:
     """Every removable unit of a topology, in module order, with marginal params (and MACs when the cost
-    model has a resolution)."""
+    model has a resolution) on top of ``base`` (its feed-forward widths; nothing removed)."""
     kinds = unit_kinds(topo)
+    base = base or Plan()
     units = []
-    base_params = cost.params(Plan()) if cost else 0
-    base_macs = cost.macs(Plan()) if cost and cost.latent else None
+    base_params = cost.params(base) if cost else 0
+    base_macs = cost.macs(base) if cost and cost.latent else None
     for name, kind in kinds.items():
-        layout = layout_of(Plan(frozenset({name})), topo)
-        params = base_params - cost.params(layout) if cost else 0
-        macs = base_macs - cost.macs(layout) if cost and base_macs is not None else None
+        alone = base.plus({name})
+        params = base_params - cost.params(alone) if cost else 0
+        macs = base_macs - cost.macs(alone) if cost and base_macs is not None else None
         units.append(
             Unit(
                 name,

@@ -149,3 +149,32 @@ def test_a_bad_progressive_removal_is_refused_before_training(setup, tmp_path: P
     result = distill(two, cache, tmp_path / "out")
     assert result.exit_code == 2 and "distill.stages.1.remove" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_width_pruned_student_distills_saves_and_shrinks_further(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pruner
+    from pruner.unet.width import ff_inner_sizes
+
+    recipe, cache = setup
+    text = recipe.read_text().replace("plan:\n", "plan:\n  width: {ff_keep: {1: 0.5, 2: 0.25}, importance: taylor}\n")
+    text = text.replace("student:", "student_was:").split("student_was:")[0] + "distill:" + text.split("distill:")[1]
+    (tmp_path / "w.yaml").write_text(text)
+    two = _two_stage_recipe(tmp_path / "w.yaml", tmp_path, "down_blocks.2.attentions.0.transformer_blocks.0")
+    result = distill(two, cache, tmp_path / "out", "--steps", "4", "--checkpoint-every", "2")
+    assert result.exit_code == 0, result.output
+    with pytest.raises(ValueError, match=r"pruner\.load_unet"):
+        UNet2DConditionModel.from_pretrained(tmp_path / "out", subfolder="unet")
+    unet = pruner.load_unet(str(tmp_path / "out"))
+    sizes = ff_inner_sizes(unet)
+    assert sizes["down_blocks.1.attentions.0.transformer_blocks.0.ff"] == 128  # 256 * 0.5
+    assert sizes["up_blocks.0.attentions.0.transformer_blocks.0.ff"] == 96  # 384 * 0.25
+    assert len(unet.down_blocks[2].attentions[0].transformer_blocks) < 6  # the second stage removed one more
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["params"] == sum(p.numel() for p in unet.parameters())
+    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "out", unet=unet, torch_dtype=torch.float32)
+    assert pipe(["a small red circle on the left on a grey background"], num_inference_steps=2).images[0].size == (
+        32,
+        32,
+    )
+    assert "pruner.load_unet" in (tmp_path / "out" / "README.md").read_text()

@@ -166,3 +166,47 @@ def test_two_workers_share_one_study_without_duplicates(
     assert 8 <= len(finished) <= 9  # each worker stops once the study holds 8; one may be mid-trial then
     labels = collections.Counter(t.user_attrs.get("label") for t in study.trials if t.user_attrs.get("label"))
     assert labels and max(labels.values()) == 1
+
+
+def test_width_genes_decode_into_plan_widths_and_back() -> None:
+    topo = topology_of(meta_unet(architecture_config("tiny-sdxl")))
+    space = SearchSpace(select="first", width=True)
+    plan = Plan.removing(["down_blocks.2.attentions.1.transformer_blocks.3-5"], {1: 0.5, 2: 0.25})
+    genome = genome_of(plan, space, topo)
+    assert genome["width:1"] == 0.5 and genome["width:2"] == 0.25
+    assert decode(genome, space, topo, {}) == plan
+    assert "width:1" not in genome_of(plan, SearchSpace(), topo)  # off by default
+
+
+def test_repair_keeps_the_widths_it_was_given() -> None:
+    config = architecture_config("tiny-sdxl")
+    topo = topology_of(meta_unet(config))
+    cost = CostModel(config)
+    narrow = Plan(ff_keep=((1, 0.25), (2, 0.25)))
+    limit = 0.5 * cost.params(Plan())
+    plan = repair_to_budget(narrow, topo, lambda p: cost.params(p), limit, {})
+    assert plan is not None and plan.ff_keep == narrow.ff_keep and cost.params(plan) <= limit
+    depth_only = repair_to_budget(Plan(), topo, lambda p: cost.params(p), limit, {})
+    assert depth_only is not None and len(plan.removed) < len(depth_only.removed)  # narrower keeps more layers
+
+
+@pytest.mark.slow
+def test_a_depth_width_search_writes_width_recipes(tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path) -> None:
+    args = ["search", "--teacher", tiny_sdxl_pipeline, "--data", str(tiny_cache), "--budget", "40%",
+            "--trials", "8", "--proxy-steps", "1", "--calibration", "16", "--space", "depth-width",
+            "--storage", f"sqlite:///{tmp_path / 'w.db'}", "--study", "w", "--out", str(tmp_path / "r")]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'w.db'}")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert any(t.user_attrs["ff_keep"] for t in done), "some trial should narrow a level"
+    assert all(t.params.keys() >= {"width:1", "width:2"} for t in study.trials)
+    assert all(t.user_attrs["params"] <= 0.4 * 10_140_868 for t in done)
+    for path in (tmp_path / "r" / "front").glob("*.yaml"):
+        recipe = load_recipe(path)
+        resolved = resolve_recipe(recipe, str(path))
+        assert resolved.plan == recipe.plan_obj()
+        assert bool(recipe.plan.width) == bool(resolved.plan.ff_keep)
+        assert recipe.student is not None and recipe.student.params == CostModel(resolved.teacher_config).params(
+            resolved.plan
+        )

@@ -68,7 +68,8 @@ def test_keep_count_rounds_and_keeps_one(ratio: float, inner: int, kept: int) ->
 
 
 def test_levels_pair_down_up_and_mid() -> None:
-    assert [ff_level(p, 3) for p in ("down_blocks.1.a", "up_blocks.1.a", "up_blocks.0.a", "mid_block.a")] == [1, 1, 2, 2]
+    paths = ("down_blocks.1.a", "up_blocks.1.a", "up_blocks.0.a", "mid_block.a")
+    assert [ff_level(p, 3) for p in paths] == [1, 1, 2, 2]
 
 
 def _width_plans(unet: UNet2DConditionModel, n: int, seed: int) -> list[Plan]:
@@ -172,3 +173,26 @@ def test_width_pruned_student_of_the_bundled_teacher_generates_in_the_stock_pipe
                  generator=torch.Generator().manual_seed(0), height=32, width=32).images[0]  # fmt: skip
     pixels = np.asarray(image).astype(float)
     assert image.size == (32, 32) and pixels.std() > 5  # a picture, not a blank
+
+
+def test_apply_and_inspect_price_a_width_recipe_exactly(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pruner.cli import app
+
+    runner = CliRunner()
+    recipe = (Path(__file__).resolve().parents[2] / "recipes" / "tiny-sdxl-vega.yaml").read_text()
+    recipe = recipe.replace("plan:\n", "plan:\n  width: {ff_keep: {1: 0.5, 2: 0.25}}\n")
+    recipe = recipe[: recipe.index("student:")] + recipe[recipe.index("distill:") :]
+    (tmp_path / "w.yaml").write_text(recipe)
+    applied = runner.invoke(app, ["apply", str(tmp_path / "w.yaml"), "--out", str(tmp_path / "s")])
+    assert applied.exit_code == 0, applied.output
+    student = pruner.load_unet(str(tmp_path / "s"))
+    params = sum(p.numel() for p in student.parameters())
+    latent = student.config.sample_size
+    for target in (tmp_path / "w.yaml", tmp_path / "s"):
+        shown = runner.invoke(app, ["inspect", str(target), "--json"])
+        assert shown.exit_code == 0, shown.output
+        report = json.loads(shown.stdout)
+        assert report["params"] == params
+        assert report["macs"] == count_macs(student, latent, 1, 77).total

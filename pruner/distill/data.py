@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,13 +16,24 @@ def tiny_sdxl_cache(n: int = 4096, seed: int = 0, progress: bool = True) -> Path
     from pruner.distill.cache import build_cache
     from pruner.tiny.synth import write_dataset
 
-    root = cache_dir() / "data" / f"tiny-sdxl-n{n}-seed{seed}"
+    root = cache_dir() / "data" / f"tiny-sdxl-n{n}-seed{seed}-{_fingerprint()}"
     images, cache = root / "images", root / "cache"
     if not (images / "metadata.jsonl").is_file():
         write_dataset(images, n, seed, progress=progress)
     if not (cache / "cache.json").is_file() or _incomplete(cache):
         build_cache(images, "tiny-sdxl", cache, progress=progress)
     return cache
+
+
+def _fingerprint() -> str:
+    """Which teacher and which renderer made the set: a retrained teacher or new shapes never reuse a stale cache."""
+    from pruner.tiny import synth
+    from pruner.unet.load import bundled_teacher
+
+    teacher = bundled_teacher()
+    h = hashlib.sha256((teacher / "training.json").read_bytes() if teacher else b"no teacher")
+    h.update(repr((synth.HALF_EXTENT, synth.SIZE_JITTER, synth.MARGIN, synth.MIN_GAP, synth.COLOUR_RGB)).encode())
+    return h.hexdigest()[:10]
 
 
 def _incomplete(cache: Path) -> bool:

@@ -163,7 +163,11 @@ def test_width_pruned_student_of_the_bundled_teacher_generates_in_the_stock_pipe
 
     teacher_dir = bundled_teacher()
     assert teacher_dir is not None
-    student, _ = build_student(load_unet(str(teacher_dir)), Plan(ff_keep=((1, 0.5), (2, 0.5))))
+    teacher = load_unet(str(teacher_dir))
+    plan = Plan.removing(["down_blocks.2.attentions.1.transformer_blocks.4-5"], {1: 0.5, 2: 0.5})
+    student, _ = build_student(teacher, plan)
+    latent = teacher.config.sample_size
+    assert CostModel(teacher.config, latent=latent).macs(plan) == count_macs(student, latent, 1, 77).total
     save_unet(student, tmp_path / "unet")
     unet = pruner.load_unet(str(tmp_path / "unet"))
     assert sum(p.numel() for p in unet.parameters()) < sum(p.numel() for p in load_unet(str(teacher_dir)).parameters())

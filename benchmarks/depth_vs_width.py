@@ -89,11 +89,11 @@ def main() -> None:
     print(f"\nbudget {args.budget}; {args.trials} trials and {args.proxy_steps} proxy steps per study; "
           f"{args.steps} distillation steps per plan; evaluated on {args.eval_n} prompts")  # fmt: skip
     print("search CPU-minutes: " + ", ".join(f"{s} {m:.1f}" for s, m in minutes.items()))
-    print(f"{'space':<13}{'plan':<22}{'params':>10}{'MACs':>12}{'FF widths':>12}{'proxy KD':>10}"
+    print(f"{'space':<13}{'plan':<22}{'params':>10}{'MACs':>12}{'FF widths':>16}{'proxy KD':>10}"
           f"{'KD after':>10}{'PSNR':>7}{'accuracy':>10}")  # fmt: skip
     for r in sorted(rows, key=lambda r: r["kd_after"]):
         acc = 100 * (r["prompt_accuracy"] or 0)
-        print(f"{r['space']:<13}{r['plan']:<22}{r['params']:>10,}{r['macs']:>12,}{r['widths']:>12}"
+        print(f"{r['space']:<13}{r['plan']:<22}{r['params']:>10,}{r['macs']:>12,}{r['widths']:>16}"
               f"{r['proxy_kd']:>10.5f}{r['kd_after']:>10.5f}{r['psnr']:>7.2f}{acc:>9.1f}%")  # fmt: skip
     best = {s: min((r["kd_after"] for r in rows if r["space"] == s), default=float("nan")) for s in SPACES}
     print(f"best KD after distillation: depth-only {best['default']:.5f}, depth+width {best['depth-width']:.5f} "

@@ -18,13 +18,10 @@ from pathlib import Path
 
 import optuna
 import torch
+from search_vs_heuristics import distill_trial
 
 from pruner.cli import default_threads
-from pruner.distill.run import DistillOptions, distill_recipe
-from pruner.evaluate import evaluate_student
-from pruner.recipe import save_recipe
-from pruner.search.study import SearchConfig, recipe_for_trial, run_search
-from pruner.unet import meta_unet, topology_of, unet_config
+from pruner.search.study import SearchConfig, run_search
 
 SPACES = ("default", "depth-width")
 
@@ -50,17 +47,10 @@ def run_space(space: str, args: argparse.Namespace) -> tuple[float, list[dict]]:
     start = time.perf_counter()
     result = run_search(cfg)
     minutes = (time.perf_counter() - start) / 60
-    settings = result.study.user_attrs["search"]
-    teacher_cfg = unet_config("tiny-sdxl")
-    topo = topology_of(meta_unet(teacher_cfg))
     rows = []
     for trial in best_trials(result.study, args.plans):
         name = f"trial-{trial.number}" + (f"-{trial.user_attrs['label']}" if trial.user_attrs.get("label") else "")
-        recipe = recipe_for_trial(settings, teacher_cfg, topo, result.study.study_name, trial)
-        path = save_recipe(recipe, root / "plans" / f"{name}.yaml")
-        student = root / "students" / name
-        distill_recipe(path, student, DistillOptions(steps=args.steps, data=settings["data"], seed=args.seed))
-        report = evaluate_student(student, "tiny-sdxl", n_prompts=args.eval_n, grid_path=None)
+        report = distill_trial(result.study, trial, name, root, args.steps, args.eval_n, args.seed)
         u = trial.user_attrs
         rows.append({"space": space, "plan": name, "params": u["params"], "macs": u["macs"],
                      "widths": widths_text(trial), "removed": u["removed"], "proxy_kd": u["proxy_kd"],

@@ -21,7 +21,7 @@ import torch
 
 from pruner.cli import default_threads
 from pruner.distill.run import DistillOptions, distill_recipe
-from pruner.evaluate import evaluate_student
+from pruner.evaluate import EvalReport, evaluate_student
 from pruner.recipe import save_recipe
 from pruner.search.study import SearchConfig, recipe_for_trial, run_search
 from pruner.unet import meta_unet, topology_of, unet_config
@@ -42,6 +42,18 @@ def chosen_trials(study: optuna.Study, n: int) -> list[optuna.trial.FrozenTrial]
     seeds = [t for t in done if t.user_attrs.get("label")]
     others = sorted((t for t in done if not t.user_attrs.get("label")), key=lambda t: t.user_attrs["proxy_kd"])
     return (seeds + others)[: max(n, len(seeds))]
+
+
+def distill_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, name: str, root: Path, steps: int,
+                  eval_n: int, seed: int = 0) -> EvalReport:  # fmt: skip
+    """Write a trial's recipe to root/plans, distill it ``steps`` steps into root/students, evaluate it."""
+    settings = study.user_attrs["search"]
+    teacher_cfg = unet_config(settings["teacher"])
+    topo = topology_of(meta_unet(teacher_cfg))
+    recipe = recipe_for_trial(settings, teacher_cfg, topo, study.study_name, trial)
+    path = save_recipe(recipe, root / "plans" / f"{name}.yaml")
+    distill_recipe(path, root / "students" / name, DistillOptions(steps=steps, data=settings["data"], seed=seed))
+    return evaluate_student(root / "students" / name, settings["teacher"], n_prompts=eval_n, grid_path=None)
 
 
 def screen_savings(study: optuna.Study) -> tuple[float, float, float]:
@@ -79,16 +91,10 @@ def main() -> None:
     start = time.perf_counter()
     result = run_search(cfg)
     search_minutes = (time.perf_counter() - start) / 60
-    settings = result.study.user_attrs["search"]
-    teacher_cfg = unet_config("tiny-sdxl")
-    topo = topology_of(meta_unet(teacher_cfg))
     rows = []
     for trial in chosen_trials(result.study, args.plans):
         name = trial.user_attrs.get("label") or f"trial-{trial.number}"
-        recipe = recipe_for_trial(settings, teacher_cfg, topo, result.study.study_name, trial)
-        path = save_recipe(recipe, args.out / "plans" / f"{name}.yaml")
-        distill_recipe(path, args.out / "students" / name, DistillOptions(steps=args.steps, data=settings["data"]))
-        report = evaluate_student(args.out / "students" / name, "tiny-sdxl", n_prompts=args.eval_n, grid_path=None)
+        report = distill_trial(result.study, trial, name, args.out, args.steps, args.eval_n)
         rows.append((name, trial, report))
         print(f"{name}: kd {report.kd_loss:.5f}, psnr {report.psnr:.2f}, accuracy {report.prompt_accuracy}", flush=True)
     print(f"\nbudget {args.budget}; {args.steps} distillation steps per plan; search: {search_minutes:.1f} CPU-minutes")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from pruner.unet.plan import Layout
 from pruner.unet.topology import Topology
+from pruner.unet.width import keep_count
 
 __all__ = ["BlockCost", "CostTable", "FFCost", "FFShapes", "compose", "table_from_modules"]
 
@@ -122,8 +123,6 @@ def _transformer_layer(layer: int, ff: FFCost | None, ratio: float | None) -> in
     """One transformer layer's cost with its feed-forward narrowed to ``ratio`` (None: full width)."""
     if ratio is None or ff is None:
         return layer
-    from pruner.unet.width import keep_count
-
     return layer - ff.total + ff.at(keep_count(ff.inner, ratio))
 
 

@@ -40,6 +40,7 @@ from pruner.tiny.text import MAX_TOKENS, build_text_encoders, build_tokenizer
 __all__ = ["TrainConfig", "encode_prompts", "main", "time_ids", "train_teacher"]
 
 SIZE = 32  # pixels
+VAE_HELD_OUT = 512  # renders kept out of VAE training to measure its PSNR
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,14 @@ class TrainConfig:
     caption_dropout: float = 0.1
     judge_steps: int = 1_500
     threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_images <= VAE_HELD_OUT:
+            raise ValueError(f"n_images={self.n_images} leaves no VAE training images: the last {VAE_HELD_OUT} "
+                             f"are held out for its PSNR; use --n-images {VAE_HELD_OUT + 1} or more")  # fmt: skip
+        for name in ("vae_steps", "unet_steps", "judge_steps", "vae_batch", "unet_batch", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1")
 
 
 def _images_tensor(scenes: list, size: int = SIZE) -> torch.Tensor:
@@ -105,7 +114,7 @@ def train_vae(images: torch.Tensor, cfg: TrainConfig) -> tuple[AutoencoderKL, fl
     vae = build_vae().train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)
-    train, held = images[:-512], images[-512:]
+    train, held = images[:-VAE_HELD_OUT], images[-VAE_HELD_OUT:]
     bar = tqdm(range(cfg.vae_steps), desc="vae", mininterval=5)
     for step in bar:
         _cosine_lr(opt, cfg.vae_lr, step, cfg.vae_steps)
@@ -119,7 +128,7 @@ def train_vae(images: torch.Tensor, cfg: TrainConfig) -> tuple[AutoencoderKL, fl
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         rec = torch.cat(
-            [vae.decode(vae.encode(held[i : i + 128]).latent_dist.mode()).sample for i in range(0, 512, 128)]
+            [vae.decode(vae.encode(held[i : i + 128]).latent_dist.mode()).sample for i in range(0, VAE_HELD_OUT, 128)]
         )
     return vae, psnr(rec, held)
 
@@ -263,8 +272,11 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=TrainConfig.n_images)
     parser.add_argument("--judge-steps", type=int, default=TrainConfig.judge_steps)
     args = parser.parse_args()
-    cfg = TrainConfig(seed=args.seed, unet_steps=args.unet_steps, vae_steps=args.vae_steps, n_images=args.n_images,
-                      judge_steps=args.judge_steps)  # fmt: skip
+    try:
+        cfg = TrainConfig(seed=args.seed, unet_steps=args.unet_steps, vae_steps=args.vae_steps,
+                          n_images=args.n_images, judge_steps=args.judge_steps)  # fmt: skip
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
     print(json.dumps(train_teacher(args.out, cfg), indent=2))
 
 

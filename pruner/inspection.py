@@ -82,7 +82,7 @@ def _target_model(
     """(source kind, UNet config, model reference, loaded model or None, feed-forward widths) for any target."""
     if Path(target).suffix in (".yaml", ".yml"):
         resolved = resolve_recipe(load_recipe(target), target)
-        return "recipe", resolved.config, None, None, resolved.plan.ff_ratios
+        return "recipe", resolved.config, None, None, _level_widths(resolved.meta_student())
     ref = resolve_model(target)
     if ref.kind in ("architecture", "hub"):
         return ref.kind, unet_config(ref), ref, None, {}

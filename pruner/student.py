@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,11 @@ from pruner.cost.model import CostModel
 from pruner.errors import PrunerError, RecipeError, UnknownUnitError
 from pruner.recipe import Recipe, StudentSpec, dump_recipe
 from pruner.unet.config import ARCH_FIELDS, student_config
-from pruner.unet.load import architecture_config, load_unet, resolve_model, unet_config
+from pruner.unet.load import architecture_config, load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.plan import Layout, Plan, check_expressible
-from pruner.unet.surgery import InitReport, build_student, meta_unet
+from pruner.unet.surgery import InitReport, build_student, inherited_widths, meta_unet
 from pruner.unet.topology import Topology, topology_of
-from pruner.unet.width import check_width_levels, save_unet
+from pruner.unet.width import check_width_levels, planned_inner_sizes, reshape_feed_forwards, save_unet
 
 __all__ = [
     "ResolvedRecipe",
@@ -32,6 +33,7 @@ __all__ = [
     "resolve_recipe",
     "save_student",
     "teacher_config_for",
+    "teacher_ff_inner_for",
 ]
 
 
@@ -45,6 +47,14 @@ class ResolvedRecipe:
     plan: Plan
     layout: Layout
     config: dict[str, Any]
+    teacher_inner: dict[str, int] = field(default_factory=dict)  # a width-pruned teacher's narrowed sizes
+
+    def meta_student(self) -> UNet2DConditionModel:
+        """The student on the meta device at the widths it will have: inherited, then narrowed by the plan."""
+        model = meta_unet(self.config)
+        reshape_feed_forwards(model, inherited_widths(model, self.teacher_inner, self.layout))
+        reshape_feed_forwards(model, planned_inner_sizes(model, self.plan.ff_ratios))
+        return model
 
 
 def teacher_config_for(recipe: Recipe) -> dict[str, Any]:
@@ -57,17 +67,28 @@ def teacher_config_for(recipe: Recipe) -> dict[str, Any]:
         raise
 
 
+def teacher_ff_inner_for(recipe: Recipe) -> dict[str, int]:
+    """A width-pruned teacher's narrowed feed-forward sizes (empty for a full-width or weightless one)."""
+    try:
+        return unet_ff_inner(recipe.teacher.model)
+    except PrunerError:
+        return {}
+
+
 def _arch_fields(config: dict[str, Any]) -> dict[str, Any]:
     return {k: config.get(k) for k in ARCH_FIELDS}
 
 
-def derive_student_spec(teacher_config: dict[str, Any], plan: Plan, topo: Topology | None = None) -> StudentSpec:
-    """The recipe's derived ``student`` section for a plan on a teacher."""
+def derive_student_spec(
+    teacher_config: dict[str, Any], plan: Plan, topo: Topology | None = None, inner: Mapping[str, int] | None = None
+) -> StudentSpec:
+    """The recipe's derived ``student`` section for a plan on a teacher (``inner``: a width-pruned
+    teacher's narrowed feed-forward sizes, so the student is priced at the widths it inherits)."""
     topo = topo or topology_of(meta_unet(teacher_config))
     layout = check_expressible(plan, topo)
     config = student_config(teacher_config, layout, topo)
     check_width_levels(plan.ff_ratios, topo)
-    return StudentSpec(config=_arch_fields(config), params=CostModel(teacher_config).params(plan))
+    return StudentSpec(config=_arch_fields(config), params=CostModel(teacher_config, inner=inner).params(plan))
 
 
 def _check_student(recipe: Recipe, source: str, config: dict[str, Any], params: int) -> None:
@@ -99,8 +120,9 @@ def resolve_recipe(recipe: Recipe, source: str = "<recipe>") -> ResolvedRecipe:
     except PrunerError as exc:
         raise RecipeError(f"{source}: {exc}") from exc
     config = student_config(teacher_config, layout, topo)
-    _check_student(recipe, source, config, CostModel(teacher_config).params(plan))
-    return ResolvedRecipe(recipe, teacher_config, topo, plan, layout, config)
+    inner = teacher_ff_inner_for(recipe)
+    _check_student(recipe, source, config, CostModel(teacher_config, inner=inner).params(plan))
+    return ResolvedRecipe(recipe, teacher_config, topo, plan, layout, config, inner)
 
 
 def save_student(student: UNet2DConditionModel, recipe: Recipe, out_dir: str | Path) -> Path:

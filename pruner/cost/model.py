@@ -14,9 +14,9 @@ from pruner.cost.params import count_params, params_by_module
 from pruner.cost.table import CostTable, compose, table_from_modules
 from pruner.unet.config import student_config
 from pruner.unet.plan import Layout, Plan, layout_of
-from pruner.unet.surgery import meta_unet
+from pruner.unet.surgery import inherited_widths, meta_unet
 from pruner.unet.topology import Topology, topology_of
-from pruner.unet.width import feed_forwards, hidden_size
+from pruner.unet.width import feed_forwards, ff_inner_sizes, hidden_size, reshape_feed_forwards
 
 __all__ = ["Cost", "CostModel"]
 
@@ -49,6 +49,8 @@ class CostModel:
 
     Tables are built once per base architecture (the teacher, and the teacher less its innermost stage
     when a plan removes it); MAC tables come from one fvcore pass each and are cached on disk.
+    A width-pruned teacher is priced at its own feed-forward widths: ``inner`` (its narrowed hidden
+    sizes by module path, as ``unet_ff_inner`` reads them), taken from ``teacher`` when that is given.
     """
 
     def __init__(
@@ -59,11 +61,14 @@ class CostModel:
         batch: int = 1,
         seq_len: int = 77,
         teacher: nn.Module | None = None,
+        inner: Mapping[str, int] | None = None,
     ) -> None:
         self.config = dict(teacher_config)
         self.latent, self.batch, self.seq_len = latent, batch, seq_len
+        self.inner = dict(inner if inner is not None else ff_inner_sizes(teacher) if teacher is not None else {})
         self.topology: Topology = topology_of(teacher if teacher is not None else meta_unet(self.config))
         self._teacher = teacher
+        self._bases: dict[int, nn.Module] = {}
         self._params: dict[int, CostTable] = {}
         self._macs: dict[int, CostTable] = {}
 
@@ -74,9 +79,25 @@ class CostModel:
         stage = Plan(frozenset({f"down_blocks.{self.topology.n_blocks - 1}"}))
         return student_config(self.config, layout_of(stage, self.topology), self.topology)
 
+    def _build_base(self, offset: int) -> nn.Module:
+        """A fresh base on the meta device, with the teacher's feed-forward widths."""
+        model = meta_unet(self.base_config(offset))
+        if offset == 0:
+            reshape_feed_forwards(model, self.inner)
+        elif self.inner:
+            stage = Plan(frozenset({f"down_blocks.{self.topology.n_blocks - 1}"}))
+            reshape_feed_forwards(model, inherited_widths(model, self.inner, layout_of(stage, self.topology)))
+        return model
+
+    def base_model(self, offset: int) -> nn.Module:
+        """The base a layout with this up offset composes on (meta device, shared: do not modify)."""
+        if offset not in self._bases:
+            self._bases[offset] = self._build_base(offset)
+        return self._bases[offset]
+
     def params_table(self, offset: int = 0) -> CostTable:
         if offset not in self._params:
-            model = meta_unet(self.base_config(offset))
+            model = self.base_model(offset)
             ff = _ff_shapes(model, fixed=_ff_out_bias)
             self._params[offset] = table_from_modules(
                 params_by_module(model), topology_of(model), count_params(model), ff
@@ -85,11 +106,13 @@ class CostModel:
 
     def _count_macs(self, offset: int) -> dict[str, Any]:
         config = self.base_config(offset)
-        key = cache_key(config, latent=self.latent, batch=self.batch, seq_len=self.seq_len)
+        widths = {"ff_inner": self.inner} if self.inner else {}  # full-width keys stay as they were
+        key = cache_key(config, latent=self.latent, batch=self.batch, seq_len=self.seq_len, **widths)
         cached = read_cached("macs", key)
         if cached is not None:
             return cached
-        model = self._teacher if offset == 0 and self._teacher is not None else meta_unet(config).to_empty(device="cpu")
+        model = self._teacher if offset == 0 and self._teacher is not None else None
+        model = model or self._build_base(offset).to_empty(device="cpu")
         counts = count_macs(model, self.latent, self.batch, self.seq_len)  # type: ignore[arg-type]
         payload = {
             "total": counts.total,
@@ -105,7 +128,7 @@ class CostModel:
             raise ValueError("this cost model has no resolution: pass latent= to count MACs")
         if offset not in self._macs:
             payload = self._count_macs(offset)
-            model = meta_unet(self.base_config(offset))
+            model = self.base_model(offset)
             ff = _ff_shapes(model, fixed=lambda _ff: 0)  # fvcore counts the two matmuls, both linear in width
             self._macs[offset] = table_from_modules(payload["modules"], topology_of(model), payload["total"], ff)
         return self._macs[offset]

@@ -30,7 +30,7 @@ from pruner.search.proxy import Calibration, build_calibration, proxy_score, uni
 from pruner.search.repair import repair_to_budget
 from pruner.search.space import SearchSpace, decode, genome_of, load_space, suggest_genome, width_levels
 from pruner.student import derive_student_spec
-from pruner.unet.load import load_unet, resolve_model, unet_config
+from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.plan import Plan, compress_names, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology, topology_of
 
@@ -305,11 +305,12 @@ def _distill_spec(teacher: str, data_path: str | None, latent: int) -> DistillSp
 
 
 def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo: Topology, study_name: str,
-                     trial: optuna.trial.FrozenTrial) -> Recipe:  # fmt: skip
+                     trial: optuna.trial.FrozenTrial, inner: dict[str, int] | None = None) -> Recipe:  # fmt: skip
     """The recipe of one trial: plan, derived student, distillation stages and provenance.
 
     ``settings`` is what the search stored in the study's ``search`` user attribute (teacher, budget,
-    objectives, data), so a finished study alone suffices (``pruner front --export``)."""
+    objectives, data), so a finished study alone suffices (``pruner front --export``). ``inner``: a
+    width-pruned teacher's narrowed feed-forward sizes."""
     ff_keep = {int(k): float(v) for k, v in (trial.user_attrs.get("ff_keep") or {}).items()}
     plan = Plan.removing(trial.user_attrs["removed"], ff_keep)
     width = WidthSpec(ff_keep=ff_keep, importance=settings.get("width_importance", "magnitude")) if ff_keep else None
@@ -325,7 +326,7 @@ def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo
         description=f"Found by `pruner search` ({settings['budget']} budget, trial {trial.number}{style}).",
         teacher=TeacherSpec(model=teacher, architecture="tiny-sdxl" if teacher == "tiny-sdxl" else None),
         plan=PlanSpec(remove=compress_names(plan.removed), width=width),
-        student=derive_student_spec(teacher_cfg, plan, topo),
+        student=derive_student_spec(teacher_cfg, plan, topo, inner),
         distill=_distill_spec(teacher, settings.get("data"), int(teacher_cfg["sample_size"])),
         provenance=Provenance(
             source="search", study=study_name, trial=trial.number, objectives=objectives, costs=costs
@@ -341,9 +342,9 @@ def export_study(study: optuna.Study, out: Path) -> dict[str, Path]:
     settings = study.user_attrs.get("search")
     if not settings:
         raise PrunerError(f"study {study.study_name} was not made by `pruner search`: it records no search settings")
-    teacher_cfg = unet_config(settings["teacher"])
+    teacher_cfg, inner = unet_config(settings["teacher"]), unet_ff_inner(settings["teacher"])
     topo = topology_of(meta_unet(teacher_cfg))
-    return export_front(study, out, lambda t: recipe_for_trial(settings, teacher_cfg, topo, study.study_name, t))
+    return export_front(study, out, lambda t: recipe_for_trial(settings, teacher_cfg, topo, study.study_name, t, inner))
 
 
 def study_name(cfg: SearchConfig) -> str:

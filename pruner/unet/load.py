@@ -28,6 +28,7 @@ __all__ = [
     "load_unet",
     "resolve_model",
     "unet_config",
+    "unet_ff_inner",
 ]
 
 ARCHITECTURES = ("sdxl", "sd15", "tiny-sdxl")
@@ -120,18 +121,33 @@ def _hub_config(ref: ModelRef) -> dict[str, Any]:
 
 def unet_config(target: str | ModelRef) -> dict[str, Any]:
     """The teacher's UNet config without loading its weights (offline: known hub ids fall back to the
-    shipped config of their architecture)."""
+    shipped config of their architecture). A width-pruned model's config is the stock one its depth
+    gives; ``unet_ff_inner`` has its feed-forward widths."""
     ref = target if isinstance(target, ModelRef) else resolve_model(target)
     if ref.kind == "architecture":
         return architecture_config(ref.target)
-    if ref.kind == "hub":
-        return _hub_config(ref)
     if ref.kind == "single_file":
         from pruner.unet.single_file import single_file_config
 
         return single_file_config(ref.path)  # type: ignore[arg-type]
+    return unmark_width_config(_stored_config(ref))[0]
+
+
+def unet_ff_inner(target: str | ModelRef) -> dict[str, int]:
+    """The narrowed feed-forward hidden sizes of a width-pruned UNet by module path (empty for any other
+    model), so that it is priced, as a teacher, at the widths it has."""
+    ref = target if isinstance(target, ModelRef) else resolve_model(target)
+    if ref.kind in ("architecture", "single_file"):
+        return {}
+    return unmark_width_config(_stored_config(ref))[1]
+
+
+def _stored_config(ref: ModelRef) -> dict[str, Any]:
+    """The UNet's config.json as stored (a width-pruned one still marked)."""
+    if ref.kind == "hub":
+        return _hub_config(ref)
     folder = ref.path / "unet" if ref.kind == "pipeline" else ref.path  # type: ignore[operator]
-    return unmark_width_config(json.loads((folder / "config.json").read_text()))[0]  # type: ignore[union-attr]
+    return json.loads((folder / "config.json").read_text())  # type: ignore[union-attr]
 
 
 def _width_record(folder: Path) -> bool:

@@ -6,7 +6,7 @@ mapped teacher module's tensors, so peak memory is teacher + student, never two 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from pruner.unet.width import (
     reshape_feed_forwards,
 )
 
-__all__ = ["InitReport", "build_student", "meta_unet", "plan_student_config"]
+__all__ = ["InitReport", "build_student", "inherited_widths", "meta_unet", "plan_student_config"]
 
 
 @dataclass
@@ -110,9 +110,9 @@ def _fill(student: nn.Module, teacher: nn.Module, layout: Layout, topo: Topology
     return report
 
 
-def _inherited_widths(student: nn.Module, teacher: nn.Module, layout: Layout) -> dict[str, int]:
-    """Feed-forward hidden sizes a student takes from an already width-pruned teacher (progressive removal)."""
-    narrowed = ff_inner_sizes(teacher)
+def inherited_widths(student: nn.Module, narrowed: Mapping[str, int], layout: Layout) -> dict[str, int]:
+    """Feed-forward hidden sizes a student takes from an already width-pruned teacher (progressive
+    removal), given the teacher's narrowed sizes by module path."""
     if not narrowed:
         return {}
     wmap = weight_map(layout)
@@ -139,7 +139,7 @@ def build_student(
     layout = check_expressible(plan, topo)
     config = student_config(teacher.config, layout, topo)
     student = meta_unet(config)
-    reshape_feed_forwards(student, _inherited_widths(student, teacher, layout))
+    reshape_feed_forwards(student, inherited_widths(student, ff_inner_sizes(teacher), layout))
     if str(device) == "meta":
         reshape_feed_forwards(student, planned_inner_sizes(student, plan.ff_ratios))
         return student, InitReport()

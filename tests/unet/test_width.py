@@ -16,7 +16,7 @@ import pruner
 from pruner.cost import CostModel, count_macs
 from pruner.errors import PrunerError, RecipeError
 from pruner.recipe import parse_recipe
-from pruner.unet import Plan, build_student, topology_of
+from pruner.unet import Plan, build_student, nearest_expressible, topology_of
 from pruner.unet.width import (
     WIDTH_KEY,
     feed_forwards,
@@ -94,6 +94,31 @@ def test_composed_cost_of_width_plans_equals_a_direct_count(tiny_unet) -> None: 
         for path, (was, kept) in report.narrowed.items():
             level = ff_level(path, len(student.down_blocks))
             assert kept == keep_count(was, plan.ff_ratios[level])
+
+
+@pytest.mark.slow
+def test_a_width_pruned_teacher_is_priced_at_its_own_widths(tiny_sdxl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A width-pruned model used as the next teacher: budgets and recipe sizes count its narrowed
+    feed-forwards, its MACs are cached apart from the full-width architecture's, and later widths
+    apply to what it kept."""
+    from pruner.unet.load import unet_config, unet_ff_inner
+
+    latent = tiny_sdxl.config.sample_size
+    full = CostModel(tiny_sdxl.config, latent=latent, seq_len=SEQ, teacher=tiny_sdxl)
+    full_macs = full.macs(Plan())
+    narrow, _ = build_student(tiny_sdxl, Plan(ff_keep=((1, 0.5), (2, 0.75))))
+    save_unet(narrow, tmp_path / "narrow")
+    inner = unet_ff_inner(str(tmp_path / "narrow"))
+    assert inner == ff_inner_sizes(narrow)
+    stage = nearest_expressible(Plan.removing([f"down_blocks.{len(narrow.down_blocks) - 1}"]), topology_of(narrow))
+    plans = [Plan(), stage, stage.with_widths({1: 0.5}), *_width_plans(narrow, 5, seed=7)]
+    from_folder = CostModel(unet_config(str(tmp_path / "narrow")), latent=latent, seq_len=SEQ, inner=inner)
+    for cost in (CostModel(narrow.config, latent=latent, seq_len=SEQ, teacher=narrow), from_folder):
+        for plan in plans:
+            student, _ = build_student(narrow, plan)
+            assert cost.params(plan) == sum(p.numel() for p in student.parameters()), plan
+            assert cost.macs(plan) == count_macs(student, latent, 1, SEQ).total, plan
+    assert CostModel(tiny_sdxl.config, latent=latent, seq_len=SEQ).macs(Plan()) == full_macs  # cache not poisoned
 
 
 def test_width_pruned_student_saves_and_loads_only_through_pruner(tiny_sdxl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -200,3 +225,20 @@ def test_apply_and_inspect_price_a_width_recipe_exactly(tmp_path: Path) -> None:
         report = json.loads(shown.stdout)
         assert report["params"] == params
         assert report["macs"] == count_macs(student, latent, 1, 77).total
+    # the width-pruned student as the next teacher: its widths carry over and the plan narrows what it kept
+    second = (
+        recipe[: recipe.index("teacher:")]
+        + f"teacher:\n  model: {tmp_path / 's'}\nplan:\n"
+        + "  remove: [up_blocks.0.attentions.2.transformer_blocks.1]\n  width: {ff_keep: {1: 0.5}}\n"
+        + recipe[recipe.index("distill:") :]
+    )
+    (tmp_path / "second.yaml").write_text(second)
+    applied = runner.invoke(app, ["apply", str(tmp_path / "second.yaml"), "--out", str(tmp_path / "s2")])
+    assert applied.exit_code == 0, applied.output
+    grandchild = pruner.load_unet(str(tmp_path / "s2"))
+    assert ff_inner_sizes(grandchild)["down_blocks.1.attentions.0.transformer_blocks.0.ff"] == 64  # 256 * 0.5 * 0.5
+    shown = runner.invoke(app, ["inspect", str(tmp_path / "second.yaml"), "--json"])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.stdout)
+    assert report["params"] == sum(p.numel() for p in grandchild.parameters())
+    assert report["macs"] == count_macs(grandchild, latent, 1, 77).total

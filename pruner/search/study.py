@@ -199,7 +199,22 @@ def _screen(trial: optuna.Trial, ctx: SearchContext, macs: int, seeded: bool):  
     return screen
 
 
+def _skip_duplicate_seed(trial: optuna.Trial) -> None:
+    """Workers that start together may each enqueue the seed plans before seeing the other's; the
+    lowest-numbered trial of a label runs it and the others stop at once, unlabelled."""
+    label = trial.user_attrs.get("label")
+    if label is None:
+        return
+    earlier = [t.number for t in trial.study.get_trials(deepcopy=False)
+               if t.user_attrs.get("label") == label and t.number < trial.number]  # fmt: skip
+    if earlier:
+        trial.set_user_attr("label", None)
+        trial.set_user_attr("duplicate_of", min(earlier))
+        raise optuna.TrialPruned(f"seed plan {label!r} is already trial {min(earlier)} (enqueued by two workers)")
+
+
 def _trial_plan(trial: optuna.Trial, ctx: SearchContext) -> Plan:
+    _skip_duplicate_seed(trial)
     genome = suggest_genome(trial, ctx.space, ctx.topo)
     seed_removed = trial.user_attrs.get("seed_removed")
     plan = Plan(frozenset(seed_removed)) if seed_removed is not None else decode(genome, ctx.space, ctx.topo, ctx.sens)

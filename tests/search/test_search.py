@@ -210,3 +210,20 @@ def test_a_depth_width_search_writes_width_recipes(tiny_sdxl_pipeline: str, tiny
         assert recipe.student is not None and recipe.student.params == CostModel(resolved.teacher_config).params(
             resolved.plan
         )
+
+
+def test_a_seed_plan_enqueued_by_two_workers_runs_once() -> None:
+    from pruner.search.study import _skip_duplicate_seed
+
+    study = optuna.create_study()
+    for _ in range(2):  # what two workers starting together can leave behind
+        study.enqueue_trial({"x": 0.0}, user_attrs={"label": "vega"})
+
+    def objective(trial: optuna.Trial) -> float:
+        _skip_duplicate_seed(trial)
+        return trial.suggest_float("x", 0.0, 1.0)
+
+    study.optimize(objective, n_trials=3)
+    assert [t.user_attrs.get("label") for t in study.trials] == ["vega", None, None]
+    assert [t.state for t in study.trials[:2]] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert study.trials[1].user_attrs["duplicate_of"] == 0

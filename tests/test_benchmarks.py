@@ -33,3 +33,9 @@ def test_gpu_check_runs_at_tiny_scale_on_cpu(tmp_path: Path) -> None:
 def test_distill_step_benchmark_prints_the_overhead() -> None:
     out = run("benchmarks/distill_step.py", "--steps", "1", "--batch", "2")
     assert "overhead" in out and all(level in out for level in ("block", "sub_block", "layer"))
+
+
+@pytest.mark.slow
+def test_latency_model_benchmark_prints_estimate_against_measured() -> None:
+    out = run("benchmarks/latency_model.py", "--plans", "2", "--rounds", "1", "--runs", "2")
+    assert "estimate ms" in out and "mean |error|" in out and len(out.strip().splitlines()) == 6

@@ -79,8 +79,8 @@ class CostModel:
         stage = Plan(frozenset({f"down_blocks.{self.topology.n_blocks - 1}"}))
         return student_config(self.config, layout_of(stage, self.topology), self.topology)
 
-    def _build_base(self, offset: int) -> nn.Module:
-        """A fresh base on the meta device, with the teacher's feed-forward widths."""
+    def fresh_base(self, offset: int) -> nn.Module:
+        """A new base on the meta device, with the teacher's feed-forward widths."""
         model = meta_unet(self.base_config(offset))
         if offset == 0:
             reshape_feed_forwards(model, self.inner)
@@ -92,7 +92,7 @@ class CostModel:
     def base_model(self, offset: int) -> nn.Module:
         """The base a layout with this up offset composes on (meta device, shared: do not modify)."""
         if offset not in self._bases:
-            self._bases[offset] = self._build_base(offset)
+            self._bases[offset] = self.fresh_base(offset)
         return self._bases[offset]
 
     def params_table(self, offset: int = 0) -> CostTable:
@@ -112,7 +112,7 @@ class CostModel:
         if cached is not None:
             return cached
         model = self._teacher if offset == 0 and self._teacher is not None else None
-        model = model or self._build_base(offset).to_empty(device="cpu")
+        model = model or self.fresh_base(offset).to_empty(device="cpu")
         counts = count_macs(model, self.latent, self.batch, self.seq_len)  # type: ignore[arg-type]
         payload = {
             "total": counts.total,
@@ -123,14 +123,20 @@ class CostModel:
         write_cached("macs", key, payload)
         return payload
 
+    def feed_forward_shapes(self, offset: int) -> dict[str, tuple[int, int]]:
+        """Block prefix -> (feed-forward hidden size, 0) of a base: for tables whose feed-forward cost
+        is all proportional to its width (MACs, time)."""
+        return _ff_shapes(self.base_model(offset), fixed=lambda _ff: 0)
+
     def macs_table(self, offset: int = 0) -> CostTable:
         if self.latent is None:
             raise ValueError("this cost model has no resolution: pass latent= to count MACs")
         if offset not in self._macs:
             payload = self._count_macs(offset)
-            model = self.base_model(offset)
-            ff = _ff_shapes(model, fixed=lambda _ff: 0)  # fvcore counts the two matmuls, both linear in width
-            self._macs[offset] = table_from_modules(payload["modules"], topology_of(model), payload["total"], ff)
+            topo = topology_of(self.base_model(offset))  # fvcore counts the two matmuls, both linear in width
+            self._macs[offset] = table_from_modules(
+                payload["modules"], topo, payload["total"], self.feed_forward_shapes(offset)
+            )
         return self._macs[offset]
 
     def by_operator(self) -> dict[str, int]:

@@ -24,13 +24,17 @@ FFShapes = Mapping[str, tuple[int, int]]  # block prefix -> (feed-forward hidden
 @dataclass(frozen=True)
 class FFCost:
     """The feed-forward inside one transformer layer: its cost, the part that does not scale with its
-    hidden size (the output bias), and that hidden size. Everything else scales linearly with it."""
+    hidden size (the output bias), and that hidden size. Everything else scales linearly with it: exactly
+    for counts, approximately (``exact=False``, rounded) for measured times."""
 
     total: int
     fixed: int
     inner: int
+    exact: bool = True
 
     def at(self, keep: int) -> int:
+        if not self.exact:
+            return self.fixed + round((self.total - self.fixed) * keep / self.inner)
         per_channel, rest = divmod(self.total - self.fixed, self.inner)
         if rest:
             raise ValueError(f"feed-forward cost {self.total} is not linear in its {self.inner} hidden channels")
@@ -74,19 +78,23 @@ def _attention_costs(values: Mapping[str, int], prefix: str, depths: tuple[int, 
     return shell, layer
 
 
-def _ff_cost(values: Mapping[str, int], prefix: str, depths: tuple[int, ...], ff: FFShapes) -> FFCost | None:
+def _ff_cost(
+    values: Mapping[str, int], prefix: str, depths: tuple[int, ...], ff: FFShapes, exact: bool = True
+) -> FFCost | None:
     """The first transformer layer's feed-forward of a block (all share one width in the base)."""
     k = next((k for k, d in enumerate(depths) if d > 0), None)
     if k is None or prefix not in ff:
         return None
     inner, fixed = ff[prefix]
-    return FFCost(values[f"{prefix}.attentions.{k}.transformer_blocks.0.ff"], fixed, inner)
+    return FFCost(values[f"{prefix}.attentions.{k}.transformer_blocks.0.ff"], fixed, inner, exact)
 
 
-def _block_cost(values: Mapping[str, int], prefix: str, attn: bool, depths: tuple[int, ...], ff: FFShapes) -> BlockCost:
+def _block_cost(
+    values: Mapping[str, int], prefix: str, attn: bool, depths: tuple[int, ...], ff: FFShapes, exact: bool = True
+) -> BlockCost:
     resnets = tuple(values[f"{prefix}.resnets.{k}"] for k in range(len(depths)))
     shell, layer = _attention_costs(values, prefix, depths) if attn else (0, 0)
-    return BlockCost(attn, resnets, shell, layer, _ff_cost(values, prefix, depths, ff) if attn else None)
+    return BlockCost(attn, resnets, shell, layer, _ff_cost(values, prefix, depths, ff, exact) if attn else None)
 
 
 def _block_total(values: Mapping[str, int], prefix: str, block: BlockCost) -> int:
@@ -96,15 +104,18 @@ def _block_total(values: Mapping[str, int], prefix: str, block: BlockCost) -> in
     return total
 
 
-def table_from_modules(values: Mapping[str, int], topo: Topology, total: int, ff: FFShapes | None = None) -> CostTable:
+def table_from_modules(
+    values: Mapping[str, int], topo: Topology, total: int, ff: FFShapes | None = None, exact: bool = True
+) -> CostTable:
     """Build a table from per-module numbers (each module's own total, children included).
 
     ``ff`` gives, per block prefix (``down_blocks.1``, ``mid_block``), the feed-forward hidden size and the
-    part of its cost that does not scale with it; without it the table prices depth only.
+    part of its cost that does not scale with it; without it the table prices depth only. ``exact=False``
+    for measured times, which scale with the hidden size only approximately.
     """
     ff = ff or {}
-    down = tuple(_block_cost(values, f"down_blocks.{i}", b.attn, b.depths, ff) for i, b in enumerate(topo.down))
-    up = tuple(_block_cost(values, f"up_blocks.{j}", b.attn, b.depths, ff) for j, b in enumerate(topo.up))
+    down = tuple(_block_cost(values, f"down_blocks.{i}", b.attn, b.depths, ff, exact) for i, b in enumerate(topo.down))
+    up = tuple(_block_cost(values, f"up_blocks.{j}", b.attn, b.depths, ff, exact) for j, b in enumerate(topo.up))
     mid_resnets: tuple[int, ...] = ()
     mid_shell = mid_layer = 0
     mid_ff = None
@@ -112,7 +123,7 @@ def table_from_modules(values: Mapping[str, int], topo: Topology, total: int, ff
         mid_resnets = tuple(values[f"mid_block.resnets.{r}"] for r in range(2 if topo.mid == "cross_attn" else 1))
     if topo.mid == "cross_attn":
         mid_shell, mid_layer = _attention_costs(values, "mid_block", (topo.mid_depth,))
-        mid_ff = _ff_cost(values, "mid_block", (topo.mid_depth,), ff)
+        mid_ff = _ff_cost(values, "mid_block", (topo.mid_depth,), ff, exact)
     variable = sum(_block_total(values, f"down_blocks.{i}", b) for i, b in enumerate(down))
     variable += sum(_block_total(values, f"up_blocks.{j}", b) for j, b in enumerate(up))
     variable += values.get("mid_block", 0) if topo.mid is not None else 0

@@ -13,6 +13,7 @@ import math
 import re
 import statistics
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from pruner.budget import Budget, parse_budget
+from pruner.budget import Budget, format_count, parse_budget
+from pruner.cost.latency_model import LatencyModel
 from pruner.cost.model import CostModel
 from pruner.errors import PrunerError
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
@@ -100,10 +102,11 @@ class SearchContext:
     calib: Calibration
     sens: dict[str, float]
     data_path: str | None
+    latency_model: LatencyModel | None = None
 
     def cost(self, plan: Plan) -> float:
-        metric = self.budget.metric
-        return float(self.cost_model.params(plan) if metric == "params" else self.cost_model.macs(plan))
+        """The plan's cost in the budget's metric (latency: the composed estimate, in ms)."""
+        return _budget_cost(self.budget, self.cost_model, self.latency_model)(plan)
 
     def __post_init__(self) -> None:
         self._allow = _allow(self.space, unit_kinds(self.topo))  # built once: repair asks it for every candidate
@@ -112,21 +115,31 @@ class SearchContext:
         return self._allow(name)
 
 
-def _teacher_total(cost: CostModel, budget: Budget) -> float:
-    return float(cost.params(Plan()) if budget.metric == "params" else cost.macs(Plan()))
+def _budget_cost(budget: Budget, cost: CostModel, latency: LatencyModel | None) -> Callable[[Plan], float]:
+    if budget.metric == "latency":
+        assert latency is not None, "a latency budget needs a latency model"
+        return latency.ms
+    return (lambda p: float(cost.params(p))) if budget.metric == "params" else (lambda p: float(cost.macs(p)))
 
 
-def _check_budget(ctx_cost, topo: Topology, budget: Budget, total: float, allow, narrowest=()) -> float:  # type: ignore[no-untyped-def]
+def _shown(value: float, budget: Budget) -> str:
+    return f"{value:.1f} ms" if budget.metric == "latency" else format_count(value, budget.metric)
+
+
+def _check_budget(ctx_cost, topo: Topology, budget: Budget, allow, narrowest=()) -> float:  # type: ignore[no-untyped-def]
     """The budget's absolute limit, or a one-line error when no student of this space can meet it."""
+    total = ctx_cost(Plan())
     limit = budget.limit(total)
     if limit >= total:
-        raise PrunerError(f"budget {budget.describe()} is not below the teacher's {total:,.0f}: nothing to remove")
+        raise PrunerError(
+            f"budget {budget.describe()} is not below the teacher's {_shown(total, budget)}: nothing to remove"
+        )
     everything = Plan(frozenset(n for n in unit_kinds(topo) if allow(n)), narrowest)
     floor = ctx_cost(nearest_expressible(everything, topo, prefer="remove"))
     if floor > limit:
         raise PrunerError(
             f"budget {budget.describe()} is below the smallest student this search space can express "
-            f"({floor:,.0f}, {100 * floor / total:.1f}% of the teacher); raise the budget or widen --space"
+            f"({_shown(floor, budget)}, {100 * floor / total:.1f}% of the teacher); raise the budget or widen --space"
         )
     return limit
 
@@ -157,25 +170,25 @@ def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  
 
     space = load_space(cfg.space)
     budget = parse_budget(cfg.budget)
-    if budget.metric == "latency":
-        raise PrunerError("latency budgets are not supported yet; use params (0.74B, 45%) or macs=... budgets")
     teacher = load_unet(cfg.teacher)
     latent = int(unet_config(resolve_model(cfg.teacher)).get("sample_size", 64))
     cost = CostModel(teacher.config, latent=latent, teacher=teacher)
+    latency = None
+    if budget.metric == "latency":
+        status(f"timing the teacher's modules on {next(teacher.parameters()).device} for the latency budget")
+        latency = LatencyModel(cost, teacher)
     topo = topology_of(teacher)
     kinds = unit_kinds(topo)
-    total = _teacher_total(cost, budget)
     allow = _allow(space, kinds)
-    metric_cost = (lambda p: float(cost.params(p))) if budget.metric == "params" else (lambda p: float(cost.macs(p)))
     narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
-    limit = _check_budget(metric_cost, topo, budget, total, allow, narrowest)
+    limit = _check_budget(_budget_cost(budget, cost, latency), topo, budget, allow, narrowest)
     status("building the calibration set (teacher outputs and features, once)")
     data, data_path = _calibration_data(cfg)
     calib = build_calibration(teacher, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
                               scheduler=noise_scheduler_for(cfg.teacher), seed=cfg.seed)  # fmt: skip
     status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
     sens = unit_sensitivity(teacher, topo, calib, [n for n in kinds if kinds[n] != "stage"])
-    return SearchContext(cfg, space, teacher, topo, cost, budget, limit, calib, sens, data_path)
+    return SearchContext(cfg, space, teacher, topo, cost, budget, limit, calib, sens, data_path, latency)
 
 
 def _similar_zero_shots(study: optuna.Study, macs: int) -> list[float]:
@@ -233,8 +246,10 @@ def _objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, ...]:
     trial.set_user_attr("ff_keep", {str(k): v for k, v in plan.ff_keep})
     trial.set_user_attr("params", params)
     trial.set_user_attr("macs", macs)
-    latency = _latency(ctx, plan) if "latency" in ctx.cfg.objectives else None
+    latency = _latency(ctx, plan) if "latency" in ctx.cfg.objectives or ctx.latency_model else None
     trial.set_user_attr("latency_ms", latency)
+    if ctx.latency_model is not None:
+        trial.set_user_attr("latency_estimate_ms", ctx.latency_model.ms(plan))
     screen = _screen(trial, ctx, macs, trial.user_attrs.get("label") is not None)
     seed = ctx.cfg.seed + trial.number
     score = proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=ctx.cfg.proxy_steps, seed=seed, screen=screen,

@@ -106,10 +106,12 @@ class SearchContext:
 
     def cost(self, plan: Plan) -> float:
         """The plan's cost in the budget's metric (latency: the composed estimate, in ms)."""
-        return _budget_cost(self.budget, self.cost_model, self.latency_model)(plan)
+        return self._cost(plan)
 
     def __post_init__(self) -> None:
-        self._allow = _allow(self.space, unit_kinds(self.topo))  # built once: repair asks it for every candidate
+        # built once: repair asks both for every candidate
+        self._allow = _allow(self.space, unit_kinds(self.topo))
+        self._cost = _budget_cost(self.budget, self.cost_model, self.latency_model)
 
     def allow(self, name: str) -> bool:
         return self._allow(name)

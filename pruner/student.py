@@ -22,9 +22,9 @@ from pruner.recipe import Recipe, StudentSpec, dump_recipe
 from pruner.unet.config import ARCH_FIELDS, student_config
 from pruner.unet.load import architecture_config, load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.plan import Layout, Plan, check_expressible
-from pruner.unet.surgery import InitReport, build_student, inherited_widths, meta_unet
+from pruner.unet.surgery import InitReport, build_student, meta_unet, sized_student
 from pruner.unet.topology import Topology, topology_of
-from pruner.unet.width import check_width_levels, planned_inner_sizes, reshape_feed_forwards, save_unet
+from pruner.unet.width import check_width_levels, save_unet
 
 __all__ = [
     "ResolvedRecipe",
@@ -51,10 +51,7 @@ class ResolvedRecipe:
 
     def meta_student(self) -> UNet2DConditionModel:
         """The student on the meta device at the widths it will have: inherited, then narrowed by the plan."""
-        model = meta_unet(self.config)
-        reshape_feed_forwards(model, inherited_widths(model, self.teacher_inner, self.layout))
-        reshape_feed_forwards(model, planned_inner_sizes(model, self.plan.ff_ratios))
-        return model
+        return sized_student(self.config, self.layout, self.teacher_inner, self.plan.ff_ratios)
 
 
 def teacher_config_for(recipe: Recipe) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class LatencyModel:
     ) -> None:
         if cost.latent is None:
             raise ValueError("this cost model has no resolution: pass latent= to time plans")
-        self.cost, self.teacher, self.batch = cost, teacher, batch
+        self.cost, self.teacher = cost, teacher
         self._timer = timer or (
             lambda m, names: measure_latency(
                 m, cost.latent, batch=batch, seq_len=cost.seq_len, warmup=warmup, runs=runs, modules=names
@@ -79,7 +79,6 @@ class LatencyModel:
         )
         self.rounds = rounds
         self._tables: dict[int, CostTable] = {}
-        self.measured: dict[int, Latency] = {}
 
     def _base(self, offset: int) -> nn.Module:
         if offset == 0:
@@ -100,7 +99,6 @@ class LatencyModel:
         if offset not in self._tables:
             model = self._base(offset)
             latency = self._least(model, table_modules(model))
-            self.measured[offset] = latency
             values = {k: round(v * 1000) for k, v in latency.modules_ms.items()}
             self._tables[offset] = table_from_modules(
                 values, topology_of(model), round(latency.total_ms * 1000), self.cost.feed_forward_shapes(offset),

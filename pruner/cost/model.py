@@ -14,9 +14,9 @@ from pruner.cost.params import count_params, params_by_module
 from pruner.cost.table import CostTable, compose, table_from_modules
 from pruner.unet.config import student_config
 from pruner.unet.plan import Layout, Plan, layout_of
-from pruner.unet.surgery import inherited_widths, meta_unet
+from pruner.unet.surgery import meta_unet, sized_student
 from pruner.unet.topology import Topology, topology_of
-from pruner.unet.width import feed_forwards, ff_inner_sizes, hidden_size, reshape_feed_forwards
+from pruner.unet.width import feed_forwards, ff_inner_sizes, hidden_size
 
 __all__ = ["Cost", "CostModel"]
 
@@ -66,9 +66,9 @@ class CostModel:
         self.config = dict(teacher_config)
         self.latent, self.batch, self.seq_len = latent, batch, seq_len
         self.inner = dict(inner if inner is not None else ff_inner_sizes(teacher) if teacher is not None else {})
-        self.topology: Topology = topology_of(teacher if teacher is not None else meta_unet(self.config))
         self._teacher = teacher
         self._bases: dict[int, nn.Module] = {}
+        self.topology: Topology = topology_of(teacher if teacher is not None else meta_unet(self.config))
         self._params: dict[int, CostTable] = {}
         self._macs: dict[int, CostTable] = {}
 
@@ -81,13 +81,8 @@ class CostModel:
 
     def fresh_base(self, offset: int) -> nn.Module:
         """A new base on the meta device, with the teacher's feed-forward widths."""
-        model = meta_unet(self.base_config(offset))
-        if offset == 0:
-            reshape_feed_forwards(model, self.inner)
-        elif self.inner:
-            stage = Plan(frozenset({f"down_blocks.{self.topology.n_blocks - 1}"}))
-            reshape_feed_forwards(model, inherited_widths(model, self.inner, layout_of(stage, self.topology)))
-        return model
+        removed = {f"down_blocks.{self.topology.n_blocks - 1}"} if offset else set()
+        return sized_student(self.base_config(offset), layout_of(Plan(frozenset(removed)), self.topology), self.inner)
 
     def base_model(self, offset: int) -> nn.Module:
         """The base a layout with this up offset composes on (meta device, shared: do not modify)."""
@@ -111,8 +106,10 @@ class CostModel:
         cached = read_cached("macs", key)
         if cached is not None:
             return cached
-        model = self._teacher if offset == 0 and self._teacher is not None else None
-        model = model or self.fresh_base(offset).to_empty(device="cpu")
+        if offset == 0 and self._teacher is not None:
+            model = self._teacher
+        else:
+            model = self.fresh_base(offset).to_empty(device="cpu")
         counts = count_macs(model, self.latent, self.batch, self.seq_len)  # type: ignore[arg-type]
         payload = {
             "total": counts.total,

@@ -27,7 +27,7 @@ from pruner.unet.width import (
     reshape_feed_forwards,
 )
 
-__all__ = ["InitReport", "build_student", "inherited_widths", "meta_unet", "plan_student_config"]
+__all__ = ["InitReport", "build_student", "inherited_widths", "meta_unet", "plan_student_config", "sized_student"]
 
 
 @dataclass
@@ -119,6 +119,18 @@ def inherited_widths(student: nn.Module, narrowed: Mapping[str, int], layout: La
     return {path: narrowed[src] for path in feed_forwards(student) if (src := resolve(path, wmap)) in narrowed}
 
 
+def sized_student(
+    config: dict[str, Any], layout: Layout, narrowed: Mapping[str, int], ff_keep: Mapping[int, float] | None = None
+) -> UNet2DConditionModel:
+    """A student's shapes on the meta device: the config's, the feed-forward widths it inherits from a
+    teacher narrowed to ``narrowed`` (module path -> hidden size), then ``ff_keep`` narrowing those."""
+    student = meta_unet(config)
+    reshape_feed_forwards(student, inherited_widths(student, narrowed, layout))
+    if ff_keep:
+        reshape_feed_forwards(student, planned_inner_sizes(student, ff_keep))
+    return student
+
+
 def build_student(
     teacher: UNet2DConditionModel,
     plan: Plan,
@@ -138,11 +150,9 @@ def build_student(
     topo = topology_of(teacher)
     layout = check_expressible(plan, topo)
     config = student_config(teacher.config, layout, topo)
-    student = meta_unet(config)
-    reshape_feed_forwards(student, inherited_widths(student, ff_inner_sizes(teacher), layout))
     if str(device) == "meta":
-        reshape_feed_forwards(student, planned_inner_sizes(student, plan.ff_ratios))
-        return student, InitReport()
+        return sized_student(config, layout, ff_inner_sizes(teacher), plan.ff_ratios), InitReport()
+    student = sized_student(config, layout, ff_inner_sizes(teacher))
     ref = next(teacher.parameters())
     device = torch.device(device) if device is not None else ref.device
     report = _fill(student, teacher, layout, topo, device, dtype or ref.dtype)

@@ -60,9 +60,14 @@ def test_random_students_save_and_load_in_stock_diffusers(tiny_unet, tmp_path) -
         out = save_student(student, recipe, tmp_path / f"s{k}")
         assert (out / "diffusion_pytorch_model.safetensors").is_file() and (out / "recipe.yaml").is_file()
         loaded = UNet2DConditionModel.from_pretrained(out).eval()
+        saved, reloaded = student.state_dict(), loaded.state_dict()
+        assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
         with torch.no_grad():
             a, b = student(*args, **kwargs).sample, loaded(*args, **kwargs).sample
-        assert torch.isfinite(a).all() and torch.equal(a, b)
+        # identical weights, but freshly loaded tensors may sit at other alignments, and CPU kernels
+        # then round differently (seen: 1.5e-6 on another CPU): compare outputs with a tolerance
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_save_refuses_a_non_empty_folder(tiny_sdxl, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ import optuna
 import torch
 from search_vs_heuristics import distill_trial
 
-from pruner.cli import default_threads
+from pruner.runtime import default_threads
 from pruner.search.study import SearchConfig, run_search
 
 SPACES = ("default", "depth-width")

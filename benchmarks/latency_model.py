@@ -19,10 +19,10 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
-from pruner.cli import default_threads
 from pruner.cost import CostModel
 from pruner.cost.latency import measure_latency
 from pruner.cost.latency_model import LatencyModel
+from pruner.runtime import default_threads
 from pruner.unet import (
     Plan,
     architecture_config,

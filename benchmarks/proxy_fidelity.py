@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from search_vs_heuristics import kendall_tau
 
-from pruner.cli import default_threads
+from pruner.runtime import default_threads
 from pruner.search.proxy import proxy_score
 from pruner.search.study import SearchConfig, build_context
 from pruner.unet import Plan

@@ -19,10 +19,10 @@ from pathlib import Path
 import optuna
 import torch
 
-from pruner.cli import default_threads
 from pruner.distill.run import DistillOptions, distill_recipe
 from pruner.evaluate import EvalReport, evaluate_student
 from pruner.recipe import save_recipe
+from pruner.runtime import default_threads
 from pruner.search.study import SearchConfig, recipe_for_trial, run_search
 from pruner.unet import meta_unet, topology_of, unet_config
 

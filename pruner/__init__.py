@@ -1,17 +1,86 @@
-"""pruner: find which blocks of an SDXL-class UNet to remove, then distill the student."""
+"""pruner: find which blocks of an SDXL-class UNet to remove, then distill the student.
+
+The public API, imported on first use so that ``import pruner`` stays fast::
+
+    import pruner
+
+    result = pruner.search("tiny-sdxl", budget="50%", trials=12)        # -> SearchResult
+    student_dir = pruner.distill(result.found, output="outputs/found", steps=300)
+    report = pruner.evaluate(student_dir / "unet", teacher="tiny-sdxl")
+
+See :mod:`pruner.api` for the functions, :class:`pruner.Recipe` for recipes, :class:`pruner.Plan` for plans
+and :class:`pruner.CostModel` for exact parameter and MAC counts of any plan.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["load_unet"]
+
+# ``search``, ``distill`` and ``evaluate`` are also subpackages/modules: each is made callable as the API
+# function of its name (pruner.callable_module), so ``pruner.search(...)`` works however it was reached.
+_CALLABLE_MODULES = ("search", "distill", "evaluate")
+_EXPORTS = {
+    "build_student": "pruner.api",
+    "SearchResult": "pruner.api",
+    "EvalReport": "pruner.evaluate",
+    "Recipe": "pruner.recipe",
+    "load_recipe": "pruner.recipe",
+    "save_recipe": "pruner.recipe",
+    "Plan": "pruner.unet.plan",
+    "list_units": "pruner.unet.units",
+    "load_unet": "pruner.unet.load",
+    "CostModel": "pruner.cost.model",
+    "parse_budget": "pruner.budget",
+    "inspect_model": "pruner.inspection",
+    "PrunerError": "pruner.errors",
+}
+
+__all__ = [
+    "CostModel",
+    "EvalReport",
+    "Plan",
+    "PrunerError",
+    "Recipe",
+    "SearchResult",
+    "build_student",
+    "distill",
+    "evaluate",
+    "inspect_model",
+    "list_units",
+    "load_recipe",
+    "load_unet",
+    "parse_budget",
+    "save_recipe",
+    "search",
+]
+
+if TYPE_CHECKING:
+    from pruner.api import SearchResult, build_student
+    from pruner.budget import parse_budget
+    from pruner.cost.model import CostModel
+    from pruner.errors import PrunerError
+    from pruner.evaluate import EvalReport
+    from pruner.inspection import inspect_model
+    from pruner.recipe import Recipe, load_recipe, save_recipe
+    from pruner.unet.load import load_unet
+    from pruner.unet.plan import Plan
+    from pruner.unet.units import list_units
 
 
 def __getattr__(name: str) -> Any:
-    """``pruner.load_unet``: loads any pruner student, width-pruned ones included (imported on first use)."""
-    if name == "load_unet":
-        from pruner.unet.load import load_unet
+    """Import a public name's module on first use."""
+    if name in _CALLABLE_MODULES:
+        return importlib.import_module(f"pruner.{name}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pruner' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return load_unet
-    raise AttributeError(f"module 'pruner' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -6,19 +6,18 @@ Bad input prints one line, ``error: ...``, and exits with code 2; ``--debug`` sh
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pruner.errors import PrunerError
+from pruner.runtime import configure_threads
 
 app = typer.Typer(
     name="pruner",
@@ -29,12 +28,6 @@ app = typer.Typer(
 )
 _state = {"debug": False}
 err = Console(stderr=True)
-
-
-def default_threads() -> int:
-    """One thread on machines with two cores or fewer: measured there, thread wake-ups made a tiny UNet's
-    call 50-85x slower than one thread did. Elsewhere torch's own default."""
-    return 1 if (os.cpu_count() or 1) <= 2 else torch.get_num_threads()
 
 
 @app.callback()
@@ -50,7 +43,15 @@ def main(
     ] = None,
 ) -> None:
     _state["debug"] = debug
-    torch.set_num_threads(threads or default_threads())
+    configure_threads(threads)
+    optuna_logging_to_warnings()
+
+
+def optuna_logging_to_warnings() -> None:
+    """The CLI shows progress bars and tables; Optuna's per-trial INFO lines would repeat them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @contextmanager
@@ -176,7 +177,10 @@ def search(
         str | None, typer.Option(help="No dataset: prompts file; the teacher generates the latents.")
     ] = None,
     space: Annotated[
-        str, typer.Option(help="Search space: a name under search/ (default, depth-only, depth-width) or a YAML file.")
+        str,
+        typer.Option(
+            help="Search space: a built-in (default, depth-only, depth-width), search/NAME.yaml by name, or a file."
+        ),
     ] = "default",
     storage: Annotated[
         str | None,
@@ -195,19 +199,24 @@ def search(
 ) -> None:
     """Search which units to remove: an Optuna multi-objective study scores each plan by a short layer-level KD
     fine-tune and by cost, then writes the Pareto front as recipes (found.yaml: the best quality in budget)."""
+    import pruner.api
     from pruner.search.front import front_table
-    from pruner.search.study import SearchConfig, run_search
+    from pruner.search.study import default_storage, default_study_name
 
     with user_errors():
-        cfg = SearchConfig(teacher=teacher, budget=budget, objectives=tuple(o.strip() for o in objectives.split(",")),
-                           trials=trials, proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
-                           storage=storage, study=study, out=out, seed=seed, calibration=calibration,
-                           held_out=held_out)  # fmt: skip
-        result = run_search(cfg, status=lambda message: err.print(f"[dim]{message}[/dim]"))
+        name = study or default_study_name(teacher, budget, space)
+        result = pruner.api.search(
+            teacher, budget, objectives=[o.strip() for o in objectives.split(",")], trials=trials,
+            proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
+            storage=storage or default_storage(name), study=name, output=out, seed=seed, calibration=calibration,
+            held_out=held_out, progress=True, status=lambda message: err.print(f"[dim]{message}[/dim]"),
+        )  # fmt: skip
         Console(width=200).print(front_table(result.study, title=f"Pareto front of {result.study.study_name}"))
         dashboard = result.storage.removeprefix("journal:")
-        err.print(f"found: {result.found}\nfront: {result.front_dir} and {result.plot}\nstudy: {result.storage} "
-                  f"(browse it: optuna-dashboard {dashboard})\nnext: pruner distill {result.found}")  # fmt: skip
+        found = result.files["found"]
+        err.print(f"found: {found}\nfront: {result.files['front_dir']} and {result.files['plot']}\n"
+                  f"study: {result.storage} (browse it: optuna-dashboard {dashboard})\n"
+                  f"next: pruner distill {found}")  # fmt: skip
 
 
 @app.command()
@@ -283,17 +292,17 @@ def distill(
 ) -> None:
     """Train a recipe's student with task loss, output KD and layer-level feature KD, stage by stage.
     Many GPUs: `accelerate launch -m pruner distill RECIPE ...`."""
-    from pruner.distill.run import DistillOptions, distill_recipe
+    import pruner.api
     from pruner.recipe import load_recipe
 
     with user_errors():
         out = output or Path("outputs") / load_recipe(recipe).name
-        opts = DistillOptions(data=data, steps=steps, checkpoint_every=checkpoint_every, resume=resume,
-                              batch_size=batch_size, seed=seed, validate_every=validate_every,
-                              mixed_precision=mixed_precision, grad_accum=grad_accum,
-                              gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay)  # fmt: skip
-        result = distill_recipe(recipe, out, opts)
-        err.print(f"student saved in {result.output} after {result.steps} steps")
+        path = pruner.api.distill(
+            recipe, out, data=data, steps=steps, checkpoint_every=checkpoint_every, resume=resume,
+            batch_size=batch_size, seed=seed, validate_every=validate_every, mixed_precision=mixed_precision,
+            grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay,
+        )  # fmt: skip
+        err.print(f"student saved in {path}")
 
 
 @app.command("synth-data")
@@ -334,11 +343,11 @@ def eval_(
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
     judge's prompt accuracy (bundled teacher), and UNet latency of both."""
-    from pruner.evaluate import evaluate_student
+    import pruner.api
 
     with user_errors(), err.status("generating and comparing"):
-        report = evaluate_student(student, teacher, n_prompts=n, steps=steps, guidance_scale=guidance, seed=seed,
-                                  prompts_file=prompts, grid_path=grid)  # fmt: skip
+        report = pruner.api.evaluate(student, teacher, n_prompts=n, steps=steps, guidance_scale=guidance, seed=seed,
+                                     prompts_file=prompts, grid=grid)  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict()) + "\n")
         return

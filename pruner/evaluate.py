@@ -21,6 +21,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
+from pruner.callable_module import make_callable
 from pruner.cost.latency import measure_latency
 from pruner.errors import PrunerError
 from pruner.unet.load import ModelRef, load_pipeline, load_unet, resolve_model
@@ -134,7 +135,7 @@ def _accuracy(ref: ModelRef, images: list[Image.Image], prompts: list[str]) -> f
 
 @torch.no_grad()
 def evaluate_student(
-    student_path: str | Path,
+    student_path: str | Path | UNet2DConditionModel,
     teacher: str,
     *,
     n_prompts: int = 64,
@@ -148,7 +149,7 @@ def evaluate_student(
     """Compare a student with its teacher on held-out prompts; see the module docstring."""
     ref = resolve_model(teacher)
     pipe = load_pipeline(ref)
-    student = load_student_unet(student_path)
+    student = student_path if isinstance(student_path, UNet2DConditionModel) else load_student_unet(student_path)
     prompts = eval_prompts(n_prompts, seed, ref, prompts_file)
     t_out = _generate(pipe, prompts, seed, steps, guidance_scale, "latent").images
     t_imgs = pipe.image_processor.postprocess(pipe.vae.decode(t_out / pipe.vae.config.scaling_factor).sample, "pil")
@@ -161,12 +162,21 @@ def evaluate_student(
     t_lat = measure_latency(teacher_unet, latent, batch=2, seq_len=_seq_len(pipe), runs=10)
     grid = _grid(t_imgs[:grid_columns], s_imgs[:grid_columns], grid_path) if grid_path else None
     return EvalReport(
-        str(student_path), teacher, kd, _psnr(t_imgs, s_imgs), _accuracy(ref, s_imgs, prompts),
+        _name(student_path), teacher, kd, _psnr(t_imgs, s_imgs), _accuracy(ref, s_imgs, prompts),
         _accuracy(ref, t_imgs, prompts), s_lat.total_ms, t_lat.total_ms,
         sum(p.numel() for p in student.parameters()), sum(p.numel() for p in teacher_unet.parameters()),
         len(prompts), steps, guidance_scale, str(grid) if grid else None,
     )  # fmt: skip
 
 
+def _name(student: str | Path | UNet2DConditionModel) -> str:
+    if isinstance(student, UNet2DConditionModel):
+        return str(getattr(student.config, "_name_or_path", "") or "<model>")
+    return str(student)
+
+
 def _seq_len(pipe) -> int:  # type: ignore[no-untyped-def]
     return int(pipe.tokenizer.model_max_length)
+
+
+make_callable(__name__)  # `pruner.evaluate(...)` calls pruner.api.evaluate

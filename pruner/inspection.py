@@ -15,7 +15,8 @@ from pruner.cost.latency import Latency, measure_latency
 from pruner.cost.model import CostModel
 from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe
-from pruner.unet.load import VAE_SCALE, ModelRef, load_unet, resolve_model, unet_config
+from pruner.unet.architectures import VAE_SCALE
+from pruner.unet.load import ModelRef, load_unet, resolve_model, unet_config
 from pruner.unet.plan import Plan
 from pruner.unet.surgery import meta_unet
 from pruner.unet.units import Unit, list_units

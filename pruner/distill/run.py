@@ -255,12 +255,12 @@ def _initial_student(resolved: ResolvedRecipe, data: Any, opts: DistillOptions) 
 
 
 def distill_recipe(
-    recipe_path: str | Path, output: str | Path, opts: DistillOptions = DistillOptions()
+    recipe: Recipe | str | Path, output: str | Path, opts: DistillOptions = DistillOptions()
 ) -> DistillResult:
-    """Distill a recipe's student to its output folder (see the module docstring)."""
-    recipe_path = Path(recipe_path)
-    resolved = resolve_recipe(load_recipe(recipe_path), str(recipe_path))
-    stage_chains(resolved, str(recipe_path))  # progressive removals checked before anything trains
+    """Distill a recipe's student (a ``Recipe`` or a YAML path) to its output folder (see the module docstring)."""
+    source = f"recipe {recipe.name}" if isinstance(recipe, Recipe) else str(recipe)
+    resolved = resolve_recipe(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), source)
+    stage_chains(resolved, source)  # progressive removals checked before anything trains
     out = Path(output)
     _check_output(out, opts.resume)
     data = _resolve_data(resolved.recipe, opts.data)

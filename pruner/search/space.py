@@ -19,9 +19,19 @@ from pruner.errors import PrunerError
 from pruner.unet.plan import MID_ATTN, Plan, layer_unit
 from pruner.unet.topology import Topology
 
-__all__ = ["SearchSpace", "decode", "genome_of", "load_space", "suggest_genome", "width_levels"]
+__all__ = [
+    "SearchSpace",
+    "builtin_spaces",
+    "decode",
+    "genome_of",
+    "load_space",
+    "space_path",
+    "suggest_genome",
+    "width_levels",
+]
 
-SPACES = Path(__file__).resolve().parents[2] / "search"
+BUILTIN_SPACES = Path(__file__).resolve().parent / "spaces"  # shipped as package data
+LOCAL_SPACES = Path("search")  # a project's own spaces, by name, beside its recipes/
 
 
 class SearchSpace(BaseModel):
@@ -58,13 +68,25 @@ class SearchSpace(BaseModel):
         return tuple(sorted(set(ratios), reverse=True))
 
 
+def builtin_spaces() -> list[str]:
+    """Names of the spaces pruner ships (``default``, ``depth-only``, ``depth-width``, ...)."""
+    return sorted(p.stem for p in BUILTIN_SPACES.glob("*.yaml"))
+
+
+def space_path(name_or_path: str) -> Path:
+    """A space's file: a YAML path, else ``search/NAME.yaml`` in the working directory, else a built-in."""
+    for path in (Path(name_or_path), LOCAL_SPACES / f"{name_or_path}.yaml", BUILTIN_SPACES / f"{name_or_path}.yaml"):
+        if path.is_file():
+            return path
+    raise PrunerError(
+        f"no search space {name_or_path!r}; give a YAML file, a name under ./search/, "
+        f"or a built-in one ({', '.join(builtin_spaces())})"
+    )
+
+
 def load_space(name_or_path: str) -> SearchSpace:
-    """A space by file path, or by name under the top-level ``search/`` folder."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = SPACES / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise PrunerError(f"no search space {name_or_path!r}; give a YAML file or a name under search/ (e.g. default)")
+    """A space by file path, by name under ``./search/``, or by built-in name."""
+    path = space_path(name_or_path)
     try:
         return SearchSpace.model_validate(yaml.safe_load(path.read_text()) or {})
     except (yaml.YAMLError, ValidationError) as exc:

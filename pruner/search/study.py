@@ -36,7 +36,16 @@ from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inne
 from pruner.unet.plan import Plan, compress_names, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology, topology_of
 
-__all__ = ["SearchConfig", "SearchContext", "SearchResult", "run_search"]
+__all__ = [
+    "SearchConfig",
+    "SearchContext",
+    "SearchResult",
+    "default_storage",
+    "default_study_name",
+    "export_study",
+    "run_search",
+    "study_recipes",
+]
 
 OBJECTIVES = {"quality", "macs", "params", "latency"}
 
@@ -53,19 +62,21 @@ class SearchConfig:
     space: str = "default"
     storage: str | None = None
     study: str | None = None
-    out: Path = Path("recipes")
+    out: Path | None = Path("recipes")  # None: write no files (the Python API's default)
     seed: int = 0
     calibration: int = 96
     held_out: int = 128
     screen_ratio: float = 2.0
+    teacher_model: Any = None  # the teacher already loaded (``teacher`` still names it for recipes)
+    progress: bool = True
 
 
 @dataclass
 class SearchResult:
     study: optuna.Study
-    found: Path
-    front_dir: Path
-    plot: Path
+    found: Path | None  # the written files; None when the search wrote none
+    front_dir: Path | None
+    plot: Path | None
     storage: str
     data: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -172,7 +183,7 @@ def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  
 
     space = load_space(cfg.space)
     budget = parse_budget(cfg.budget)
-    teacher = load_unet(cfg.teacher)
+    teacher = cfg.teacher_model if cfg.teacher_model is not None else load_unet(cfg.teacher)
     latent = int(unet_config(resolve_model(cfg.teacher)).get("sample_size", 64))
     cost = CostModel(teacher.config, latent=latent, teacher=teacher)
     latency = None
@@ -285,7 +296,10 @@ def _enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> None:
 
 
 def storage_of(url: str):  # type: ignore[no-untyped-def]
-    """An Optuna storage: an RDB URL (sqlite:///..., postgresql://...) or ``journal:PATH`` (a journal file)."""
+    """An Optuna storage: an RDB URL (sqlite:///..., postgresql://...), ``journal:PATH`` (a journal file) or
+    ``memory`` (this process only, nothing written)."""
+    if url == "memory":
+        return optuna.storages.InMemoryStorage()
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -312,8 +326,8 @@ def open_study(cfg: SearchConfig, name: str) -> tuple[optuna.Study, str]:
     return study, storage
 
 
-def _progress(total: int, done: int):  # type: ignore[no-untyped-def]
-    bar = tqdm(total=total, initial=done, desc="search", unit="trial", dynamic_ncols=True)
+def _progress(total: int, done: int, enabled: bool):  # type: ignore[no-untyped-def]
+    bar = tqdm(total=total, initial=done, desc="search", unit="trial", dynamic_ncols=True, disable=not enabled)
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -379,12 +393,36 @@ def export_study(study: optuna.Study, out: Path) -> dict[str, Path]:
     return export_front(study, out, lambda t: recipe_for_trial(settings, teacher_cfg, topo, study.study_name, t, inner))
 
 
+def study_recipes(study: optuna.Study) -> tuple[Recipe, list[Recipe]]:
+    """A finished study's found recipe (best quality within budget) and its Pareto front's recipes."""
+    from pruner.search.front import NO_FEASIBLE, best_quality_trial, pareto_trials
+    from pruner.unet.surgery import meta_unet
+
+    settings = study.user_attrs.get("search")
+    if not settings:
+        raise PrunerError(f"study {study.study_name} was not made by `pruner search`: it records no search settings")
+    best = best_quality_trial(study)
+    if best is None:
+        raise PrunerError(NO_FEASIBLE)
+    teacher_cfg, inner = unet_config(settings["teacher"]), unet_ff_inner(settings["teacher"])
+    topo = topology_of(meta_unet(teacher_cfg))
+    front = [recipe_for_trial(settings, teacher_cfg, topo, study.study_name, t, inner) for t in pareto_trials(study)]
+    found = next((r for r in front if r.provenance and r.provenance.trial == best.number), None)
+    return found or recipe_for_trial(settings, teacher_cfg, topo, study.study_name, best, inner), front
+
+
+def default_study_name(teacher: str, budget: str, space: str) -> str:
+    """The study name a search gets when none is given: teacher, budget and space, slugged."""
+    return f"{_slug(teacher)}-{_slug(budget)}-{_slug(space)}"
+
+
 def study_name(cfg: SearchConfig) -> str:
-    return cfg.study or f"{_slug(cfg.teacher)}-{_slug(cfg.budget)}-{_slug(cfg.space)}"
+    return cfg.study or default_study_name(cfg.teacher, cfg.budget, cfg.space)
 
 
 def run_search(cfg: SearchConfig, status=lambda _m: None) -> SearchResult:  # type: ignore[no-untyped-def]
-    """Run (or resume) the study, then write the front's recipes, found.yaml and the plot."""
+    """Run (or resume) the study, then write the front's recipes, found.yaml and the plot (none when
+    ``cfg.out`` is None)."""
     from pruner.search.front import front_rows
 
     unknown = set(cfg.objectives) - OBJECTIVES
@@ -395,20 +433,21 @@ def run_search(cfg: SearchConfig, status=lambda _m: None) -> SearchResult:  # ty
     torch.manual_seed(cfg.seed)
     ctx = build_context(cfg, status)
     name = study_name(cfg)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, storage = open_study(cfg, name)
     _enqueue_seeds(study, ctx)
     study.set_user_attr("search", {"teacher": cfg.teacher, "budget": ctx.budget.describe(), "space": cfg.space,
                                    "objectives": list(cfg.objectives), "data": ctx.data_path,
                                    "width_importance": ctx.space.width_importance})  # fmt: skip
     done = len([t for t in study.trials if t.state.is_finished()])
-    bar, callback = _progress(cfg.trials, min(done, cfg.trials))
+    bar, callback = _progress(cfg.trials, min(done, cfg.trials), cfg.progress)
     if done < cfg.trials:
         # workers sharing a storage stop together once the study holds --trials finished trials
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         stop = optuna.study.MaxTrialsCallback(cfg.trials, states=finished)
         study.optimize(lambda t: _objective(t, ctx), n_trials=cfg.trials - done, callbacks=[callback, stop], catch=())
     bar.close()
+    if cfg.out is None:
+        return SearchResult(study, None, None, None, storage, ctx.data_path, front_rows(study))
     paths = export_study(study, Path(cfg.out))
     return SearchResult(
         study, paths["found"], paths["front_dir"], paths["plot"], storage, ctx.data_path, front_rows(study)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +14,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from pruner.errors import PrunerError
+from pruner.unet.architectures import ARCHITECTURES, HUB_ARCHITECTURES, VAE_SCALE, architecture_config
 from pruner.unet.width import WIDTH_KEY, reshape_feed_forwards, unmark_width_config
 
 __all__ = [
@@ -31,14 +31,6 @@ __all__ = [
     "unet_ff_inner",
 ]
 
-ARCHITECTURES = ("sdxl", "sd15", "tiny-sdxl")
-VAE_SCALE = {"sdxl": 8, "sd15": 8, "tiny-sdxl": 4}  # pixels per latent pixel of each architecture's VAE
-HUB_ARCHITECTURES = {
-    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
-    "runwayml/stable-diffusion-v1-5": "sd15",
-    "CompVis/stable-diffusion-v1-4": "sd15",
-}
 Kind = Literal["architecture", "hub", "pipeline", "unet_folder", "single_file"]
 
 
@@ -55,15 +47,6 @@ class ModelRef:
         if self.kind == "architecture":
             return self.target
         return HUB_ARCHITECTURES.get(self.target) if self.kind == "hub" else None
-
-
-@cache
-def architecture_config(name: str) -> dict[str, Any]:
-    """The UNet config of a named architecture shipped with pruner."""
-    if name not in ARCHITECTURES:
-        raise PrunerError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
-    text = resources.files("pruner.unet").joinpath(f"configs/{name}.json").read_text()
-    return json.loads(text)
 
 
 def _looks_like_path(target: str) -> bool:

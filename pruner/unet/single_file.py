@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from pruner.errors import PrunerError
+from pruner.unet.architectures import ARCHITECTURES, architecture_config
 
 __all__ = ["load_single_file", "single_file_config"]
 
@@ -34,7 +35,6 @@ def _is_original_layout(shapes: dict[str, tuple[int, ...]]) -> bool:
 
 
 def _matching_architecture(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any] | None:
-    from pruner.unet.load import ARCHITECTURES, architecture_config
     from pruner.unet.surgery import meta_unet
 
     for name in ARCHITECTURES:

@@ -1,0 +1,228 @@
+"""pruner's public Python API: search, distill, evaluate, and the objects they pass around.
+
+The CLI is one client of these functions. Each accepts objects as well as references (a
+``UNet2DConditionModel`` or a hub id / folder / file as the teacher; a :class:`~pruner.recipe.Recipe` or a
+YAML path as the recipe), writes files only where asked, and leaves the caller's global state alone:
+torch's random generators are forked for the call, Optuna's verbosity is restored afterwards, and
+progress bars are off unless ``progress=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pruner.errors import PrunerError
+from pruner.recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:
+    import optuna
+    from diffusers import UNet2DConditionModel
+
+    from pruner.evaluate import EvalReport
+    from pruner.unet.plan import Plan
+
+__all__ = ["SearchResult", "build_student", "distill", "evaluate", "search"]
+
+Status = Callable[[str], None]
+
+
+@dataclass
+class SearchResult:
+    """What :func:`search` found: the study, its Pareto front as recipes, and the found recipe.
+
+    ``found`` is the best proxy quality within budget; ``front`` every Pareto-optimal plan (cheapest
+    first). ``files`` lists what was written (empty unless ``output`` was given); :meth:`save` writes later.
+    """
+
+    study: optuna.Study
+    found: Recipe
+    front: list[Recipe]
+    storage: str
+    data: str | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def save(self, output: str | Path) -> dict[str, Path]:
+        """Write ``found.yaml``, ``front/*.yaml`` and ``front.png`` under ``output``."""
+        from pruner.search.study import export_study
+
+        self.files = export_study(self.study, Path(output))
+        return self.files
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The front as table rows (trial, label, params, MACs, latency, proxy KD, removed units)."""
+        from pruner.search.front import front_rows
+
+        return front_rows(self.study)
+
+
+@contextlib.contextmanager
+def _caller_state_kept(device: str | None = None) -> Iterator[None]:
+    """Fork torch's generators (CPU, and the CUDA device in use) and restore Optuna's verbosity."""
+    import optuna
+
+    devices = [torch.device(device).index or 0] if device and device.startswith("cuda") else []
+    verbosity = optuna.logging.get_verbosity()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+
+
+def _teacher_reference(teacher: str | UNet2DConditionModel) -> tuple[str, UNet2DConditionModel | None]:
+    """A reference recipes can name, and the already-loaded model when one was given."""
+    if isinstance(teacher, str):
+        return teacher, None
+    from pruner.unet.load import resolve_model
+
+    name = str(getattr(teacher.config, "_name_or_path", "") or "")
+    try:
+        resolve_model(name)
+    except PrunerError:
+        name = ""
+    if not name:
+        raise PrunerError(
+            "the teacher model was not loaded from a hub id or folder, so recipes could not name it; "
+            "save it with teacher.save_pretrained(DIR) and pass DIR (or the hub id) as the teacher"
+        )
+    return name, teacher
+
+
+def search(
+    teacher: str | UNet2DConditionModel,
+    budget: str = "50%",
+    *,
+    data: str | Path | None = None,
+    prompts: str | Path | None = None,
+    trials: int = 24,
+    objectives: Sequence[str] = ("quality", "macs"),
+    space: str = "default",
+    proxy_steps: int = 30,
+    calibration: int = 96,
+    held_out: int = 128,
+    storage: str | None = None,
+    study: str | None = None,
+    seed: int = 0,
+    output: str | Path | None = None,
+    progress: bool = False,
+    status: Status | None = None,
+) -> SearchResult:
+    """Search which units of ``teacher`` to remove to meet ``budget``.
+
+    An Optuna multi-objective study (``storage``: an RDB URL or ``journal:PATH`` that workers share and a
+    rerun resumes; default in memory) scores each plan by a short layer-level KD fine-tune on ``data`` (a latent
+    cache), or on latents the teacher generates from ``prompts``, and by cost. Budgets name their unit:
+    ``"0.74B"``, ``"45%"``, ``"macs=60%"``, ``"latency=40ms"``.
+    Files (found.yaml, front/*.yaml, front.png) are written only when ``output`` is given.
+    """
+    from pruner.search.study import SearchConfig, run_search, study_recipes
+
+    ref, model = _teacher_reference(teacher)
+    cfg = SearchConfig(
+        teacher=ref, teacher_model=model, budget=budget, objectives=tuple(objectives), trials=trials,
+        proxy_steps=proxy_steps, data=None if data is None else str(data),
+        prompts=None if prompts is None else str(prompts), space=space, storage=storage or "memory", study=study,
+        out=None if output is None else Path(output), seed=seed, calibration=calibration, held_out=held_out,
+        progress=progress,
+    )  # fmt: skip
+    with _caller_state_kept():
+        raw = run_search(cfg, status=status or (lambda _m: None))
+    found, front = study_recipes(raw.study)
+    files = {"found": raw.found, "front_dir": raw.front_dir, "plot": raw.plot} if raw.found else {}
+    return SearchResult(raw.study, found, front, raw.storage, raw.data, files)
+
+
+def distill(
+    recipe: Recipe | str | Path,
+    output: str | Path,
+    *,
+    data: str | Path | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    mixed_precision: str = "no",
+    gradient_checkpointing: bool = False,
+    grad_accum: int = 1,
+    ema_decay: float | None = None,
+    checkpoint_every: int | None = None,
+    validate_every: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Train ``recipe``'s student to convergence (its stages, or ``steps`` in all) and save it in ``output``.
+
+    The output is a diffusers folder (``unet/`` with safetensors, plus the teacher's other components when
+    the teacher is a pipeline), with the recipe, metrics, a validation grid and TensorBoard logs. Run it
+    under ``accelerate launch`` for many GPUs. Returns ``output``.
+    """
+    from pruner.distill.run import DistillOptions, distill_recipe
+
+    opts = DistillOptions(
+        data=None if data is None else str(data), steps=steps, batch_size=batch_size, seed=seed,
+        mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
+        ema_decay=ema_decay, checkpoint_every=checkpoint_every, validate_every=validate_every, resume=resume,
+    )  # fmt: skip
+    with _caller_state_kept():
+        return distill_recipe(recipe, Path(output), opts).output
+
+
+def evaluate(
+    student: str | Path | UNet2DConditionModel,
+    teacher: str,
+    *,
+    n_prompts: int = 64,
+    steps: int = 20,
+    guidance_scale: float = 5.0,
+    seed: int = 0,
+    prompts_file: str | Path | None = None,
+    grid: str | Path | None = None,
+) -> EvalReport:
+    """Compare a student with its teacher pipeline on held-out prompts: KD loss, PSNR of pictures from the
+    same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``."""
+    from pruner.evaluate import evaluate_student
+
+    with _caller_state_kept():
+        return evaluate_student(
+            student, teacher, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
+            prompts_file=None if prompts_file is None else Path(prompts_file),
+            grid_path=None if grid is None else Path(grid),
+        )  # fmt: skip
+
+
+def _as_plan(plan: Plan | Recipe | Iterable[str] | str | Path) -> Plan:
+    from pruner.unet.plan import Plan
+
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, Recipe):
+        return plan.plan_obj()
+    if isinstance(plan, str | Path) and str(plan).endswith((".yaml", ".yml")):
+        return load_recipe(plan).plan_obj()
+    if isinstance(plan, str):
+        return Plan.removing([plan])
+    return Plan.removing(list(plan))
+
+
+def build_student(
+    teacher: str | UNet2DConditionModel,
+    plan: Plan | Recipe | Iterable[str] | str | Path,
+    *,
+    device: str | torch.device | None = None,
+) -> UNet2DConditionModel:
+    """The student ``plan`` makes of ``teacher``, initialised from the teacher's weights (untrained).
+
+    ``plan``: a :class:`~pruner.unet.plan.Plan`, a recipe (object or YAML path), or unit names to remove
+    (``down_blocks.2.attentions.0.transformer_blocks.3-9`` names a run). Magnitude-ranked feed-forward
+    channels where the plan narrows widths.
+    """
+    from pruner.unet.load import load_unet
+    from pruner.unet.surgery import build_student as build
+
+    model = load_unet(teacher) if isinstance(teacher, str) else teacher
+    student, _ = build(model, _as_plan(plan), device=device)
+    return student

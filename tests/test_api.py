@@ -1,0 +1,71 @@
+"""The public Python API: the README's "Python API" block runs as written, and leaves no trace on the caller."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+import pruner
+from pruner.recipe import Recipe
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_python_api_block() -> str:
+    section = README.read_text().split("## Python API", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "the README's Python API section has no python block"
+    return match.group(1)
+
+
+def test_import_pruner_is_lazy_and_exports_a_curated_api() -> None:
+    for name in pruner.__all__:
+        assert getattr(pruner, name) is not None, name
+    assert callable(pruner.search) and callable(pruner.distill) and callable(pruner.evaluate)
+    import importlib
+
+    importlib.import_module("pruner.search.study")  # rebinds pruner.search to the package: still callable
+    assert callable(pruner.search)
+    with pytest.raises(AttributeError):
+        pruner.no_such_name  # noqa: B018
+
+
+def test_build_student_accepts_a_plan_unit_names_or_a_recipe(tiny_sdxl) -> None:  # type: ignore[no-untyped-def]
+    names = ["down_blocks.2.attentions.1.transformer_blocks.0-1", "mid_block.attentions.0"]
+    from_names = pruner.build_student(tiny_sdxl, names)
+    from_plan = pruner.build_student(tiny_sdxl, pruner.Plan.removing(names))
+    cost = pruner.CostModel(tiny_sdxl.config)
+    assert sum(p.numel() for p in from_names.parameters()) == cost.params(pruner.Plan.removing(names))
+    assert from_names.config == from_plan.config
+
+
+def test_a_teacher_object_with_no_reference_is_refused_with_the_fix(tiny_sdxl) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(pruner.PrunerError, match="save_pretrained"):
+        pruner.search(tiny_sdxl, budget="50%", trials=1)
+
+
+@pytest.mark.slow
+def test_the_readme_python_block_runs_and_changes_no_global_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    rng, threads, verbosity = torch.random.get_rng_state(), torch.get_num_threads(), optuna.logging.get_verbosity()
+    namespace: dict[str, object] = {}
+    exec(compile(readme_python_api_block(), "README.md#python-api", "exec"), namespace)
+    result = namespace["result"]
+    assert isinstance(result.found, Recipe) and result.front  # type: ignore[attr-defined]
+    assert result.files == {}  # type: ignore[attr-defined]
+    assert (tmp_path / "outputs" / "api-demo" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert pruner.load_recipe(tmp_path / "recipes" / "mine.yaml") == result.found  # type: ignore[attr-defined]
+    # only what the block asked for was written: no study database, no search/ or front files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "recipes"]
+    assert [p.name for p in (tmp_path / "recipes").iterdir()] == ["mine.yaml"]
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert torch.get_num_threads() == threads and optuna.logging.get_verbosity() == verbosity
+    report = namespace["report"]
+    assert 0 <= report.prompt_accuracy <= 1 and report.kd_loss > 0  # type: ignore[attr-defined]
+    assert "prompt accuracy" in capsys.readouterr().out

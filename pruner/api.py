@@ -134,7 +134,8 @@ def search(
     with _caller_state_kept():
         raw = run_search(cfg, status=status or (lambda _m: None))
     found, front = study_recipes(raw.study)
-    files = {"found": raw.found, "front_dir": raw.front_dir, "plot": raw.plot} if raw.found else {}
+    written = {"found": raw.found, "front_dir": raw.front_dir, "plot": raw.plot}
+    files = {k: v for k, v in written.items() if v is not None}
     return SearchResult(raw.study, found, front, raw.storage, raw.data, files)
 
 
@@ -201,7 +202,7 @@ def _as_plan(plan: Plan | Recipe | Iterable[str] | str | Path) -> Plan:
         return plan
     if isinstance(plan, Recipe):
         return plan.plan_obj()
-    if isinstance(plan, str | Path) and str(plan).endswith((".yaml", ".yml")):
+    if isinstance(plan, Path) or (isinstance(plan, str) and plan.endswith((".yaml", ".yml"))):
         return load_recipe(plan).plan_obj()
     if isinstance(plan, str):
         return Plan.removing([plan])

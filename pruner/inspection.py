@@ -70,7 +70,7 @@ def vae_scale_factor(ref: ModelRef | None) -> int:
 
 def _level_widths(model: UNet2DConditionModel) -> dict[int, float]:
     """Feed-forward keep ratio per level of a width-pruned model (empty for a depth-only one)."""
-    n = len(model.down_blocks)  # type: ignore[arg-type]
+    n = len(model.down_blocks)
     widths: dict[int, float] = {}
     for path, size in ff_inner_sizes(model).items():
         widths.setdefault(ff_level(path, n), size / default_inner(model, path))

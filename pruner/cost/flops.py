@@ -103,7 +103,8 @@ def count_macs(unet: nn.Module, latent: int, batch: int = 1, seq_len: int = 77) 
         raise PrunerError("fvcore cannot count on the meta device; materialise the model first (to_empty)")
     from fvcore.nn import FlopCountAnalysis
 
-    args = dummy_inputs(unet.config, latent, batch, seq_len, param.device, param.dtype)
+    config: Any = unet.config
+    args = dummy_inputs(config, latent, batch, seq_len, param.device, param.dtype)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     with torch.no_grad():
         analysis = FlopCountAnalysis(_UNetCall(unet).eval(), args)

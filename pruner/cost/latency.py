@@ -97,7 +97,8 @@ def measure_latency(
     """Median latency of ``runs`` calls after ``warmup`` calls, on the model's own device and dtype."""
     param = next(unet.parameters())
     device, dtype = param.device, param.dtype
-    args = dummy_inputs(unet.config, latent, batch, seq_len, device, dtype)
+    config: Any = unet.config
+    args = dummy_inputs(config, latent, batch, seq_len, device, dtype)
     unet.eval()
     total = statistics.median(_time_calls(unet, args, device, warmup, runs))
     per_module = _time_modules(unet, args, device, list(modules), runs) if modules else {}

@@ -71,7 +71,7 @@ def _fits(student: nn.Module, teacher: nn.Module | None) -> bool:
 
 def _source_leaf(
     path: str, leaf: nn.Module, teacher: dict[str, nn.Module], maps: tuple[dict, dict], report: InitReport
-):
+) -> nn.Module | None:
     wmap, pmap = maps
     src = resolve(path, wmap)
     if _fits(leaf, teacher.get(src)):
@@ -88,8 +88,9 @@ def _source_leaf(
 def _materialise(leaf: nn.Module, source: nn.Module | None, device: torch.device, dtype: torch.dtype | None) -> None:
     if source is None:
         leaf.to_empty(device=device, recurse=False)
-        if hasattr(leaf, "reset_parameters"):
-            leaf.reset_parameters()
+        reset = getattr(leaf, "reset_parameters", None)
+        if callable(reset):
+            reset()
         if dtype is not None:
             leaf.to(dtype)
         return
@@ -98,7 +99,10 @@ def _materialise(leaf: nn.Module, source: nn.Module | None, device: torch.device
     leaf.load_state_dict(state, strict=True, assign=True)
 
 
-def _fill(student: nn.Module, teacher: nn.Module, layout: Layout, topo: Topology, device, dtype) -> InitReport:
+def _fill(
+    student: nn.Module, teacher: nn.Module, layout: Layout, topo: Topology, device: torch.device,
+    dtype: torch.dtype | None,
+) -> InitReport:  # fmt: skip
     teacher_modules = dict(teacher.named_modules())
     maps = (weight_map(layout), position_map(layout, topo))
     report = InitReport()

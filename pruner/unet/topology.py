@@ -7,7 +7,7 @@ same code serves SDXL, SD 1.x and already pruned students with nested or reverse
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -52,11 +52,11 @@ class Topology:
         return len(self.down)
 
 
-def _block_topology(block: nn.Module, attn: bool) -> BlockTopology:
-    n = len(block.resnets)  # type: ignore[arg-type]
+def _block_topology(block: Any, attn: bool) -> BlockTopology:
+    n = len(block.resnets)
     if not attn:
         return BlockTopology(False, (0,) * n)
-    depths = tuple(len(block.attentions[k].transformer_blocks) for k in range(n))  # type: ignore[index]
+    depths = tuple(len(block.attentions[k].transformer_blocks) for k in range(n))
     return BlockTopology(True, depths)
 
 
@@ -84,5 +84,6 @@ def topology_of(unet: nn.Module) -> Topology:
             f"mid block type {mid_type} is not supported; use UNetMidBlock2DCrossAttn, UNetMidBlock2D or none"
         )
     mid = _MID_TYPES[mid_type]
-    mid_depth = len(unet.mid_block.attentions[0].transformer_blocks) if mid == "cross_attn" else 0  # type: ignore[union-attr,index]
+    mid_block: Any = unet.mid_block
+    mid_depth = len(mid_block.attentions[0].transformer_blocks) if mid == "cross_attn" else 0
     return Topology(down=down, up=up, mid=mid, mid_depth=mid_depth)

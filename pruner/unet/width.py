@@ -208,14 +208,14 @@ def reshape_feed_forwards(unet: nn.Module, inner: Mapping[str, int]) -> None:
     """Give FeedForwards the hidden sizes of a saved width-pruned student (fresh, uninitialised weights)."""
     for path, size in inner.items():
         try:
-            ff = unet.get_submodule(path)
+            ff: Any = unet.get_submodule(path)
         except AttributeError:
             raise PrunerError(f"{WIDTH_KEY} names {path}, which this UNet lacks; the config is damaged") from None
         proj, out = _in_out(ff)
         factor = proj.out_features // out.in_features
         kw = {"device": proj.weight.device, "dtype": proj.weight.dtype}
-        ff.net[0].proj = nn.Linear(proj.in_features, factor * size, bias=proj.bias is not None, **kw)  # type: ignore[index]
-        ff.net[2] = nn.Linear(size, out.out_features, bias=out.bias is not None, **kw)  # type: ignore[index]
+        ff.net[0].proj = nn.Linear(proj.in_features, factor * size, bias=proj.bias is not None, **kw)
+        ff.net[2] = nn.Linear(size, out.out_features, bias=out.bias is not None, **kw)
 
 
 def mark_width_config(config_path: Path, inner: Mapping[str, int]) -> None:

@@ -6,7 +6,6 @@ architecture; a failure names the file, the line and the field.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -216,9 +215,6 @@ def dump_recipe(recipe: Recipe) -> str:
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write a recipe atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dump_recipe(recipe))
-    tmp.replace(path)
-    return path
+    from pruner.io import write_text
+
+    return write_text(path, dump_recipe(recipe))

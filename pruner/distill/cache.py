@@ -21,7 +21,6 @@ import bisect
 import hashlib
 import itertools
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from pruner import __version__
 from pruner.errors import PrunerError
+from pruner.io import atomic_path, write_json
 from pruner.unet.load import load_pipeline, resolve_model
 
 __all__ = [
@@ -247,17 +247,8 @@ def _encode_batch(pipe: Any, kind: Kind, items: list[_Item]) -> dict[str, torch.
 # --------------------------------------------------------------------------- cache.json and shards
 
 
-def _replace_durably(tmp: Path, final: Path) -> None:
-    """Flush ``tmp`` to disk, then rename it over ``final``: readers see the old file or the new, never half."""
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-
-
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
-    tmp = out / f".{CACHE_FILE}{_TMP}"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    _replace_durably(tmp, out / CACHE_FILE)
+    write_json(out / CACHE_FILE, meta)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -282,9 +273,8 @@ def _write_shard(out: Path, number: int, parts: list[dict[str, torch.Tensor]], d
         if name in tensors:
             tensors[name] = tensors[name].to(_DTYPES[dtype])
     name = _shard_name(number)
-    tmp = out / f".{name}{_TMP}"
-    save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION), "kind": kind})
-    _replace_durably(tmp, out / name)
+    with atomic_path(out / name) as tmp:  # the temporary name ends in _TMP
+        save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION), "kind": kind})
     return name
 
 

@@ -34,6 +34,7 @@ from diffusers import (
 )
 from tqdm import tqdm
 
+from pruner.io import publish_dir
 from pruner.tiny.synth import caption, render, sample_scenes
 from pruner.tiny.text import MAX_TOKENS, build_text_encoders, build_tokenizer
 
@@ -220,9 +221,7 @@ def _save(folder: Path, parts: dict[str, Any], judge: Any, figures: dict[str, An
     pipe.save_pretrained(tmp, safe_serialization=True)
     judge.save(tmp / "judge")
     (tmp / "training.json").write_text(json.dumps(figures, indent=2) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    publish_dir(tmp, folder)
 
 
 def train_teacher(out: Path, cfg: TrainConfig) -> dict[str, Any]:

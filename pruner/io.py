@@ -26,6 +26,7 @@ __all__ = [
     "atomic_path",
     "check_output_dir",
     "check_output_file",
+    "check_storage_path",
     "publish_dir",
     "temp_dir_beside",
     "write_bytes",
@@ -139,3 +140,17 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise PrunerError(f"{what} {path} is not writable; choose another path")
     return path
+
+
+def check_storage_path(url: str, what: str = "storage") -> Path | None:
+    """For a file-backed study storage (``sqlite:///PATH``, ``journal:PATH``), check PATH can be written as a
+    file and return it; None for server URLs (their connection is checked when the study opens)."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+    elif url.startswith("journal:"):
+        path = url.removeprefix("journal:")
+    else:
+        return None
+    if not path or path == ":memory:":
+        return None
+    return check_output_file(Path(path), f"{what} file")

@@ -104,13 +104,14 @@ def noise_scheduler_for(teacher: str) -> DDPMScheduler:
 
 def _resolve_data(recipe: Recipe, data: str | None) -> Any:
     from pruner.distill.cache import LatentCache
+    from pruner.distill.data import BUNDLED_DATA, tiny_sdxl_cache
 
     source = data or recipe.distill.data
+    if source == BUNDLED_DATA:
+        source = None
     if data is None and source is not None and not Path(source).exists() and recipe.teacher.model == "tiny-sdxl":
         source = None  # a recipe found on another machine: synthesise the bundled teacher's data here
     if source is None and recipe.teacher.model == "tiny-sdxl":
-        from pruner.distill.data import tiny_sdxl_cache
-
         source = str(tiny_sdxl_cache())
     if source is None:
         raise PrunerError("no training data: pass --data CACHE (made with `pruner cache DATA --teacher T --out CACHE`)")

@@ -222,7 +222,8 @@ def front(
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL; default sqlite under search/runs/.")] = None,
     export: Annotated[Path | None, typer.Option(help="Write front/*.yaml, found.yaml and front.png here.")] = None,
     plot: Annotated[
-        Path | None, typer.Option(help="PNG of the front; default front.png beside --export, else here.")
+        Path | None,
+        typer.Option(help="PNG of the front; default front.png beside --export, else search/runs/STUDY-front.png."),
     ] = None,
     x: Annotated[str, typer.Option(help="Cost axis of the plot: macs, params or latency_ms.")] = "macs",
 ) -> None:
@@ -250,7 +251,7 @@ def front(
             paths = export_study(loaded, export)
             err.print(f"recipes: {paths['front_dir']}, {paths['found']}; plot: {paths['plot']}")
         if plot is not None or export is None:
-            err.print(f"plot: {plot_front(loaded, plot or Path('front.png'), x=x)}")
+            err.print(f"plot: {plot_front(loaded, plot or Path('search/runs') / f'{study}-front.png', x=x)}")
 
 
 @app.command()

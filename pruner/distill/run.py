@@ -224,10 +224,11 @@ def _resume_point(ckpt_dir: Path, resume: bool, fingerprint: dict[str, Any]) -> 
     old = progress.get("fingerprint")
     if not isinstance(old, dict):
         raise PrunerError(f"--resume: {ckpt} records no run settings (an older pruner); start a new --output")
-    diffs = [_difference(k, old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v]
-    if diffs:
-        raise PrunerError(f"--resume: {ckpt} trained something else ({diffs[0]}); rerun with the checkpoint's "
-                          "recipe and settings, or choose another --output")  # fmt: skip
+    keys = [k for k, v in fingerprint.items() if old.get(k) != v]
+    if keys:
+        raise PrunerError(f"--resume: {ckpt} trained another run ({', '.join(keys)} differ; "
+                          f"{_difference(keys[-1], old.get(keys[-1]), fingerprint[keys[-1]])}); rerun with the "
+                          "checkpoint's recipe and settings, or choose another --output")  # fmt: skip
     return ckpt, progress
 
 

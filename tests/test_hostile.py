@@ -211,21 +211,24 @@ def _payload(marker: Path) -> bytes:
 
 
 @pytest.mark.slow
-def test_a_planted_pickle_in_a_checkpoint_never_runs(cached: tuple[Path, Path], trained: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl"])
+def test_a_planted_pickle_in_a_checkpoint_never_runs(
+    cached: tuple[Path, Path], trained: Path, tmp_path: Path, planted: str
+) -> None:
+    """accelerate's custom-state file (which it unpickles with weights_only=False) is no longer ours to load,
+    and its optimizer and RNG files load with weights_only=True: a payload never runs."""
     recipe, cache = cached
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     shutil.rmtree(run / "checkpoints" / "step-0000002")  # resume from the middle: the checkpoint is loaded
     marker = tmp_path / "pwned"
-    (run / "checkpoints" / "step-0000001" / "custom_checkpoint_0.pkl").write_bytes(_payload(marker))
+    (run / "checkpoints" / "step-0000001" / planted).write_bytes(_payload(marker))
     result = distill(recipe, cache, run, "--steps", "2", "--checkpoint-every", "1", "--resume")
-    assert result.exit_code == 0, result.output
     assert not marker.exists()
-    shutil.rmtree(run / "checkpoints" / "step-0000002")
-    (run / "checkpoints" / "step-0000001" / "optimizer.bin").write_bytes(_payload(marker))
-    result = distill(recipe, cache, run, "--steps", "2", "--checkpoint-every", "1", "--resume")
-    one_line_error(result, "cannot be resumed", "step-0000001")
-    assert not marker.exists()
+    if planted == "random_states_0.pkl":  # accelerate logs an unreadable RNG file and resumes (pruner's sampler
+        assert result.exit_code == 0, result.output  # state is its own safetensors file, so batches still match)
+    else:
+        one_line_error(result, "cannot be resumed", "step-0000001")
 
 
 # --------------------------------------------------------------------------- pictures

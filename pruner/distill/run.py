@@ -226,8 +226,9 @@ def _resume_point(ckpt_dir: Path, resume: bool, fingerprint: dict[str, Any]) -> 
         raise PrunerError(f"--resume: {ckpt} records no run settings (an older pruner); start a new --output")
     keys = [k for k, v in fingerprint.items() if old.get(k) != v]
     if keys:
+        shown = next((k for k in keys if k != "recipe"), keys[0])  # the name alone says least
         raise PrunerError(f"--resume: {ckpt} trained another run ({', '.join(keys)} differ; "
-                          f"{_difference(keys[-1], old.get(keys[-1]), fingerprint[keys[-1]])}); rerun with the "
+                          f"{_difference(shown, old.get(shown), fingerprint[shown])}); rerun with the "
                           "checkpoint's recipe and settings, or choose another --output")  # fmt: skip
     return ckpt, progress
 

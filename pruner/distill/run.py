@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from diffusers import DDPMScheduler, UNet2DConditionModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from pruner.distill.losses import LossWeights
@@ -241,6 +242,14 @@ def _check_output(out: Path, resume: bool) -> None:
         raise PrunerError(f"{out}/checkpoints holds an earlier run; pass --resume to continue it, or delete it")
 
 
+def _load_finished_stage(student: UNet2DConditionModel, ckpt: Path) -> None:
+    try:
+        student.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunerError(f"checkpoint {ckpt} cannot be resumed ({first}); delete it or start a new --output") from exc
+
+
 def _train_stages(
     resolved: ResolvedRecipe, student, data, out: Path, opts: DistillOptions, result
 ) -> UNet2DConditionModel:  # type: ignore[no-untyped-def]
@@ -254,7 +263,7 @@ def _train_stages(
     for j in range(1, applied + 1):
         student = shrink(student, stages[j].remove)  # the architecture the checkpoint holds
     if ckpt is not None and progress["stage_step"] >= steps[progress["stage"]]:
-        student.load_state_dict(load_file(str(ckpt / "model.safetensors")))  # a finished stage: start the next
+        _load_finished_stage(student, ckpt)  # a finished stage: start the next
         progress = {"stage": progress["stage"] + 1, "stage_step": 0, "global_step": progress["global_step"]}
         ckpt = None
     first_global = sum(steps[: progress["stage"]])

@@ -45,7 +45,7 @@ def main() -> None:
     args = p.parse_args()
     folder = bundled_teacher()
     assert folder is not None, "the bundled teacher is missing"
-    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)  # fp32 by default
     pipe.set_progress_bar_config(disable=True)
     prompts = sample_prompts(args.n, args.seed)
     generators = [torch.Generator().manual_seed(args.seed + k) for k in range(args.n)]

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pruner.errors import PrunerError
+from pruner.io import check_output_dir, check_output_file, check_storage_path
 from pruner.runtime import configure_threads
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # click's plain help: flags read `--resume`, not `--resume <bool>` (typer 0.29's rich panel)
 )
 _state = {"debug": False}
 err = Console(stderr=True)
@@ -118,9 +120,9 @@ def inspect(
     batch: Annotated[int, typer.Option(min=1, help="Batch size the MACs and latency are taken at.")] = 1,
     device: Annotated[str, typer.Option(help="Device for --latency: cpu, cuda, cuda:1 ...")] = "cpu",
     latency: Annotated[bool, typer.Option("--latency", help="Also time the model and each unit on --device.")] = False,
-    no_macs: Annotated[
-        bool, typer.Option("--no-macs", help="Skip the fvcore MAC count (parameters only, instant).")
-    ] = False,
+    macs: Annotated[
+        bool, typer.Option("--macs/--no-macs", help="Count MACs with fvcore; --no-macs: parameters only, instant.")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """List a model's removable units with their parameters, MACs (multiply-adds per UNet call, attention
@@ -129,7 +131,7 @@ def inspect(
 
     with user_errors():
         with err.status("inspecting") as status:
-            report = inspect_model(target, resolution=resolution, batch=batch, device=device, macs=not no_macs,
+            report = inspect_model(target, resolution=resolution, batch=batch, device=device, macs=macs,
                                    latency=latency, on_status=status.update)  # fmt: skip
         if as_json:
             sys.stdout.write(json.dumps(report.as_dict()) + "\n")
@@ -152,6 +154,7 @@ def apply(
     from pruner.student import apply_recipe
 
     with user_errors():
+        check_output_dir(out, "--out")
         with err.status(f"building the student of {recipe}"):
             path, report = apply_recipe(load_recipe(recipe), out, str(recipe))
         err.print(f"saved {path} ({report.summary()})")
@@ -204,6 +207,9 @@ def search(
     from pruner.search.study import default_storage, default_study_name
 
     with user_errors():
+        check_output_dir(out, "--out")
+        if storage is not None:
+            check_storage_path(storage, "--storage")
         name = study or default_study_name(teacher, budget, space)
         result = pruner.api.search(
             teacher, budget, objectives=[o.strip() for o in objectives.split(",")], trials=trials,
@@ -225,7 +231,8 @@ def front(
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL; default sqlite under search/runs/.")] = None,
     export: Annotated[Path | None, typer.Option(help="Write front/*.yaml, found.yaml and front.png here.")] = None,
     plot: Annotated[
-        Path | None, typer.Option(help="PNG of the front; default front.png beside --export, else here.")
+        Path | None,
+        typer.Option(help="PNG of the front; default front.png beside --export, else search/runs/STUDY-front.png."),
     ] = None,
     x: Annotated[str, typer.Option(help="Cost axis of the plot: macs, params or latency_ms.")] = "macs",
 ) -> None:
@@ -237,6 +244,10 @@ def front(
     from pruner.search.study import default_storage, export_study, storage_of
 
     with user_errors():
+        if export is not None:
+            check_output_dir(export, "--export")
+        if plot is not None:
+            check_output_file(plot, "--plot")
         url = storage or default_storage(study)
         try:
             loaded = optuna.load_study(study_name=study, storage=storage_of(url))
@@ -249,7 +260,7 @@ def front(
             paths = export_study(loaded, export)
             err.print(f"recipes: {paths['front_dir']}, {paths['found']}; plot: {paths['plot']}")
         if plot is not None or export is None:
-            err.print(f"plot: {plot_front(loaded, plot or Path('front.png'), x=x)}")
+            err.print(f"plot: {plot_front(loaded, plot or Path('search/runs') / f'{study}-front.png', x=x)}")
 
 
 @app.command()
@@ -266,8 +277,9 @@ def cache(
 
     with user_errors():
         summary = build_cache(data, teacher, out, resolution=resolution, batch_size=batch_size, progress=True)
+        reasons = ", ".join(f"{n} {why}" for why, n in summary.skipped_reasons.items() if n)
         err.print(f"cached {summary.n_written} rows in {summary.out} ({summary.n_skipped} skipped"
-                  f"{', resumed' if summary.resumed else ''})")  # fmt: skip
+                  f"{': ' + reasons if reasons else ''}{', resumed' if summary.resumed else ''})")  # fmt: skip
 
 
 @app.command()
@@ -282,9 +294,14 @@ def distill(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete checkpoint.")] = False,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size per device; default the recipe's.")] = None,
     validate_every: Annotated[int | None, typer.Option(min=1, help="Held-out KD loss every N steps.")] = None,
-    mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (accelerate).")] = "no",
+    mixed_precision: Annotated[str, typer.Option(help="Autocast precision: no, fp16 or bf16.")] = "no",
     grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
-    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    gradient_checkpointing: Annotated[
+        bool,
+        typer.Option(
+            "--gradient-checkpointing", help="Recompute activations in the backward pass: less memory, slower."
+        ),
+    ] = False,
     ema_decay: Annotated[
         float | None, typer.Option(help="Keep an EMA of the weights (e.g. 0.999); saved at the end.")
     ] = None,
@@ -293,9 +310,11 @@ def distill(
     """Train a recipe's student with task loss, output KD and layer-level feature KD, stage by stage.
     Many GPUs: `accelerate launch -m pruner distill RECIPE ...`."""
     import pruner.api
+    from pruner.distill.run import check_precision
     from pruner.recipe import load_recipe
 
     with user_errors():
+        check_precision(mixed_precision, "--mixed-precision")
         out = output or Path("outputs") / load_recipe(recipe).name
         path = pruner.api.distill(
             recipe, out, data=data, steps=steps, checkpoint_every=checkpoint_every, resume=resume,
@@ -317,6 +336,7 @@ def synth_data(
     from pruner.tiny.synth import write_dataset
 
     with user_errors():
+        check_output_dir(out, "--out")
         try:
             summary = write_dataset(out, n, seed, size=size, progress=True)
         except ValueError as exc:
@@ -338,13 +358,18 @@ def eval_(
     steps: Annotated[int, typer.Option(min=1, help="Sampling steps per picture.")] = 20,
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
     seed: Annotated[int, typer.Option(help="Seeds the prompts, noise and timesteps.")] = 0,
-    grid: Annotated[Path | None, typer.Option(help="PNG grid, teacher row above student row.")] = Path("eval-grid.png"),
+    grid: Annotated[
+        Path | None, typer.Option(help="PNG grid, teacher row above student row (outputs/ is gitignored).")
+    ] = Path("outputs/eval-grid.png"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
     judge's prompt accuracy (bundled teacher), and UNet latency of both."""
     import pruner.api
 
+    with user_errors():
+        if grid is not None:
+            check_output_file(grid, "--grid")
     with user_errors(), err.status("generating and comparing"):
         report = pruner.api.evaluate(student, teacher, n_prompts=n, steps=steps, guidance_scale=guidance, seed=seed,
                                      prompts_file=prompts, grid=grid)  # fmt: skip

@@ -120,7 +120,11 @@ class StageSpec(_Strict):
 class DistillSpec(_Strict):
     resolution: int | None = Field(None, gt=0, description="Training resolution in pixels; None: the teacher's.")
     batch_size: int = Field(1, gt=0, description="Batch size per device.")
-    data: str | None = Field(None, description="Cache folder made by `pruner cache`, when the recipe names its data.")
+    data: str | None = Field(
+        None,
+        description="Cache folder made by `pruner cache` (a relative path is relative to the recipe file), or "
+        "`bundled:tiny-sdxl` for the bundled teacher's synthesised set.",
+    )
     stages: list[StageSpec] = Field(min_length=1, description="Distillation stages, run in order.")
 
 
@@ -199,7 +203,39 @@ def load_recipe(path: str | Path) -> Recipe:
         text = path.read_text()
     except OSError as exc:
         raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}; check the path") from exc
-    return parse_recipe(text, str(path))
+    return _resolve_data_path(parse_recipe(text, str(path)), path)
+
+
+def _is_reference(data: str) -> bool:
+    """``bundled:NAME`` and other ``scheme:`` references are not paths (a Windows drive letter is)."""
+    head, sep, _ = data.partition(":")
+    return bool(sep) and len(head) > 1
+
+
+def _resolve_data_path(recipe: Recipe, path: Path) -> Recipe:
+    """A relative ``distill.data`` read relative to the recipe's folder (a recipe written before that rule
+    meant the working folder: kept when only that one exists)."""
+    data = recipe.distill.data
+    if data is None or _is_reference(data) or Path(data).is_absolute():
+        return recipe
+    beside = os.path.normpath(path.parent / data)
+    if not Path(beside).exists() and Path(data).exists():
+        return recipe
+    return recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"data": beside})})
+
+
+def _portable_data_path(recipe: Recipe, path: Path) -> Recipe:
+    """``distill.data`` relative to the recipe's folder when the data lies beside it (under the folder's
+    parent, as ``cache/`` beside ``recipes/`` does), so a project moved or cloned elsewhere still finds it."""
+    data = recipe.distill.data
+    if data is None or _is_reference(data):
+        return recipe
+    folder = path.parent.absolute()
+    target = Path(os.path.abspath(data))
+    if not target.is_relative_to(folder.parent):
+        return recipe
+    relative = os.path.relpath(target, folder)
+    return recipe.model_copy(update={"distill": recipe.distill.model_copy(update={"data": relative})})
 
 
 def dump_recipe(recipe: Recipe) -> str:
@@ -216,9 +252,6 @@ def dump_recipe(recipe: Recipe) -> str:
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write a recipe atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(dump_recipe(recipe))
-    tmp.replace(path)
-    return path
+    from pruner.io import write_text
+
+    return write_text(path, dump_recipe(_portable_data_path(recipe, Path(path))))

@@ -7,7 +7,6 @@ any (width-pruned ones too).
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from diffusers import UNet2DConditionModel
 
 from pruner.cost.model import CostModel
 from pruner.errors import PrunerError, RecipeError, UnknownUnitError
+from pruner.io import publish_dir, temp_dir_beside, write_text
 from pruner.recipe import Recipe, StudentSpec, dump_recipe
 from pruner.unet.config import ARCH_FIELDS, student_config
 from pruner.unet.load import architecture_config, load_unet, resolve_model, unet_config, unet_ff_inner
@@ -130,15 +130,13 @@ def save_student(student: UNet2DConditionModel, recipe: Recipe, out_dir: str | P
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise PrunerError(f"{out} already exists and is not empty; choose another --out or delete it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_unet(student, tmp)
-    (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
-    return out
+    tmp = temp_dir_beside(out)
+    try:
+        save_unet(student, tmp)
+        write_text(tmp / "recipe.yaml", dump_recipe(recipe))
+        return publish_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def apply_recipe(recipe: Recipe, out_dir: str | Path, source: str = "<recipe>") -> tuple[Path, InitReport]:

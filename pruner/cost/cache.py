@@ -38,8 +38,6 @@ def read_cached(kind: str, key: str) -> dict[str, Any] | None:
 
 def write_cached(kind: str, key: str, payload: Mapping[str, Any]) -> None:
     """Write atomically: a reader never sees half a file."""
-    folder = cache_dir() / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(payload))
-    tmp.replace(folder / f"{key}.json")
+    from pruner.io import write_json
+
+    write_json(cache_dir() / kind / f"{key}.json", dict(payload), indent=None)

@@ -21,7 +21,6 @@ import bisect
 import hashlib
 import itertools
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from pruner import __version__
 from pruner.errors import PrunerError
+from pruner.io import atomic_path, check_output_dir, write_json
 from pruner.unet.load import load_pipeline, resolve_model
 
 __all__ = [
@@ -56,6 +56,7 @@ METADATA_FILE = "metadata.jsonl"
 _TMP = ".tmp"  # suffix of files being written; any left over belongs to an interrupted run
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+MAX_PIXELS = 1 << 26  # 67 M pixels (8192x8192): larger pictures are skipped as too_large, never decoded
 # Fields that must match between a cache folder and a re-run that resumes it: (cache.json key, what to call it).
 _IDENTITY = {
     "data": "data folder",
@@ -144,22 +145,41 @@ def read_metadata(data: str | Path) -> tuple[list[Row], str]:
     return [_parse_row(i, line) for i, line in enumerate(lines)], hashlib.sha256(raw).hexdigest()
 
 
+class ImageTooLarge(ValueError):
+    """A picture with more pixels than ``MAX_PIXELS``: skipped (reason ``too_large``) before it is decoded."""
+
+
+def _upright_size(opened: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF rotation, read from the header without decoding."""
+    width, height = opened.size
+    return (height, width) if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
+
+
 def load_image(path: str | Path, resolution: int) -> tuple[torch.Tensor, TimeIds]:
     """RGB pixels in [-1, 1], shape (3, resolution, resolution), and SDXL's time ids for them.
 
-    The shorter side is resized to ``resolution`` (bicubic), then the picture is center-cropped, as SDXL's
+    The shorter side is resized to ``resolution`` (bicubic) and the picture center-cropped, as SDXL's
     training script does; time ids are (original height, original width, crop top, crop left, resolution,
-    resolution), the original size taken after EXIF rotation and before resizing.
+    resolution), the original size taken after EXIF rotation and before resizing. Memory stays bounded by
+    the source picture: only the crop's region is resampled (never the whole resized picture, which for a
+    400000x1 strip would be gigabytes), JPEGs decode at the smallest scale that still covers the target,
+    and pictures over ``MAX_PIXELS`` raise ``ImageTooLarge`` before decoding.
     """
     with Image.open(path) as opened:
+        width, height = _upright_size(opened)
+        if width * height > MAX_PIXELS:
+            raise ImageTooLarge(f"{path}: {width}x{height} pixels, over the limit of {MAX_PIXELS}")
+        scale = resolution / min(height, width)
+        size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+        opened.draft("RGB", (size[0], size[1]) if (width, height) == opened.size else (size[1], size[0]))
         image = ImageOps.exif_transpose(opened).convert("RGB")
-    height, width = image.height, image.width
-    scale = resolution / min(height, width)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    if size != (width, height):
-        image = image.resize(size, Image.Resampling.BICUBIC)
     top, left = round((size[1] - resolution) / 2), round((size[0] - resolution) / 2)
-    image = image.crop((left, top, left + resolution, top + resolution))
+    if size == (image.width, image.height):
+        image = image.crop((left, top, left + resolution, top + resolution))
+    else:
+        sx, sy = image.width / size[0], image.height / size[1]  # 1 / scale (the draft may have halved the source)
+        box = (left * sx, top * sy, (left + resolution) * sx, (top + resolution) * sy)
+        image = image.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box)
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1).contiguous()
     return pixels, (height, width, top, left, resolution, resolution)
 
@@ -186,6 +206,8 @@ class _RowReader:
             return "missing"
         try:
             pixels, ids = load_image(path, self.resolution)
+        except ImageTooLarge:
+            return "too_large"
         except _IMAGE_ERRORS:
             return "unreadable"
         return _Item(row.index, row.text, pixels, ids)
@@ -247,17 +269,8 @@ def _encode_batch(pipe: Any, kind: Kind, items: list[_Item]) -> dict[str, torch.
 # --------------------------------------------------------------------------- cache.json and shards
 
 
-def _replace_durably(tmp: Path, final: Path) -> None:
-    """Flush ``tmp`` to disk, then rename it over ``final``: readers see the old file or the new, never half."""
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-
-
 def _write_meta(out: Path, meta: dict[str, Any]) -> None:
-    tmp = out / f".{CACHE_FILE}{_TMP}"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    _replace_durably(tmp, out / CACHE_FILE)
+    write_json(out / CACHE_FILE, meta)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -282,9 +295,8 @@ def _write_shard(out: Path, number: int, parts: list[dict[str, torch.Tensor]], d
         if name in tensors:
             tensors[name] = tensors[name].to(_DTYPES[dtype])
     name = _shard_name(number)
-    tmp = out / f".{name}{_TMP}"
-    save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION), "kind": kind})
-    _replace_durably(tmp, out / name)
+    with atomic_path(out / name) as tmp:  # the temporary name ends in _TMP
+        save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION), "kind": kind})
     return name
 
 
@@ -456,7 +468,7 @@ def build_cache(
     refused with a PrunerError. ``dtype`` is how floats are stored; the encoders always run in float32.
     """
     _check_arguments(batch_size, shard_size, dtype)
-    data_dir, out_dir = Path(data).expanduser().resolve(), Path(out).expanduser()
+    data_dir, out_dir = Path(data).expanduser().resolve(), check_output_dir(Path(out).expanduser(), "cache folder")
     rows, digest = read_metadata(data_dir)
     identity: dict[str, Any] = {"data": str(data_dir), "metadata_sha256": digest,
                                 "teacher_id": _teacher_id(teacher), "dtype": dtype}  # fmt: skip
@@ -502,6 +514,10 @@ class LatentCache(torch.utils.data.Dataset):
         self._files = [self.path / record["file"] for record in self.meta["shards"]]
         if missing := [str(path) for path in self._files if not path.is_file()]:
             raise PrunerError(f"cache shard {missing[0]} is missing; re-run `pruner cache` to rebuild it")
+        for path, record in zip(self._files, self.meta["shards"], strict=True):
+            if _shard_rows(path) != record["n"]:
+                raise PrunerError(f"cache shard {path} is damaged (truncated or rewritten); delete it and re-run "
+                                  "`pruner cache` with the same arguments to rebuild it")  # fmt: skip
         self._ends = list(itertools.accumulate(record["n"] for record in self.meta["shards"]))
         self._handles: dict[int, Any] = {}
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from pruner.cost.cache import cache_dir
 
-__all__ = ["tiny_sdxl_cache"]
+__all__ = ["BUNDLED_DATA", "data_reference", "tiny_sdxl_cache"]
+
+BUNDLED_DATA = "bundled:tiny-sdxl"  # how a recipe names the bundled teacher's synthesised set
 
 
 def tiny_sdxl_cache(n: int = 4096, seed: int = 0, progress: bool = True) -> Path:
@@ -39,3 +41,15 @@ def _fingerprint() -> str:
 def _incomplete(cache: Path) -> bool:
     """An interrupted `build_cache` leaves ``complete: false`` in cache.json; re-running it resumes."""
     return not json.loads((cache / "cache.json").read_text()).get("complete", False)
+
+
+def data_reference(teacher: str, path: str | None) -> str | None:
+    """How a recipe records its training data: ``bundled:tiny-sdxl`` for the bundled teacher's synthesised
+    cache (its folder differs per machine and is rebuilt on demand), otherwise the path as given."""
+    if path is None or teacher != "tiny-sdxl":
+        return path
+    bundled = (cache_dir() / "data").resolve()
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(bundled) and resolved.relative_to(bundled).parts[0].startswith("tiny-sdxl-"):
+        return BUNDLED_DATA
+    return path

@@ -89,6 +89,7 @@ def write_outputs(student: UNet2DConditionModel, recipe: Recipe, out: Path, resu
         "held_out_kd": held,
         "held_out_kd_history": result.held_out_kd,
         "params": sum(p.numel() for p in student.parameters()),
+        "trained": getattr(result, "settings", None),
     }
     (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (tmp / "recipe.yaml").write_text(dump_recipe(recipe))

@@ -18,18 +18,38 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from diffusers import DDPMScheduler, UNet2DConditionModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from pruner.distill.losses import LossWeights
 from pruner.distill.progressive import composed_pairs, shrink, stage_chains
 from pruner.distill.trainer import Distiller, TrainSettings, collate, latest_checkpoint
 from pruner.errors import PrunerError
+from pruner.io import check_output_dir
 from pruner.recipe import Recipe, StageSpec, load_recipe
 from pruner.student import ResolvedRecipe, resolve_recipe
 from pruner.unet.load import load_unet, resolve_model
 from pruner.unet.surgery import build_student
 
-__all__ = ["DistillOptions", "DistillResult", "distill_recipe", "noise_scheduler_for", "stage_steps"]
+__all__ = [
+    "PRECISIONS",
+    "DistillOptions",
+    "DistillResult",
+    "check_precision",
+    "distill_recipe",
+    "noise_scheduler_for",
+    "run_fingerprint",
+    "stage_steps",
+]
+
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def check_precision(value: str, name: str = "mixed_precision") -> str:
+    """``value`` if it is a mixed-precision mode accelerate supports here, else a one-line PrunerError."""
+    if value not in PRECISIONS:
+        raise PrunerError(f"{name} {value!r} is not one of {', '.join(PRECISIONS)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,9 @@ class DistillOptions:
     caption_dropout: float = 0.1
     ema_decay: float | None = None
 
+    def __post_init__(self) -> None:
+        check_precision(self.mixed_precision)
+
 
 @dataclass
 class DistillResult:
@@ -58,6 +81,7 @@ class DistillResult:
     steps: int
     final_losses: dict[str, float] = field(default_factory=dict)
     held_out_kd: list[tuple[int, float]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # what was trained (run_fingerprint)
 
 
 def stage_steps(stages: list[StageSpec], total: int | None) -> list[int]:
@@ -81,13 +105,14 @@ def noise_scheduler_for(teacher: str) -> DDPMScheduler:
 
 def _resolve_data(recipe: Recipe, data: str | None) -> Any:
     from pruner.distill.cache import LatentCache
+    from pruner.distill.data import BUNDLED_DATA, tiny_sdxl_cache
 
     source = data or recipe.distill.data
+    if source == BUNDLED_DATA:
+        source = None
     if data is None and source is not None and not Path(source).exists() and recipe.teacher.model == "tiny-sdxl":
         source = None  # a recipe found on another machine: synthesise the bundled teacher's data here
     if source is None and recipe.teacher.model == "tiny-sdxl":
-        from pruner.distill.data import tiny_sdxl_cache
-
         source = str(tiny_sdxl_cache())
     if source is None:
         raise PrunerError("no training data: pass --data CACHE (made with `pruner cache DATA --teacher T --out CACHE`)")
@@ -139,7 +164,8 @@ class _StageRun:
         )
 
     def progress(self, stage_step: int) -> dict[str, Any]:
-        return {"stage": self.index, "stage_step": stage_step, "global_step": self.first_global + stage_step}
+        return {"stage": self.index, "stage_step": stage_step, "global_step": self.first_global + stage_step,
+                "fingerprint": self.result.settings}  # fmt: skip
 
     def on_step(self, step: int, terms) -> None:  # type: ignore[no-untyped-def]
         s = self.d.settings
@@ -158,20 +184,70 @@ def held_out_rows(data: Any, opts: DistillOptions) -> int:
     return min(opts.held_out, len(data) // 10)
 
 
-def _resume_point(ckpt_dir: Path, resume: bool) -> tuple[Path | None, dict[str, Any]]:
+def run_fingerprint(resolved: ResolvedRecipe, steps: list[int], opts: DistillOptions) -> dict[str, Any]:
+    """What a run trains (student architecture, plan, stages, schedule, batch, seed), as plain JSON values:
+    stored in every checkpoint, compared on ``--resume``, recorded in ``metrics.json``."""
+    recipe = resolved.recipe
+    stages = recipe.distill.stages
+    fingerprint = {
+        "recipe": recipe.name,
+        "architecture": resolved.config,
+        "plan": recipe.plan.model_dump(mode="json"),
+        "teachers": [s.teacher or recipe.teacher.model for s in stages],
+        "removals": [s.remove for s in stages],
+        "learning_rates": [s.learning_rate for s in stages],
+        "losses": [s.loss.model_dump(mode="json") for s in stages],
+        "steps": steps,
+        "batch_size": opts.batch_size or recipe.distill.batch_size,
+        "grad_accum": opts.grad_accum,
+        "seed": opts.seed,
+        "caption_dropout": opts.caption_dropout,
+        "ema_decay": opts.ema_decay,
+    }
+    return json.loads(json.dumps(fingerprint, default=list))
+
+
+def _difference(key: str, old: Any, new: Any) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        return "; ".join(f"{key}.{k}: checkpoint {old.get(k)!r}, this run {new.get(k)!r}" for k in keys[:3])
+    return f"{key}: checkpoint {old!r}, this run {new!r}"
+
+
+def _resume_point(ckpt_dir: Path, resume: bool, fingerprint: dict[str, Any]) -> tuple[Path | None, dict[str, Any]]:
+    """The checkpoint to resume and its progress; refuses one that trains something else than this run."""
     if not resume:
         return None, {"stage": 0, "stage_step": 0, "global_step": 0}
     ckpt = latest_checkpoint(ckpt_dir)
     if ckpt is None:
         raise PrunerError(f"--resume: no complete checkpoint under {ckpt_dir}; run without --resume to start")
-    return ckpt, json.loads((ckpt / "progress.json").read_text())
+    progress = json.loads((ckpt / "progress.json").read_text())
+    old = progress.get("fingerprint")
+    if not isinstance(old, dict):
+        raise PrunerError(f"--resume: {ckpt} records no run settings (an older pruner); start a new --output")
+    keys = [k for k, v in fingerprint.items() if old.get(k) != v]
+    if keys:
+        shown = next((k for k in keys if k != "recipe"), keys[0])  # the name alone says least
+        raise PrunerError(f"--resume: {ckpt} trained another run ({', '.join(keys)} differ; "
+                          f"{_difference(shown, old.get(shown), fingerprint[shown])}); rerun with the "
+                          "checkpoint's recipe and settings, or choose another --output")  # fmt: skip
+    return ckpt, progress
 
 
 def _check_output(out: Path, resume: bool) -> None:
+    check_output_dir(out, "--output")
     if (out / "unet" / "config.json").is_file() and not resume:
         raise PrunerError(f"{out} already holds a trained student; choose another --output or delete it")
     if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise PrunerError(f"{out}/checkpoints holds an earlier run; pass --resume to continue it, or delete it")
+
+
+def _load_finished_stage(student: UNet2DConditionModel, ckpt: Path) -> None:
+    try:
+        student.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PrunerError(f"checkpoint {ckpt} cannot be resumed ({first}); delete it or start a new --output") from exc
 
 
 def _train_stages(
@@ -179,15 +255,15 @@ def _train_stages(
 ) -> UNet2DConditionModel:  # type: ignore[no-untyped-def]
     recipe = resolved.recipe
     stages = recipe.distill.stages
-    steps = stage_steps(stages, opts.steps)
+    steps = result.settings["steps"]
     ckpt_dir = out / "checkpoints"
     chains = stage_chains(resolved)
-    ckpt, progress = _resume_point(ckpt_dir, opts.resume)
+    ckpt, progress = _resume_point(ckpt_dir, opts.resume, result.settings)
     applied = progress["stage"] if ckpt is not None else 0  # stages whose removal the student has
     for j in range(1, applied + 1):
         student = shrink(student, stages[j].remove)  # the architecture the checkpoint holds
     if ckpt is not None and progress["stage_step"] >= steps[progress["stage"]]:
-        student.load_state_dict(load_file(str(ckpt / "model.safetensors")))  # a finished stage: start the next
+        _load_finished_stage(student, ckpt)  # a finished stage: start the next
         progress = {"stage": progress["stage"] + 1, "stage_step": 0, "global_step": progress["global_step"]}
         ckpt = None
     first_global = sum(steps[: progress["stage"]])
@@ -263,14 +339,23 @@ def distill_recipe(
     stage_chains(resolved, source)  # progressive removals checked before anything trains
     out = Path(output)
     _check_output(out, opts.resume)
+    result = DistillResult(out, 0, settings=run_fingerprint(resolved, stage_steps(resolved.recipe.distill.stages,
+                                                                                 opts.steps), opts))  # fmt: skip
+    _resume_point(out / "checkpoints", opts.resume, result.settings)  # a mismatch is refused before any compute
     data = _resolve_data(resolved.recipe, opts.data)
     torch.manual_seed(opts.seed)
     student = _initial_student(resolved, data, opts)
-    result = DistillResult(out, 0)
     student = _train_stages(resolved, student, data, out, opts, result)
     if Accelerator().is_main_process:
         from pruner.distill.output import write_outputs
 
         prompts = held_out_prompts(data, held_out_rows(data, opts))
-        write_outputs(student.eval(), resolved.recipe, out, result, prompts)
+        write_outputs(student.eval(), trained_recipe(resolved.recipe, result.settings), out, result, prompts)
     return result
+
+
+def trained_recipe(recipe: Recipe, settings: dict[str, Any]) -> Recipe:
+    """The recipe as trained: each stage's steps after ``--steps``, the batch size after ``--batch-size``."""
+    stages = [s.model_copy(update={"steps": n}) for s, n in zip(recipe.distill.stages, settings["steps"], strict=True)]
+    distill = recipe.distill.model_copy(update={"stages": stages, "batch_size": settings["batch_size"]})
+    return recipe.model_copy(update={"distill": distill})

@@ -4,14 +4,15 @@ One ``Distiller`` trains one student against one frozen teacher with accelerate 
 gradient accumulation, DDP/FSDP under ``accelerate launch``). Each step: sample a batch from the latent
 cache, drop captions (zero embeddings, as SDXL's pipeline feeds for no prompt), noise the latents, run
 the teacher without grad and the student, and combine task, output-KD and feature-KD losses over the
-plan's feature pairs. State (model, optimizer, schedule, sampler and RNG) checkpoints through
-``accelerator.save_state`` under a temporary name, renamed when complete, so a resumed run continues
-exactly where an uninterrupted one would have been.
+plan's feature pairs. State (model, optimizer, schedule and RNG through ``accelerator.save_state``; the
+sampler and EMA as safetensors + JSON, nothing pickled of ours) checkpoints under a temporary name,
+renamed when complete, so a resumed run continues exactly where an uninterrupted one would have been.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,10 +23,14 @@ import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from pruner.distill.hooks import FeatureRecorder
 from pruner.distill.losses import LossTerms, LossWeights, distill_loss, min_snr_weights, task_target
+from pruner.errors import PrunerError
+from pruner.io import publish_dir, write_json
 
 __all__ = ["Distiller", "IndexSampler", "TrainSettings", "latest_checkpoint"]
 
@@ -125,14 +130,12 @@ class Distiller:
         lr = get_scheduler("cosine", optimizer, num_warmup_steps=warmup * self.acc.num_processes,
                            num_training_steps=s.steps * self.acc.num_processes)  # fmt: skip
         self.model, self.optimizer, self.lr_scheduler = self.acc.prepare(student.train(), optimizer, lr)
-        self.acc.register_for_checkpointing(self.sampler)
         self.ema = None
         if self.settings.ema_decay is not None:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.acc.unwrap_model(self.model).parameters(), decay=self.settings.ema_decay)
             self.ema.to(self.acc.device)
-            self.acc.register_for_checkpointing(self.ema)
         unwrapped = self.acc.unwrap_model(self.model)
         self.student_features = FeatureRecorder(unwrapped, [p[0] for p in self.pairs])
         self.teacher_features = FeatureRecorder(self.teacher, [p[1] for p in self.pairs])
@@ -220,7 +223,10 @@ class Distiller:
         return total / len(rows)
 
     def save_checkpoint(self, folder: Path, extra: dict[str, Any]) -> Path:
-        """Save the full training state atomically, then keep only the newest ``keep_checkpoints``."""
+        """Save the full training state atomically, then keep only the newest ``keep_checkpoints``.
+
+        accelerate writes the model (safetensors), optimizer, schedule and RNG states; the sampler and the
+        EMA are written here as safetensors + JSON, so resuming never unpickles anything of ours."""
         final = folder / f"step-{extra['global_step']:07d}"
         tmp = folder / f".{final.name}.partial"
         self.acc.wait_for_everyone()
@@ -228,18 +234,48 @@ class Distiller:
             shutil.rmtree(tmp, ignore_errors=True)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp), safe_serialization=True)
+        self._save_own_state(tmp)
+        self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            (tmp / "progress.json").write_text(json.dumps(extra))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            write_json(tmp / "progress.json", extra)
+            publish_dir(tmp, final)
             done = sorted((p for p in folder.glob("step-*") if (p / "progress.json").is_file()), key=lambda p: p.name)
             for old in done[: -self.settings.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self.acc.wait_for_everyone()
         return final
 
+    def _save_own_state(self, folder: Path) -> None:
+        """This process's sampler generator; on the main process the EMA's shadow weights and counters."""
+        i = self.acc.process_index
+        save_file({"generator": self.sampler.generator.get_state()}, str(folder / f"sampler_{i}.safetensors"))
+        if self.ema is None or not self.acc.is_main_process:
+            return
+        state = self.ema.state_dict()
+        shadow = {f"shadow.{k}": p.detach().cpu().contiguous() for k, p in enumerate(state.pop("shadow_params"))}
+        save_file(shadow, str(folder / "ema.safetensors"))
+        write_json(folder / "ema.json", state)
+
+    def _load_own_state(self, folder: Path) -> None:
+        sampler = load_file(str(folder / f"sampler_{self.acc.process_index}.safetensors"))
+        self.sampler.generator.set_state(sampler["generator"])
+        if self.ema is None:
+            return
+        state = json.loads((folder / "ema.json").read_text())
+        shadow = load_file(str(folder / "ema.safetensors"), device=str(self.acc.device))
+        state["shadow_params"] = [shadow[f"shadow.{k}"] for k in range(len(shadow))]
+        self.ema.load_state_dict(state)
+
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
-        self.acc.load_state(str(path))
+        """Restore the state :meth:`save_checkpoint` wrote. Pickled files accelerate wrote (optimizer,
+        schedule, RNG) load with ``weights_only=True``; an unreadable or foreign file is a one-line error."""
+        try:
+            self.acc.load_state(str(path))
+            self._load_own_state(path)
+        except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError, SafetensorError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            message = f"checkpoint {path} cannot be resumed ({first}); delete it or start a new --output"
+            raise PrunerError(message) from exc
         progress = json.loads((path / "progress.json").read_text())
         self.step_count = int(progress["stage_step"])
         return progress

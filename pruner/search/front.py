@@ -9,7 +9,6 @@ through Optuna's public API, so it works on any storage and in notebooks.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from rich.table import Table
 
 from pruner.budget import count_scale, format_count
 from pruner.errors import PrunerError
+from pruner.io import atomic_path
 from pruner.recipe import Recipe, save_recipe
 from pruner.unet.plan import compress_names, expand_names
 
@@ -298,13 +298,8 @@ def _use_log_scale(points: Sequence[_Point]) -> bool:
 
 def _save_atomically(fig: Figure, path: Path) -> Path:
     """Write the figure under a temporary name, then rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=150)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from pruner.budget import Budget, format_count, parse_budget
 from pruner.cost.latency_model import LatencyModel
 from pruner.cost.model import CostModel
+from pruner.distill.data import data_reference
 from pruner.errors import PrunerError
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
 from pruner.search.heuristics import seed_plans
@@ -373,7 +374,7 @@ def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo
         teacher=TeacherSpec(model=teacher, architecture="tiny-sdxl" if teacher == "tiny-sdxl" else None),
         plan=PlanSpec(remove=compress_names(plan.removed), width=width),
         student=derive_student_spec(teacher_cfg, plan, topo, inner),
-        distill=_distill_spec(teacher, settings.get("data"), int(teacher_cfg["sample_size"])),
+        distill=_distill_spec(teacher, data_reference(teacher, settings.get("data")), int(teacher_cfg["sample_size"])),
         provenance=Provenance(
             source="search", study=study_name, trial=trial.number, objectives=objectives, costs=costs
         ),

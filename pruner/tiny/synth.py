@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from pruner.io import publish_dir
+
 KINDS: tuple[str, ...] = ("circle", "square", "triangle")
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -384,9 +386,7 @@ def write_dataset(
     try:
         _write_items(tmp, scenes, size, progress)
         _check_out_dir(out)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+        publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -34,6 +34,7 @@ from diffusers import (
 )
 from tqdm import tqdm
 
+from pruner.io import publish_dir, write_json
 from pruner.tiny.synth import caption, render, sample_scenes
 from pruner.tiny.text import MAX_TOKENS, build_text_encoders, build_tokenizer
 
@@ -211,18 +212,20 @@ def vae_round_trip_accuracy(vae: AutoencoderKL, judge: Any, n: int = 512) -> dic
 
 
 def _save(folder: Path, parts: dict[str, Any], judge: Any, figures: dict[str, Any]) -> None:
-    """Write the pipeline (fp16) and the judge under a temporary name, then rename into place."""
+    """Write the pipeline (fp16 weights; every part loads in fp32 unless asked otherwise) and the judge under
+    a temporary name, then rename into place."""
     tmp = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     for name in ("vae", "text_encoder", "text_encoder_2", "unet"):
         parts[name] = parts[name].to(torch.float16)
     pipe = StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    for name in ("text_encoder", "text_encoder_2"):  # fp16 on disk, loaded as fp32 like the UNet by default
+        config = json.loads((tmp / name / "config.json").read_text())
+        write_json(tmp / name / "config.json", {**config, "dtype": "float32"})
     judge.save(tmp / "judge")
     (tmp / "training.json").write_text(json.dumps(figures, indent=2) + "\n")
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    publish_dir(tmp, folder)
 
 
 def train_teacher(out: Path, cfg: TrainConfig) -> dict[str, Any]:

@@ -4,7 +4,10 @@ architecture name with no weights (``sdxl``, ``sd15``)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 from diffusers import UNet2DConditionModel
+from safetensors import SafetensorError
 
 from pruner.errors import PrunerError
 from pruner.unet.architectures import ARCHITECTURES, HUB_ARCHITECTURES, VAE_SCALE, architecture_config
@@ -84,7 +88,7 @@ def resolve_model(target: str) -> ModelRef:
         )
     if _looks_like_path(target) or target.count("/") != 1:
         raise PrunerError(
-            f"teacher path {target} does not exist; give a local folder, a hub id (org/name) or an architecture name"
+            f"path {target} does not exist; give a local model folder, a hub id (org/name) or an architecture name"
         )
     return ModelRef(target, "hub")
 
@@ -130,19 +134,51 @@ def _stored_config(ref: ModelRef) -> dict[str, Any]:
     if ref.kind == "hub":
         return _hub_config(ref)
     folder = ref.path / "unet" if ref.kind == "pipeline" else ref.path  # type: ignore[operator]
-    return json.loads((folder / "config.json").read_text())  # type: ignore[union-attr]
+    return _read_config(folder / "config.json")  # type: ignore[operator]
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A model folder's ``config.json``; unreadable or not a JSON object is a one-line PrunerError."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PrunerError(f"{path} is not a readable JSON config ({exc}); restore or re-save the model") from exc
+    if not isinstance(config, dict):
+        raise PrunerError(f"{path} is not a JSON object; restore or re-save the model")
+    return config
 
 
 def _width_record(folder: Path) -> bool:
     config = folder / "config.json"
-    return config.is_file() and WIDTH_KEY in json.loads(config.read_text())
+    return config.is_file() and WIDTH_KEY in _read_config(config)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def _quiet_torchvision_notice() -> Iterator[None]:
+    """Drop transformers' "requires torchvision, falling back to ...Pil" notice while diffusers imports its
+    pipelines (pruner never uses those image processors); every other message passes. Removed afterwards."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+    log = logging.getLogger("transformers.utils.import_utils")
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
 
 
 def _load_width_pruned(folder: Path, dtype: torch.dtype | None) -> UNet2DConditionModel:
     """A width-pruned student: the stock model from its unmarked config, FeedForwards resized, weights loaded."""
     from safetensors.torch import load_file
 
-    config, inner = unmark_width_config(json.loads((folder / "config.json").read_text()))
+    config, inner = unmark_width_config(_read_config(folder / "config.json"))
     weights = sorted(folder.glob("*.safetensors"))
     if len(weights) != 1:
         raise PrunerError(f"{folder} should hold one .safetensors file of UNet weights, found {len(weights)}")
@@ -151,7 +187,7 @@ def _load_width_pruned(folder: Path, dtype: torch.dtype | None) -> UNet2DConditi
     reshape_feed_forwards(unet, inner)
     try:
         unet.load_state_dict(load_file(str(weights[0])), strict=True, assign=True)
-    except RuntimeError as exc:
+    except (RuntimeError, SafetensorError) as exc:
         raise PrunerError(f"cannot load {weights[0]}: {str(exc).splitlines()[0]}; the folder is damaged") from exc
     return unet.to(dtype or torch.float32)
 
@@ -161,11 +197,9 @@ def _from_pretrained(source: str | Path, subfolder: str | None, dtype: torch.dty
     if folder.is_dir() and _width_record(folder):
         return _load_width_pruned(folder, dtype)
     try:
-        return UNet2DConditionModel.from_pretrained(
-            str(source), subfolder=subfolder, torch_dtype=dtype or torch.float32
-        )
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return UNet2DConditionModel.from_pretrained(str(source), subfolder=subfolder, dtype=dtype or torch.float32)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        first = _first_line(exc)
         if "width-pruned by pruner" in first and not folder.is_dir():
             return _load_width_pruned(_hub_folder(str(source), subfolder), dtype)
         raise PrunerError(f"cannot load a UNet from {source}: {first}") from exc
@@ -218,9 +252,10 @@ def load_pipeline(target: str | ModelRef, *, dtype: torch.dtype = torch.float32,
     if ref.kind == "pipeline" and _width_record(ref.path / "unet"):  # type: ignore[operator]
         extra["unet"] = _load_width_pruned(ref.path / "unet", dtype)  # type: ignore[operator]
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, **extra)
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PrunerError(f"cannot load a pipeline from {source}: {first}") from exc
+        with _quiet_torchvision_notice():
+            pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **extra)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise PrunerError(f"cannot load a pipeline from {source}: {_first_line(exc)}; the folder is damaged or "
+                          "incomplete") from exc  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

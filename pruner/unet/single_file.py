@@ -61,7 +61,7 @@ def single_file_config(path: Path) -> dict[str, Any]:
 
 def _original_layout_unet(path: Path, dtype: torch.dtype | None) -> UNet2DConditionModel:
     try:
-        return UNet2DConditionModel.from_single_file(str(path), torch_dtype=dtype)
+        return UNet2DConditionModel.from_single_file(str(path), dtype=dtype)
     except Exception as exc:
         raise PrunerError(
             f"diffusers could not convert {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}"

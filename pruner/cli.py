@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pruner.errors import PrunerError
+from pruner.errors import PrunerError, SearchInterrupted
 
 app = typer.Typer(
     name="pruner",
@@ -58,6 +58,9 @@ def user_errors() -> Iterator[None]:
     """Turn pruner's input errors into one line on stderr and exit code 2."""
     try:
         yield
+    except SearchInterrupted as exc:
+        err.print(str(exc), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
     except PrunerError as exc:
         if _state["debug"]:
             raise
@@ -203,7 +206,10 @@ def search(
                            trials=trials, proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
                            storage=storage, study=study, out=out, seed=seed, calibration=calibration,
                            held_out=held_out)  # fmt: skip
-        result = run_search(cfg, status=lambda message: err.print(f"[dim]{message}[/dim]"))
+        try:
+            result = run_search(cfg, status=lambda message: err.print(f"[dim]{message}[/dim]"))
+        except KeyboardInterrupt:  # before the first trial (while loading or calibrating)
+            raise SearchInterrupted("interrupted before the first trial; rerun the same command to start") from None
         Console(width=200).print(front_table(result.study, title=f"Pareto front of {result.study.study_name}"))
         dashboard = result.storage.removeprefix("journal:")
         err.print(f"found: {result.found}\nfront: {result.front_dir} and {result.plot}\nstudy: {result.storage} "
@@ -222,19 +228,12 @@ def front(
 ) -> None:
     """Show a study's Pareto-optimal trials (params, MACs, latency, proxy loss, removed units) and plot the front
     with the heuristic seeds marked."""
-    import optuna
-
     from pruner.search.front import front_table, plot_front
-    from pruner.search.study import default_storage, export_study, storage_of
+    from pruner.search.storage import default_storage, load_existing_study
+    from pruner.search.study import export_study
 
     with user_errors():
-        url = storage or default_storage(study)
-        try:
-            loaded = optuna.load_study(study_name=study, storage=storage_of(url))
-        except KeyError as exc:
-            raise PrunerError(
-                f"no study {study!r} in {url}; check the name `pruner search` printed, or --storage"
-            ) from exc
+        loaded = load_existing_study(study, storage or default_storage(study, create=False))
         Console(width=200).print(front_table(loaded, title=f"Pareto front of {study}"))
         if export is not None:
             paths = export_study(loaded, export)

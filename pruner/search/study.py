@@ -216,8 +216,9 @@ def _skip_duplicate_seed(trial: optuna.Trial) -> None:
     label = trial.user_attrs.get("label")
     if label is None:
         return
-    earlier = [t.number for t in trial.study.get_trials(deepcopy=False)
-               if t.user_attrs.get("label") == label and t.number < trial.number]  # fmt: skip
+    trials = trial.study.get_trials(deepcopy=False)  # a failed one is retried under its label: not a duplicate
+    earlier = [t.number for t in trials if t.user_attrs.get("label") == label and t.number < trial.number
+               and t.state.name != "FAIL"]  # fmt: skip
     if earlier:
         trial.set_user_attr("skipped", "duplicate")
         trial.set_user_attr("label", None)

@@ -20,19 +20,6 @@ from pruner.unet import Plan, architecture_config, check_expressible, meta_unet,
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def tiny_cache(tiny_sdxl_pipeline: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("search-data")
-    assert runner.invoke(app, ["synth-data", "--out", str(root / "data"), "--n", "24"]).exit_code == 0
-    assert (
-        runner.invoke(
-            app, ["cache", str(root / "data"), "--teacher", tiny_sdxl_pipeline, "--out", str(root / "c")]
-        ).exit_code
-        == 0
-    )
-    return root / "c"
-
-
 def test_repair_reaches_the_budget_and_stays_expressible() -> None:
     config = architecture_config("tiny-sdxl")
     topo = topology_of(meta_unet(config))

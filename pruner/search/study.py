@@ -411,6 +411,7 @@ def _run_trials(study: optuna.Study, storage: Any, ctx: SearchContext) -> None:
     enqueued again by the next run)."""
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     bar, callback = _progress(ctx.cfg.trials, min(done, ctx.cfg.trials))
+    verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a stopped trial's traceback is not the user's business
     try:
         run_worker(study, storage, lambda t: _objective(t, ctx), ctx.cfg.trials, callbacks=[callback])
@@ -421,4 +422,4 @@ def _run_trials(study: optuna.Study, storage: Any, ctx: SearchContext) -> None:
         ) from None
     finally:
         bar.close()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(verbosity)

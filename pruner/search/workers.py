@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -139,6 +140,7 @@ def run_worker(study: optuna.Study, storage: Any, objective: Callable[[optuna.Tr
     """Run trials until the study holds ``total`` counted finished trials. While the others' running trials
     fill the rest, wait for them (a dead worker's trial fails after its heartbeat goes stale, and its plan
     is enqueued again for whoever is waiting)."""
+    with_retries(lambda: fail_stale(study, storage), "checking for dead workers")
     with_retries(lambda: retry_failed(study), "re-enqueueing failed trials")
     mine: list[int] = []
 
@@ -158,6 +160,8 @@ def run_worker(study: optuna.Study, storage: Any, objective: Callable[[optuna.Tr
             continue
         with_retries(lambda: study.optimize(run, n_trials=1, callbacks=list(callbacks), catch=()), "running a trial")
         skips = skips + 1 if _skipped_as_duplicate(study, mine[-1]) else 0
+    print(f"stopping: the last {MAX_SKIPS} plans sampled were all scored already (the space holds few new plans)",
+          file=sys.stderr)  # fmt: skip
 
 
 def _skipped_as_duplicate(study: optuna.Study, number: int) -> bool:

@@ -96,7 +96,7 @@ def _running_scored_trial(url: str, study: str) -> int | None:
 def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_plan_retried(
     tiny_sdxl_pipeline: str, tiny_cache: Path, postgres_url: str, tmp_path: Path
 ) -> None:
-    cmd = search_command(tiny_sdxl_pipeline, tiny_cache, postgres_url, "killed", 3, tmp_path / "r", steps=40)
+    cmd = search_command(tiny_sdxl_pipeline, tiny_cache, postgres_url, "killed", 2, tmp_path / "r", steps=12)
     victim = start(cmd, tmp_path / "victim.log")
     deadline, killed = time.monotonic() + 300, None
     while killed is None and time.monotonic() < deadline and victim.poll() is None:
@@ -112,6 +112,6 @@ def test_a_worker_killed_mid_trial_is_failed_by_heartbeat_and_its_plan_retried(
     retries = [t for t in study.trials if t.user_attrs.get("retried_from") == killed]
     assert len(retries) == 1 and counted(retries[0])
     assert retries[0].user_attrs["plan_key"] == study.trials[killed].user_attrs["plan_key"]
-    assert sum(counted(t) for t in study.trials) == 3
+    assert sum(counted(t) for t in study.trials) == 2
     complete = [t.user_attrs["plan_key"] for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete))

@@ -155,10 +155,12 @@ def test_two_workers_share_one_study_without_duplicates(
     for w in workers:
         assert w.wait(timeout=600) == 0, w.stderr.read()[-2000:] if w.stderr else ""
     from pruner.search.study import storage_of
+    from pruner.search.workers import counted
 
     study = optuna.load_study(study_name="shared", storage=storage_of(storage))
-    finished = [t for t in study.trials if t.state.is_finished()]
-    assert 8 <= len(finished) <= 9  # each worker stops once the study holds 8; one may be mid-trial then
+    assert sum(counted(t) for t in study.trials) == 8  # exactly: a trial beyond the count steps aside
+    keys = collections.Counter(t.user_attrs["plan_key"] for t in study.trials if t.state.name == "COMPLETE")
+    assert keys and max(keys.values()) == 1  # no plan scored twice
     labels = collections.Counter(t.user_attrs.get("label") for t in study.trials if t.user_attrs.get("label"))
     assert labels and max(labels.values()) == 1
 

@@ -139,3 +139,26 @@ def test_ctrl_c_in_search_is_one_line_and_exit_code_130(
     assert result.output.strip().splitlines()[-1] == (
         "interrupted: 0 of 2 trials complete; rerun the same command to continue"
     )
+
+
+def test_a_storage_down_for_a_moment_is_retried_with_a_line_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from pruner.search.storage import with_retries
+
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+        return "ok"
+
+    assert with_retries(flaky, "reading the study", wait=0.01) == "ok"
+    assert capsys.readouterr().err.count("storage unreachable while reading the study; retry") == 2
+
+    def down() -> str:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    with pytest.raises(PrunerError, match="storage unreachable while reading the study after 2 tries"):
+        with_retries(down, "reading the study", attempts=2, wait=0.01)

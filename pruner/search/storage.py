@@ -179,12 +179,12 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 6, wait: floa
 
 
 def open_storage(url: str) -> Any:
-    """:func:`storage_of`, with the URL's output location checked and retries while the server is down."""
+    """:func:`storage_of`, with a file storage's location checked and retries while the server is down (a
+    malformed URL or a missing driver is one line at once: those errors are not retried)."""
     if url.startswith("journal:"):
         _check_writable(Path(url.removeprefix("journal:")))
     elif url.startswith("sqlite:///"):
         _check_writable(Path(url.removeprefix("sqlite:///")))
-    sqlalchemy_url(url) if not url.startswith("journal:") else None  # one line before any connection
     return with_retries(lambda: storage_of(url), "opening the study storage")
 
 

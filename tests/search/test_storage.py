@@ -108,13 +108,14 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_its_plan_enqueued_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PRUNER_HEARTBEAT", "1")
-    study = optuna.create_study()
+    storage = optuna.storages.InMemoryStorage()  # like the journal file: no heartbeat of its own
+    study = optuna.create_study(storage=storage)
     stale = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     for key, value in {"slot": True, "plan_key": "abc", "label": "vega", "heartbeat": 0.0}.items():
         stale.set_user_attr(key, value)
     alive = study.ask()
     alive.set_user_attr("heartbeat", 1e12)  # far in the future: beating
-    assert fail_stale(study, study._storage) == 1
+    assert fail_stale(study, storage) == 1
     trials = study.trials
     assert trials[0].state == TrialState.FAIL and trials[1].state == TrialState.RUNNING
     retry = trials[2]

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
@@ -136,7 +136,7 @@ def _stale_callback_kwarg(rdb: type) -> dict[str, Any]:
     import inspect
 
     name = "heartbeat_stale_trial_callback"
-    if name not in inspect.signature(rdb.__init__).parameters:
+    if name not in inspect.signature(rdb).parameters:
         name = "failed_trial_callback"
     return {name: _retry_stale}
 
@@ -201,7 +201,7 @@ def _check_writable(path: Path) -> None:
 
 
 def open_study(
-    name: str, url: str, directions: Sequence[str], sampler: optuna.samplers.BaseSampler
+    name: str, url: str, directions: Sequence[Literal["minimize", "maximize"]], sampler: optuna.samplers.BaseSampler
 ) -> tuple[optuna.Study, Any]:
     """Create the study, or join it when it exists, and return it with its storage. Many workers may run
     this at the same moment: a lost race to create it (a unique-constraint error) loads the winner's study."""
@@ -244,8 +244,9 @@ def retry_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
     history = [*trial.user_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRIES:
         return False
-    keep = {k: trial.user_attrs[k] for k in ("label", "seed_removed", "plan_key") if k in trial.user_attrs}
-    attrs = {**keep, RETRIED_FROM: history[0], "retry_history": history}
+    plan_attrs = ("label", "seed_removed", "plan_key")
+    keep: dict[str, Any] = {k: trial.user_attrs[k] for k in plan_attrs if k in trial.user_attrs}
+    attrs: dict[str, Any] = {**keep, RETRIED_FROM: history[0], "retry_history": history}
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
                                               distributions=trial.distributions, user_attrs=attrs))  # fmt: skip
     return True

@@ -81,7 +81,8 @@ def run(kind: str, n: int, args: argparse.Namespace, folder: Path, postgres: str
     name = f"bench-{kind}-{n}"
     url = _storage_url(kind, folder, postgres, name)
     base = ["search", "--trials", str(args.trials), "--proxy-steps", str(args.proxy_steps), "--storage", url,
-            "--study", name, "--budget", args.budget, *(["--data", args.data] if args.data else [])]  # fmt: skip
+            "--study", name, "--budget", args.budget, "--calibration", str(args.calibration), "--held-out",
+            str(args.held_out), *(["--data", args.data] if args.data else [])]  # fmt: skip
     procs, reports = [], []
     for k in range(n):
         env = {**os.environ, "PRUNER_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--proxy-steps", type=int, default=10)
     parser.add_argument("--budget", default="50%")
+    parser.add_argument("--calibration", type=int, default=96, help="calibration rows (pruner search's default)")
+    parser.add_argument("--held-out", type=int, default=128, help="held-out rows (pruner search's default)")
     parser.add_argument("--data", default=None, help="latent cache; default the bundled teacher's set")
     parser.add_argument("--gpus", default=None, help="comma-separated GPU ids; worker k gets GPU k modulo their count")
     args = parser.parse_args()

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pruner.errors import PrunerError
+from pruner.errors import PrunerError, SearchInterrupted
 from pruner.io import check_output_dir, check_output_file, check_storage_path
 from pruner.runtime import configure_threads
 
@@ -61,6 +61,9 @@ def user_errors() -> Iterator[None]:
     """Turn pruner's input errors into one line on stderr and exit code 2."""
     try:
         yield
+    except SearchInterrupted as exc:
+        err.print(str(exc), highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
     except PrunerError as exc:
         if _state["debug"]:
             raise
@@ -204,19 +207,24 @@ def search(
     fine-tune and by cost, then writes the Pareto front as recipes (found.yaml: the best quality in budget)."""
     import pruner.api
     from pruner.search.front import front_table
-    from pruner.search.study import default_storage, default_study_name
+    from pruner.search.storage import default_storage
+    from pruner.search.study import default_study_name
 
     with user_errors():
         check_output_dir(out, "--out")
         if storage is not None:
             check_storage_path(storage, "--storage")
         name = study or default_study_name(teacher, budget, space)
-        result = pruner.api.search(
-            teacher, budget, objectives=[o.strip() for o in objectives.split(",")], trials=trials,
-            proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
-            storage=storage or default_storage(name), study=name, output=out, seed=seed, calibration=calibration,
-            held_out=held_out, progress=True, status=lambda message: err.print(f"[dim]{message}[/dim]"),
-        )  # fmt: skip
+        try:
+            result = pruner.api.search(
+                teacher, budget, objectives=[o.strip() for o in objectives.split(",")], trials=trials,
+                proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
+                storage=storage or default_storage(name), study=name, output=out, seed=seed,
+                calibration=calibration, held_out=held_out, progress=True,
+                status=lambda message: err.print(f"[dim]{message}[/dim]"),
+            )  # fmt: skip
+        except KeyboardInterrupt:  # before the first trial (while loading or calibrating)
+            raise SearchInterrupted("interrupted before the first trial; rerun the same command to start") from None
         Console(width=200).print(front_table(result.study, title=f"Pareto front of {result.study.study_name}"))
         dashboard = result.storage.removeprefix("journal:")
         found = result.files["found"]
@@ -238,23 +246,16 @@ def front(
 ) -> None:
     """Show a study's Pareto-optimal trials (params, MACs, latency, proxy loss, removed units) and plot the front
     with the heuristic seeds marked."""
-    import optuna
-
     from pruner.search.front import front_table, plot_front
-    from pruner.search.study import default_storage, export_study, storage_of
+    from pruner.search.storage import default_storage, load_existing_study
+    from pruner.search.study import export_study
 
     with user_errors():
         if export is not None:
             check_output_dir(export, "--export")
         if plot is not None:
             check_output_file(plot, "--plot")
-        url = storage or default_storage(study)
-        try:
-            loaded = optuna.load_study(study_name=study, storage=storage_of(url))
-        except KeyError as exc:
-            raise PrunerError(
-                f"no study {study!r} in {url}; check the name `pruner search` printed, or --storage"
-            ) from exc
+        loaded = load_existing_study(study, storage or default_storage(study, create=False))
         Console(width=200).print(front_table(loaded, title=f"Pareto front of {study}"))
         if export is not None:
             paths = export_study(loaded, export)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InexpressiblePlanError", "PrunerError", "RecipeError", "UnknownUnitError"]
+__all__ = ["InexpressiblePlanError", "PrunerError", "RecipeError", "SearchInterrupted", "UnknownUnitError"]
 
 
 class PrunerError(Exception):
@@ -23,3 +23,9 @@ class InexpressiblePlanError(PrunerError):
 
 class RecipeError(PrunerError):
     """A recipe file that cannot be read or does not validate."""
+
+
+class SearchInterrupted(PrunerError):
+    """Ctrl-C in a search: the CLI prints the message (what is complete, how to continue) and exits 130."""
+
+    exit_code = 130

@@ -26,12 +26,15 @@ from pruner.budget import Budget, format_count, parse_budget
 from pruner.cost.latency_model import LatencyModel
 from pruner.cost.model import CostModel
 from pruner.distill.data import data_reference
-from pruner.errors import PrunerError
+from pruner.errors import PrunerError, SearchInterrupted
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
 from pruner.search.heuristics import seed_plans
 from pruner.search.proxy import Calibration, build_calibration, proxy_score, unit_sensitivity
 from pruner.search.repair import repair_to_budget
 from pruner.search.space import SearchSpace, decode, genome_of, load_space, suggest_genome, width_levels
+from pruner.search.storage import default_storage, storage_of, with_retries
+from pruner.search.storage import open_study as storage_open_study
+from pruner.search.workers import check_settings, claim_plan, claim_slot, counted, plan_key, run_worker, worker_seed
 from pruner.student import derive_student_spec
 from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.plan import Plan, compress_names, nearest_expressible, unit_kinds
@@ -45,6 +48,7 @@ __all__ = [
     "default_study_name",
     "export_study",
     "run_search",
+    "storage_of",
     "study_recipes",
 ]
 
@@ -85,13 +89,6 @@ class SearchResult:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
-
-
-def default_storage(study: str) -> str:
-    """A SQLite file under the gitignored ``search/runs/`` folder."""
-    folder = Path("search") / "runs"
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / (study + '.db')}"
 
 
 def _allow(space: SearchSpace, kinds: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -232,15 +229,18 @@ def _skip_duplicate_seed(trial: optuna.Trial) -> None:
     label = trial.user_attrs.get("label")
     if label is None:
         return
-    earlier = [t.number for t in trial.study.get_trials(deepcopy=False)
-               if t.user_attrs.get("label") == label and t.number < trial.number]  # fmt: skip
+    trials = trial.study.get_trials(deepcopy=False)  # a failed one is retried under its label: not a duplicate
+    earlier = [t.number for t in trials if t.user_attrs.get("label") == label and t.number < trial.number
+               and t.state.name != "FAIL"]  # fmt: skip
     if earlier:
+        trial.set_user_attr("skipped", "duplicate")
         trial.set_user_attr("label", None)
         trial.set_user_attr("duplicate_of", min(earlier))
         raise optuna.TrialPruned(f"seed plan {label!r} is already trial {min(earlier)} (enqueued by two workers)")
 
 
 def _trial_plan(trial: optuna.Trial, ctx: SearchContext) -> Plan:
+    claim_slot(trial, ctx.cfg.trials)
     _skip_duplicate_seed(trial)
     genome = suggest_genome(trial, ctx.space, ctx.topo)
     seed_removed = trial.user_attrs.get("seed_removed")
@@ -249,6 +249,7 @@ def _trial_plan(trial: optuna.Trial, ctx: SearchContext) -> Plan:
     if repaired is None:
         trial.set_constraint("budget", 1.0)
         raise optuna.TrialPruned("no expressible plan within budget near this genome")
+    claim_plan(trial, plan_key(repaired))
     return repaired
 
 
@@ -296,47 +297,45 @@ def _enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> None:
     study.set_user_attr("sensitivity", {k: (v if math.isfinite(v) else None) for k, v in ctx.sens.items()})
 
 
-def storage_of(url: str):  # type: ignore[no-untyped-def]
-    """An Optuna storage: an RDB URL (sqlite:///..., postgresql://...), ``journal:PATH`` (a journal file) or
-    ``memory`` (this process only, nothing written)."""
-    if url == "memory":
-        return optuna.storages.InMemoryStorage()
-    if url.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    return url
-
-
-def open_study(cfg: SearchConfig, name: str) -> tuple[optuna.Study, str]:
-    storage = cfg.storage or default_storage(name)
-    sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, min(20, cfg.trials // 2)))
-    directions = ["minimize"] * len(cfg.objectives)
-    try:
-        study = optuna.create_study(
-            study_name=name, storage=storage_of(storage), directions=directions, sampler=sampler, load_if_exists=True
-        )
-    except ValueError as exc:
-        raise PrunerError(
-            f"study {name!r} in {storage} does not match these objectives ({exc}); use another --study"
-        ) from exc
+def open_study(cfg: SearchConfig, name: str) -> tuple[optuna.Study, str, Any]:
+    """Create or join the study (storage URL and driver checked first), its settings checked against this
+    run's, and a sampler seeded for this worker; returns the study, its URL and its storage."""
+    url = cfg.storage or default_storage(name)
+    study, storage = storage_open_study(name, url, ["minimize"] * len(cfg.objectives), _sampler(cfg, cfg.seed))
+    check_settings(study, _settings(cfg))
+    seed = with_retries(lambda: worker_seed(study, cfg.seed), "joining the study")
+    if seed != cfg.seed:
+        study.sampler = _sampler(cfg, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([o if o != "quality" else "proxy_kd" for o in cfg.objectives])
-    return study, storage
+    return study, url, storage
+
+
+def _sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, cfg.trials // 2)))
+
+
+def _settings(cfg: SearchConfig, ctx: SearchContext | None = None) -> dict[str, Any]:
+    """What the study records about the search that made it (checked by later runs, read by the export)."""
+    settings: dict[str, Any] = {"teacher": cfg.teacher, "budget": parse_budget(cfg.budget).describe(),
+                                "space": cfg.space, "objectives": list(cfg.objectives)}  # fmt: skip
+    if ctx is not None:
+        settings.update(data=ctx.data_path, width_importance=ctx.space.width_importance)
+    return settings
 
 
 def _progress(total: int, done: int, enabled: bool):  # type: ignore[no-untyped-def]
     bar = tqdm(total=total, initial=done, desc="search", unit="trial", dynamic_ncols=True, disable=not enabled)
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        feasible = [t.user_attrs["proxy_kd"] for t in done if "proxy_kd" in t.user_attrs]
-        bar.set_postfix(
-            best_kd=f"{min(feasible):.4g}" if feasible else "-", last=trial.state.name.lower(), refresh=False
-        )
-        bar.update(1)
+        trials = study.get_trials(deepcopy=False)
+        feasible = [
+            t.user_attrs["proxy_kd"] for t in trials if t.state.name == "COMPLETE" and "proxy_kd" in t.user_attrs
+        ]
+        last = trial.user_attrs.get("skipped") or trial.state.name.lower()
+        bar.set_postfix(best_kd=f"{min(feasible):.4g}" if feasible else "-", last=last, refresh=False)
+        bar.update(min(total, sum(counted(t) for t in trials)) - bar.n)
 
     return bar, callback
 
@@ -431,25 +430,34 @@ def run_search(cfg: SearchConfig, status=lambda _m: None) -> SearchResult:  # ty
         raise PrunerError(
             f"--objectives takes quality plus any of macs, params, latency (got {','.join(cfg.objectives)})"
         )
+    name = study_name(cfg)
+    study, url, storage = open_study(cfg, name)  # the storage and the study's settings first: before any compute
     torch.manual_seed(cfg.seed)
     ctx = build_context(cfg, status)
-    name = study_name(cfg)
-    study, storage = open_study(cfg, name)
     _enqueue_seeds(study, ctx)
-    study.set_user_attr("search", {"teacher": cfg.teacher, "budget": ctx.budget.describe(), "space": cfg.space,
-                                   "objectives": list(cfg.objectives), "data": ctx.data_path,
-                                   "width_importance": ctx.space.width_importance})  # fmt: skip
-    done = len([t for t in study.trials if t.state.is_finished()])
-    bar, callback = _progress(cfg.trials, min(done, cfg.trials), cfg.progress)
-    if done < cfg.trials:
-        # workers sharing a storage stop together once the study holds --trials finished trials
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        stop = optuna.study.MaxTrialsCallback(cfg.trials, states=finished)
-        study.optimize(lambda t: _objective(t, ctx), n_trials=cfg.trials - done, callbacks=[callback, stop], catch=())
-    bar.close()
+    if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
+        study.set_user_attr("search", _settings(cfg, ctx))
+    _run_trials(study, storage, ctx)
     if cfg.out is None:
-        return SearchResult(study, None, None, None, storage, ctx.data_path, front_rows(study))
+        return SearchResult(study, None, None, None, url, ctx.data_path, front_rows(study))
     paths = export_study(study, Path(cfg.out))
-    return SearchResult(
-        study, paths["found"], paths["front_dir"], paths["plot"], storage, ctx.data_path, front_rows(study)
-    )
+    return SearchResult(study, paths["found"], paths["front_dir"], paths["plot"], url, ctx.data_path, front_rows(study))
+
+
+def _run_trials(study: optuna.Study, storage: Any, ctx: SearchContext) -> None:
+    """This worker's share of the study, with a progress bar; Ctrl-C is one line (the trial it stopped is
+    enqueued again by the next run)."""
+    done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+    bar, callback = _progress(ctx.cfg.trials, min(done, ctx.cfg.trials), ctx.cfg.progress)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a stopped trial's traceback is not the user's business
+    try:
+        run_worker(study, storage, lambda t: _objective(t, ctx), ctx.cfg.trials, callbacks=[callback])
+    except KeyboardInterrupt:
+        done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+        raise SearchInterrupted(
+            f"interrupted: {done} of {ctx.cfg.trials} trials complete; rerun the same command to continue"
+        ) from None
+    finally:
+        bar.close()
+        optuna.logging.set_verbosity(verbosity)

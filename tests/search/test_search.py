@@ -14,23 +14,11 @@ from pruner.recipe import load_recipe
 from pruner.search.heuristics import seed_plans
 from pruner.search.repair import repair_to_budget
 from pruner.search.space import SearchSpace, decode, genome_of
+from pruner.search.workers import counted
 from pruner.student import resolve_recipe
 from pruner.unet import Plan, architecture_config, check_expressible, meta_unet, topology_of, unit_kinds
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tiny_sdxl_pipeline: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("search-data")
-    assert runner.invoke(app, ["synth-data", "--out", str(root / "data"), "--n", "24"]).exit_code == 0
-    assert (
-        runner.invoke(
-            app, ["cache", str(root / "data"), "--teacher", tiny_sdxl_pipeline, "--out", str(root / "c")]
-        ).exit_code
-        == 0
-    )
-    return root / "c"
 
 
 def test_repair_reaches_the_budget_and_stays_expressible() -> None:
@@ -100,7 +88,7 @@ def test_a_short_search_writes_its_front_and_resumes(tiny_sdxl_pipeline: str, ti
     assert list((tmp_path / "r" / "front").glob("*.yaml")) and (tmp_path / "r" / "front.png").is_file()
     assert resolved.plan == found.plan_obj()
     study = optuna.load_study(study_name="t", storage=storage)
-    finished = [t for t in study.trials if t.state.is_finished()]
+    finished = [t for t in study.trials if counted(t)]  # a repeated plan steps aside and does not count
     assert len(finished) == 4
     labelled = [t for t in study.trials if t.user_attrs.get("label")]
     assert labelled and all(
@@ -114,7 +102,7 @@ def test_a_short_search_writes_its_front_and_resumes(tiny_sdxl_pipeline: str, ti
     assert all(dashboard <= set(t.user_attrs) for t in finished if t.state.name == "COMPLETE")
     again = runner.invoke(app, [*args[:8], "6", *args[9:]])  # --trials 6: two more
     assert again.exit_code == 0, again.output
-    assert len([t for t in optuna.load_study(study_name="t", storage=storage).trials if t.state.is_finished()]) == 6
+    assert sum(counted(t) for t in optuna.load_study(study_name="t", storage=storage).trials) == 6
 
 
 @pytest.mark.parametrize(
@@ -170,8 +158,9 @@ def test_two_workers_share_one_study_without_duplicates(
     from pruner.search.study import storage_of
 
     study = optuna.load_study(study_name="shared", storage=storage_of(storage))
-    finished = [t for t in study.trials if t.state.is_finished()]
-    assert 8 <= len(finished) <= 9  # each worker stops once the study holds 8; one may be mid-trial then
+    assert sum(counted(t) for t in study.trials) == 8  # exactly: a trial beyond the count steps aside
+    keys = collections.Counter(t.user_attrs["plan_key"] for t in study.trials if t.state.name == "COMPLETE")
+    assert keys and max(keys.values()) == 1  # no plan scored twice
     labels = collections.Counter(t.user_attrs.get("label") for t in study.trials if t.user_attrs.get("label"))
     assert labels and max(labels.values()) == 1
 

@@ -6,6 +6,7 @@ Bad input prints one line, ``error: ...``, and exits with code 2; ``--debug`` sh
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +57,15 @@ def optuna_logging_to_warnings() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+_PARAMETER = re.compile(r"\b([a-z][a-z_]*)=(?=[\s,;:)'\"]|$)")
+_FLAGS = {"prompts_file": "--prompts", "n_prompts": "--n", "grid_path": "--grid"}  # API names the CLI spells otherwise
+
+
+def flag_names(message: str) -> str:
+    """A library message in CLI terms: the API's parameters (``storage=``) become flags (``--storage``)."""
+    return _PARAMETER.sub(lambda m: _FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-")), message)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn pruner's input errors into one line on stderr and exit code 2."""
@@ -67,7 +77,7 @@ def user_errors() -> Iterator[None]:
     except PrunerError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {flag_names(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -129,7 +129,7 @@ def save_student(student: UNet2DConditionModel, recipe: Recipe, out_dir: str | P
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
-        raise PrunerError(f"{out} already exists and is not empty; choose another --out or delete it")
+        raise PrunerError(f"{out} already exists and is not empty; choose another output folder or delete it")
     tmp = temp_dir_beside(out)
     try:
         save_unet(student, tmp)

@@ -46,7 +46,9 @@ def _incomplete(cache: Path) -> bool:
 def data_reference(teacher: str, path: str | None) -> str | None:
     """How a recipe records its training data: ``bundled:tiny-sdxl`` for the bundled teacher's synthesised
     cache (its folder differs per machine and is rebuilt on demand), otherwise the path as given."""
-    if path is None or teacher != "tiny-sdxl":
+    from pruner.profiles import profile_for
+
+    if path is None or not profile_for(teacher).bundled_data:
         return path
     bundled = (cache_dir() / "data").resolve()
     resolved = Path(path).resolve()

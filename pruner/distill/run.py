@@ -26,6 +26,7 @@ from pruner.distill.progressive import composed_pairs, shrink, stage_chains
 from pruner.distill.trainer import Distiller, TrainSettings, collate, latest_checkpoint
 from pruner.errors import PrunerError
 from pruner.io import check_output_dir
+from pruner.profiles import profile_for
 from pruner.recipe import Recipe, StageSpec, load_recipe
 from pruner.student import ResolvedRecipe, resolve_recipe
 from pruner.unet.load import load_unet, resolve_model
@@ -105,15 +106,16 @@ def noise_scheduler_for(teacher: str) -> DDPMScheduler:
 
 def _resolve_data(recipe: Recipe, data: str | None) -> Any:
     from pruner.distill.cache import LatentCache
-    from pruner.distill.data import BUNDLED_DATA, tiny_sdxl_cache
+    from pruner.distill.data import BUNDLED_DATA
 
+    profile = profile_for(recipe.teacher.model)
     source = data or recipe.distill.data
     if source == BUNDLED_DATA:
         source = None
-    if data is None and source is not None and not Path(source).exists() and recipe.teacher.model == "tiny-sdxl":
-        source = None  # a recipe found on another machine: synthesise the bundled teacher's data here
-    if source is None and recipe.teacher.model == "tiny-sdxl":
-        source = str(tiny_sdxl_cache())
+    if data is None and source is not None and not Path(source).exists() and profile.bundled_data:
+        source = None  # a recipe found on another machine: synthesise the teacher's own data here
+    if source is None and (bundled := profile.default_data()) is not None:
+        source = str(bundled)
     if source is None:
         raise PrunerError("no training data: pass --data CACHE (made with `pruner cache DATA --teacher T --out CACHE`)")
     return LatentCache(source)

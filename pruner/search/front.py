@@ -44,7 +44,7 @@ __all__ = [
 
 CostKey = Literal["macs", "params", "latency_ms"]
 COST_KEYS: tuple[CostKey, ...] = ("macs", "params", "latency_ms")
-NO_FEASIBLE = "no feasible trial finished; raise --trials or loosen --budget"
+NO_FEASIBLE = "no feasible trial finished; raise trials= or loosen budget="
 # Optuna < 5 (``constraints_func``) stored one list under this system attribute; Optuna 5 reads it too.
 _LEGACY_CONSTRAINTS_KEY = "constraints"
 # Unit-name abbreviations for the table, longest first so that "mid_block." wins over "mid_block".

@@ -93,7 +93,7 @@ def sqlalchemy_url(url: str) -> str:
         dialect = make_url(url).get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise PrunerError(
-            f"--storage {url!r} is not a storage URL; use sqlite:///PATH.db, postgresql://USER@HOST:PORT/DB "
+            f"storage= {url!r} is not a storage URL; use sqlite:///PATH.db, postgresql://USER@HOST:PORT/DB "
             "or journal:PATH"
         ) from exc
     try:
@@ -102,7 +102,7 @@ def sqlalchemy_url(url: str) -> str:
         module = (exc.name or dialect.driver).split(".")[0]
         package = _DRIVER_PACKAGES.get(module, module)
         raise PrunerError(
-            f"--storage {url.split(':')[0]}:// needs the database driver {module!r}: pip install {package}"
+            f"storage= {url.split(':')[0]}:// needs the database driver {module!r}: pip install {package}"
         ) from exc
     return url
 
@@ -193,13 +193,13 @@ def open_storage(url: str) -> Any:
 def _check_writable(path: Path) -> None:
     """A file storage's folder exists (or can be made) and the path is not a folder."""
     if path.is_dir():
-        raise PrunerError(f"--storage path {path} is a folder; name a file in it")
+        raise PrunerError(f"storage= path {path} is a folder; name a file in it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise PrunerError(f"cannot create the folder of --storage {path}: {exc.strerror}") from exc
+        raise PrunerError(f"cannot create the folder of storage= {path}: {exc.strerror}") from exc
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise PrunerError(f"--storage {path} is not writable; choose another path")
+        raise PrunerError(f"storage= {path} is not writable; choose another path")
 
 
 def open_study(
@@ -220,7 +220,7 @@ def open_study(
         return with_retries(create, f"opening study {name!r}"), storage
     except ValueError as exc:
         raise PrunerError(
-            f"study {name!r} in {url} does not match these objectives ({exc}); use another --study"
+            f"study {name!r} in {url} does not match these objectives ({exc}); use another study="
         ) from exc
 
 
@@ -228,12 +228,12 @@ def load_existing_study(name: str, url: str) -> optuna.Study:
     """Load a study that must exist; creates nothing (no empty database file, no tables) when it does not."""
     for prefix in ("sqlite:///", "journal:"):
         if url.startswith(prefix) and not Path(url.removeprefix(prefix)).is_file():
-            raise PrunerError(f"no study {name!r}: {url.removeprefix(prefix)} does not exist; check --storage")
+            raise PrunerError(f"no study {name!r}: {url.removeprefix(prefix)} does not exist; check storage=")
     storage = open_storage(url)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError as exc:
-        raise PrunerError(f"no study {name!r} in {url}; check the name `pruner search` printed, or --storage") from exc
+        raise PrunerError(f"no study {name!r} in {url}; check the name `pruner search` printed, or storage=") from exc
 
 
 # --- dead workers ------------------------------------------------------------------------------------------

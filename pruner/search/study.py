@@ -27,6 +27,7 @@ from pruner.cost.latency_model import LatencyModel
 from pruner.cost.model import CostModel
 from pruner.distill.data import data_reference
 from pruner.errors import PrunerError, SearchInterrupted
+from pruner.profiles import profile_for
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
 from pruner.search.heuristics import seed_plans
 from pruner.search.proxy import Calibration, build_calibration, proxy_score, unit_sensitivity
@@ -165,10 +166,8 @@ def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
         from pruner.search.prompts import prompt_latents
 
         return prompt_latents(cfg.teacher, Path(cfg.prompts), cfg.calibration + cfg.held_out, cfg.seed), None
-    if cfg.teacher == "tiny-sdxl":
-        from pruner.distill.data import tiny_sdxl_cache
-
-        path = tiny_sdxl_cache()
+    path = profile_for(cfg.teacher).default_data()
+    if path is not None:
         return LatentCache(path), str(path)
     raise PrunerError(
         "no calibration data: pass --data CACHE (from `pruner cache`) or --prompts FILE (one prompt a line)"
@@ -341,13 +340,12 @@ def _progress(total: int, done: int, enabled: bool):  # type: ignore[no-untyped-
 
 
 def _distill_spec(teacher: str, data_path: str | None, latent: int) -> DistillSpec:
-    """Distillation defaults for a found recipe: the bundled teacher's scale, or SSD-1B's published one."""
+    """Distillation defaults for a found recipe, at the teacher profile's scale (SSD-1B's published losses)."""
     loss = LossSpec(task=1.0, output_kd=0.5, feature_kd=0.5, feature_level="sub_block")
-    if teacher == "tiny-sdxl":
-        return DistillSpec(resolution=32, batch_size=64, data=data_path,
-                           stages=[StageSpec(steps=2000, learning_rate=2e-4, loss=loss)])  # fmt: skip
-    return DistillSpec(resolution=latent * 8, batch_size=1, data=data_path,
-                       stages=[StageSpec(steps=100_000, learning_rate=1e-5, loss=loss)])  # fmt: skip
+    profile = profile_for(teacher)
+    stage = StageSpec(steps=profile.steps, learning_rate=profile.learning_rate, loss=loss)
+    return DistillSpec(resolution=profile.resolution or latent * 8, batch_size=profile.batch_size, data=data_path,
+                       stages=[stage])  # fmt: skip
 
 
 def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo: Topology, study_name: str,
@@ -370,7 +368,7 @@ def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo
         schema_version=1,
         name=f"{_slug(teacher)}-trial-{trial.number}" + (f"-{label}" if label else ""),
         description=f"Found by `pruner search` ({settings['budget']} budget, trial {trial.number}{style}).",
-        teacher=TeacherSpec(model=teacher, architecture="tiny-sdxl" if teacher == "tiny-sdxl" else None),
+        teacher=TeacherSpec(model=teacher, architecture=profile_for(teacher).architecture),
         plan=PlanSpec(remove=compress_names(plan.removed), width=width),
         student=derive_student_spec(teacher_cfg, plan, topo, inner),
         distill=_distill_spec(teacher, data_reference(teacher, settings.get("data")), int(teacher_cfg["sample_size"])),

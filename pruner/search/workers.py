@@ -108,7 +108,7 @@ def check_settings(study: optuna.Study, settings: dict[str, Any]) -> None:
         if key in recorded and _same(recorded[key]) != _same(settings[key]):
             raise PrunerError(
                 f"study {study.study_name!r} was created with {key} {_shown(recorded[key])}, not "
-                f"{_shown(settings[key])}; rerun with the study's {key} or pass another --study"
+                f"{_shown(settings[key])}; rerun with the study's {key} or pass another study="
             )
 
 

@@ -232,6 +232,6 @@ def test_export_front_writes_nothing_when_a_recipe_fails(study: optuna.Study, tm
 
 def test_export_front_without_a_feasible_trial_says_what_to_do(tmp_path: Path) -> None:
     study = _study([_trial(0.1, G, constraints={"budget": 2.0}), create_trial(state=TrialState.PRUNED)])
-    with pytest.raises(PrunerError, match=r"no feasible trial finished; raise --trials or loosen --budget"):
+    with pytest.raises(PrunerError, match=r"no feasible trial finished; raise trials= or loosen budget="):
         export_front(study, tmp_path, _recipe_of)
     assert list(tmp_path.iterdir()) == []

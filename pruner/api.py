@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pruner.errors import PrunerError
+from pruner.io import check_output_dir, check_output_file
 from pruner.recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
@@ -124,6 +125,8 @@ def search(
     from pruner.search.study import SearchConfig, run_search, study_recipes
 
     ref, model = _teacher_reference(teacher)
+    if output is not None:
+        check_output_dir(output, "output folder")  # before any compute
     cfg = SearchConfig(
         teacher=ref, teacher_model=model, budget=budget, objectives=tuple(objectives), trials=trials,
         proxy_steps=proxy_steps, data=None if data is None else str(data),
@@ -187,6 +190,8 @@ def evaluate(
     same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``."""
     from pruner.evaluate import evaluate_student
 
+    if grid is not None:
+        check_output_file(grid, "grid file")  # before any compute
     with _caller_state_kept():
         return evaluate_student(
             student, teacher, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,

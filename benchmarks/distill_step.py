@@ -17,6 +17,7 @@ import time
 import torch
 from accelerate import Accelerator
 
+from pruner.distill.engine import teacher_pass
 from pruner.distill.losses import LossWeights
 from pruner.distill.run import noise_scheduler_for
 from pruner.distill.trainer import Distiller, TrainSettings, collate
@@ -49,11 +50,10 @@ def sync(device: torch.device) -> None:
 
 def bare_step(d: Distiller, batch: dict[str, torch.Tensor]) -> None:
     """The irreducible work: teacher forward, student forward/backward, optimizer step."""
-    noisy, t, embeds, pooled, time_ids, _latents, _noise = d._inputs(batch)
-    added = d._added(pooled, time_ids)
-    teacher = d._teacher_pass(noisy, t, embeds, added)
+    inputs = d.inputs(batch)
+    teacher = teacher_pass(d.teacher, inputs).pred
     with d.acc.autocast():
-        student = d.model(noisy, t, embeds, added_cond_kwargs=added).sample
+        student = d.model(*inputs.unet_args(), added_cond_kwargs=inputs.added).sample
     loss = torch.nn.functional.mse_loss(student.float(), teacher.float())
     d.acc.backward(loss)
     d.optimizer.step()

@@ -192,6 +192,16 @@ def search(
     held_out: Annotated[
         int, typer.Option(min=2, help="Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.")
     ] = 128,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the teacher, calibration and proxy run: cuda, cuda:1, cpu; default cuda "
+            "when available. One worker per GPU: --device cuda:k with a shared --storage."
+        ),
+    ] = None,
+    mixed_precision: Annotated[
+        str | None, typer.Option(help="Autocast of the proxy's students: no, bf16 or fp16; default bf16 on a GPU.")
+    ] = None,
 ) -> None:
     """Search which units to remove: an Optuna multi-objective study scores each plan by a short layer-level KD
     fine-tune and by cost, then writes the Pareto front as recipes (found.yaml: the best quality in budget)."""
@@ -202,7 +212,7 @@ def search(
         cfg = SearchConfig(teacher=teacher, budget=budget, objectives=tuple(o.strip() for o in objectives.split(",")),
                            trials=trials, proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
                            storage=storage, study=study, out=out, seed=seed, calibration=calibration,
-                           held_out=held_out)  # fmt: skip
+                           held_out=held_out, device=device, mixed_precision=mixed_precision)  # fmt: skip
         result = run_search(cfg, status=lambda message: err.print(f"[dim]{message}[/dim]"))
         Console(width=200).print(front_table(result.study, title=f"Pareto front of {result.study.study_name}"))
         dashboard = result.storage.removeprefix("journal:")

@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="passes over all plans (all students stay in memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-width", action="store_true", help="depth-only plans")
-    parser.add_argument("--anchors", type=int, default=4, help="whole students the composed sum is fitted to")
+    parser.add_argument("--anchors", type=int, default=None,
+                        help="whole students the sum is fitted to (default: 4 on a GPU, 0 on a CPU)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(default_threads())
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -80,7 +81,7 @@ def main() -> None:
     model = LatencyModel(CostModel(teacher.config, latent=latent, teacher=teacher), teacher, batch=args.batch,
                          runs=args.runs, anchors=args.anchors)  # fmt: skip
     model.table(0)
-    fixed, scale = model.calibrate(0) if args.anchors else (0.0, 1.0)
+    fixed, scale = model.calibrate(0) if model.n_anchors else (0.0, 1.0)
     build_s = time.perf_counter() - t0
     plans = [Plan(), *random_plans(teacher, args.plans, args.seed, not args.no_width)]
     students = [build_student(teacher, plan)[0] for plan in plans]
@@ -94,7 +95,7 @@ def main() -> None:
     rows = [(i, len(plan.removed), dict(plan.ff_keep), model.composed_ms(plan), model.ms(plan), measured[i])
             for i, plan in enumerate(plans)]  # fmt: skip
     print(f"{args.teacher} on {args.device} ({dtype}), latent {latent}, batch {args.batch}; measured: least of "
-          f"{args.rounds} medians of {args.runs} calls; tables and {args.anchors} anchors in {build_s:.1f} s; "
+          f"{args.rounds} medians of {args.runs} calls; tables and {model.n_anchors} anchors in {build_s:.1f} s; "
           f"fit: fixed {fixed:.2f} ms, scale {scale:.3f}")  # fmt: skip
     print(f"{'plan':>4} {'removed':>8} {'FF keep':<22} {'summed ms':>10} {'estimate ms':>12} {'measured ms':>12} "
           f"{'ratio':>7}")  # fmt: skip

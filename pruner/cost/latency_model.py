@@ -12,8 +12,9 @@ inflated by the synchronisation each per-module timing needs: there the sum mis-
 SDXL's latency by up to 14x. So the composed sum is then calibrated against whole students, per base: a
 few anchor plans (the base, and students removing about 20-80% of the units) are built and timed whole, and a
 line ``measured = fixed + scale * (summed module times)`` fitted through them (the fixed part: what no
-plan removes). On a CPU the scale comes out near 1. The search still times each trial's built student
-directly (its recorded ``latency_ms``); the calibrated estimate is what its budget repair prices candidates with.
+plan removes). On a CPU module times add up (no calibration by default; ``anchors=`` asks for one).
+The search still times each trial's built student directly (its recorded ``latency_ms``); the
+calibrated estimate is what its budget repair prices candidates with.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import statistics
 from collections.abc import Callable, Sequence
 
 import torch
@@ -72,15 +74,15 @@ def anchor_plans(topo: Topology, n: int, offset: int = 0, seed: int = 1234) -> l
 
 
 def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """Least-squares ``(fixed, scale)`` of ``y = fixed + scale * x``; ``(0, 1)`` when the points cannot
-    define a line with a positive slope."""
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    var = sum((x - mx) ** 2 for x in xs)
-    if n < 2 or var <= 0:
+    """A robust (Theil-Sen) ``(fixed, scale)`` of ``y = fixed + scale * x``: the median of the pairwise
+    slopes, then the median intercept, so one timing inflated by other work cannot tilt the line.
+    ``(0, 1)`` when the points cannot define a line with a positive slope."""
+    pairs = [(xs[j] - xs[i], ys[j] - ys[i]) for i in range(len(xs)) for j in range(i + 1, len(xs))]
+    slopes = [dy / dx for dx, dy in pairs if dx != 0]
+    if not slopes or statistics.median(slopes) <= 0:
         return 0.0, 1.0
-    scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
-    return (my - scale * mx, scale) if scale > 0 else (0.0, 1.0)
+    scale = statistics.median(slopes)
+    return statistics.median(y - scale * x for x, y in zip(xs, ys, strict=True)), scale
 
 
 class LatencyModel:
@@ -88,8 +90,8 @@ class LatencyModel:
 
     ``batch`` 2 is one image with classifier-free guidance, as the search's latency objective times it.
     Times are taken on the teacher's device and dtype, each the least of ``rounds`` medians of ``runs``
-    calls after ``warmup``. ``anchors`` whole students calibrate the composed sum (default: 4 with the real
-    clock, none with a stand-in ``timer``).
+    calls after ``warmup``. ``anchors`` whole students calibrate the composed sum (default: 4 on a GPU, none
+    on a CPU, where module times add up without it, or with a stand-in ``timer``).
     """
 
     def __init__(
@@ -114,7 +116,8 @@ class LatencyModel:
         )
         self.rounds = rounds
         self._tables: dict[int, CostTable] = {}
-        self.n_anchors = (4 if timer is None else 0) if anchors is None else anchors
+        on_gpu = next(teacher.parameters()).device.type == "cuda"
+        self.n_anchors = (4 if timer is None and on_gpu else 0) if anchors is None else anchors
         self.lines: dict[int, tuple[float, float]] = {}
 
     def _base(self, offset: int) -> nn.Module:

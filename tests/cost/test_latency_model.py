@@ -78,3 +78,4 @@ def test_a_line_through_too_few_points_is_the_identity() -> None:
     assert fit_line([1.0], [5.0]) == (0.0, 1.0)
     assert fit_line([1.0, 2.0], [3.0, 1.0]) == (0.0, 1.0)  # a falling line is noise, not a model
     assert fit_line([1.0, 2.0, 3.0], [12.0, 14.0, 16.0]) == pytest.approx((10.0, 2.0))
+    assert fit_line([1.0, 2.0, 3.0, 4.0, 5.0], [12.0, 14.0, 30.0, 18.0, 20.0]) == pytest.approx((10.0, 2.0))  # outlier

@@ -286,6 +286,9 @@ def distill(
     mixed_precision: Annotated[str, typer.Option(help="no, fp16 or bf16 (accelerate).")] = "no",
     grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    adam_8bit: Annotated[
+        bool, typer.Option("--8bit-adam", help="bitsandbytes' 8-bit AdamW (less GPU memory; extra 'pruner[gpu]').")
+    ] = False,
     ema_decay: Annotated[
         float | None, typer.Option(help="Keep an EMA of the weights (e.g. 0.999); saved at the end.")
     ] = None,
@@ -301,7 +304,8 @@ def distill(
         opts = DistillOptions(data=data, steps=steps, checkpoint_every=checkpoint_every, resume=resume,
                               batch_size=batch_size, seed=seed, validate_every=validate_every,
                               mixed_precision=mixed_precision, grad_accum=grad_accum,
-                              gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay)  # fmt: skip
+                              gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay,
+                              eight_bit_adam=adam_8bit)  # fmt: skip
         result = distill_recipe(recipe, out, opts)
         err.print(f"student saved in {result.output} after {result.steps} steps")
 

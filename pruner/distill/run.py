@@ -53,6 +53,7 @@ class DistillOptions:
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.1
     ema_decay: float | None = None
+    eight_bit_adam: bool = False
 
 
 @dataclass
@@ -102,7 +103,7 @@ def _settings(stage: StageSpec, steps: int, opts: DistillOptions, recipe: Recipe
         weights=weights, seed=opts.seed, grad_accum=opts.grad_accum, caption_dropout=opts.caption_dropout,
         checkpoint_every=opts.checkpoint_every, keep_checkpoints=opts.keep_checkpoints,
         validate_every=opts.validate_every, gradient_checkpointing=opts.gradient_checkpointing,
-        ema_decay=opts.ema_decay,
+        ema_decay=opts.ema_decay, eight_bit_adam=opts.eight_bit_adam,
     )  # fmt: skip
 
 

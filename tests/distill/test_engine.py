@@ -11,6 +11,7 @@ from pruner.distill.engine import KDEngine, PlainRuntime, make_optimizer, teache
 from pruner.distill.hooks import FeatureRecorder
 from pruner.distill.losses import LossWeights
 from pruner.distill.trainer import batch_inputs, collate
+from pruner.errors import PrunerError
 from pruner.search import proxy
 from pruner.unet import build_student, feature_map, layout_of, topology_of
 
@@ -76,3 +77,14 @@ def test_features_too_big_for_the_gpu_go_to_disk_in_half_precision(monkeypatch: 
     backing.close()
     monkeypatch.setattr(proxy, "_free_bytes", lambda dev: 10**13)
     assert proxy.plan_calibration(shapes, 96, 128, 128, gpu, torch.bfloat16).where == "cuda"
+
+
+def test_the_8bit_optimizer_without_bitsandbytes_says_which_extra_to_install() -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(PrunerError, match=r"pruner\[gpu\]"):
+        make_optimizer(torch.nn.Linear(2, 2).parameters(), 1e-3, eight_bit=True)

@@ -83,7 +83,9 @@ def build_pipeline(folder: Path, tiny: bool) -> Path:
             vae=AutoencoderKL.from_config(vae_cfg), text_encoder=first, text_encoder_2=second, tokenizer=tok,
             tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler.from_pretrained(BUNDLED / "scheduler"),
         )  # fmt: skip
-        pipe.save_pretrained(folder, safe_serialization=True, variant=None)
+        if not tiny:
+            pipe.to(torch.float16)  # half the bytes to write and read; pruner loads what it needs in fp32
+        pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
 

@@ -260,13 +260,17 @@ def cache(
     out: Annotated[Path, typer.Option("--out", help="Cache folder to create or resume.")] = Path("cache"),
     resolution: Annotated[int | None, typer.Option(help="Side in pixels; default the teacher's native size.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images encoded per batch.")] = 16,
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default cuda when available.")] = None,
 ) -> None:
     """Encode an image folder into shards of VAE latents and text conditioning (safetensors) for
     `pruner distill`. Unreadable images are skipped and counted; re-running resumes."""
     from pruner.distill.cache import build_cache
 
     with user_errors():
-        summary = build_cache(data, teacher, out, resolution=resolution, batch_size=batch_size, progress=True)
+        from pruner.distill.engine import resolve_device
+
+        summary = build_cache(data, teacher, out, resolution=resolution, batch_size=batch_size, progress=True,
+                              device=resolve_device(device))  # fmt: skip
         err.print(f"cached {summary.n_written} rows in {summary.out} ({summary.n_skipped} skipped"
                   f"{', resumed' if summary.resumed else ''})")  # fmt: skip
 
@@ -345,6 +349,7 @@ def eval_(
     seed: Annotated[int, typer.Option(help="Seeds the prompts, noise and timesteps.")] = 0,
     grid: Annotated[Path | None, typer.Option(help="PNG grid, teacher row above student row.")] = Path("eval-grid.png"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default cuda when available.")] = None,
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
     judge's prompt accuracy (bundled teacher), and UNet latency of both."""
@@ -352,7 +357,7 @@ def eval_(
 
     with user_errors(), err.status("generating and comparing"):
         report = evaluate_student(student, teacher, n_prompts=n, steps=steps, guidance_scale=guidance, seed=seed,
-                                  prompts_file=prompts, grid_path=grid)  # fmt: skip
+                                  prompts_file=prompts, grid_path=grid, device=device)  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict()) + "\n")
         return

@@ -91,7 +91,7 @@ def _kd_loss(pipe, student: UNet2DConditionModel, latents: torch.Tensor, prompts
 
     from pruner.distill.engine import KDInputs, held_out_kd
 
-    embeds, added = conditioning(pipe, prompts)
+    embeds, added = conditioning(pipe, prompts, latents.device)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     batch = KDInputs.noised(scheduler, latents, embeds, added, torch.Generator().manual_seed(seed))
     teacher = pipe.unet(*batch.unet_args(), added_cond_kwargs=batch.added).sample
@@ -124,11 +124,16 @@ def evaluate_student(
     prompts_file: Path | None = None,
     grid_path: Path | None = None,
     grid_columns: int = 8,
+    device: str | None = None,
 ) -> EvalReport:
-    """Compare a student with its teacher on held-out prompts; see the module docstring."""
+    """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available);
+    see the module docstring."""
+    from pruner.distill.engine import resolve_device
+
+    dev = resolve_device(device)
     ref = resolve_model(teacher)
-    pipe = load_pipeline(ref)
-    student = load_student_unet(student_path)
+    pipe = load_pipeline(ref, device=dev)
+    student = load_student_unet(student_path).to(dev)
     prompts = eval_prompts(n_prompts, seed, ref, prompts_file)
     t_out = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance_scale, output_type="latent").images
     t_imgs = pipe.image_processor.postprocess(pipe.vae.decode(t_out / pipe.vae.config.scaling_factor).sample, "pil")

@@ -73,7 +73,7 @@ def write_outputs(student: UNet2DConditionModel, recipe: Recipe, out: Path, resu
     shutil.rmtree(tmp, ignore_errors=True)
     ref = resolve_model(recipe.teacher.model)
     if ref.kind in ("pipeline", "hub"):
-        pipe = load_pipeline(ref)
+        pipe = load_pipeline(ref, device=student.device)  # the validation grid runs where the student trained
         pipe.unet = student if student.dtype == torch.float32 else student.to(torch.float32)
         pipe.save_pretrained(tmp, safe_serialization=True)
         inner = ff_inner_sizes(student)

@@ -236,7 +236,7 @@ def kd_gradients(
 
 def _initial_student(resolved: ResolvedRecipe, data: Any, opts: DistillOptions) -> Any:
     """The recipe's student built from its teacher, feed-forwards narrowed as its plan says."""
-    teacher = load_unet(resolved.recipe.teacher.model)
+    teacher = load_unet(resolved.recipe.teacher.model, dtype=torch.float32)  # fp32 master weights to train
     width = resolved.recipe.plan.width
     if width is None or width.importance != "taylor":
         return build_student(teacher, resolved.plan, importance=width.importance if width else "magnitude")[0]

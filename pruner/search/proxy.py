@@ -270,7 +270,7 @@ def _skip_block(_module: nn.Module, args: tuple, _output: torch.Tensor) -> torch
 
 @torch.no_grad()
 def unit_sensitivity(
-    teacher: UNet2DConditionModel, topo: Topology, calib: Calibration, names: Sequence[str]
+    teacher: UNet2DConditionModel, topo: Topology, calib: Calibration, names: Sequence[str], batch: int = 32
 ) -> dict[str, float]:
     """Zero-shot KD loss of the teacher with each unit alone removed (LAPTOP-Diff's additive criterion).
 
@@ -283,7 +283,7 @@ def unit_sensitivity(
         if ".transformer_blocks." in name:
             handle = modules[name].register_forward_hook(_skip_block)
             try:
-                scores[name] = held_out_kd(teacher, calib.held_out_batches())
+                scores[name] = held_out_kd(teacher, calib.held_out_batches(batch))
             finally:
                 handle.remove()
             continue
@@ -292,5 +292,5 @@ def unit_sensitivity(
         except Exception:
             scores[name] = float("inf")
             continue
-        scores[name] = held_out_kd(student, calib.held_out_batches())
+        scores[name] = held_out_kd(student, calib.held_out_batches(batch))
     return scores

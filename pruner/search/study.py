@@ -202,7 +202,7 @@ def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  
                               scheduler=noise_scheduler(cfg.teacher), seed=cfg.seed, batch=batch,
                               status=status)  # fmt: skip
     status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
-    sens = unit_sensitivity(teacher, topo, calib, [n for n in kinds if kinds[n] != "stage"])
+    sens = unit_sensitivity(teacher, topo, calib, [n for n in kinds if kinds[n] != "stage"], 2 * batch)
     return SearchContext(cfg, space, teacher, topo, cost, budget, limit, calib, sens, data_path, latency, runtime,
                          batch)  # fmt: skip
 

@@ -130,7 +130,13 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def plan_calibration(
-    shapes: dict[str, torch.Size], n_train: int, held_out: int, latent: int, device: torch.device, dtype: torch.dtype
+    shapes: dict[str, torch.Size],
+    n_train: int,
+    held_out: int,
+    latent: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    vae_scale: int = VAE_SCALE,
 ) -> CalibrationPlan:
     """Features in ``dtype`` on the device when they fit (always on a CPU device: host memory); else in fp16
     memory-mapped on disk; fewer training rows when not even the disk holds them."""
@@ -176,6 +182,7 @@ def _noised_rows(data: Any, n: int, scheduler: DDPMScheduler, seed: int) -> KDIn
 def build_calibration(
     teacher: UNet2DConditionModel, data: Any, topo: Topology, *, n_train: int, n_held_out: int, level: FeatureLevel,
     scheduler: DDPMScheduler, seed: int = 0, batch: int = 16, status: Callable[[str], None] = lambda _m: None,
+    vae_scale: int = VAE_SCALE,
 ) -> Calibration:  # fmt: skip
     """Take the first rows of a latent cache, noise them at seeded timesteps, and record the teacher (on its
     device, in its dtype): predictions on every row, features only on the training rows."""
@@ -189,7 +196,7 @@ def build_calibration(
         first = teacher_pass(teacher, inputs.rows(torch.arange(1)), rec)
         shapes = {k: v.shape[1:] for k, v in first.features.items()}
         plan = plan_calibration(shapes, min(n_train, n - 2), n - min(n_train, n - 2), inputs.noisy.shape[-1], device,
-                                next(teacher.parameters()).dtype)  # fmt: skip
+                                next(teacher.parameters()).dtype, vae_scale)  # fmt: skip
         status(plan.describe())
         store, backing = _allocate(plan, shapes)
         preds = []

@@ -175,6 +175,7 @@ def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
 def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  # type: ignore[no-untyped-def]
     """Load the teacher, check the budget, build the calibration set and the unit sensitivities."""
     from pruner.diffusion import noise_scheduler
+    from pruner.inspection import vae_scale_factor
 
     space = load_space(cfg.space)
     budget = parse_budget(cfg.budget)
@@ -199,8 +200,8 @@ def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  
     data, data_path = _calibration_data(cfg)
     batch = cfg.proxy_batch or proxy_batch(latent)
     calib = build_calibration(teacher, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
-                              scheduler=noise_scheduler(cfg.teacher), seed=cfg.seed, batch=batch,
-                              status=status)  # fmt: skip
+                              scheduler=noise_scheduler(cfg.teacher), seed=cfg.seed, batch=batch, status=status,
+                              vae_scale=vae_scale_factor(resolve_model(cfg.teacher)))  # fmt: skip
     status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
     sens = unit_sensitivity(teacher, topo, calib, [n for n in kinds if kinds[n] != "stage"], 2 * batch)
     return SearchContext(cfg, space, teacher, topo, cost, budget, limit, calib, sens, data_path, latency, runtime,

@@ -17,9 +17,9 @@ import time
 import torch
 from accelerate import Accelerator
 
+from pruner.diffusion import noise_scheduler
 from pruner.distill.engine import teacher_pass
 from pruner.distill.losses import LossWeights
-from pruner.distill.run import noise_scheduler_for
 from pruner.distill.trainer import Distiller, TrainSettings, collate
 from pruner.recipe import load_recipe
 from pruner.unet import architecture_config, build_student, feature_map, layout_of, topology_of
@@ -95,9 +95,7 @@ def main() -> None:
         student, _ = build_student(teacher, plan)
         pairs = feature_map(layout_of(plan, topo), topo, level)  # type: ignore[arg-type]
         settings = TrainSettings(steps=10**6, learning_rate=1e-5, batch_size=args.batch, weights=LossWeights())
-        d = Distiller(
-            student, teacher, pairs, data, settings, noise_scheduler=noise_scheduler_for("sdxl"), accelerator=acc
-        )
+        d = Distiller(student, teacher, pairs, data, settings, noise_scheduler=noise_scheduler("sdxl"), accelerator=acc)
         batch = collate(data, d.sampler.rows(args.batch))
         for _ in range(2):
             d.step()

@@ -181,9 +181,6 @@ def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  
     budget = parse_budget(cfg.budget)
     device = resolve_device(cfg.device)
     runtime = _runtime(device, cfg.mixed_precision)
-    autocast = str(runtime.dtype).removeprefix("torch.") if runtime.dtype else "off"
-    status(f"teacher frozen on {device} in {str(teacher_dtype(device)).removeprefix('torch.')}; "
-           f"students train in fp32, autocast {autocast}")  # fmt: skip
     teacher = load_unet(cfg.teacher, dtype=teacher_dtype(device), device=device)
     latent = int(unet_config(resolve_model(cfg.teacher)).get("sample_size", 64))
     cost = CostModel(teacher.config, latent=latent, teacher=teacher)
@@ -196,7 +193,11 @@ def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  
     allow = _allow(space, kinds)
     narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
     limit = _check_budget(_budget_cost(budget, cost, latency), topo, budget, allow, narrowest)
-    status("building the calibration set (teacher outputs and features, once)")
+    autocast = str(runtime.dtype).removeprefix("torch.") if runtime.dtype else "off"
+    status(
+        f"teacher frozen on {device} in {str(teacher_dtype(device)).removeprefix('torch.')}; students train "
+        f"in fp32, autocast {autocast}; building the calibration set (teacher outputs and features, once)"
+    )
     data, data_path = _calibration_data(cfg)
     batch = cfg.proxy_batch or proxy_batch(latent)
     calib = build_calibration(teacher, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",

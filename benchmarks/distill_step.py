@@ -17,8 +17,9 @@ import time
 import torch
 from accelerate import Accelerator
 
+from pruner.diffusion import noise_scheduler
+from pruner.distill.engine import teacher_pass
 from pruner.distill.losses import LossWeights
-from pruner.distill.run import noise_scheduler_for
 from pruner.distill.trainer import Distiller, TrainSettings, collate
 from pruner.recipe import load_recipe
 from pruner.unet import architecture_config, build_student, feature_map, layout_of, topology_of
@@ -49,11 +50,10 @@ def sync(device: torch.device) -> None:
 
 def bare_step(d: Distiller, batch: dict[str, torch.Tensor]) -> None:
     """The irreducible work: teacher forward, student forward/backward, optimizer step."""
-    noisy, t, embeds, pooled, time_ids, _latents, _noise = d._inputs(batch)
-    added = d._added(pooled, time_ids)
-    teacher = d._teacher_pass(noisy, t, embeds, added)
+    inputs = d.inputs(batch)
+    teacher = teacher_pass(d.teacher, inputs).pred
     with d.acc.autocast():
-        student = d.model(noisy, t, embeds, added_cond_kwargs=added).sample
+        student = d.model(*inputs.unet_args(), added_cond_kwargs=inputs.added).sample
     loss = torch.nn.functional.mse_loss(student.float(), teacher.float())
     d.acc.backward(loss)
     d.optimizer.step()
@@ -95,9 +95,7 @@ def main() -> None:
         student, _ = build_student(teacher, plan)
         pairs = feature_map(layout_of(plan, topo), topo, level)  # type: ignore[arg-type]
         settings = TrainSettings(steps=10**6, learning_rate=1e-5, batch_size=args.batch, weights=LossWeights())
-        d = Distiller(
-            student, teacher, pairs, data, settings, noise_scheduler=noise_scheduler_for("sdxl"), accelerator=acc
-        )
+        d = Distiller(student, teacher, pairs, data, settings, noise_scheduler=noise_scheduler("sdxl"), accelerator=acc)
         batch = collate(data, d.sampler.rows(args.batch))
         for _ in range(2):
             d.step()

@@ -63,11 +63,11 @@ class SearchResult:
 
 
 @contextlib.contextmanager
-def _caller_state_kept(device: str | None = None) -> Iterator[None]:
-    """Fork torch's generators (CPU, and the CUDA device in use) and restore Optuna's verbosity."""
+def _caller_state_kept() -> Iterator[None]:
+    """Fork torch's generators (CPU and every visible GPU) and restore Optuna's verbosity."""
     import optuna
 
-    devices = [torch.device(device).index or 0] if device and device.startswith("cuda") else []
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     verbosity = optuna.logging.get_verbosity()
     with torch.random.fork_rng(devices=devices):
         try:
@@ -110,6 +110,8 @@ def search(
     storage: str | None = None,
     study: str | None = None,
     seed: int = 0,
+    device: str | None = None,
+    mixed_precision: str | None = None,
     output: str | Path | None = None,
     progress: bool = False,
     status: Status | None = None,
@@ -120,7 +122,10 @@ def search(
     rerun resumes; default in memory) scores each plan by a short layer-level KD fine-tune on ``data`` (a latent
     cache), or on latents the teacher generates from ``prompts``, and by cost. Budgets name their unit:
     ``"0.74B"``, ``"45%"``, ``"macs=60%"``, ``"latency=40ms"``.
-    Files (found.yaml, front/*.yaml, front.png) are written only when ``output`` is given.
+    Everything runs on ``device`` (default: cuda when available, else where a given teacher model lives),
+    the teacher frozen in half precision on a GPU and the proxy's students under ``mixed_precision``
+    autocast (default bf16 on a GPU). Files (found.yaml, front/*.yaml, front.png) are written only when
+    ``output`` is given.
     """
     from pruner.search.study import SearchConfig, run_search, study_recipes
 
@@ -132,7 +137,7 @@ def search(
         proxy_steps=proxy_steps, data=None if data is None else str(data),
         prompts=None if prompts is None else str(prompts), space=space, storage=storage or "memory", study=study,
         out=None if output is None else Path(output), seed=seed, calibration=calibration, held_out=held_out,
-        progress=progress,
+        device=device, mixed_precision=mixed_precision, progress=progress,
     )  # fmt: skip
     with _caller_state_kept():
         raw = run_search(cfg, status=status or (lambda _m: None))
@@ -151,6 +156,7 @@ def distill(
     batch_size: int | None = None,
     mixed_precision: str = "no",
     gradient_checkpointing: bool = False,
+    eight_bit_adam: bool = False,
     grad_accum: int = 1,
     ema_decay: float | None = None,
     checkpoint_every: int | None = None,
@@ -169,6 +175,7 @@ def distill(
     opts = DistillOptions(
         data=None if data is None else str(data), steps=steps, batch_size=batch_size, seed=seed,
         mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
+        eight_bit_adam=eight_bit_adam,
         ema_decay=ema_decay, checkpoint_every=checkpoint_every, validate_every=validate_every, resume=resume,
     )  # fmt: skip
     with _caller_state_kept():
@@ -185,6 +192,7 @@ def evaluate(
     seed: int = 0,
     prompts_file: str | Path | None = None,
     grid: str | Path | None = None,
+    device: str | None = None,
 ) -> EvalReport:
     """Compare a student with its teacher pipeline on held-out prompts: KD loss, PSNR of pictures from the
     same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``."""
@@ -196,7 +204,7 @@ def evaluate(
         return evaluate_student(
             student, teacher, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
             prompts_file=None if prompts_file is None else Path(prompts_file),
-            grid_path=None if grid is None else Path(grid),
+            grid_path=None if grid is None else Path(grid), device=device,
         )  # fmt: skip
 
 

@@ -212,6 +212,16 @@ def search(
     held_out: Annotated[
         int, typer.Option(min=2, help="Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.")
     ] = 128,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the teacher, calibration and proxy run: cuda, cuda:1, cpu; default cuda "
+            "when available. One worker per GPU: --device cuda:k with a shared --storage."
+        ),
+    ] = None,
+    mixed_precision: Annotated[
+        str | None, typer.Option(help="Autocast of the proxy's students: no, bf16 or fp16; default bf16 on a GPU.")
+    ] = None,
 ) -> None:
     """Search which units to remove: an Optuna multi-objective study scores each plan by a short layer-level KD
     fine-tune and by cost, then writes the Pareto front as recipes (found.yaml: the best quality in budget)."""
@@ -230,7 +240,8 @@ def search(
                 teacher, budget, objectives=[o.strip() for o in objectives.split(",")], trials=trials,
                 proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
                 storage=storage or default_storage(name), study=name, output=out, seed=seed,
-                calibration=calibration, held_out=held_out, progress=True,
+                calibration=calibration, held_out=held_out, device=device,
+                mixed_precision=mixed_precision, progress=True,
                 status=lambda message: err.print(f"[dim]{message}[/dim]"),
             )  # fmt: skip
         except KeyboardInterrupt:  # before the first trial (while loading or calibrating)
@@ -281,13 +292,17 @@ def cache(
     out: Annotated[Path, typer.Option("--out", help="Cache folder to create or resume.")] = Path("cache"),
     resolution: Annotated[int | None, typer.Option(help="Side in pixels; default the teacher's native size.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images encoded per batch.")] = 16,
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default cuda when available.")] = None,
 ) -> None:
     """Encode an image folder into shards of VAE latents and text conditioning (safetensors) for
     `pruner distill`. Unreadable images are skipped and counted; re-running resumes."""
     from pruner.distill.cache import build_cache
 
     with user_errors():
-        summary = build_cache(data, teacher, out, resolution=resolution, batch_size=batch_size, progress=True)
+        from pruner.distill.engine import resolve_device
+
+        summary = build_cache(data, teacher, out, resolution=resolution, batch_size=batch_size, progress=True,
+                              device=resolve_device(device))  # fmt: skip
         reasons = ", ".join(f"{n} {why}" for why, n in summary.skipped_reasons.items() if n)
         err.print(f"cached {summary.n_written} rows in {summary.out} ({summary.n_skipped} skipped"
                   f"{': ' + reasons if reasons else ''}{', resumed' if summary.resumed else ''})")  # fmt: skip
@@ -313,6 +328,9 @@ def distill(
             "--gradient-checkpointing", help="Recompute activations in the backward pass: less memory, slower."
         ),
     ] = False,
+    adam_8bit: Annotated[
+        bool, typer.Option("--8bit-adam", help="bitsandbytes' 8-bit AdamW (less GPU memory; extra 'pruner[gpu]').")
+    ] = False,
     ema_decay: Annotated[
         float | None, typer.Option(help="Keep an EMA of the weights (e.g. 0.999); saved at the end.")
     ] = None,
@@ -331,6 +349,7 @@ def distill(
             recipe, out, data=data, steps=steps, checkpoint_every=checkpoint_every, resume=resume,
             batch_size=batch_size, seed=seed, validate_every=validate_every, mixed_precision=mixed_precision,
             grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay,
+            eight_bit_adam=adam_8bit,
         )  # fmt: skip
         err.print(f"student saved in {path}")
 
@@ -373,6 +392,7 @@ def eval_(
         Path | None, typer.Option(help="PNG grid, teacher row above student row (outputs/ is gitignored).")
     ] = Path("outputs/eval-grid.png"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default cuda when available.")] = None,
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
     judge's prompt accuracy (bundled teacher), and UNet latency of both."""
@@ -383,7 +403,7 @@ def eval_(
             check_output_file(grid, "--grid")
     with user_errors(), err.status("generating and comparing"):
         report = pruner.api.evaluate(student, teacher, n_prompts=n, steps=steps, guidance_scale=guidance, seed=seed,
-                                     prompts_file=prompts, grid=grid)  # fmt: skip
+                                     prompts_file=prompts, grid=grid, device=device)  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict()) + "\n")
         return

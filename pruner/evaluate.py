@@ -23,6 +23,7 @@ from PIL import Image
 
 from pruner.callable_module import make_callable
 from pruner.cost.latency import measure_latency
+from pruner.diffusion import conditioning, generate, image_grid
 from pruner.errors import PrunerError
 from pruner.unet.load import ModelRef, load_pipeline, load_unet, resolve_model
 
@@ -77,11 +78,6 @@ def eval_prompts(n: int, seed: int, ref: ModelRef, prompts_file: Path | None) ->
     return sample_prompts(n, seed)
 
 
-def _generate(pipe, prompts: list[str], seed: int, steps: int, guidance: float, output_type: str):  # type: ignore[no-untyped-def]
-    gens = [torch.Generator().manual_seed(seed + k) for k in range(len(prompts))]
-    return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type=output_type)
-
-
 def _psnr(a: list[Image.Image], b: list[Image.Image]) -> float:
     x = np.stack([np.asarray(i, dtype=np.float64) / 255 for i in a])
     y = np.stack([np.asarray(i, dtype=np.float64) / 255 for i in b])
@@ -89,39 +85,23 @@ def _psnr(a: list[Image.Image], b: list[Image.Image]) -> float:
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(1.0 / mse))
 
 
-def _conditioning(pipe, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:  # type: ignore[no-untyped-def]
-    """Prompt embeddings as the pipeline computes them (SDXL: with pooled embeddings and time ids)."""
-    encoded = pipe.encode_prompt(prompts, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
-    if len(encoded) == 4:  # SDXL: embeds, negative, pooled, negative pooled
-        size = pipe.default_sample_size * pipe.vae_scale_factor
-        ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=encoded[0].dtype).repeat(len(prompts), 1)
-        return encoded[0], {"text_embeds": encoded[2], "time_ids": ids}
-    return encoded[0], None
-
-
 @torch.no_grad()
 def _kd_loss(pipe, student: UNet2DConditionModel, latents: torch.Tensor, prompts: list[str], seed: int) -> float:  # type: ignore[no-untyped-def]
     """Mean MSE of noise predictions over fixed timesteps and noise (seeded)."""
-    embeds, added = _conditioning(pipe, prompts)
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(latents.shape, generator=g)
-    t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (len(latents),), generator=g)
     from diffusers import DDPMScheduler
 
-    noisy = DDPMScheduler.from_config(pipe.scheduler.config).add_noise(latents, noise, t)
-    teacher = pipe.unet(noisy, t, embeds, added_cond_kwargs=added).sample
-    return float(torch.mean((student(noisy, t, embeds, added_cond_kwargs=added).sample - teacher) ** 2))
+    from pruner.distill.engine import KDInputs, held_out_kd
+
+    embeds, added = conditioning(pipe, prompts, latents.device)
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    batch = KDInputs.noised(scheduler, latents, embeds, added, torch.Generator().manual_seed(seed))
+    teacher = pipe.unet(*batch.unet_args(), added_cond_kwargs=batch.added).sample
+    return held_out_kd(student, [(batch, teacher)])
 
 
-def _grid(teacher: list[Image.Image], student: list[Image.Image], path: Path, scale: int = 4) -> Path:
-    w, h = teacher[0].size
-    grid = Image.new("RGB", (w * len(teacher), h * 2), "white")
-    for k, (a, b) in enumerate(zip(teacher, student, strict=True)):
-        grid.paste(a, (k * w, 0))
-        grid.paste(b, (k * w, h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(path)
-    return path
+def _grid(teacher: list[Image.Image], student: list[Image.Image], prompts: list[str], path: Path, n: int) -> Path:
+    """Teacher row above student row, each prompt under its column."""
+    return image_grid([teacher[:n], student[:n]], path, captions=prompts[:n], row_labels=["teacher", "student"])
 
 
 def _accuracy(ref: ModelRef, images: list[Image.Image], prompts: list[str]) -> float | None:
@@ -145,22 +125,28 @@ def evaluate_student(
     prompts_file: Path | None = None,
     grid_path: Path | None = None,
     grid_columns: int = 8,
+    device: str | None = None,
 ) -> EvalReport:
-    """Compare a student with its teacher on held-out prompts; see the module docstring."""
+    """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available);
+    see the module docstring."""
+    from pruner.distill.engine import resolve_device
+
+    dev = resolve_device(device)
     ref = resolve_model(teacher)
-    pipe = load_pipeline(ref)
+    pipe = load_pipeline(ref, device=dev)
     student = student_path if isinstance(student_path, UNet2DConditionModel) else load_student_unet(student_path)
+    student = student.to(dev)
     prompts = eval_prompts(n_prompts, seed, ref, prompts_file)
-    t_out = _generate(pipe, prompts, seed, steps, guidance_scale, "latent").images
+    t_out = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance_scale, output_type="latent").images
     t_imgs = pipe.image_processor.postprocess(pipe.vae.decode(t_out / pipe.vae.config.scaling_factor).sample, "pil")
     kd = _kd_loss(pipe, student, t_out, prompts, seed + 1)
     teacher_unet, pipe.unet = pipe.unet, student
-    s_imgs = _generate(pipe, prompts, seed, steps, guidance_scale, "pil").images
+    s_imgs = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance_scale).images
     pipe.unet = teacher_unet
     latent = pipe.default_sample_size
     s_lat = measure_latency(student, latent, batch=2, seq_len=_seq_len(pipe), runs=10)
     t_lat = measure_latency(teacher_unet, latent, batch=2, seq_len=_seq_len(pipe), runs=10)
-    grid = _grid(t_imgs[:grid_columns], s_imgs[:grid_columns], grid_path) if grid_path else None
+    grid = _grid(t_imgs, s_imgs, prompts, grid_path, grid_columns) if grid_path else None
     return EvalReport(
         _name(student_path), teacher, kd, _psnr(t_imgs, s_imgs), _accuracy(ref, s_imgs, prompts),
         _accuracy(ref, t_imgs, prompts), s_lat.total_ms, t_lat.total_ms,

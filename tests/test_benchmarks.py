@@ -38,4 +38,13 @@ def test_distill_step_benchmark_prints_the_overhead() -> None:
 @pytest.mark.slow
 def test_latency_model_benchmark_prints_estimate_against_measured() -> None:
     out = run("benchmarks/latency_model.py", "--plans", "2", "--rounds", "1", "--runs", "2")
-    assert "estimate ms" in out and "mean |error|" in out and len(out.strip().splitlines()) == 6
+    assert "estimate ms" in out and "summed (uncalibrated)" in out and len(out.strip().splitlines()) == 7
+
+
+@pytest.mark.slow
+def test_sdxl_scale_runs_the_user_path_at_tiny_size(tmp_path: Path) -> None:
+    out = run("benchmarks/sdxl_scale.py", "--tiny", "--work", str(tmp_path))
+    stages = ("build pipeline", "synth-data", "cache", "search", "distill", "eval")
+    assert all(stage in out for stage in stages) and "peak host GiB" in out and "s / trial" in out
+    assert (tmp_path / "recipes" / "found.yaml").is_file() and (tmp_path / "student" / "unet").is_dir()
+    assert (tmp_path / "eval.png").is_file()

@@ -109,7 +109,8 @@ class CostModel:
         if offset == 0 and self._teacher is not None:
             model = self._teacher
         else:
-            model = self.fresh_base(offset).to_empty(device="cpu")
+            device = next(self._teacher.parameters()).device if self._teacher is not None else "cpu"
+            model = self.fresh_base(offset).to_empty(device=device)  # counted where the teacher is (a GPU)
         counts = count_macs(model, self.latent, self.batch, self.seq_len)  # type: ignore[arg-type]
         payload = {
             "total": counts.total,

@@ -31,13 +31,14 @@ def _move_into(src: Path, out: Path) -> None:
 
 
 def _validation_grid(pipe, student: UNet2DConditionModel, path: Path, prompts: list[str]) -> None:  # type: ignore[no-untyped-def]
-    from pruner.evaluate import _generate, _grid
+    """Teacher row above student row from the same seeds, each held-out caption under its column."""
+    from pruner.diffusion import generate, image_grid
 
-    teacher_images = _generate(pipe, prompts, 0, 20, 5.0, "pil").images
+    teacher_images = generate(pipe, prompts).images
     teacher_unet, pipe.unet = pipe.unet, student
-    student_images = _generate(pipe, prompts, 0, 20, 5.0, "pil").images
+    student_images = generate(pipe, prompts).images
     pipe.unet = teacher_unet
-    _grid(teacher_images, student_images, path)
+    image_grid([teacher_images, student_images], path, captions=prompts, row_labels=["teacher", "student"])
 
 
 _LOAD_STOCK = (
@@ -72,7 +73,7 @@ def write_outputs(student: UNet2DConditionModel, recipe: Recipe, out: Path, resu
     shutil.rmtree(tmp, ignore_errors=True)
     ref = resolve_model(recipe.teacher.model)
     if ref.kind in ("pipeline", "hub"):
-        pipe = load_pipeline(ref)
+        pipe = load_pipeline(ref, device=student.device)  # the validation grid runs where the student trained
         pipe.unet = student if student.dtype == torch.float32 else student.to(torch.float32)
         pipe.save_pretrained(tmp, safe_serialization=True)
         inner = ff_inner_sizes(student)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,17 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from pruner.diffusion import noise_scheduler
+from pruner.distill.engine import KDInputs, output_kd_gradients, teacher_pass
 from pruner.distill.losses import LossWeights
 from pruner.distill.progressive import composed_pairs, shrink, stage_chains
-from pruner.distill.trainer import Distiller, TrainSettings, collate, latest_checkpoint
+from pruner.distill.trainer import Distiller, TrainSettings, batch_inputs, collate, latest_checkpoint
 from pruner.errors import PrunerError
 from pruner.io import check_output_dir
 from pruner.profiles import profile_for
 from pruner.recipe import Recipe, StageSpec, load_recipe
 from pruner.student import ResolvedRecipe, resolve_recipe
-from pruner.unet.load import load_unet, resolve_model
+from pruner.unet.load import load_unet
 from pruner.unet.surgery import build_student
 
 __all__ = [
@@ -71,6 +74,7 @@ class DistillOptions:
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.1
     ema_decay: float | None = None
+    eight_bit_adam: bool = False
 
     def __post_init__(self) -> None:
         check_precision(self.mixed_precision)
@@ -97,11 +101,8 @@ def stage_steps(stages: list[StageSpec], total: int | None) -> list[int]:
 
 
 def noise_scheduler_for(teacher: str) -> DDPMScheduler:
-    """The teacher's training noise schedule (its pipeline's scheduler config), SDXL's otherwise."""
-    ref = resolve_model(teacher)
-    if ref.kind == "pipeline" and ref.path is not None and (ref.path / "scheduler").is_dir():
-        return DDPMScheduler.from_pretrained(ref.path, subfolder="scheduler")
-    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    """The teacher's training noise schedule: ``pruner.diffusion.noise_scheduler`` (kept under this name)."""
+    return noise_scheduler(teacher)
 
 
 def _resolve_data(recipe: Recipe, data: str | None) -> Any:
@@ -129,7 +130,7 @@ def _settings(stage: StageSpec, steps: int, opts: DistillOptions, recipe: Recipe
         weights=weights, seed=opts.seed, grad_accum=opts.grad_accum, caption_dropout=opts.caption_dropout,
         checkpoint_every=opts.checkpoint_every, keep_checkpoints=opts.keep_checkpoints,
         validate_every=opts.validate_every, gradient_checkpointing=opts.gradient_checkpointing,
-        ema_decay=opts.ema_decay,
+        ema_decay=opts.ema_decay, eight_bit_adam=opts.eight_bit_adam,
     )  # fmt: skip
 
 
@@ -296,34 +297,24 @@ def _train_stages(
     return student
 
 
-def kd_gradients(  # type: ignore[no-untyped-def]
-    teacher: Any, data: Any, noise_scheduler: Any, n_rows: int, batches: int = 4, batch_size: int = 8, seed: int = 0
-):
+def kd_gradients(
+    teacher: Any, data: Any, scheduler: DDPMScheduler, n_rows: int, batches: int = 4, batch_size: int = 8, seed: int = 0
+) -> Callable[[Any], None]:
     """A ``grad_fn`` for Taylor width importance: output-KD gradients of a student on a few batches of the
     first ``n_rows`` cached rows (the training rows, never the held-out ones)."""
 
-    def grad_fn(student: Any) -> None:
+    def pairs() -> Iterator[tuple[KDInputs, torch.Tensor]]:
         g = torch.Generator().manual_seed(seed)
         for _ in range(batches):
-            batch = collate(data, torch.randint(n_rows, (batch_size,), generator=g))
-            latents = batch["latents"].float()
-            noise = torch.randn(latents.shape, generator=g)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=g)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
-            pooled = batch.get("pooled_prompt_embeds")
-            added = None if pooled is None else {"text_embeds": pooled.float(), "time_ids": batch["time_ids"].float()}
-            embeds = batch["prompt_embeds"].float()
-            with torch.no_grad():
-                target = teacher(noisy, t, embeds, added_cond_kwargs=added).sample
-            loss = torch.nn.functional.mse_loss(student(noisy, t, embeds, added_cond_kwargs=added).sample, target)
-            (loss / batches).backward()
+            inputs = batch_inputs(collate(data, torch.randint(n_rows, (batch_size,), generator=g)), scheduler, g)
+            yield inputs, teacher_pass(teacher, inputs).pred
 
-    return grad_fn
+    return output_kd_gradients(pairs)
 
 
 def _initial_student(resolved: ResolvedRecipe, data: Any, opts: DistillOptions) -> Any:
     """The recipe's student built from its teacher, feed-forwards narrowed as its plan says."""
-    teacher = load_unet(resolved.recipe.teacher.model)
+    teacher = load_unet(resolved.recipe.teacher.model, dtype=torch.float32)  # fp32 master weights to train
     width = resolved.recipe.plan.width
     if width is None or width.importance != "taylor":
         return build_student(teacher, resolved.plan, importance=width.importance if width else "magnitude")[0]

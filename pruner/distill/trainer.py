@@ -1,12 +1,13 @@
-"""The training loop shared by full distillation runs and the search's short proxy fine-tunes.
+"""Full distillation runs: the KD engine's step under accelerate, with checkpoints.
 
 One ``Distiller`` trains one student against one frozen teacher with accelerate (mixed precision,
 gradient accumulation, DDP/FSDP under ``accelerate launch``). Each step: sample a batch from the latent
-cache, drop captions (zero embeddings, as SDXL's pipeline feeds for no prompt), noise the latents, run
-the teacher without grad and the student, and combine task, output-KD and feature-KD losses over the
-plan's feature pairs. State (model, optimizer, schedule and RNG through ``accelerator.save_state``; the
-sampler and EMA as safetensors + JSON, nothing pickled of ours) checkpoints under a temporary name,
-renamed when complete, so a resumed run continues exactly where an uninterrupted one would have been.
+cache, noise the latents, drop captions (zero embeddings, as SDXL's pipeline feeds for no prompt), run
+the live teacher without grad, and hand both to ``pruner.distill.engine.KDEngine.step`` (the step the
+search's proxy fine-tune also takes). State (model, optimizer, schedule and RNG through
+``accelerator.save_state``; the sampler and EMA as safetensors + JSON, nothing pickled of ours) checkpoints
+under a temporary name, renamed when complete, so a resumed run continues exactly where an uninterrupted
+one would have been.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from pruner.diffusion import added_cond
+from pruner.distill.engine import (
+    AccelerateRuntime,
+    KDEngine,
+    KDInputs,
+    TeacherOut,
+    held_out_kd,
+    make_optimizer,
+    teacher_dtype,
+    teacher_pass,
+)
 from pruner.distill.hooks import FeatureRecorder
-from pruner.distill.losses import LossTerms, LossWeights, distill_loss, min_snr_weights, task_target
+from pruner.distill.losses import LossTerms, LossWeights
 from pruner.errors import PrunerError
 from pruner.io import publish_dir, write_json
 
-__all__ = ["Distiller", "IndexSampler", "TrainSettings", "latest_checkpoint"]
+__all__ = ["Distiller", "IndexSampler", "TrainSettings", "batch_inputs", "collate", "latest_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class TrainSettings:
     validate_every: int | None = None
     gradient_checkpointing: bool = False
     ema_decay: float | None = None
+    eight_bit_adam: bool = False
 
 
 class IndexSampler:
@@ -72,10 +85,30 @@ class IndexSampler:
         self.generator.set_state(state["generator"])
 
 
-def collate(data: Any, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+def collate(data: Any, rows: Any) -> dict[str, torch.Tensor]:
     """Stack cache rows into one batch."""
     items = [data[int(i)] for i in rows]
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def batch_inputs(
+    batch: dict[str, torch.Tensor],
+    scheduler: DDPMScheduler,
+    generator: torch.Generator,
+    caption_dropout: float | None = None,
+) -> KDInputs:
+    """Cache rows noised (noise, then timesteps, then, for training, which captions drop, all from
+    ``generator``), on the CPU."""
+    latents = batch["latents"].float()
+    n = len(latents)
+    embeds, pooled = batch["prompt_embeds"].float(), batch.get("pooled_prompt_embeds")
+    ids = batch["time_ids"].float() if "time_ids" in batch else None
+    inputs = KDInputs.noised(scheduler, latents, embeds, added_cond(pooled, ids), generator)
+    if caption_dropout is None:
+        return inputs
+    keep = (torch.rand(n, generator=generator) >= caption_dropout).float()
+    added = added_cond(pooled.float() * keep[:, None], ids) if pooled is not None else None
+    return KDInputs(inputs.noisy, inputs.timesteps, inputs.noise, embeds * keep[:, None, None], added, latents)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -117,15 +150,13 @@ class Distiller:
 
     def _frozen_teacher(self, teacher: UNet2DConditionModel) -> UNet2DConditionModel:
         """Teacher on the device, no grad, in half precision where the device allows."""
-        dtype = torch.float32
-        if self.acc.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = teacher_dtype(self.acc.device)
         teacher = teacher.to(self.acc.device) if dtype == teacher.dtype else teacher.to(self.acc.device, dtype)
         return teacher.eval().requires_grad_(False)
 
     def _prepare(self, student: UNet2DConditionModel) -> None:
         s = self.settings
-        optimizer = torch.optim.AdamW(student.parameters(), lr=s.learning_rate, weight_decay=1e-2)
+        optimizer = make_optimizer(student.parameters(), s.learning_rate, 1e-2, s.eight_bit_adam)
         warmup = s.warmup_steps if s.warmup_steps is not None else min(100, s.steps // 10)
         lr = get_scheduler("cosine", optimizer, num_warmup_steps=warmup * self.acc.num_processes,
                            num_training_steps=s.steps * self.acc.num_processes)  # fmt: skip
@@ -137,90 +168,44 @@ class Distiller:
             self.ema = EMAModel(self.acc.unwrap_model(self.model).parameters(), decay=self.settings.ema_decay)
             self.ema.to(self.acc.device)
         unwrapped = self.acc.unwrap_model(self.model)
-        self.student_features = FeatureRecorder(unwrapped, [p[0] for p in self.pairs])
+        self.engine = KDEngine(self.model, unwrapped, self.pairs, s.weights, self.noise_scheduler, self.optimizer,
+                               AccelerateRuntime(self.acc), lr_scheduler=self.lr_scheduler,
+                               max_grad_norm=s.max_grad_norm)  # fmt: skip
         self.teacher_features = FeatureRecorder(self.teacher, [p[1] for p in self.pairs])
 
-    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Noisy latents, timesteps, noise, and conditioning with captions dropped."""
-        g, dev = self.sampler.generator, self.acc.device
-        latents = batch["latents"]
-        n = len(latents)
-        noise = torch.randn(latents.shape, generator=g)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=g)
-        keep = (torch.rand(n, generator=g) >= self.settings.caption_dropout).float()
-        embeds = batch["prompt_embeds"] * keep[:, None, None]
-        pooled = batch["pooled_prompt_embeds"] * keep[:, None] if "pooled_prompt_embeds" in batch else None
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        out = (noisy, t, embeds, pooled, batch.get("time_ids"), latents, noise)
-        return tuple(x.to(dev) if x is not None else None for x in out)  # type: ignore[misc]
+    def inputs(self, batch: dict[str, torch.Tensor]) -> KDInputs:
+        """One training batch noised, captions dropped, on the device."""
+        inputs = batch_inputs(batch, self.noise_scheduler, self.sampler.generator, self.settings.caption_dropout)
+        return inputs.to(self.acc.device)
 
-    @staticmethod
-    def _added(pooled: torch.Tensor | None, time_ids: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
-        return None if pooled is None else {"text_embeds": pooled, "time_ids": time_ids}  # type: ignore[dict-item]
-
-    def _teacher_pass(self, noisy, t, embeds, added) -> torch.Tensor:  # type: ignore[no-untyped-def]
-        dtype = next(self.teacher.parameters()).dtype
-        cast = {k: v.to(dtype) for k, v in added.items()} if added else None
-        with torch.no_grad():
-            return self.teacher(noisy.to(dtype), t, embeds.to(dtype), added_cond_kwargs=cast).sample
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> LossTerms:
-        """Forward both models on one batch and combine the loss terms."""
-        noisy, t, embeds, pooled, time_ids, latents, noise = self._inputs(batch)
-        added = self._added(pooled, time_ids)
-        teacher_pred = self._teacher_pass(noisy, t, embeds, added)
-        with self.acc.autocast():
-            student_pred = self.model(noisy, t, embeds, added_cond_kwargs=added).sample
-        w = self.settings.weights
-        target = task_target(self.noise_scheduler, latents, noise, t.cpu()).to(self.acc.device)
-        snr = (
-            min_snr_weights(self.noise_scheduler, t.cpu(), w.min_snr_gamma).to(self.acc.device)
-            if w.min_snr_gamma
-            else None
-        )
-        feats = (self.student_features.features, self.teacher_features.features, self.pairs)
-        return distill_loss(student_pred, teacher_pred, target, feats, w, snr)
+    def teacher_out(self, inputs: KDInputs) -> TeacherOut:
+        """The live teacher's prediction and features on ``inputs``."""
+        return teacher_pass(self.teacher, inputs, self.teacher_features)
 
     def step(self) -> LossTerms:
         """One optimizer step (``grad_accum`` micro-batches)."""
         for _ in range(self.settings.grad_accum):
-            batch = collate(self.data, self.sampler.rows(self.settings.batch_size))
+            inputs = self.inputs(collate(self.data, self.sampler.rows(self.settings.batch_size)))
             with self.acc.accumulate(self.model):
-                terms = self.loss(batch)
-                self.acc.backward(terms.total)
-                if self.acc.sync_gradients:
-                    self.acc.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                terms = self.engine.step(inputs, self.teacher_out(inputs))
             if self.ema is not None and self.acc.sync_gradients:
                 self.ema.step(self.acc.unwrap_model(self.model).parameters())
         self.step_count += 1
         return terms
 
-    @torch.no_grad()
     def held_out_kd(self, seed: int = 1234) -> float:
         """Mean MSE of student vs teacher noise predictions on the held-out rows, fixed noise and timesteps."""
         if not self.held_out:
             return float("nan")
         rows = torch.arange(self.n_train, len(self.data))
         g = torch.Generator().manual_seed(seed)
-        self.model.eval()
-        total = 0.0
-        for chunk in rows.split(self.settings.batch_size):
-            batch = collate(self.data, chunk)
-            noise = torch.randn(batch["latents"].shape, generator=g)
-            t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(chunk),), generator=g)
-            noisy = self.noise_scheduler.add_noise(batch["latents"], noise, t).to(self.acc.device)
-            added = self._added(batch.get("pooled_prompt_embeds"), batch.get("time_ids"))
-            added = {k: v.to(self.acc.device) for k, v in added.items()} if added else None
-            embeds, t = batch["prompt_embeds"].to(self.acc.device), t.to(self.acc.device)
-            teacher = self._teacher_pass(noisy, t, embeds, added).float()
-            with self.acc.autocast():
-                student = self.acc.unwrap_model(self.model)(noisy, t, embeds, added_cond_kwargs=added).sample.float()
-            total += float(((student - teacher) ** 2).mean()) * len(chunk)
-        self.model.train()
-        return total / len(rows)
+
+        def batches() -> Iterator[tuple[KDInputs, torch.Tensor]]:
+            for chunk in rows.split(self.settings.batch_size):
+                inputs = batch_inputs(collate(self.data, chunk), self.noise_scheduler, g).to(self.acc.device)
+                yield inputs, teacher_pass(self.teacher, inputs).pred
+
+        return held_out_kd(self.acc.unwrap_model(self.model), batches(), self.engine.runtime)
 
     def save_checkpoint(self, folder: Path, extra: dict[str, Any]) -> Path:
         """Save the full training state atomically, then keep only the newest ``keep_checkpoints``.
@@ -305,5 +290,5 @@ class Distiller:
         return student
 
     def close(self) -> None:
-        self.student_features.remove()
+        self.engine.close()
         self.teacher_features.remove()

@@ -16,7 +16,7 @@ def prompt_latents(
     teacher: str, prompts_file: Path, n: int, seed: int, steps: int = 20
 ) -> list[dict[str, torch.Tensor]]:
     """Rows shaped like a latent cache's: the teacher generates one latent per prompt (cycled to ``n``)."""
-    from pruner.evaluate import _conditioning, _generate
+    from pruner.diffusion import conditioning, generate
     from pruner.unet.load import load_pipeline
 
     lines = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()] if prompts_file.is_file() else []
@@ -27,8 +27,8 @@ def prompt_latents(
     rows: list[dict[str, torch.Tensor]] = []
     for start in range(0, n, 16):
         chunk = prompts[start : start + 16]
-        latents = _generate(pipe, chunk, seed + start, steps, 5.0, "latent").images
-        embeds, added = _conditioning(pipe, chunk)
+        latents = generate(pipe, chunk, seed=seed + start, steps=steps, output_type="latent").images
+        embeds, added = conditioning(pipe, chunk)
         for k in range(len(chunk)):
             row = {"latents": latents[k].float(), "prompt_embeds": embeds[k].float()}
             if added is not None:

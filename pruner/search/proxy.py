@@ -2,106 +2,213 @@
 zero-shot KD loss, a short layer-level KD fine-tune against the cached teacher, and per-unit sensitivity.
 
 No teacher forward runs inside a trial: every trial reads the same cached teacher predictions and
-features, so trials cost one student's training steps and nothing else.
+features, so trials cost one student's training steps and nothing else. Everything runs where the
+teacher is (a GPU when there is one); the fine-tune is ``pruner.distill.engine.KDEngine``'s step, the
+one ``pruner distill`` takes, with ``PROXY_WEIGHTS``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
 
+import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
+from pruner.diffusion import VAE_SCALE, added_cond
+from pruner.distill.engine import (
+    KDEngine,
+    KDInputs,
+    PlainRuntime,
+    Runtime,
+    TeacherOut,
+    held_out_kd,
+    make_optimizer,
+    output_kd_gradients,
+    teacher_pass,
+)
 from pruner.distill.hooks import FeatureRecorder
-from pruner.distill.losses import feature_kd
+from pruner.distill.losses import LossWeights
 from pruner.unet.maps import FeatureLevel, feature_map
 from pruner.unet.plan import Plan, check_expressible, layout_of
 from pruner.unet.surgery import build_student
 from pruner.unet.topology import Topology
 
 __all__ = [
+    "PROXY_WEIGHTS",
     "Calibration",
+    "CalibrationPlan",
     "ProxyScore",
     "build_calibration",
     "calibration_gradients",
+    "proxy_batch",
     "proxy_score",
     "unit_sensitivity",
 ]
 
+PROXY_WEIGHTS = LossWeights(task=0.1, output_kd=1.0, feature_kd=0.5, normalize_features=True)
+"""The proxy's loss weights: output KD first, normalised feature KD (feature terms differ in scale by
+orders of magnitude between levels), a little task loss. What ranks plans best on the bundled teacher."""
+
+
+def proxy_batch(latent: int) -> int:
+    """Rows per proxy step: 16 at small latents, fewer as activations grow (SDXL at 1024: 1)."""
+    return max(1, min(16, 16 * 32 * 32 // (latent * latent)))
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Where the cached teacher features live and what they cost, printed when a search starts."""
+
+    rows: int
+    held_out: int
+    resolution: int
+    feature_bytes: int
+    where: str
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        gib = self.feature_bytes / 2**30
+        return (
+            f"calibration: {self.rows} training rows + {self.held_out} held out at {self.resolution}px; "
+            f"teacher features {gib:.2f} GiB ({str(self.dtype).removeprefix('torch.')}) on {self.where}"
+        )
+
 
 @dataclass
 class Calibration:
-    """Noisy inputs, conditioning, and the teacher's predictions and features on them (rows ``n_train:``
-    are held out for scoring)."""
+    """Noised inputs and conditioning on the device, the teacher's predictions on all of them, and its
+    features on the training rows (rows ``n_train:`` are held out for scoring)."""
 
-    noisy: torch.Tensor
-    timesteps: torch.Tensor
-    noise: torch.Tensor
-    embeds: torch.Tensor
-    added: dict[str, torch.Tensor] | None
+    inputs: KDInputs
     teacher_pred: torch.Tensor
     teacher_features: dict[str, torch.Tensor]
     n_train: int
     level: FeatureLevel
+    scheduler: DDPMScheduler
+    plan: CalibrationPlan | None = None
+    _backing: IO[bytes] | None = field(default=None, repr=False)
 
-    def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict | None]:
-        added = {k: v[rows] for k, v in self.added.items()} if self.added else None
-        return self.noisy[rows], self.timesteps[rows], self.embeds[rows], added
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.noisy.device
 
     @property
     def held_out(self) -> torch.Tensor:
-        return torch.arange(self.n_train, len(self.noisy))
+        return torch.arange(self.n_train, len(self.inputs))
+
+    def teacher_out(self, rows: torch.Tensor, names: Sequence[str]) -> TeacherOut:
+        """The cached teacher outputs of ``rows`` (training rows), features moved to the device."""
+        feats = {n: self.teacher_features[n][rows].to(self.device, non_blocking=True) for n in names}
+        return TeacherOut(self.teacher_pred[rows.to(self.teacher_pred.device)], feats)
+
+    def held_out_batches(self, batch: int = 32) -> Iterator[tuple[KDInputs, torch.Tensor]]:
+        for chunk in self.held_out.split(batch):
+            yield self.inputs.rows(chunk), self.teacher_pred[chunk]
 
 
-def _stack_rows(data, rows: Sequence[int]) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+def _stack_rows(data: Any, rows: Sequence[int]) -> dict[str, torch.Tensor]:
     items = [data[i] for i in rows]
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
+def _free_bytes(device: torch.device) -> int:
+    """Memory a feature store may take: 40% of the GPU's free memory, or of the disk under the cache."""
+    if device.type == "cuda":
+        return int(0.4 * torch.cuda.mem_get_info(device)[0])
+    from pruner.cost.cache import cache_dir
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    return int(0.4 * shutil.disk_usage(cache_dir()).free)
+
+
+def plan_calibration(
+    shapes: dict[str, torch.Size],
+    n_train: int,
+    held_out: int,
+    latent: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    vae_scale: int = VAE_SCALE,
+) -> CalibrationPlan:
+    """Features in ``dtype`` on the device when they fit (always on a CPU device: host memory); else in fp16
+    memory-mapped on disk; fewer training rows when not even the disk holds them."""
+    per_row = sum(math.prod(s) for s in shapes.values())
+    store = dtype if device.type == "cuda" else torch.float32
+    if device.type != "cuda" or per_row * n_train * store.itemsize <= _free_bytes(device):
+        return CalibrationPlan(
+            n_train, held_out, latent * VAE_SCALE, per_row * n_train * store.itemsize, str(device), store
+        )
+    rows = max(2, min(n_train, _free_bytes(torch.device("cpu")) // (2 * per_row)))
+    return CalibrationPlan(
+        rows, held_out, latent * VAE_SCALE, per_row * rows * 2, "disk (memory-mapped)", torch.float16
+    )
+
+
+def _allocate(plan: CalibrationPlan, shapes: dict[str, torch.Size]) -> tuple[dict[str, torch.Tensor], IO[bytes] | None]:
+    if not plan.where.startswith("disk"):
+        dev = torch.device(plan.where)
+        return {n: torch.empty((plan.rows, *s), dtype=plan.dtype, device=dev) for n, s in shapes.items()}, None
+    from pruner.cost.cache import cache_dir
+
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    backing = tempfile.TemporaryFile(dir=cache_dir())  # noqa: SIM115  (lives as long as the calibration)
+    total = sum(plan.rows * math.prod(s) for s in shapes.values())
+    mm = np.memmap(backing, dtype=np.float16, mode="w+", shape=(total,))
+    store, offset = {}, 0
+    for n, s in shapes.items():
+        size = plan.rows * math.prod(s)
+        store[n] = torch.from_numpy(mm[offset : offset + size]).view(plan.rows, *s)
+        offset += size
+    return store, backing
+
+
+def _noised_rows(data: Any, n: int, scheduler: DDPMScheduler, seed: int) -> KDInputs:
+    rows = _stack_rows(data, range(n))
+    added = added_cond(rows.get("pooled_prompt_embeds"), rows.get("time_ids"))
+    added = {k: v.float() for k, v in added.items()} if added else None
+    g = torch.Generator().manual_seed(seed)
+    return KDInputs.noised(scheduler, rows["latents"].float(), rows["prompt_embeds"].float(), added, g)
+
+
 @torch.no_grad()
 def build_calibration(
-    teacher: UNet2DConditionModel, data, topo: Topology, *, n_train: int, n_held_out: int, level: FeatureLevel,  # type: ignore[no-untyped-def]
-    scheduler: DDPMScheduler, seed: int = 0, batch: int = 16,
+    teacher: UNet2DConditionModel, data: Any, topo: Topology, *, n_train: int, n_held_out: int, level: FeatureLevel,
+    scheduler: DDPMScheduler, seed: int = 0, batch: int = 16, status: Callable[[str], None] = lambda _m: None,
+    vae_scale: int = VAE_SCALE,
 ) -> Calibration:  # fmt: skip
-    """Take the first rows of a latent cache, noise them at seeded timesteps, and record the teacher."""
+    """Take the first rows of a latent cache, noise them at seeded timesteps, and record the teacher (on its
+    device, in its dtype): predictions on every row, features only on the training rows."""
     n = min(len(data), n_train + n_held_out)
     if n < 4:
         raise ValueError("the calibration set needs at least 4 rows")
-    rows = _stack_rows(data, range(n))
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(rows["latents"].shape, generator=g)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=g)
-    noisy = scheduler.add_noise(rows["latents"], noise, t)
-    added = {"text_embeds": rows["pooled_prompt_embeds"], "time_ids": rows["time_ids"]} if "time_ids" in rows else None
+    device = next(teacher.parameters()).device
+    inputs = _noised_rows(data, n, scheduler, seed).to(device)
     names = [t_name for _, t_name in feature_map(layout_of(Plan(), topo), topo, level)]
-    calib = Calibration(noisy, t, noise, rows["prompt_embeds"], added, torch.empty(0), {}, min(n_train, n - 2), level)
-    preds, feats = [], {name: [] for name in names}
     with FeatureRecorder(teacher.eval(), names) as rec:
+        first = teacher_pass(teacher, inputs.rows(torch.arange(1)), rec)
+        shapes = {k: v.shape[1:] for k, v in first.features.items()}
+        plan = plan_calibration(shapes, min(n_train, n - 2), n - min(n_train, n - 2), inputs.noisy.shape[-1], device,
+                                next(teacher.parameters()).dtype, vae_scale)  # fmt: skip
+        status(plan.describe())
+        store, backing = _allocate(plan, shapes)
+        preds = []
         for chunk in torch.arange(n).split(batch):
-            x, tt, e, a = calib.inputs(chunk)
-            preds.append(teacher(x, tt, e, added_cond_kwargs=a).sample)
+            out = teacher_pass(teacher, inputs.rows(chunk), rec)
+            preds.append(out.pred)
+            train = chunk[chunk < plan.rows]
             for name in names:
-                feats[name].append(rec.features[name])
-    calib.teacher_pred = torch.cat(preds)
-    calib.teacher_features = {k: torch.cat(v) for k, v in feats.items()}
-    return calib
-
-
-@torch.no_grad()
-def held_out_kd(model: nn.Module, calib: Calibration, batch: int = 32) -> float:
-    """MSE between the model's and the teacher's noise predictions on the held-out rows."""
-    model.eval()
-    total, rows = 0.0, calib.held_out
-    for chunk in rows.split(batch):
-        x, t, e, a = calib.inputs(chunk)
-        total += float(((model(x, t, e, added_cond_kwargs=a).sample - calib.teacher_pred[chunk]) ** 2).mean()) * len(
-            chunk
-        )
-    return total / len(rows)
+                store[name][train] = out.features[name][: len(train)].to(store[name].device, store[name].dtype)
+    keep = torch.cat([torch.arange(plan.rows), torch.arange(n - plan.held_out, n)])
+    return Calibration(inputs.rows(keep), torch.cat(preds)[keep.to(device)], store, plan.rows, level, scheduler,
+                       plan, backing)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -111,65 +218,57 @@ class ProxyScore:
     steps: int
 
 
-def _train_steps(
-    student: UNet2DConditionModel, calib: Calibration, pairs, steps: int, lr: float, batch: int, seed: int,  # type: ignore[no-untyped-def]
-    schedule: str = "cosine",
+def _fine_tune(
+    student: UNet2DConditionModel, calib: Calibration, pairs: Sequence[tuple[str, str]], steps: int, lr: float,
+    batch: int, seed: int, schedule: str, weights: LossWeights, runtime: Runtime,
 ) -> None:  # fmt: skip
-    """Layer-level KD against the cached teacher: output KD + normalised feature KD (+ task loss).
+    """Layer-level KD against the cached teacher, one ``KDEngine`` step at a time.
 
     The learning rate decays to zero (cosine) by default: a constant rate leaves a plan's loss swinging
     between steps, which scrambles how plans rank against each other."""
     student.train()
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
+    opt = make_optimizer(student.parameters(), lr, weight_decay=0.0)
+    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if schedule == "cosine" else 1.0  # noqa: E731
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(calib.n_train, generator=g)
-    chunks = itertools.cycle(order.split(batch))
-    with FeatureRecorder(student, [s for s, _ in pairs]) as rec:
-        for step in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = lr * (0.5 * (1 + math.cos(math.pi * step / steps)) if schedule == "cosine" else 1.0)
+    chunks = itertools.cycle(torch.randperm(calib.n_train, generator=g).split(batch))
+    names = [t for _, t in pairs]
+    engine = KDEngine(student, student, pairs, weights, calib.scheduler, opt, runtime, lr_scheduler=lr_schedule)
+    try:
+        for _ in range(steps):
             rows = next(chunks)
-            x, t, e, a = calib.inputs(rows)
-            pred = student(x, t, e, added_cond_kwargs=a).sample
-            teacher_feats = {name: calib.teacher_features[name][rows] for _, name in pairs}
-            loss = ((pred - calib.teacher_pred[rows]) ** 2).mean() + 0.5 * feature_kd(
-                rec.features, teacher_feats, pairs, True
-            )
-            loss = loss + 0.1 * ((pred - calib.noise[rows]) ** 2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
+            engine.step(calib.inputs.rows(rows), calib.teacher_out(rows, names))
+    finally:
+        engine.close()
 
 
-def calibration_gradients(calib: Calibration, rows: int = 32):  # type: ignore[no-untyped-def]
+def calibration_gradients(calib: Calibration, rows: int = 32) -> Callable[[nn.Module], None]:
     """A ``grad_fn`` for Taylor width importance: output-KD gradients on the first calibration rows."""
-
-    def grad_fn(student: nn.Module) -> None:
-        chunk = torch.arange(min(rows, calib.n_train))
-        x, t, e, a = calib.inputs(chunk)
-        ((student(x, t, e, added_cond_kwargs=a).sample - calib.teacher_pred[chunk]) ** 2).mean().backward()
-
-    return grad_fn
+    chunk = torch.arange(min(rows, calib.n_train))
+    return output_kd_gradients(lambda: iter([(calib.inputs.rows(chunk), calib.teacher_pred[chunk])]))
 
 
 def proxy_score(
-    teacher: UNet2DConditionModel, plan: Plan, topo: Topology, calib: Calibration, *, steps: int, lr: float = 3e-4,  # type: ignore[no-untyped-def]
-    batch: int = 16, seed: int = 0, screen=None, importance: str = "magnitude", schedule: str = "cosine",
+    teacher: UNet2DConditionModel, plan: Plan, topo: Topology, calib: Calibration, *, steps: int, lr: float = 3e-4,
+    batch: int = 16, seed: int = 0, screen: Callable[[float], None] | None = None, importance: str = "magnitude",
+    schedule: str = "cosine", weights: LossWeights = PROXY_WEIGHTS, runtime: Runtime | None = None,
 ) -> ProxyScore:  # fmt: skip
-    """Zero-shot KD of the freshly built student, then (unless ``screen(zero_shot)`` stops the trial by
-    raising) ``steps`` of KD and the held-out KD loss after them."""
+    """Zero-shot KD of the freshly built student (fp32, on the calibration's device), then (unless
+    ``screen(zero_shot)`` stops the trial by raising) ``steps`` of KD and the held-out KD loss after them."""
+    runtime = runtime or PlainRuntime(calib.device)
     layout = check_expressible(plan, topo)
     grad_fn = calibration_gradients(calib) if importance == "taylor" else None
-    student, _ = build_student(teacher, plan, importance=importance, grad_fn=grad_fn)
-    zero = held_out_kd(student, calib)
+    student, _ = build_student(teacher, plan, importance=importance, grad_fn=grad_fn, dtype=torch.float32)
+    eval_batch = 2 * batch
+    zero = held_out_kd(student, calib.held_out_batches(eval_batch), runtime)
     if screen is not None:
         screen(zero)
     if steps <= 0:
         return ProxyScore(zero, zero, 0)
     torch.manual_seed(seed)
-    _train_steps(student, calib, feature_map(layout, topo, calib.level), steps, lr, batch, seed, schedule)
-    return ProxyScore(zero, held_out_kd(student, calib), steps)
+    pairs = feature_map(layout, topo, calib.level)
+    _fine_tune(student, calib, pairs, steps, lr, batch, seed, schedule, weights, runtime)
+    return ProxyScore(zero, held_out_kd(student, calib.held_out_batches(eval_batch), runtime), steps)
 
 
 def _skip_block(_module: nn.Module, args: tuple, _output: torch.Tensor) -> torch.Tensor:
@@ -178,7 +277,7 @@ def _skip_block(_module: nn.Module, args: tuple, _output: torch.Tensor) -> torch
 
 @torch.no_grad()
 def unit_sensitivity(
-    teacher: UNet2DConditionModel, topo: Topology, calib: Calibration, names: Sequence[str]
+    teacher: UNet2DConditionModel, topo: Topology, calib: Calibration, names: Sequence[str], batch: int = 32
 ) -> dict[str, float]:
     """Zero-shot KD loss of the teacher with each unit alone removed (LAPTOP-Diff's additive criterion).
 
@@ -191,7 +290,7 @@ def unit_sensitivity(
         if ".transformer_blocks." in name:
             handle = modules[name].register_forward_hook(_skip_block)
             try:
-                scores[name] = held_out_kd(teacher, calib)
+                scores[name] = held_out_kd(teacher, calib.held_out_batches(batch))
             finally:
                 handle.remove()
             continue
@@ -200,5 +299,5 @@ def unit_sensitivity(
         except Exception:
             scores[name] = float("inf")
             continue
-        scores[name] = held_out_kd(student, calib)
+        scores[name] = held_out_kd(student, calib.held_out_batches(batch))
     return scores

@@ -26,11 +26,12 @@ from pruner.budget import Budget, format_count, parse_budget
 from pruner.cost.latency_model import LatencyModel
 from pruner.cost.model import CostModel
 from pruner.distill.data import data_reference
+from pruner.distill.engine import PlainRuntime, Runtime, resolve_device, teacher_dtype
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.profiles import profile_for
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
 from pruner.search.heuristics import seed_plans
-from pruner.search.proxy import Calibration, build_calibration, proxy_score, unit_sensitivity
+from pruner.search.proxy import Calibration, build_calibration, proxy_batch, proxy_score, unit_sensitivity
 from pruner.search.repair import repair_to_budget
 from pruner.search.space import SearchSpace, decode, genome_of, load_space, suggest_genome, width_levels
 from pruner.search.storage import default_storage, storage_of, with_retries
@@ -75,6 +76,9 @@ class SearchConfig:
     screen_ratio: float = 2.0
     teacher_model: Any = None  # the teacher already loaded (``teacher`` still names it for recipes)
     progress: bool = True
+    device: str | None = None  # None: cuda when available
+    mixed_precision: str | None = None  # None: bf16 on a GPU (fp16 where bf16 is missing), no on a CPU
+    proxy_batch: int | None = None  # None: by resolution (pruner.search.proxy.proxy_batch)
 
 
 @dataclass
@@ -113,6 +117,8 @@ class SearchContext:
     sens: dict[str, float]
     data_path: str | None
     latency_model: LatencyModel | None = None
+    runtime: Runtime | None = None
+    proxy_batch: int = 16
 
     def cost(self, plan: Plan) -> float:
         """The plan's cost in the budget's metric (latency: the composed estimate, in ms)."""
@@ -176,11 +182,19 @@ def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
 
 def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  # type: ignore[no-untyped-def]
     """Load the teacher, check the budget, build the calibration set and the unit sensitivities."""
-    from pruner.distill.run import noise_scheduler_for
+    from pruner.diffusion import noise_scheduler
+    from pruner.inspection import vae_scale_factor
 
     space = load_space(cfg.space)
     budget = parse_budget(cfg.budget)
-    teacher = cfg.teacher_model if cfg.teacher_model is not None else load_unet(cfg.teacher)
+    if cfg.teacher_model is not None:  # a loaded teacher: searched where it lives unless a device is named
+        device = resolve_device(cfg.device or str(next(cfg.teacher_model.parameters()).device))
+        runtime = _runtime(device, cfg.mixed_precision)
+        teacher = cfg.teacher_model.to(device)
+    else:
+        device = resolve_device(cfg.device)
+        runtime = _runtime(device, cfg.mixed_precision)
+        teacher = load_unet(cfg.teacher, dtype=teacher_dtype(device), device=device)
     latent = int(unet_config(resolve_model(cfg.teacher)).get("sample_size", 64))
     cost = CostModel(teacher.config, latent=latent, teacher=teacher)
     latency = None
@@ -192,13 +206,28 @@ def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  
     allow = _allow(space, kinds)
     narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
     limit = _check_budget(_budget_cost(budget, cost, latency), topo, budget, allow, narrowest)
-    status("building the calibration set (teacher outputs and features, once)")
+    autocast = str(runtime.dtype).removeprefix("torch.") if runtime.dtype else "off"
+    status(
+        f"teacher frozen on {device} in {str(teacher_dtype(device)).removeprefix('torch.')}; students train "
+        f"in fp32, autocast {autocast}; building the calibration set (teacher outputs and features, once)"
+    )
     data, data_path = _calibration_data(cfg)
+    batch = cfg.proxy_batch or proxy_batch(latent)
     calib = build_calibration(teacher, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
-                              scheduler=noise_scheduler_for(cfg.teacher), seed=cfg.seed)  # fmt: skip
+                              scheduler=noise_scheduler(cfg.teacher), seed=cfg.seed, batch=batch, status=status,
+                              vae_scale=vae_scale_factor(resolve_model(cfg.teacher)))  # fmt: skip
     status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
-    sens = unit_sensitivity(teacher, topo, calib, [n for n in kinds if kinds[n] != "stage"])
-    return SearchContext(cfg, space, teacher, topo, cost, budget, limit, calib, sens, data_path, latency)
+    sens = unit_sensitivity(teacher, topo, calib, [n for n in kinds if kinds[n] != "stage"], 2 * batch)
+    return SearchContext(cfg, space, teacher, topo, cost, budget, limit, calib, sens, data_path, latency, runtime,
+                         batch)  # fmt: skip
+
+
+def _runtime(device: torch.device, mixed_precision: str | None) -> PlainRuntime:
+    """Autocast for the proxy's students: bf16 (fp16 where bf16 is missing) on a GPU unless told otherwise."""
+    if mixed_precision is None:
+        half = "bf16" if teacher_dtype(device) == torch.bfloat16 else "fp16"
+        mixed_precision = half if device.type == "cuda" else "no"
+    return PlainRuntime(device, mixed_precision)
 
 
 def _similar_zero_shots(study: optuna.Study, macs: int) -> list[float]:
@@ -267,7 +296,7 @@ def _objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, ...]:
     screen = _screen(trial, ctx, macs, trial.user_attrs.get("label") is not None)
     seed = ctx.cfg.seed + trial.number
     score = proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=ctx.cfg.proxy_steps, seed=seed, screen=screen,
-                        importance=ctx.space.width_importance)  # fmt: skip
+                        importance=ctx.space.width_importance, batch=ctx.proxy_batch, runtime=ctx.runtime)  # fmt: skip
     trial.set_user_attr("proxy_kd", score.proxy_kd)
     values = {"quality": score.proxy_kd, "macs": float(macs), "params": float(params), "latency": latency or 0.0}
     return tuple(values[o] for o in ctx.cfg.objectives)

@@ -1,0 +1,186 @@
+"""The whole user path at full SDXL size, as a user runs it: random weights, real shapes, the CLI.
+
+Builds a StableDiffusionXLPipeline folder of random weights at SDXL's sizes (the UNet from pruner's sdxl
+config, SDXL's VAE, both CLIP text encoders at CLIP-L / bigG widths, an offline tokenizer over the
+shape-caption vocabulary), writes captioned pictures at 1024, then runs, each in its own process:
+
+    pruner synth-data -> pruner cache -> pruner search --budget 0.74B -> pruner distill found.yaml -> pruner eval
+
+and prints, per stage: wall time, peak GPU memory, peak host memory (and seconds per search trial,
+calibration included).
+
+    python benchmarks/sdxl_scale.py                        # one GPU (H100/H200 class): small settings
+    python benchmarks/sdxl_scale.py --trials 64 --proxy-steps 30 --images 256 --calibration 96 --held-out 128
+    python benchmarks/sdxl_scale.py --tiny                 # the same path at the bundled teacher's size, CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "pruner" / "tiny" / "teacher"
+SDXL_VAE = {
+    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "in_channels": 3, "latent_channels": 4,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 1024,
+    "scaling_factor": 0.13025, "force_upcast": True,
+}  # fmt: skip
+CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+          "projection_dim": 768, "hidden_act": "quick_gelu"}  # fmt: skip
+CLIP_G = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20,
+          "projection_dim": 1280, "hidden_act": "gelu"}  # fmt: skip
+
+
+def _text_encoders(vocab: int, tiny: bool):  # type: ignore[no-untyped-def]
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from pruner.tiny.text import build_text_encoders
+
+    if tiny:
+        return build_text_encoders(vocab, seed=0)
+    ids = {"vocab_size": vocab, "max_position_embeddings": 77, "bos_token_id": vocab - 2, "eos_token_id": vocab - 1,
+           "pad_token_id": vocab - 1}  # fmt: skip
+    first = CLIPTextModel(CLIPTextConfig(**CLIP_L, **ids))
+    second = CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G, **ids))
+    return first.eval(), second.eval()
+
+
+def _tokenizer(folder: Path, tiny: bool):  # type: ignore[no-untyped-def]
+    from transformers import CLIPTokenizer
+
+    from pruner.tiny.text import build_tokenizer
+
+    tok = build_tokenizer(folder)
+    if tiny:
+        return tok
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
+                         pad_token="<|endoftext|>")  # fmt: skip
+
+
+def build_pipeline(folder: Path, tiny: bool) -> Path:
+    """A StableDiffusionXLPipeline of random weights (fp16 files at SDXL size) saved to ``folder``."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    from pruner.unet import architecture_config
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = _tokenizer(Path(tmp) / "tok", tiny)
+        first, second = _text_encoders(len(tok.get_vocab()), tiny)
+        vae_cfg = AutoencoderKL.load_config(BUNDLED / "vae") if tiny else SDXL_VAE
+        unet = UNet2DConditionModel.from_config(architecture_config("tiny-sdxl" if tiny else "sdxl"))
+        pipe = StableDiffusionXLPipeline(
+            vae=AutoencoderKL.from_config(vae_cfg), text_encoder=first, text_encoder_2=second, tokenizer=tok,
+            tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler.from_pretrained(BUNDLED / "scheduler"),
+        )  # fmt: skip
+        if not tiny:
+            pipe.to(torch.float16)  # half the bytes to write and read; pruner loads what it needs in fp32
+        pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def run_stage(out: Path, args: list[str]) -> None:
+    """Child process: run one CLI command in-process, then record its peak memory beside the exit code."""
+    from pruner.cli import app
+
+    try:
+        code = int(app(args, standalone_mode=False) or 0)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out.write_text(json.dumps({"code": code, "gpu": gpu, "host": host}))
+
+
+def stage(name: str, args: list[str], work: Path, rows: list[dict]) -> dict:  # type: ignore[type-arg]
+    """Run ``pruner ARGS`` in a fresh process; a failing stage stops the benchmark with its output."""
+    record = work / f"{name}.json"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--run-stage", str(record), "--", *args], cwd=work,
+                          capture_output=True, text=True)  # fmt: skip
+    wall = time.perf_counter() - start
+    if proc.returncode != 0 or not record.is_file() or json.loads(record.read_text())["code"] != 0:
+        sys.exit(f"stage {name} failed: pruner {' '.join(args)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    row = {"stage": name, "wall_s": wall, **json.loads(record.read_text())}
+    rows.append(row)
+    return row
+
+
+def _plan(args: argparse.Namespace) -> dict[str, str]:
+    """The sizes each stage runs at (tiny: the bundled teacher's scale, a few seconds a stage)."""
+    if args.tiny:
+        return {"images": "24", "size": "32", "budget": "50%", "trials": "2", "proxy": "1", "calibration": "8",
+                "held_out": "8", "steps": "2", "eval_n": "2", "eval_steps": "2"}  # fmt: skip
+    return {"images": str(args.images), "size": "1024", "budget": args.budget, "trials": str(args.trials),
+            "proxy": str(args.proxy_steps), "calibration": str(args.calibration), "held_out": str(args.held_out),
+            "steps": str(args.steps), "eval_n": "4", "eval_steps": "10"}  # fmt: skip
+
+
+def run(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[type-arg]
+    p, rows = _plan(args), []
+    teacher = work / "teacher"
+    start = time.perf_counter()
+    build_pipeline(teacher, args.tiny)
+    rows.append({"stage": "build pipeline", "wall_s": time.perf_counter() - start, "gpu": 0, "host": 0})
+    stage("synth-data", ["synth-data", "--out", "images", "--n", p["images"], "--size", p["size"]], work, rows)
+    captions = [json.loads(x)["text"] for x in (work / "images" / "metadata.jsonl").read_text().splitlines()]
+    (work / "prompts.txt").write_text("\n".join(captions[-8:]) + "\n")
+    stage("cache", ["cache", "images", "--teacher", "teacher", "--out", "cache", "--batch-size", "4"], work, rows)
+    device = ["--device", args.device] if args.device else []
+    search = stage("search", ["search", "--teacher", "teacher", "--data", "cache", "--budget", p["budget"],
+                              "--trials", p["trials"], "--proxy-steps", p["proxy"], "--calibration", p["calibration"],
+                              "--held-out", p["held_out"], "--storage", "sqlite:///study.db", "--out", "recipes",
+                              *device], work, rows)  # fmt: skip
+    search["per_trial_s"] = search["wall_s"] / int(p["trials"])
+    half = [] if args.tiny else ["--mixed-precision", "bf16", "--gradient-checkpointing"]
+    stage("distill", ["distill", "recipes/found.yaml", "--data", "cache", "--steps", p["steps"], "--batch-size", "1",
+                      "--output", "student", *half], work, rows)  # fmt: skip
+    stage("eval", ["eval", "student", "--teacher", "teacher", "--prompts", "prompts.txt", "--n", p["eval_n"],
+                   "--steps", p["eval_steps"], "--grid", "eval.png"], work, rows)  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[dict], title: str) -> None:  # type: ignore[type-arg]
+    print(title)
+    print(f"{'stage':<16}{'wall s':>9}{'peak GPU GiB':>14}{'peak host GiB':>15}{'s / trial':>11}")
+    for r in rows:
+        per = f"{r['per_trial_s']:.1f}" if "per_trial_s" in r else "-"
+        print(f"{r['stage']:<16}{r['wall_s']:>9.1f}{r['gpu'] / 2**30:>14.2f}{r['host'] / 2**30:>15.2f}{per:>11}")
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--run-stage":
+        return run_stage(Path(sys.argv[2]), sys.argv[4:])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="the bundled teacher's size, on the CPU (the tested path)")
+    p.add_argument("--work", type=Path, default=None, help="folder to keep (default: a temporary one)")
+    p.add_argument("--device", default=None, help="search device (default: cuda when available)")
+    p.add_argument("--budget", default="0.74B")
+    p.add_argument("--images", type=int, default=72, help="captioned pictures synthesised at 1024")
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--proxy-steps", type=int, default=30)
+    p.add_argument("--calibration", type=int, default=32)
+    p.add_argument("--held-out", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20, help="distill steps")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        rows = run(args, work)
+    where = "CPU" if args.tiny or not torch.cuda.is_available() else torch.cuda.get_device_name()
+    print_table(rows, f"{'tiny-sdxl size' if args.tiny else 'SDXL size (random weights)'} on {where}")
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The KD engine: one step for the search's proxy and for the distiller."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_trainer import PLAN, fake_cache, make
+
+from pruner.diffusion import sdxl_scheduler
+from pruner.distill.engine import KDEngine, PlainRuntime, make_optimizer, teacher_pass
+from pruner.distill.hooks import FeatureRecorder
+from pruner.distill.losses import LossWeights
+from pruner.distill.trainer import batch_inputs, collate
+from pruner.errors import PrunerError
+from pruner.search import proxy
+from pruner.unet import build_student, feature_map, layout_of, topology_of
+
+
+def test_the_proxy_and_the_distiller_take_the_same_step(tiny_sdxl, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    calls: list[str] = []
+    real = KDEngine.step
+
+    def spy(self, inputs, teacher):  # type: ignore[no-untyped-def]
+        calls.append(type(self.runtime).__name__)
+        return real(self, inputs, teacher)
+
+    monkeypatch.setattr(KDEngine, "step", spy)
+    d = make(tiny_sdxl, steps=2)
+    d.run(2)
+    d.close()
+    topo = topology_of(tiny_sdxl)
+    calib = proxy.build_calibration(tiny_sdxl, fake_cache(), topo, n_train=8, n_held_out=8, level="sub_block",
+                                    scheduler=sdxl_scheduler())  # fmt: skip
+    proxy.proxy_score(tiny_sdxl, PLAN, topo, calib, steps=3, batch=4)
+    assert calls == ["AccelerateRuntime"] * 2 + ["PlainRuntime"] * 3
+
+
+def test_a_step_on_cached_teacher_outputs_equals_a_step_on_the_live_teacher(tiny_sdxl) -> None:  # type: ignore[no-untyped-def]
+    topo = topology_of(tiny_sdxl)
+    pairs = feature_map(layout_of(PLAN, topo), topo, "sub_block")
+    inputs = batch_inputs(collate(fake_cache(), range(4)), sdxl_scheduler(), torch.Generator().manual_seed(0))
+    with FeatureRecorder(tiny_sdxl, [t for _, t in pairs]) as rec:
+        live = teacher_pass(tiny_sdxl, inputs, rec)
+    cached = type(live)(live.pred.clone(), {k: v.clone() for k, v in live.features.items()})
+    weights = []
+    for out in (live, cached):
+        student, _ = build_student(tiny_sdxl, PLAN)
+        opt = make_optimizer(student.parameters(), 1e-3)
+        engine = KDEngine(student, student, pairs, LossWeights(normalize_features=True), sdxl_scheduler(), opt,
+                          PlainRuntime("cpu"))  # fmt: skip
+        terms = engine.step(inputs, out)
+        engine.close()
+        assert torch.isfinite(terms.total) and float(terms.feature_kd) > 0
+        weights.append(torch.cat([p.detach().flatten() for p in student.parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-7)
+
+
+def test_a_bf16_autocast_step_runs_on_the_cpu(tiny_sdxl) -> None:  # type: ignore[no-untyped-def]
+    topo = topology_of(tiny_sdxl)
+    calib = proxy.build_calibration(tiny_sdxl, fake_cache(), topo, n_train=8, n_held_out=4, level="sub_block",
+                                    scheduler=sdxl_scheduler())  # fmt: skip
+    score = proxy.proxy_score(tiny_sdxl, PLAN, topo, calib, steps=2, batch=4, runtime=PlainRuntime("cpu", "bf16"))
+    assert score.steps == 2 and score.proxy_kd == pytest.approx(score.proxy_kd) and score.proxy_kd > 0
+
+
+def test_features_too_big_for_the_gpu_go_to_disk_in_half_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    shapes = {"a": torch.Size([320, 128, 128]), "b": torch.Size([1280, 32, 32])}
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(proxy, "_free_bytes", lambda dev: 10**12 if dev.type == "cpu" else 10**9)
+    plan = proxy.plan_calibration(shapes, 96, 128, 128, gpu, torch.bfloat16)
+    assert plan.where.startswith("disk") and plan.dtype == torch.float16 and plan.rows == 96
+    assert "1024px" in plan.describe() and "GiB" in plan.describe()
+    store, backing = proxy._allocate(plan, {"a": torch.Size([2, 3])})
+    store["a"][torch.tensor([0, 5])] = torch.ones(2, 2, 3, dtype=torch.float16)
+    assert store["a"].shape == (96, 2, 3) and float(store["a"][5].sum()) == 6.0
+    assert backing is not None
+    backing.close()
+    monkeypatch.setattr(proxy, "_free_bytes", lambda dev: 10**13)
+    assert proxy.plan_calibration(shapes, 96, 128, 128, gpu, torch.bfloat16).where == "cuda"
+
+
+def test_the_8bit_optimizer_without_bitsandbytes_says_which_extra_to_install() -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(PrunerError, match=r"pruner\[gpu\]"):
+        make_optimizer(torch.nn.Linear(2, 2).parameters(), 1e-3, eight_bit=True)

@@ -73,7 +73,8 @@ def test_pruner_front_on_the_postgres_study_equals_the_front_of_the_same_trials_
 ) -> None:
     study = load(postgres_url, three_worker_study)
     memory = optuna.create_study(directions=study.directions)
-    memory.set_metric_names(study.metric_names)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        memory.set_metric_names(study.metric_names)
     memory.add_trials(study.trials)
     expected = front_rows(memory)
     assert expected and front_rows(study) == expected

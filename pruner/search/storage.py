@@ -163,13 +163,27 @@ def _transient() -> tuple[type[BaseException], ...]:
     return (DBAPIError, optuna.exceptions.StorageInternalError, ConnectionError, TimeoutError)
 
 
+def _caused_by_outage(exc: BaseException) -> bool:
+    """Whether an outage error is the exception or in its chain (Optuna can mask one while failing a trial)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _transient()):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def with_retries(call: Callable[[], T], what: str, attempts: int = 6, wait: float = 1.0) -> T:
     """``call()``, retried with exponential backoff while the database is unreachable, each retry said on
     stderr; after ``attempts`` tries one line says what failed."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
-        except _transient() as exc:
+        except Exception as exc:
+            if not _caused_by_outage(exc):
+                raise
             if attempt == attempts:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise PrunerError(f"storage unreachable while {what} after {attempts} tries: {reason}") from exc

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -73,7 +74,9 @@ def test_pruner_front_on_the_postgres_study_equals_the_front_of_the_same_trials_
 ) -> None:
     study = load(postgres_url, three_worker_study)
     memory = optuna.create_study(directions=study.directions)
-    memory.set_metric_names(study.metric_names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        memory.set_metric_names(study.metric_names)
     memory.add_trials(study.trials)
     expected = front_rows(memory)
     assert expected and front_rows(study) == expected

@@ -158,6 +158,17 @@ def test_a_storage_down_for_a_moment_is_retried_with_a_line_on_stderr(capsys: py
     assert with_retries(flaky, "reading the study", wait=0.01) == "ok"
     assert capsys.readouterr().err.count("storage unreachable while reading the study; retry") == 2
 
+    def masked() -> str:  # Optuna may raise another error while failing a trial during the outage
+        calls.append(1)
+        if len(calls) < 5:
+            try:
+                raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+            except OperationalError:
+                raise UnboundLocalError("updated_state") from None
+        return "ok"
+
+    assert with_retries(masked, "running a trial", wait=0.01) == "ok"
+
     def down() -> str:
         raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
 

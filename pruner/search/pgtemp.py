@@ -7,8 +7,10 @@ holds one database; :meth:`TempPostgres.url` is what ``pruner search --storage``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -70,10 +72,17 @@ class TempPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown) and remove its folder."""
+        """Stop the server (fast shutdown; the postmaster is sent SIGQUIT if that fails) and remove its folder."""
+        pid_file = self.data / "postmaster.pid"
         try:
-            if (self.data / "postmaster.pid").exists():
-                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+            if pid_file.exists():
+                pid = int(pid_file.read_text().split()[0])
+                pg_ctl = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"]
+                as_user = ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
+                subprocess.run([*as_user, *pg_ctl], capture_output=True, cwd=self.root, check=False)
+                if pid_file.exists():  # the postmaster removes it when it stops: still running, so shut it down now
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGQUIT)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

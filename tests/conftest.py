@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before diffusers/huggingface_hub read it
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,30 @@ def build_tiny_sdxl_pipeline(root: Path, scaling_factor: float = 0.7) -> str:
 @pytest.fixture(scope="session")
 def tiny_sdxl_pipeline(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("sdxl-pipeline"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_sdxl_pipeline: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small latent cache of the tiny pipeline (24 captioned pictures), for searches."""
+    from typer.testing import CliRunner
+
+    from pruner.cli import app
+
+    root = tmp_path_factory.mktemp("search-data")
+    runner = CliRunner()
+    assert runner.invoke(app, ["synth-data", "--out", str(root / "data"), "--n", "24"]).exit_code == 0
+    made = runner.invoke(app, ["cache", str(root / "data"), "--teacher", tiny_sdxl_pipeline, "--out", str(root / "c")])
+    assert made.exit_code == 0, made.output
+    return root / "c"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server of its own (initdb + pg_ctl in a temporary folder, a free localhost port), stopped
+    at the end of the session."""
+    from pruner.search.pgtemp import TempPostgres, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine: apt-get install postgresql")
+    with TempPostgres() as server:
+        yield server.url()

@@ -357,5 +357,28 @@ def eval_(
         err.print(f"grid: {report.grid}")
 
 
+@app.command("port-lora")
+def port_lora(
+    lora: Annotated[
+        Path, typer.Argument(help="The teacher's LoRA: diffusers/PEFT or kohya .safetensors, or a folder.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Ported LoRA: a .safetensors file, or a folder to write it in.")],
+    student: Annotated[
+        Path | None, typer.Option(help="Student folder pruner wrote (its recipe.yaml names the plan).")
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe the student was made from (or --student).")] = None,
+) -> None:
+    """Carry a teacher's LoRA over to a student: rename entries through the plan's weight map, drop those of
+    removed modules, refuse those whose shapes no longer fit; write diffusers' layout."""
+    from pruner.compat import port_lora as port
+
+    with user_errors():
+        if (student is None) == (recipe is None):
+            raise PrunerError("give --student DIR or --recipe RECIPE (one of them)")
+        ported = port(lora, student=student, recipe=recipe, out=out)
+    err.print(ported.report.summary(), highlight=False)
+    err.print(f"saved {ported.path}; load it with pipe.load_lora_weights on the student's pipeline", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

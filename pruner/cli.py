@@ -135,6 +135,8 @@ def inspect(
             return
         out = Console() if sys.stdout.isatty() else Console(width=200)
         out.print(_units_table(report))
+        if report.controlnet:
+            out.print(report.controlnet, highlight=False)
         if report.latency:
             lat = report.latency
             out.print(f"latency: {lat.total_ms:.2f} ms median of {lat.runs} ({lat.device}, {lat.dtype}, "

@@ -358,6 +358,7 @@ def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo
         description=f"Found by `pruner search` ({settings['budget']} budget, trial {trial.number}{style}).",
         teacher=TeacherSpec(model=teacher, architecture="tiny-sdxl" if teacher == "tiny-sdxl" else None),
         plan=PlanSpec(remove=compress_names(plan.removed), width=width),
+        compat=list(settings.get("compat") or []),
         student=derive_student_spec(teacher_cfg, plan, topo, inner),
         distill=_distill_spec(teacher, settings.get("data"), int(teacher_cfg["sample_size"])),
         provenance=Provenance(
@@ -400,7 +401,8 @@ def run_search(cfg: SearchConfig, status=lambda _m: None) -> SearchResult:  # ty
     _enqueue_seeds(study, ctx)
     study.set_user_attr("search", {"teacher": cfg.teacher, "budget": ctx.budget.describe(), "space": cfg.space,
                                    "objectives": list(cfg.objectives), "data": ctx.data_path,
-                                   "width_importance": ctx.space.width_importance})  # fmt: skip
+                                   "width_importance": ctx.space.width_importance,
+                                   "compat": list(ctx.space.compat)})  # fmt: skip
     done = len([t for t in study.trials if t.state.is_finished()])
     bar, callback = _progress(cfg.trials, min(done, cfg.trials))
     if done < cfg.trials:

@@ -382,5 +382,27 @@ def port_lora(
     err.print(f"saved {ported.path}; load it with pipe.load_lora_weights on the student's pipeline", highlight=False)
 
 
+@app.command("export")
+def export(
+    student: Annotated[str, typer.Argument(help="Student folder (UNet or pipeline) to export.")],
+    out: Annotated[Path, typer.Option("--out", help="Single file to write (.safetensors, original SGM key layout).")],
+    unet_only: Annotated[
+        bool, typer.Option("--unet-only", help="Export only the UNet (needed for pipeline folders for now).")
+    ] = False,
+) -> None:
+    """Write a depth-pruned student's UNet as one .safetensors in the original (SGM) key layout single-file
+    loaders read, with its depths and diffusers config in the metadata."""
+    from pruner.compat.export import export_single_file
+
+    with user_errors(), err.status(f"exporting {student}"):
+        report = export_single_file(student, out, unet_only=unet_only)
+    err.print(report.summary(), highlight=False)
+    err.print(
+        f"load it with UNet2DConditionModel.from_single_file({str(out)!r}, config=<student folder>) "
+        "or pruner.load_unet",
+        highlight=False,
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -39,3 +39,10 @@ def test_distill_step_benchmark_prints_the_overhead() -> None:
 def test_latency_model_benchmark_prints_estimate_against_measured() -> None:
     out = run("benchmarks/latency_model.py", "--plans", "2", "--rounds", "1", "--runs", "2")
     assert "estimate ms" in out and "mean |error|" in out and len(out.strip().splitlines()) == 6
+
+
+@pytest.mark.slow
+def test_lora_port_benchmark_prints_the_behaviour_table(tmp_path: Path) -> None:
+    out = run("benchmarks/lora_port.py", "--out", str(tmp_path), "--lora-steps", "2", "--lora-batch", "4",
+              "--distill-steps", "2", "--n-train", "16", "--n-eval", "4", "--steps", "2")  # fmt: skip
+    assert "student + ported LoRA" in out and "student + LoRA loaded as it is" in out and "carried over" in out

@@ -151,6 +151,8 @@ def inspect(
             return
         out = Console() if sys.stdout.isatty() else Console(width=200)
         out.print(_units_table(report))
+        if report.controlnet:
+            out.print(report.controlnet, highlight=False)
         if report.latency:
             lat = report.latency
             out.print(f"latency: {lat.total_ms:.2f} ms median of {lat.runs} ({lat.device}, {lat.dtype}, "
@@ -420,6 +422,51 @@ def eval_(
     Console().print(table)
     if report.grid:
         err.print(f"grid: {report.grid}")
+
+
+@app.command("port-lora")
+def port_lora(
+    lora: Annotated[
+        Path, typer.Argument(help="The teacher's LoRA: diffusers/PEFT or kohya .safetensors, or a folder.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Ported LoRA: a .safetensors file, or a folder to write it in.")],
+    student: Annotated[
+        Path | None, typer.Option(help="Student folder pruner wrote (its recipe.yaml names the plan).")
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe the student was made from (or --student).")] = None,
+) -> None:
+    """Carry a teacher's LoRA over to a student: rename entries through the plan's weight map, drop those of
+    removed modules, refuse those whose shapes no longer fit; write diffusers' layout."""
+    from pruner.compat import port_lora as port
+
+    with user_errors():
+        if (student is None) == (recipe is None):
+            raise PrunerError("give --student DIR or --recipe RECIPE (one of them)")
+        ported = port(lora, student=student, recipe=recipe, out=out)
+    err.print(ported.report.summary(), highlight=False)
+    err.print(f"saved {ported.path}; load it with pipe.load_lora_weights on the student's pipeline", highlight=False)
+
+
+@app.command("export")
+def export(
+    student: Annotated[str, typer.Argument(help="Student folder (UNet or pipeline) to export.")],
+    out: Annotated[Path, typer.Option("--out", help="Single file to write (.safetensors, original SGM key layout).")],
+    unet_only: Annotated[
+        bool, typer.Option("--unet-only", help="Export only the UNet (needed for pipeline folders for now).")
+    ] = False,
+) -> None:
+    """Write a depth-pruned student's UNet as one .safetensors in the original (SGM) key layout single-file
+    loaders read, with its depths and diffusers config in the metadata."""
+    from pruner.compat.export import export_single_file
+
+    with user_errors(), err.status(f"exporting {student}"):
+        report = export_single_file(student, out, unet_only=unet_only)
+    err.print(report.summary(), highlight=False)
+    err.print(
+        f"load it with UNet2DConditionModel.from_single_file({str(out)!r}, config=<student folder>) "
+        "or pruner.load_unet",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

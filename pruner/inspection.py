@@ -13,6 +13,7 @@ from diffusers import UNet2DConditionModel
 
 from pruner.cost.latency import Latency, measure_latency
 from pruner.cost.model import CostModel
+from pruner.errors import PrunerError
 from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe
 from pruner.unet.architectures import VAE_SCALE
@@ -40,6 +41,7 @@ class Inspection:
     latency: Latency | None = None
     unit_latency_ms: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    controlnet: str | None = None  # "ControlNet-compatible: yes/no, why" for a recipe or a student with one
 
     def as_dict(self) -> dict[str, Any]:
         units = []
@@ -54,6 +56,7 @@ class Inspection:
             "macs_note": "multiply-adds per UNet call, fvcore with attention counted",
             "resolution": self.resolution, "latent": self.latent, "batch": self.batch,
             "latency": self.latency.as_dict() if self.latency else None, "units": units,
+            "controlnet": self.controlnet,
         }  # fmt: skip
 
 
@@ -102,6 +105,21 @@ def _materialised(
     return model.to(device).eval()
 
 
+def _controlnet_line(target: str, source: str) -> str | None:
+    """The ControlNet verdict of a recipe, or of a student folder with its recipe.yaml (None for others)."""
+    from pruner.compat.controlnet import recipe_compatibility
+    from pruner.compat.target import student_recipe
+
+    if source == "recipe":
+        return recipe_compatibility(load_recipe(target)).line()
+    if source not in ("pipeline", "unet_folder"):
+        return None
+    try:
+        return recipe_compatibility(student_recipe(target)[1]).line()
+    except PrunerError:
+        return None
+
+
 def _unit_latency(units: list[Unit], latency: Latency) -> dict[str, float]:
     return {u.name: sum(latency.modules_ms.get(m, 0.0) for m in u.modules) for u in units}
 
@@ -131,6 +149,7 @@ def inspect_model(
     units = list_units(cost.topology, cost, base)
     total = cost.cost(base)
     report = Inspection(target, source, total.params, total.macs, resolution, latent, batch, units, config=config)
+    report.controlnet = _controlnet_line(target, source)
     if latency and real is not None:
         on_status(f"timing on {device}")
         dtype = torch.float16 if device.startswith("cuda") else torch.float32

@@ -143,6 +143,11 @@ class Recipe(_Strict):
     description: str = ""
     teacher: TeacherSpec
     plan: PlanSpec
+    compat: list[Literal["controlnet"]] = Field(
+        default_factory=list,
+        description="Compatibilities the plan must keep: controlnet (only transformer layers and the mid block's "
+        "attention go, so a teacher's ControlNet still fits).",
+    )
     student: StudentSpec | None = None
     distill: DistillSpec
     provenance: Provenance = Field(default_factory=Provenance)
@@ -244,6 +249,8 @@ def dump_recipe(recipe: Recipe) -> str:
     data["plan"]["remove"] = compress_names(expand_names(data["plan"]["remove"]))
     if data["plan"].get("width") is None:
         data["plan"].pop("width", None)
+    if not data.get("compat"):
+        data.pop("compat", None)
     if data.get("student"):
         cfg = data["student"]["config"]
         data["student"]["config"] = {k: cfg[k] for k in ARCH_FIELDS if k in cfg}

@@ -15,6 +15,7 @@ from typing import Any
 
 from diffusers import UNet2DConditionModel
 
+from pruner.compat.controlnet import check_compat
 from pruner.cost.model import CostModel
 from pruner.errors import PrunerError, RecipeError, UnknownUnitError
 from pruner.io import publish_dir, temp_dir_beside, write_text
@@ -110,6 +111,7 @@ def resolve_recipe(recipe: Recipe, source: str = "<recipe>") -> ResolvedRecipe:
     try:
         layout = check_expressible(plan, topo)
         check_width_levels(plan.ff_ratios, topo)
+        check_compat(recipe.compat, plan, topo)
     except UnknownUnitError as exc:
         raise RecipeError(
             f"{source}: {exc}; is this a recipe for another architecture than {recipe.teacher.model}?"

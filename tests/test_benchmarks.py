@@ -48,3 +48,10 @@ def test_sdxl_scale_runs_the_user_path_at_tiny_size(tmp_path: Path) -> None:
     assert all(stage in out for stage in stages) and "peak host GiB" in out and "s / trial" in out
     assert (tmp_path / "recipes" / "found.yaml").is_file() and (tmp_path / "student" / "unet").is_dir()
     assert (tmp_path / "eval.png").is_file()
+
+
+@pytest.mark.slow
+def test_lora_port_benchmark_prints_the_behaviour_table(tmp_path: Path) -> None:
+    out = run("benchmarks/lora_port.py", "--out", str(tmp_path), "--lora-steps", "2", "--lora-batch", "4",
+              "--distill-steps", "2", "--n-train", "16", "--n-eval", "4", "--steps", "2")  # fmt: skip
+    assert "student + ported LoRA" in out and "student + LoRA loaded as it is" in out and "carried over" in out

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pruner.errors import PrunerError
 from pruner.unet.plan import MID_ATTN, Plan, layer_unit
@@ -52,6 +52,11 @@ class SearchSpace(BaseModel):
     keep_skip_topology: bool = Field(
         False, description="Never remove layers with skip connections (ControlNet-style adapters stay compatible)."
     )
+    compat: tuple[Literal["controlnet"], ...] = Field(
+        (),
+        description="Compatibilities every plan keeps: controlnet (no layer units, mid block or stage go; implies "
+        "layers: false, mid_block: false and keep_skip_topology: true).",
+    )
     width: bool = Field(False, description="Also search the feed-forward width of each resolution level.")
     width_ratios: tuple[float, ...] = Field(
         (1.0, 0.75, 0.5, 0.25), min_length=1, description="Keep ratios a level's feed-forwards may take."
@@ -59,6 +64,16 @@ class SearchSpace(BaseModel):
     width_importance: Literal["magnitude", "taylor"] = Field(
         "magnitude", description="How kept feed-forward channels are chosen (torch-pruning criteria)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _compat(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "controlnet" not in (data.get("compat") or ()):
+            return data
+        clash = [k for k in ("layers", "mid_block") if data.get(k) is True]
+        if clash:
+            raise ValueError(f"compat: [controlnet] keeps every skip and the mid block; drop {', '.join(clash)}: true")
+        return {**data, "layers": False, "mid_block": False, "keep_skip_topology": True}
 
     @field_validator("width_ratios")
     @classmethod
@@ -91,6 +106,9 @@ def load_space(name_or_path: str) -> SearchSpace:
         return SearchSpace.model_validate(yaml.safe_load(path.read_text()) or {})
     except (yaml.YAMLError, ValidationError) as exc:
         first = str(exc).splitlines()[0]
+        if isinstance(exc, ValidationError):
+            err = exc.errors()[0]
+            first = f"{'.'.join(str(p) for p in err['loc']) or 'space'}: {err['msg']}"
         raise PrunerError(f"{path}: invalid search space: {first}") from exc
 
 

@@ -349,7 +349,7 @@ def _settings(cfg: SearchConfig, ctx: SearchContext | None = None) -> dict[str, 
     settings: dict[str, Any] = {"teacher": cfg.teacher, "budget": parse_budget(cfg.budget).describe(),
                                 "space": cfg.space, "objectives": list(cfg.objectives)}  # fmt: skip
     if ctx is not None:
-        settings.update(data=ctx.data_path, width_importance=ctx.space.width_importance)
+        settings.update(data=ctx.data_path, width_importance=ctx.space.width_importance, compat=list(ctx.space.compat))
     return settings
 
 
@@ -399,6 +399,7 @@ def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo
         description=f"Found by `pruner search` ({settings['budget']} budget, trial {trial.number}{style}).",
         teacher=TeacherSpec(model=teacher, architecture=profile_for(teacher).architecture),
         plan=PlanSpec(remove=compress_names(plan.removed), width=width),
+        compat=list(settings.get("compat") or []),
         student=derive_student_spec(teacher_cfg, plan, topo, inner),
         distill=_distill_spec(teacher, data_reference(teacher, settings.get("data")), int(teacher_cfg["sample_size"])),
         provenance=Provenance(

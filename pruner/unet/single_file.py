@@ -8,6 +8,7 @@ shipped architecture whose every tensor shape agrees. Files in the original Stab
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from safetensors.torch import load_file
 from pruner.errors import PrunerError
 from pruner.unet.architectures import ARCHITECTURES, architecture_config
 
-__all__ = ["load_single_file", "single_file_config"]
+__all__ = ["CONFIG_METADATA_KEY", "load_single_file", "single_file_config"]
+
+CONFIG_METADATA_KEY = "pruner.unet_config"  # a pruned UNet's diffusers config, written by `pruner export`
 
 
 def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -59,9 +62,21 @@ def single_file_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def _recorded_config(path: Path) -> dict[str, Any] | None:
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    return json.loads(raw) if raw else None
+
+
 def _original_layout_unet(path: Path, dtype: torch.dtype | None) -> UNet2DConditionModel:
+    """diffusers' conversion; given the config ``pruner export`` recorded, so pruned depths are read right."""
+    config = _recorded_config(path)
     try:
-        return UNet2DConditionModel.from_single_file(str(path), dtype=dtype)
+        if config is None:
+            return UNet2DConditionModel.from_single_file(str(path), dtype=dtype)
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "config.json").write_text(json.dumps(config))
+            return UNet2DConditionModel.from_single_file(str(path), config=folder, dtype=dtype)
     except Exception as exc:
         raise PrunerError(
             f"diffusers could not convert {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}"

@@ -1,0 +1,128 @@
+"""Single-file export: a student's UNet as one ``.safetensors`` in the original Stability (SGM / LDM) layout.
+
+UIs and ``from_single_file`` loaders read ``model.diffusion_model.input_blocks.4.1.proj_in.weight``-style
+keys. The SGM numbering is computed from the student's own blocks (``pruner.compat.sgm``), and the
+metadata records the pruned depths and the full diffusers config (``pruner.unet_config``, which
+``pruner.load_unet`` reads back), so that a loader which cannot infer a pruned architecture from the keys
+can be given it: ``UNet2DConditionModel.from_single_file(FILE, config=STUDENT_DIR)``.
+
+Refused, with the reason: width-pruned students (single-file loaders build feed-forwards at the config's
+width), and students whose down blocks keep different numbers of layers (diffusers' converter maps block
+indices with one ``layers_per_block``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
+
+from pruner.compat.sgm import sgm_module_names
+from pruner.errors import PrunerError
+from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
+from pruner.unet.single_file import CONFIG_METADATA_KEY
+
+__all__ = ["UNET_PREFIX", "ExportReport", "export_single_file", "sgm_state_dict"]
+
+UNET_PREFIX = "model.diffusion_model."
+DEPTH_FIELDS = ("layers_per_block", "transformer_layers_per_block", "reverse_transformer_layers_per_block",
+                "mid_block_type", "block_out_channels", "down_block_types", "up_block_types")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What was written: the file, its tensor count and the metadata it carries."""
+
+    path: Path
+    tensors: int
+    metadata: dict[str, str]
+
+    def summary(self) -> str:
+        depths = json.loads(self.metadata["pruner.depths"])
+        return (
+            f"wrote {self.path} ({self.tensors} UNet tensors, SGM layout); layers_per_block "
+            f"{depths['layers_per_block']}, transformer_layers_per_block {depths['transformer_layers_per_block']}, "
+            f"mid {depths['mid_block_type']}"
+        )
+
+
+def sgm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A UNet's tensors under SGM keys (``model.diffusion_model.`` + the SGM module path + the tensor name)."""
+    try:
+        names = sgm_module_names(unet)
+    except KeyError as exc:
+        raise PrunerError(f"module {exc.args[0]} has no place in the original SGM layout; export the folder") from None
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in unet.state_dict().items():
+        module, _, name = key.rpartition(".")
+        out[f"{UNET_PREFIX}{names[module]}.{name}"] = tensor.detach().contiguous()
+    return out
+
+
+def _check_exportable(student: str, config: dict, narrowed: dict[str, int]) -> None:
+    if narrowed:
+        raise PrunerError(
+            f"{student} is width-pruned ({len(narrowed)} narrowed feed-forwards): single-file loaders build "
+            "feed-forwards at the config's width and cannot read it; share the folder (pruner.load_unet) instead"
+        )
+    layers = config.get("layers_per_block")
+    if isinstance(layers, list | tuple) and len(set(layers)) > 1:
+        raise PrunerError(
+            f"{student} keeps {list(layers)} layers in its down blocks: diffusers' single-file converter numbers "
+            "blocks with one layers_per_block, so it would misplace them; share the folder instead"
+        )
+
+
+def _metadata(config: dict, student: str) -> dict[str, str]:
+    meta = {
+        "format": "pt",
+        CONFIG_METADATA_KEY: json.dumps({k: v for k, v in config.items() if not k.startswith("_")}),
+        "pruner.depths": json.dumps({k: config.get(k) for k in DEPTH_FIELDS}),
+        "pruner.note": "pruned by pruner; diffusers: UNet2DConditionModel.from_single_file(file, config=<student "
+        "folder>), the config is also in pruner.unet_config",
+    }
+    for candidate in (Path(student) / "recipe.yaml", Path(student).parent / "recipe.yaml"):
+        if candidate.is_file():
+            meta["pruner.recipe"] = candidate.read_text()
+            break
+    return meta
+
+
+def _check_out(out: Path) -> None:
+    if out.suffix != ".safetensors":
+        raise PrunerError(f"--out {out} must end in .safetensors")
+    if out.exists():
+        raise PrunerError(f"{out} already exists; choose another --out or delete it")
+
+
+def export_single_file(
+    student: str | Path, out: str | Path, *, unet_only: bool = False, dtype: torch.dtype | None = None
+) -> ExportReport:
+    """Write a depth-pruned student's UNet as one SGM-layout ``.safetensors`` with its depths in the metadata.
+
+    ``student``: a student folder (UNet or pipeline) or anything ``pruner.load_unet`` reads. A pipeline
+    needs ``unet_only=True`` for now: its VAE and text encoders are not converted to their original layouts.
+    """
+    out = Path(out)
+    _check_out(out)
+    ref = resolve_model(str(student))
+    if ref.kind in ("pipeline", "hub") and not unet_only:
+        raise PrunerError(
+            f"{student} is a pipeline, and whole-pipeline single-file export is not supported yet (its VAE and text "
+            "encoders are not converted to their original layouts); pass --unet-only to export its UNet"
+        )
+    config = unet_config(ref)
+    _check_exportable(str(student), config, unet_ff_inner(ref))
+    unet: UNet2DConditionModel = load_unet(ref, dtype=dtype)
+    state = sgm_state_dict(unet)
+    metadata = _metadata(dict(unet.config), str(student))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, out)
+    return ExportReport(out, len(state), metadata)

@@ -1,0 +1,92 @@
+"""Single-file export: depth-only students of both fixtures written in the SGM layout load back through
+diffusers' ``from_single_file`` (and ``pruner.load_unet``) and give the student's output."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_SD15, TINY_SDXL, unet_inputs
+from diffusers import UNet2DConditionModel
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+import pruner.unet
+from pruner.cli import app
+from pruner.compat.export import export_single_file
+from pruner.errors import PrunerError
+from pruner.unet import Plan, build_student, nearest_expressible, topology_of, unit_kinds
+from pruner.unet.width import save_unet
+
+runner = CliRunner()
+CONFIGS = {"sdxl": TINY_SDXL, "sd15": TINY_SD15}
+
+
+def _depth_plans(teacher: UNet2DConditionModel, seed: int) -> list[Plan]:
+    """A random plan without layer units, and one removing the second layer of every down block (uniform)."""
+    topo = topology_of(teacher)
+    kinds = unit_kinds(topo)
+    rng = random.Random(seed)
+    names = [n for n, k in kinds.items() if k != "layer" and rng.random() < 0.35]
+    every_second = [n for n, k in kinds.items() if k == "layer" and n.endswith(".resnets.1")]
+    return [nearest_expressible(Plan.removing(names), topo), nearest_expressible(Plan.removing(every_second), topo)]
+
+
+def _out(model: UNet2DConditionModel, name: str) -> torch.Tensor:
+    args, kwargs = unet_inputs(CONFIGS[name], 8, batch=2)
+    with torch.no_grad():
+        return model(*args, **kwargs).sample
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_depth_only_students_of_both_topologies_round_trip_through_diffusers_single_file_loading(
+    tiny_unet: UNet2DConditionModel, tmp_path: Path, seed: int
+) -> None:
+    name = "sdxl" if tiny_unet.config.addition_embed_type == "text_time" else "sd15"
+    for k, plan in enumerate(_depth_plans(tiny_unet, seed)):
+        student = build_student(tiny_unet, plan)[0].eval()
+        folder, file = tmp_path / f"student{k}", tmp_path / f"student{k}.safetensors"
+        student.save_pretrained(folder)
+        report = export_single_file(folder, file)
+        back = UNet2DConditionModel.from_single_file(str(file), config=str(folder)).eval()
+        expected = _out(student, name)
+        torch.testing.assert_close(_out(back, name), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(_out(pruner.unet.load_unet(str(file)), name), expected, atol=1e-4, rtol=1e-4)
+        with safe_open(str(file), framework="pt") as f:
+            assert all(key.startswith("model.diffusion_model.") for key in f.keys())  # noqa: SIM118
+            depths = json.loads(f.metadata()["pruner.depths"])
+        assert depths["layers_per_block"] == student.config.layers_per_block
+        assert report.metadata["pruner.depths"] == json.dumps(depths)
+        assert depths["mid_block_type"] == student.config.mid_block_type
+
+
+def test_students_with_uneven_layer_counts_and_width_pruned_students_are_refused_with_the_reason(
+    tiny_sdxl: UNet2DConditionModel, tmp_path: Path
+) -> None:
+    uneven = build_student(tiny_sdxl, Plan.removing(["down_blocks.1.resnets.1"]))[0]
+    uneven.save_pretrained(tmp_path / "uneven")
+    with pytest.raises(PrunerError, match="one layers_per_block"):
+        export_single_file(tmp_path / "uneven", tmp_path / "uneven.safetensors")
+    narrow = build_student(tiny_sdxl, Plan(ff_keep=((1, 0.5),)))[0]
+    save_unet(narrow, tmp_path / "narrow")
+    with pytest.raises(PrunerError, match="width-pruned"):
+        export_single_file(tmp_path / "narrow", tmp_path / "narrow.safetensors")
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_pruner_export_writes_the_file_and_refuses_a_pipeline_without_unet_only(
+    tiny_sdxl: UNet2DConditionModel, tiny_sdxl_pipeline: str, tmp_path: Path
+) -> None:
+    build_student(tiny_sdxl, Plan.removing(["mid_block.attentions.0"]))[0].save_pretrained(tmp_path / "s")
+    result = runner.invoke(app, ["export", str(tmp_path / "s"), "--out", str(tmp_path / "s.safetensors")])
+    assert result.exit_code == 0, result.output
+    assert "SGM layout" in result.output and (tmp_path / "s.safetensors").is_file()
+    again = runner.invoke(app, ["export", str(tmp_path / "s"), "--out", str(tmp_path / "s.safetensors")])
+    assert again.exit_code == 2 and "already exists" in again.output
+    piped = runner.invoke(app, ["export", tiny_sdxl_pipeline, "--out", str(tmp_path / "p.safetensors")])
+    assert piped.exit_code == 2 and "--unet-only" in piped.output
+    unet_only = ["export", tiny_sdxl_pipeline, "--out", str(tmp_path / "p.safetensors"), "--unet-only"]
+    assert runner.invoke(app, unet_only).exit_code == 0

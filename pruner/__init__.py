@@ -36,6 +36,9 @@ _EXPORTS = {
     "parse_budget": "pruner.budget",
     "inspect_model": "pruner.inspection",
     "PrunerError": "pruner.errors",
+    "port_lora": "pruner.compat.lora",
+    "export_single_file": "pruner.compat.export",
+    "controlnet_compatibility": "pruner.compat.controlnet",
 }
 
 __all__ = [
@@ -46,13 +49,16 @@ __all__ = [
     "Recipe",
     "SearchResult",
     "build_student",
+    "controlnet_compatibility",
     "distill",
     "evaluate",
+    "export_single_file",
     "inspect_model",
     "list_units",
     "load_recipe",
     "load_unet",
     "parse_budget",
+    "port_lora",
     "save_recipe",
     "search",
 ]
@@ -60,6 +66,9 @@ __all__ = [
 if TYPE_CHECKING:
     from pruner.api import SearchResult, build_student
     from pruner.budget import parse_budget
+    from pruner.compat.controlnet import controlnet_compatibility
+    from pruner.compat.export import export_single_file
+    from pruner.compat.lora import port_lora
     from pruner.cost.model import CostModel
     from pruner.errors import PrunerError
     from pruner.evaluate import EvalReport

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pruner.errors import PrunerError, SearchInterrupted
+from pruner.inspection import Inspection
 from pruner.io import check_output_dir, check_output_file, check_storage_path
 from pruner.runtime import configure_threads
 
@@ -94,7 +95,7 @@ def _fmt(n: int | None, scales: tuple[tuple[float, str], ...] = ((1e9, "B"), (1e
 _MACS = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
 
 
-def _units_table(report) -> Table:  # type: ignore[no-untyped-def]
+def _units_table(report: Inspection) -> Table:
     table = Table(title=f"{report.target}: {_fmt(report.params)} params, {_fmt(report.macs, _MACS)} MACs "
                         f"at {report.resolution}px batch {report.batch}")  # fmt: skip
     width = max((len(u.name) for u in report.units), default=4)
@@ -111,7 +112,7 @@ def _units_table(report) -> Table:  # type: ignore[no-untyped-def]
     for u in report.units:
         row = [u.name, u.kind, _fmt(u.params), f"{100 * u.params / report.params:.2f}"]
         row += [_fmt(u.macs, _MACS), f"{100 * u.macs / report.macs:.2f}" if u.macs is not None and report.macs else "-"]
-        if report.unit_latency_ms:
+        if report.unit_latency_ms and report.latency is not None:
             ms = report.unit_latency_ms[u.name]
             row += [f"{ms:.2f}", f"{100 * ms / report.latency.total_ms:.1f}"]
         table.add_row(*row)

@@ -151,7 +151,7 @@ def image_grid(
     draw, font = ImageDraw.Draw(grid), _font()
     for r, row in enumerate(rows):
         for k, img in enumerate(row):
-            grid.paste(img.resize((w, h), Image.NEAREST), (label_w + k * w, r * h))
+            grid.paste(img.resize((w, h), Image.Resampling.NEAREST), (label_w + k * w, r * h))
         if r < len(row_labels):
             draw.text((4, r * h + h // 2 - 6), row_labels[r], fill="black", font=font)
     for k, text in enumerate(lines):

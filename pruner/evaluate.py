@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import DiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 
 from pruner.callable_module import make_callable
@@ -86,7 +86,9 @@ def _psnr(a: list[Image.Image], b: list[Image.Image]) -> float:
 
 
 @torch.no_grad()
-def _kd_loss(pipe, student: UNet2DConditionModel, latents: torch.Tensor, prompts: list[str], seed: int) -> float:  # type: ignore[no-untyped-def]
+def _kd_loss(
+    pipe: DiffusionPipeline, student: UNet2DConditionModel, latents: torch.Tensor, prompts: list[str], seed: int
+) -> float:
     """Mean MSE of noise predictions over fixed timesteps and noise (seeded)."""
     from diffusers import DDPMScheduler
 
@@ -161,7 +163,7 @@ def _name(student: str | Path | UNet2DConditionModel) -> str:
     return str(student)
 
 
-def _seq_len(pipe) -> int:  # type: ignore[no-untyped-def]
+def _seq_len(pipe: DiffusionPipeline) -> int:
     return int(pipe.tokenizer.model_max_length)
 
 

@@ -13,6 +13,7 @@ of distillation, not of shapes).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -76,7 +77,7 @@ def controlnet_compatibility(plan: Plan, topo: Topology) -> ControlNetCompatibil
     return ControlNetCompatibility(not reasons, reasons)
 
 
-def check_compat(compat: list[str] | tuple[str, ...], plan: Plan, topo: Topology) -> None:
+def check_compat(compat: Sequence[str], plan: Plan, topo: Topology) -> None:
     """Raise ``PrunerError`` when a plan breaks a compatibility the recipe or search space asks for."""
     if "controlnet" in compat:
         result = controlnet_compatibility(plan, topo)

@@ -198,7 +198,7 @@ def read_lora(source: LoraSource, teacher: nn.Module) -> ParsedLora:
     """Read a LoRA (file, folder with ``pytorch_lora_weights.safetensors``, or state dict) into the
     teacher's diffusers module names. ``teacher`` may live on the meta device: only its names are read."""
     if isinstance(source, Mapping):
-        state, meta = dict(source), {}
+        state, meta = dict(source), dict[str, str]()
     else:
         state, meta = _read_file(_lora_file(Path(source)))
     if any(k.startswith("lora_unet_") or k.startswith("lora_te") for k in state):

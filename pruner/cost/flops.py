@@ -57,7 +57,10 @@ class _UNetCall(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep, encoder_hidden_states, text_embeds=None, time_ids=None):  # type: ignore[no-untyped-def]
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+        text_embeds: torch.Tensor | None = None, time_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # fmt: skip
         added = None if text_embeds is None else {"text_embeds": text_embeds, "time_ids": time_ids}
         return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 

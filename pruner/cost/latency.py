@@ -81,11 +81,11 @@ def _time_modules(unet: nn.Module, args: tuple, device: torch.device, names: lis
     modules = dict(unet.named_modules())
     for name in names:
 
-        def pre(_m, _a, name=name):  # type: ignore[no-untyped-def]
+        def pre(_m: nn.Module, _a: Any, name: str = name) -> None:
             _sync(device)
             starts[name] = time.perf_counter()
 
-        def post(_m, _a, _o, name=name):  # type: ignore[no-untyped-def]
+        def post(_m: nn.Module, _a: Any, _o: Any, name: str = name) -> None:
             _sync(device)
             samples[name].append((time.perf_counter() - starts[name]) * 1000)
 

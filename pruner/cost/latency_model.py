@@ -109,9 +109,10 @@ class LatencyModel:
         if cost.latent is None:
             raise ValueError("this cost model has no resolution: pass latent= to time plans")
         self.cost, self.teacher = cost, teacher
+        latent = cost.latent
         self._timer = timer or (
             lambda m, names: measure_latency(
-                m, cost.latent, batch=batch, seq_len=cost.seq_len, warmup=warmup, runs=runs, modules=names
+                m, latent, batch=batch, seq_len=cost.seq_len, warmup=warmup, runs=runs, modules=names
             )
         )
         self.rounds = rounds

@@ -511,11 +511,11 @@ class LatentCache(torch.utils.data.Dataset):
                 "re-run `pruner cache` with the same arguments to finish it"
             )
         self.keys = tuple(key for key in self.meta["keys"] if key != "index")
-        self._files = [self.path / record["file"] for record in self.meta["shards"]]
+        self._files = [Path(self.path) / record["file"] for record in self.meta["shards"]]
         if missing := [str(path) for path in self._files if not path.is_file()]:
             raise PrunerError(f"cache shard {missing[0]} is missing; re-run `pruner cache` to rebuild it")
         for path, record in zip(self._files, self.meta["shards"], strict=True):
-            if _shard_rows(path) != record["n"]:
+            if _shard_rows(Path(path)) != record["n"]:
                 raise PrunerError(f"cache shard {path} is damaged (truncated or rewritten); delete it and re-run "
                                   "`pruner cache` with the same arguments to rebuild it")  # fmt: skip
         self._ends = list(itertools.accumulate(record["n"] for record in self.meta["shards"]))

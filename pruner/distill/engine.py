@@ -180,7 +180,7 @@ class AccelerateRuntime:
         return bool(self.acc.sync_gradients)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return self.acc.autocast()  # type: ignore[no-any-return]
+        return self.acc.autocast()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.acc.backward(loss)
@@ -197,10 +197,11 @@ def make_optimizer(
     if not eight_bit:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     try:
-        import bitsandbytes as bnb  # type: ignore[import-not-found]
+        import bitsandbytes as bnb
     except ImportError as exc:
         raise PrunerError("the 8-bit optimizer needs bitsandbytes: pip install 'pruner[gpu]'") from exc
-    return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)  # type: ignore[no-any-return]
+    optimizer: torch.optim.Optimizer = bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+    return optimizer
 
 
 class KDEngine:

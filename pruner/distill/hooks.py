@@ -6,7 +6,7 @@ the plain ``down_blocks.1.attentions.0`` the feature map speaks, with no ``modul
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -37,7 +37,7 @@ class FeatureRecorder:
         self.features: dict[str, torch.Tensor] = {}
         self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in dict.fromkeys(names)]
 
-    def _hook(self, name: str):  # type: ignore[no-untyped-def]
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
         def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
             self.features[name] = _first_tensor(output)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
 __all__ = ["LossTerms", "LossWeights", "distill_loss", "feature_kd", "min_snr_weights", "task_target"]
 
@@ -40,7 +41,9 @@ class LossTerms:
         return {k: float(getattr(self, k).detach()) for k in ("total", "task", "output_kd", "feature_kd")}
 
 
-def task_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def task_target(
+    scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """What the UNet should predict for the scheduler's prediction type (epsilon or v)."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
@@ -50,7 +53,7 @@ def task_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps
     raise ValueError(f"prediction type {kind!r} is not supported; use epsilon or v_prediction")
 
 
-def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weights per sample (Hang et al. 2023)."""
     alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = alphas / (1 - alphas)

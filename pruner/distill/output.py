@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from pruner.recipe import Recipe, dump_recipe
 from pruner.unet.load import load_pipeline, resolve_model
@@ -30,7 +30,7 @@ def _move_into(src: Path, out: Path) -> None:
     src.rmdir()
 
 
-def _validation_grid(pipe, student: UNet2DConditionModel, path: Path, prompts: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _validation_grid(pipe: DiffusionPipeline, student: UNet2DConditionModel, path: Path, prompts: list[str]) -> None:
     """Teacher row above student row from the same seeds, each held-out caption under its column."""
     from pruner.diffusion import generate, image_grid
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from pruner.diffusion import noise_scheduler
 from pruner.distill.engine import KDInputs, output_kd_gradients, teacher_pass
-from pruner.distill.losses import LossWeights
+from pruner.distill.losses import LossTerms, LossWeights
 from pruner.distill.progressive import composed_pairs, shrink, stage_chains
 from pruner.distill.trainer import Distiller, TrainSettings, batch_inputs, collate, latest_checkpoint
 from pruner.errors import PrunerError
@@ -170,7 +170,7 @@ class _StageRun:
         return {"stage": self.index, "stage_step": stage_step, "global_step": self.first_global + stage_step,
                 "fingerprint": self.result.settings}  # fmt: skip
 
-    def on_step(self, step: int, terms) -> None:  # type: ignore[no-untyped-def]
+    def on_step(self, step: int, terms: LossTerms) -> None:
         s = self.d.settings
         logs = {f"loss/{k}": v for k, v in terms.as_floats().items()}
         logs["lr"] = self.d.lr_scheduler.get_last_lr()[0]
@@ -254,8 +254,13 @@ def _load_finished_stage(student: UNet2DConditionModel, ckpt: Path) -> None:
 
 
 def _train_stages(
-    resolved: ResolvedRecipe, student, data, out: Path, opts: DistillOptions, result
-) -> UNet2DConditionModel:  # type: ignore[no-untyped-def]
+    resolved: ResolvedRecipe,
+    student: UNet2DConditionModel,
+    data: Any,
+    out: Path,
+    opts: DistillOptions,
+    result: DistillResult,
+) -> UNet2DConditionModel:
     recipe = resolved.recipe
     stages = recipe.distill.stages
     steps = result.settings["steps"]

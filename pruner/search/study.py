@@ -20,6 +20,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
 from pruner.budget import Budget, format_count, parse_budget
@@ -96,7 +97,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
-def _allow(space: SearchSpace, kinds: dict[str, str]):  # type: ignore[no-untyped-def]
+def _allow(space: SearchSpace, kinds: dict[str, str]) -> Callable[[str], bool]:
     allowed = {"transformer_layer": space.transformer_layers, "layer": space.layers and not space.keep_skip_topology,
                "mid_attention": space.mid_attention, "mid_block": space.mid_block, "stage": False}  # fmt: skip
     return lambda name: allowed.get(kinds.get(name, ""), False)
@@ -144,7 +145,10 @@ def _shown(value: float, budget: Budget) -> str:
     return f"{value:.1f} ms" if budget.metric == "latency" else format_count(value, budget.metric)
 
 
-def _check_budget(ctx_cost, topo: Topology, budget: Budget, allow, narrowest=()) -> float:  # type: ignore[no-untyped-def]
+def _check_budget(
+    ctx_cost: Callable[[Plan], float], topo: Topology, budget: Budget, allow: Callable[[str], bool],
+    narrowest: tuple[tuple[int, float], ...] = (),
+) -> float:  # fmt: skip
     """The budget's absolute limit, or a one-line error when no student of this space can meet it."""
     total = ctx_cost(Plan())
     limit = budget.limit(total)
@@ -180,7 +184,7 @@ def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
     )
 
 
-def build_context(cfg: SearchConfig, status=lambda _m: None) -> SearchContext:  # type: ignore[no-untyped-def]
+def build_context(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None) -> SearchContext:
     """Load the teacher, check the budget, build the calibration set and the unit sensitivities."""
     from pruner.diffusion import noise_scheduler
     from pruner.inspection import vae_scale_factor
@@ -236,7 +240,7 @@ def _similar_zero_shots(study: optuna.Study, macs: int) -> list[float]:
             if "zero_shot_kd" in t.user_attrs and abs(t.user_attrs.get("macs", 0) - macs) <= 0.15 * macs]  # fmt: skip
 
 
-def _screen(trial: optuna.Trial, ctx: SearchContext, macs: int, seeded: bool):  # type: ignore[no-untyped-def]
+def _screen(trial: optuna.Trial, ctx: SearchContext, macs: int, seeded: bool) -> Callable[[float], None]:
     """Stop a trial whose zero-shot KD is clearly worse than completed trials of similar cost."""
 
     def screen(zero: float) -> None:
@@ -353,7 +357,7 @@ def _settings(cfg: SearchConfig, ctx: SearchContext | None = None) -> dict[str, 
     return settings
 
 
-def _progress(total: int, done: int, enabled: bool):  # type: ignore[no-untyped-def]
+def _progress(total: int, done: int, enabled: bool) -> tuple[tqdm, Callable[[optuna.Study, FrozenTrial], None]]:
     bar = tqdm(total=total, initial=done, desc="search", unit="trial", dynamic_ncols=True, disable=not enabled)
 
     def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -448,7 +452,7 @@ def study_name(cfg: SearchConfig) -> str:
     return cfg.study or default_study_name(cfg.teacher, cfg.budget, cfg.space)
 
 
-def run_search(cfg: SearchConfig, status=lambda _m: None) -> SearchResult:  # type: ignore[no-untyped-def]
+def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None) -> SearchResult:
     """Run (or resume) the study, then write the front's recipes, found.yaml and the plot (none when
     ``cfg.out`` is None)."""
     from pruner.search.front import front_rows

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import DiffusionPipeline, UNet2DConditionModel
 from safetensors import SafetensorError
 
 from pruner.errors import PrunerError
@@ -236,9 +236,10 @@ def load_unet(
     return unet.to(device).eval()
 
 
-def load_pipeline(target: str | ModelRef, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):  # type: ignore[no-untyped-def]
+def load_pipeline(
+    target: str | ModelRef, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> DiffusionPipeline:
     """Load a full diffusers pipeline (hub id or pipeline folder) with its text encoders and VAE."""
-    from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

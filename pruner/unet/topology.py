@@ -78,7 +78,8 @@ def topology_of(unet: nn.Module) -> Topology:
         _block_topology(b, _block_kind(b, _UP_TYPES, f"up_blocks.{i}"))
         for i, b in enumerate(unet.up_blocks)  # type: ignore[arg-type]
     )
-    mid_type = unet.config.mid_block_type  # type: ignore[union-attr]
+    config: Any = unet.config
+    mid_type: str | None = config.mid_block_type
     if mid_type not in _MID_TYPES:
         raise PrunerError(
             f"mid block type {mid_type} is not supported; use UNetMidBlock2DCrossAttn, UNetMidBlock2D or none"

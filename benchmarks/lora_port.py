@@ -25,10 +25,10 @@ from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from pruner.cli import default_threads
 from pruner.compat import naive_lora, port_lora
 from pruner.distill.run import DistillOptions, distill_recipe
 from pruner.recipe import load_recipe, save_recipe
+from pruner.runtime import default_threads
 from pruner.tiny.judge import Judge
 from pruner.tiny.synth import Scene, SceneObject, caption, render, sample_scenes
 from pruner.unet import bundled_teacher, load_pipeline

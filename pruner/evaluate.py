@@ -25,6 +25,7 @@ from pruner.callable_module import make_callable
 from pruner.cost.latency import measure_latency
 from pruner.diffusion import conditioning, generate, image_grid
 from pruner.errors import PrunerError
+from pruner.io import read_prompts
 from pruner.unet.load import ModelRef, load_pipeline, load_unet, resolve_model
 
 __all__ = ["PSNR_CAP", "EvalReport", "eval_prompts", "evaluate_student", "load_student_unet"]
@@ -67,12 +68,9 @@ def _judge_dir(ref: ModelRef) -> Path | None:
 def eval_prompts(n: int, seed: int, ref: ModelRef, prompts_file: Path | None) -> list[str]:
     """Prompts from a file (one a line), or held-out captions when the teacher is the bundled one."""
     if prompts_file is not None:
-        lines = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()]
-        if not lines:
-            raise PrunerError(f"{prompts_file} holds no prompts; write one prompt per line")
-        return (lines * math.ceil(n / len(lines)))[:n]
+        return read_prompts(prompts_file, n)
     if _judge_dir(ref) is None:
-        raise PrunerError("this teacher has no built-in prompts; pass --prompts FILE (one prompt per line)")
+        raise PrunerError("this teacher has no built-in prompts; pass prompts_file= (one prompt per line)")
     from pruner.tiny.synth import sample_prompts
 
     return sample_prompts(n, seed)

@@ -28,6 +28,7 @@ __all__ = [
     "check_output_file",
     "check_storage_path",
     "publish_dir",
+    "read_prompts",
     "temp_dir_beside",
     "write_bytes",
     "write_json",
@@ -154,3 +155,15 @@ def check_storage_path(url: str, what: str = "storage") -> Path | None:
     if not path or path == ":memory:":
         return None
     return check_output_file(Path(path), f"{what} file")
+
+
+def read_prompts(path: str | Path, n: int) -> list[str]:
+    """``n`` prompts from a file of one prompt per line (blank lines skipped), cycled when it holds fewer."""
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PrunerError(f"cannot read prompts file {path}: {exc}; give a text file, one prompt per line") from exc
+    if not lines:
+        raise PrunerError(f"{path} holds no prompts; write one prompt per line")
+    return (lines * (n // len(lines) + 1))[:n]

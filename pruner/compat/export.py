@@ -14,7 +14,6 @@ indices with one ``layers_per_block``).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from safetensors.torch import save_file
 
 from pruner.compat.sgm import sgm_module_names
 from pruner.errors import PrunerError
+from pruner.io import atomic_path
 from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.single_file import CONFIG_METADATA_KEY
 
@@ -122,7 +122,6 @@ def export_single_file(
     state = sgm_state_dict(unet)
     metadata = _metadata(dict(unet.config), str(student))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return ExportReport(out, len(state), metadata)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from torch import nn
 from pruner.compat.sgm import sgm_module_names
 from pruner.compat.target import PlanTarget, plan_target
 from pruner.errors import PrunerError
+from pruner.io import atomic_path
 from pruner.recipe import Recipe
 from pruner.unet.maps import resolve, weight_map
 
@@ -264,9 +264,8 @@ def _check_out(out: Path) -> Path:
 
 def _write(state: Mapping[str, torch.Tensor], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
 
 
 def port_lora(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from pruner.errors import PrunerError
+from pruner.io import read_prompts
 
 __all__ = ["prompt_latents"]
 
@@ -19,10 +19,7 @@ def prompt_latents(
     from pruner.diffusion import conditioning, generate
     from pruner.unet.load import load_pipeline
 
-    lines = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()] if prompts_file.is_file() else []
-    if not lines:
-        raise PrunerError(f"{prompts_file} holds no prompts; write one prompt per line")
-    prompts = (lines * (n // len(lines) + 1))[:n]
+    prompts = read_prompts(prompts_file, n)
     pipe = load_pipeline(teacher)
     rows: list[dict[str, torch.Tensor]] = []
     for start in range(0, n, 16):

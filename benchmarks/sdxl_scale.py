@@ -91,10 +91,12 @@ def build_pipeline(folder: Path, tiny: bool) -> Path:
 
 def run_stage(out: Path, args: list[str]) -> None:
     """Child process: run one CLI command in-process, then record its peak memory beside the exit code."""
-    from pruner.cli import app
+    import runpy
 
-    try:
-        code = int(app(args, standalone_mode=False) or 0)
+    sys.argv = ["pruner", *args]
+    try:  # `python -m pruner ...`, as a user runs it
+        runpy.run_module("pruner", run_name="__main__")
+        code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)
     gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0

@@ -56,10 +56,10 @@ def worker(report: Path, argv: list[str]) -> None:
             if callable(method) and not name.startswith("_"):
                 setattr(cls, name, _timed(method, totals, depth))
     atexit.register(lambda: report.write_text(json.dumps(totals)))
-    from pruner.cli import app
+    import runpy
 
     sys.argv = ["pruner", *argv]
-    app()
+    runpy.run_module("pruner", run_name="__main__")  # `python -m pruner search ...`, as a user runs it
 
 
 def _storage_url(kind: str, folder: Path, postgres: str | None, name: str) -> str:

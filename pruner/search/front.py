@@ -93,29 +93,20 @@ def _minimised(directions: Sequence[StudyDirection], trial: FrozenTrial) -> tupl
     return tuple(-v if d == StudyDirection.MAXIMIZE else v for v, d in zip(trial.values, directions, strict=True))
 
 
-def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
-
-
 def _cost_order(key: tuple[float, ...], trial: FrozenTrial) -> tuple[Any, ...]:
     """Sort key: cost objectives first, then quality, then trial number (stable across runs)."""
     return (*key[1:], key[0], trial.number)
 
 
-def _pareto(study: optuna.Study, feasible: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """Non-dominated trials, found in one pass over the lexicographic order, where a dominator always comes first."""
+def _pareto(study: optuna.Study) -> list[FrozenTrial]:
+    """Optuna's Pareto front (``study.best_trials``: non-dominated among the feasible trials), cheapest first."""
     directions = study.directions  # read once: on an RDB storage each read is a query
-    keyed = sorted(((_minimised(directions, t), t) for t in feasible), key=lambda kt: (kt[0], kt[1].number))
-    front: list[tuple[tuple[float, ...], FrozenTrial]] = []
-    for key, trial in keyed:
-        if not any(_dominates(other, key) for other, _ in front):
-            front.append((key, trial))
-    return [t for k, t in sorted(front, key=lambda kt: _cost_order(*kt))]
+    return sorted(study.best_trials, key=lambda t: _cost_order(_minimised(directions, t), t))
 
 
 def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The non-dominated feasible trials over all objectives, cheapest first."""
-    return _pareto(study, feasible_trials(study))
+    return _pareto(study)
 
 
 def _best(study: optuna.Study, feasible: Sequence[FrozenTrial]) -> FrozenTrial | None:
@@ -316,7 +307,7 @@ def plot_front(study: optuna.Study, path: Path, x: str = "macs") -> Path:
         raise PrunerError(
             NO_FEASIBLE if not feasible else f"no feasible trial recorded {x}; plot against macs or params"
         )
-    front = _points(_pareto(study, feasible), x, names)
+    front = _points(_pareto(study), x, names)
     scale, x_label = _x_axis(x, max(p.x for p in everyone))
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
@@ -365,7 +356,7 @@ def export_front(study: optuna.Study, out_dir: Path, recipe_of: Callable[[Frozen
     best = _best(study, feasible)
     if best is None:
         raise PrunerError(NO_FEASIBLE)
-    front = _pareto(study, feasible)
+    front = _pareto(study)
     recipes = {t.number: recipe_of(t) for t in front}
     found_recipe = recipes[best.number] if best.number in recipes else recipe_of(best)
     front_dir = out_dir / "front"

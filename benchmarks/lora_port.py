@@ -108,7 +108,7 @@ def behaviour_rate(pipe, judge: Judge, scenes: list[Scene], steps: int) -> tuple
 
 
 def _student(root: Path, steps: int) -> Path:
-    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "found.yaml")
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "examples" / "tiny-sdxl-50" / "found.yaml")
     path = save_recipe(recipe.model_copy(update={"student": None}), root / "found.yaml")
     out = root / "student"
     if not (out / "recipe.yaml").is_file():

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
 
 from pruner.cost.cache import cache_dir
 
-__all__ = ["BUNDLED_DATA", "data_reference", "tiny_sdxl_cache"]
+__all__ = ["BUNDLED_DATA", "BUNDLED_ROWS", "BUNDLED_SEED", "bundled_captions", "data_reference", "tiny_sdxl_cache"]
 
 BUNDLED_DATA = "bundled:tiny-sdxl"  # how a recipe names the bundled teacher's synthesised set
+# The bundled set (distillation data and search calibration rows): its size and seed live here alone.
+BUNDLED_ROWS = 4096
+BUNDLED_SEED = 0
 
 
-def tiny_sdxl_cache(n: int = 4096, seed: int = 0, progress: bool = True) -> Path:
+def tiny_sdxl_cache(n: int = BUNDLED_ROWS, seed: int = BUNDLED_SEED, progress: bool = True) -> Path:
     """Captioned shape pictures for ``tiny-sdxl``, encoded into a latent cache once (resumed if interrupted)."""
     from pruner.distill.cache import build_cache
     from pruner.tiny.synth import write_dataset
@@ -25,6 +29,16 @@ def tiny_sdxl_cache(n: int = 4096, seed: int = 0, progress: bool = True) -> Path
     if not (cache / "cache.json").is_file() or _incomplete(cache):
         build_cache(images, "tiny-sdxl", cache, progress=progress)
     return cache
+
+
+@functools.cache
+def bundled_captions() -> frozenset[str]:
+    """Every caption of the bundled set (``tiny_sdxl_cache()``'s rows), without building it: the built-in
+    evaluation prompts skip these, so they are held out from distillation, caching and calibration alike.
+    Computed once a process (a second or so)."""
+    from pruner.tiny.synth import caption, sample_scenes
+
+    return frozenset(caption(s) for s in sample_scenes(BUNDLED_ROWS, BUNDLED_SEED, stream="dataset"))
 
 
 def _fingerprint() -> str:

@@ -14,11 +14,12 @@ same PNG bytes. Captions come from a fixed grammar over `VOCABULARY`, and `parse
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,15 +227,47 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     return Scene(background, (a, b), relation=relation, layout=_place_pair(rng, (a, b), relation))
 
 
+def iter_scenes(seed: int, stream: str = "dataset") -> Iterator[Scene]:
+    """The endless sequence of scenes `stream` gives with `seed` (`sample_scenes` takes its first `n`)."""
+    rng = scene_rng(seed, stream)
+    while True:
+        yield sample_scene(rng)
+
+
 def sample_scenes(n: int, seed: int, stream: str = "dataset") -> list[Scene]:
     """`n` scenes drawn from `stream` with `seed`; a prefix of a longer draw with the same seed."""
-    rng = scene_rng(seed, stream)
-    return [sample_scene(rng) for _ in range(n)]
+    return list(itertools.islice(iter_scenes(seed, stream), n))
 
 
-def sample_prompts(n: int, seed: int) -> list[str]:
-    """`n` evaluation captions from the "prompts" stream, disjoint in seed space from the dataset's."""
-    return [caption(s) for s in sample_scenes(n, seed, stream="prompts")]
+# A run of this many excluded draws in a row means `exclude` leaves (next to) no caption to draw.
+MAX_EXCLUDED_RUN = 1000
+
+
+def sample_prompts(n: int, seed: int, exclude: Container[str] = frozenset()) -> list[str]:
+    """`n` evaluation captions from the "prompts" stream, skipping every caption in `exclude`.
+
+    The stream is independent of the data set's, but the caption space is small (about 5,000), so
+    independent draws still repeat training captions verbatim: pass a training set's captions as
+    `exclude` to hold them out. Draws continue until `n` survive, so a smaller `n` gives a prefix of a
+    larger one (same `seed` and `exclude`). ValueError if `exclude` rejects `MAX_EXCLUDED_RUN` in a row.
+    """
+    prompts: list[str] = []
+    run = 0
+    for scene in iter_scenes(seed, stream="prompts"):
+        if len(prompts) >= n:
+            break
+        text = caption(scene)
+        if text in exclude:
+            run += 1
+            if run >= MAX_EXCLUDED_RUN:
+                raise ValueError(
+                    f"the excluded captions rejected {run} draws in a row, leaving too few to draw {n} "
+                    "prompts from: exclude fewer captions"
+                )
+            continue
+        run = 0
+        prompts.append(text)
+    return prompts
 
 
 # --------------------------------------------------------------------------- captions

@@ -11,12 +11,14 @@ import pytest
 from PIL import Image
 
 from pruner.tiny.synth import (
+    MAX_EXCLUDED_RUN,
     MIN_GAP,
     VOCABULARY,
     Scene,
     SceneObject,
     boxes_overlap,
     caption,
+    iter_scenes,
     parse_caption,
     render,
     sample_prompts,
@@ -230,3 +232,28 @@ def test_sample_prompts_deterministic_parseable_and_held_out() -> None:
     assert prompts != sample_prompts(200, seed=1)
     assert all(caption(parse_caption(p)) == p for p in prompts)
     assert prompts != [caption(s) for s in sample_scenes(200, seed=0)]
+
+
+def test_iter_scenes_continues_sample_scenes() -> None:
+    it = iter_scenes(9, "prompts")
+    assert [next(it) for _ in range(30)] == sample_scenes(30, 9, "prompts")
+
+
+def test_sample_prompts_skips_excluded_captions_and_stays_prefix_stable() -> None:
+    raw = sample_prompts(400, seed=2)
+    exclude = frozenset(raw[::2])  # every caption drawn at an even index, and its repeats elsewhere
+    kept = sample_prompts(150, seed=2, exclude=exclude)
+    assert len(kept) == 150 and not set(kept) & exclude
+    assert kept == [p for p in sample_prompts(2000, seed=2) if p not in exclude][:150]
+    assert sample_prompts(40, seed=2, exclude=exclude) == kept[:40]
+    assert sample_prompts(0, seed=2, exclude=exclude) == []
+
+
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+def test_sample_prompts_refuses_an_exclusion_that_leaves_nothing() -> None:
+    with pytest.raises(ValueError, match=f"rejected {MAX_EXCLUDED_RUN} draws in a row"):
+        sample_prompts(1, seed=0, exclude=_Everything())

@@ -385,7 +385,7 @@ def eval_(
         str, typer.Option(help="Teacher pipeline: hub id, pipeline folder, or tiny-sdxl.")
     ] = "tiny-sdxl",
     prompts: Annotated[
-        Path | None, typer.Option(help="Prompts file, one a line (default for tiny-sdxl: held-out captions).")
+        Path | None, typer.Option(help="Prompts file, one a line (default for tiny-sdxl: captions not in its data).")
     ] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Number of prompts (and of pictures per model).")] = 64,
     steps: Annotated[int, typer.Option(min=1, help="Sampling steps per picture.")] = 20,
@@ -398,7 +398,7 @@ def eval_(
     device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default cuda when available.")] = None,
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
-    judge's prompt accuracy (bundled teacher), and UNet latency of both."""
+    judge's prompt accuracy ± its standard error (bundled teacher), and UNet latency of both."""
     import pruner.api
 
     with user_errors():
@@ -414,11 +414,19 @@ def eval_(
     table.add_column("metric")
     table.add_column("student", justify="right")
     table.add_column("teacher", justify="right")
-    acc = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+
+    def acc(share: float | None, se: float | None) -> str:
+        """A share as "NN.N% ± S.S" (its standard error in percentage points)."""
+        return "-" if share is None else f"{100 * share:.1f}%" + ("" if se is None else f" ± {100 * se:.1f}")
+
     table.add_row("params", _fmt(report.student_params), _fmt(report.teacher_params))
     table.add_row("held-out KD loss (MSE)", f"{report.kd_loss:.5f}", "0")
     table.add_row("PSNR to teacher (dB)", f"{report.psnr:.2f}", "-")
-    table.add_row("prompt accuracy", acc(report.prompt_accuracy), acc(report.teacher_prompt_accuracy))
+    table.add_row(
+        "prompt accuracy ± standard error",
+        acc(report.prompt_accuracy, report.prompt_accuracy_se),
+        acc(report.teacher_prompt_accuracy, report.teacher_prompt_accuracy_se),
+    )
     table.add_row("UNet latency, batch 2 (ms)", f"{report.student_latency_ms:.2f}", f"{report.teacher_latency_ms:.2f}")
     Console().print(table)
     if report.grid:

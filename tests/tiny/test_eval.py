@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+import pruner.api
 from pruner.cli import app
+from pruner.distill.data import BUNDLED_ROWS, BUNDLED_SEED, bundled_captions, tiny_sdxl_cache
+from pruner.evaluate import EvalReport, binomial_se, eval_prompts
+from pruner.tiny.synth import caption, sample_prompts, sample_scenes
 from pruner.unet import bundled_teacher
+from pruner.unet.load import resolve_model
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 runner = CliRunner()
@@ -43,6 +50,8 @@ def test_eval_of_the_teacher_against_itself_is_perfect(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["kd_loss"] == 0.0 and report["psnr"] == 100.0
     assert report["prompt_accuracy"] == report["teacher_prompt_accuracy"] is not None
+    assert report["prompt_accuracy_se"] == report["teacher_prompt_accuracy_se"]
+    assert report["prompt_accuracy_se"] == pytest.approx(binomial_se(report["prompt_accuracy"], 4))
     assert (tmp_path / "g.png").is_file()
 
 
@@ -80,3 +89,61 @@ def test_synth_data_writes_an_image_folder_and_refuses_to_overwrite(tmp_path: Pa
     assert len(rows) == 5 and all((tmp_path / "d" / r["file_name"]).is_file() and r["text"] for r in rows)
     again = runner.invoke(app, ["synth-data", "--out", str(tmp_path / "d"), "--n", "5"])
     assert again.exit_code == 2 and len(again.output.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def dataset_captions() -> set[str]:
+    """The captions of the bundled set's rows, from the same scenes `write_dataset` renders for its cache."""
+    defaults = inspect.signature(tiny_sdxl_cache).parameters
+    assert (defaults["n"].default, defaults["seed"].default) == (BUNDLED_ROWS, BUNDLED_SEED)
+    return {caption(s) for s in sample_scenes(BUNDLED_ROWS, BUNDLED_SEED, stream="dataset")}
+
+
+def test_builtin_eval_prompts_hold_out_every_caption_of_the_bundled_data_set(dataset_captions: set[str]) -> None:
+    assert bundled_captions() == dataset_captions
+    drawn = sample_prompts(300, seed=0)  # the stream alone repeats training captions verbatim
+    assert sum(p in dataset_captions for p in drawn) > 100
+    prompts = eval_prompts(300, 0, resolve_model("tiny-sdxl"), None)
+    assert len(prompts) == 300 and not set(prompts) & dataset_captions
+    # the survivors of the "prompts" stream, in order
+    assert prompts == [p for p in sample_prompts(2000, seed=0) if p not in dataset_captions][:300]
+
+
+def test_builtin_eval_prompts_are_deterministic_and_prefix_stable() -> None:
+    ref = resolve_model("tiny-sdxl")
+    prompts = eval_prompts(200, 3, ref, None)
+    assert prompts == eval_prompts(200, 3, ref, None)
+    assert eval_prompts(37, 3, ref, None) == prompts[:37]
+    assert eval_prompts(200, 4, ref, None) != prompts
+
+
+def test_eval_prompts_from_a_file_are_not_filtered(tmp_path: Path) -> None:
+    training_caption = next(iter(bundled_captions()))
+    (tmp_path / "p.txt").write_text(f"{training_caption}\n")
+    assert eval_prompts(1, 0, resolve_model("tiny-sdxl"), tmp_path / "p.txt") == [training_caption]
+
+
+def test_binomial_standard_error() -> None:
+    assert binomial_se(0.5, 100) == pytest.approx(0.05)
+    assert binomial_se(0.9, 256) == pytest.approx(math.sqrt(0.09 / 256)) == pytest.approx(0.01875)
+    assert binomial_se(0.0, 64) == binomial_se(1.0, 64) == 0.0
+    with pytest.raises(ValueError, match="n=0"):
+        binomial_se(0.5, 0)
+    with pytest.raises(ValueError, match=r"p=1\.5"):
+        binomial_se(1.5, 10)
+
+
+def test_eval_table_shows_prompt_accuracy_with_its_standard_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    report = EvalReport(
+        "s", "tiny-sdxl", 0.001, 30.0, 0.75, 0.90625, 10.0, 20.0, 5, 10, 256, 20, 5.0, None,
+        prompt_accuracy_se=binomial_se(0.75, 256), teacher_prompt_accuracy_se=binomial_se(0.90625, 256),
+    )  # fmt: skip
+    monkeypatch.setattr(pruner.api, "evaluate", lambda *a, **k: report)
+    table = runner.invoke(app, ["eval", "s", "--grid", str(tmp_path / "g.png"), "--n", "256"], terminal_width=200)
+    assert table.exit_code == 0, table.output
+    assert "75.0% ± 2.7" in table.stdout and "90.6% ± 1.8" in table.stdout
+    as_json = json.loads(runner.invoke(app, ["eval", "s", "--grid", str(tmp_path / "g.png"), "--json"]).stdout)
+    assert as_json["prompt_accuracy_se"] == pytest.approx(0.0270633)
+    assert list(as_json)[-2:] == ["prompt_accuracy_se", "teacher_prompt_accuracy_se"]

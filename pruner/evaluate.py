@@ -8,7 +8,10 @@
   binomial standard error (a share of n prompts: on 256 prompts near 90%, about 1.9 points).
 - Prompts: from a file, or for the bundled teacher captions held out from its data set: drawn from their
   own random stream, skipping every caption of the bundled set (``pruner.distill.data.bundled_captions``)
-  that distillation trains on, its latent cache encodes and the search calibrates on.
+  that distillation trains on, its latent cache encodes and the search calibrates on. That set holds
+  every one-object caption (216), so the held-out prompts are all two-object scenes; and the teacher's
+  own 40,000 training scenes hold nearly every caption the grammar makes: the prompts are new to the
+  student, not to the teacher.
 - UNet latency of both, measured in the same run (a classifier-free-guidance batch of 2).
 - A PNG grid: teacher row above student row, one column per prompt.
 """

@@ -105,6 +105,9 @@ def search(
     objectives: Sequence[str] = ("quality", "macs"),
     space: str = "default",
     proxy_steps: int = 30,
+    top_steps: int | None = None,
+    sampler: str = "mutation",
+    noise_seeds: int = 2,
     calibration: int = 96,
     held_out: int = 128,
     storage: str | None = None,
@@ -122,6 +125,12 @@ def search(
     rerun resumes; default in memory) scores each plan by a short layer-level KD fine-tune on ``data`` (a latent
     cache), or on latents the teacher generates from ``prompts``, and by cost. Budgets name their unit:
     ``"0.74B"``, ``"45%"``, ``"macs=60%"``, ``"latency=40ms"``.
+    Plans are scored at rising fidelity: zero-shot KD for every plan, ``proxy_steps`` of KD for the better
+    half, ``top_steps`` in all for the best third of those (default 10/3 of ``proxy_steps``: 100 for 30; the found
+    plan is chosen among these). ``sampler``:
+    ``"mutation"`` (mutations and crossovers of the best scored plans, biased by unit sensitivity),
+    ``"nsga2"`` or ``"tpe"`` (multivariate). The found plan is re-scored with ``noise_seeds`` other row
+    orders; the spread is stored as the study's ``noise_floor``.
     Everything runs on ``device`` (default: cuda when available, else where a given teacher model lives),
     the teacher frozen in half precision on a GPU and the proxy's students under ``mixed_precision``
     autocast (default bf16 on a GPU). Files (found.yaml, front/*.yaml, front.png) are written only when
@@ -134,7 +143,8 @@ def search(
         check_output_dir(output, "output folder")  # before any compute
     cfg = SearchConfig(
         teacher=ref, teacher_model=model, budget=budget, objectives=tuple(objectives), trials=trials,
-        proxy_steps=proxy_steps, data=None if data is None else str(data),
+        proxy_steps=proxy_steps, top_steps=top_steps, sampler=sampler, noise_seeds=noise_seeds,
+        data=None if data is None else str(data),
         prompts=None if prompts is None else str(prompts), space=space, storage=storage or "memory", study=study,
         out=None if output is None else Path(output), seed=seed, calibration=calibration, held_out=held_out,
         device=device, mixed_precision=mixed_precision, progress=progress,

@@ -190,7 +190,27 @@ def search(
         str, typer.Option(help="Comma-separated, minimised: quality plus macs, params or latency.")
     ] = "quality,macs",
     trials: Annotated[int, typer.Option(min=1, help="Trials in the study (a re-run resumes up to this many).")] = 24,
-    proxy_steps: Annotated[int, typer.Option(min=0, help="Layer-level KD steps per trial (0: zero-shot only).")] = 30,
+    proxy_steps: Annotated[
+        int, typer.Option(min=0, help="KD steps for the better half of plans (every plan is scored zero-shot first).")
+    ] = 30,
+    top_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="KD steps in all for the best third of those; the found plan is chosen among them "
+            "(default 10/3 of --proxy-steps: 100 for 30; <= --proxy-steps: two rungs only).",
+        ),
+    ] = None,
+    sampler: Annotated[
+        str,
+        typer.Option(
+            help="mutation (mutations and crossovers of the best scored plans, biased by unit sensitivity), "
+            "nsga2 or tpe (multivariate)."
+        ),
+    ] = "mutation",
+    noise_seeds: Annotated[
+        int, typer.Option(min=0, help="Re-score the found plan with this many other row orders: the noise floor.")
+    ] = 2,
     data: Annotated[str | None, typer.Option(help="Latent cache (from `pruner cache`) to calibrate on.")] = None,
     prompts: Annotated[
         str | None, typer.Option(help="No dataset: prompts file; the teacher generates the latents.")
@@ -241,7 +261,8 @@ def search(
         try:
             result = pruner.api.search(
                 teacher, budget, objectives=[o.strip() for o in objectives.split(",")], trials=trials,
-                proxy_steps=proxy_steps, data=data, prompts=prompts, space=space,
+                proxy_steps=proxy_steps, top_steps=top_steps, sampler=sampler, noise_seeds=noise_seeds, data=data,
+                prompts=prompts, space=space,
                 storage=storage or default_storage(name), study=name, output=out, seed=seed,
                 calibration=calibration, held_out=held_out, device=device,
                 mixed_precision=mixed_precision, progress=True,

@@ -33,6 +33,7 @@ __all__ = [
     "CostKey",
     "best_quality_trial",
     "constraint_values",
+    "describe_noise_floor",
     "export_front",
     "feasible_trials",
     "front_rows",
@@ -40,6 +41,7 @@ __all__ = [
     "is_feasible",
     "pareto_trials",
     "plot_front",
+    "rung_summary",
 ]
 
 CostKey = Literal["macs", "params", "latency_ms"]
@@ -213,7 +215,8 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
     if title is None:
         title = f"Pareto front of {study.study_name}: {len(rows)} of {len(feasible_trials(study))} feasible trials"
     costs = [c for c in _COLUMNS if any(r[c[0]] is not None for r in rows)]
-    table = Table(title=title, caption=_SHORT_NAMES_CAPTION if rows else None)
+    notes = [n for n in (rung_summary(study), describe_noise_floor(study)) if n]
+    table = Table(title=title, caption="\n".join([_SHORT_NAMES_CAPTION, *notes]) if rows else None)
     widths = any(r["ff_keep"] for r in rows)
     headers = ("trial", "seed", *(c[1] for c in costs), "proxy KD", "n removed", *(("FF keep",) if widths else ()))
     for header in headers:
@@ -227,6 +230,30 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
             str(r["number"]), r["label"] or "", *cost_cells, quality, str(r["n_removed"]), *ff, _short(r["removed"])
         )
     return table
+
+
+def rung_summary(study: optuna.Study) -> str | None:
+    """How many plans each fidelity scored, e.g. ``fidelity: 24 plans zero-shot, 12 at 30 steps, 5 at 100``."""
+    reached: dict[int, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        for steps in (t.user_attrs.get("rung_kd") or {}) if not t.user_attrs.get("skipped") else ():
+            reached[int(steps)] = reached.get(int(steps), 0) + 1
+    if not reached:
+        return None
+    parts = [f"{n} at {s} steps" if s else f"{n} zero-shot" for s, n in sorted(reached.items())]
+    return "fidelity: " + ", ".join(parts)
+
+
+def describe_noise_floor(study: optuna.Study) -> str | None:
+    """The found plan's held-out KD under several row orders (the spread gaps must beat), or None."""
+    floor = study.user_attrs.get("noise_floor")
+    if not floor:
+        return None
+    kd = floor["kd"]
+    return (
+        f"noise floor: trial {floor['trial']} scored with {len(kd)} seeds at {floor['steps']} steps: "
+        f"KD {min(kd):.4g}-{max(kd):.4g} (spread {100 * floor['spread']:.1f}%, sd {floor['std']:.2g})"
+    )
 
 
 # --- plot --------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "PROXY_WEIGHTS",
     "Calibration",
     "CalibrationPlan",
+    "ProxyRun",
     "ProxyScore",
     "build_calibration",
     "calibration_gradients",
@@ -218,34 +219,72 @@ class ProxyScore:
     steps: int
 
 
-def _fine_tune(
-    student: UNet2DConditionModel, calib: Calibration, pairs: Sequence[tuple[str, str]], steps: int, lr: float,
-    batch: int, seed: int, schedule: str, weights: LossWeights, runtime: Runtime,
-) -> None:  # fmt: skip
-    """Layer-level KD against the cached teacher, one ``KDEngine`` step at a time.
-
-    The learning rate decays to zero (cosine) by default: a constant rate leaves a plan's loss swinging
-    between steps, which scrambles how plans rank against each other."""
-    student.train()
-    opt = make_optimizer(student.parameters(), lr, weight_decay=0.0)
-    cosine = lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if schedule == "cosine" else 1.0  # noqa: E731
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-    g = torch.Generator().manual_seed(seed)
-    chunks = itertools.cycle(torch.randperm(calib.n_train, generator=g).split(batch))
-    names = [t for _, t in pairs]
-    engine = KDEngine(student, student, pairs, weights, calib.scheduler, opt, runtime, lr_scheduler=lr_schedule)
-    try:
-        for _ in range(steps):
-            rows = next(chunks)
-            engine.step(calib.inputs.rows(rows), calib.teacher_out(rows, names))
-    finally:
-        engine.close()
-
-
 def calibration_gradients(calib: Calibration, rows: int = 32) -> Callable[[nn.Module], None]:
     """A ``grad_fn`` for Taylor width importance: output-KD gradients on the first calibration rows."""
     chunk = torch.arange(min(rows, calib.n_train))
     return output_kd_gradients(lambda: iter([(calib.inputs.rows(chunk), calib.teacher_pred[chunk])]))
+
+
+class ProxyRun:
+    """One plan's student on the calibration set, trained in segments: the rungs of a multi-fidelity search.
+
+    The student is built once; :meth:`held_out` is its held-out KD loss now; :meth:`train_to` continues the
+    layer-level KD fine-tune (``KDEngine``'s step against the cached teacher) up to a total step count.
+    Each segment decays its learning rate to zero (cosine, restarted per segment): a constant rate leaves a
+    plan's loss swinging between steps, which scrambles how plans rank. Rows come in one order fixed by
+    ``seed``, the same for every plan (common random numbers), so two plans differ only by what they are."""
+
+    def __init__(
+        self, teacher: UNet2DConditionModel, plan: Plan, topo: Topology, calib: Calibration, *, lr: float = 3e-4,
+        batch: int = 16, seed: int = 0, importance: str = "magnitude", schedule: str = "cosine",
+        weights: LossWeights = PROXY_WEIGHTS, runtime: Runtime | None = None,
+    ) -> None:  # fmt: skip
+        self.calib, self.batch, self.schedule = calib, batch, schedule
+        self.runtime = runtime or PlainRuntime(calib.device)
+        layout = check_expressible(plan, topo)
+        grad_fn = calibration_gradients(calib) if importance == "taylor" else None
+        self.student, _ = build_student(teacher, plan, importance=importance, grad_fn=grad_fn, dtype=torch.float32)
+        self.pairs = feature_map(layout, topo, calib.level)
+        self.weights, self.lr, self.steps = weights, lr, 0
+        g = torch.Generator().manual_seed(seed)
+        self._rows = itertools.cycle(torch.randperm(calib.n_train, generator=g).split(batch))
+        self._seed = seed
+        self._engine: KDEngine | None = None
+
+    def held_out(self) -> float:
+        """Held-out KD loss of the student now (mean MSE against the teacher's cached predictions)."""
+        return held_out_kd(self.student, self.calib.held_out_batches(2 * self.batch), self.runtime)
+
+    def train_to(self, steps: int) -> float:
+        """Train until ``steps`` steps in all, then return the held-out KD loss."""
+        segment = steps - self.steps
+        if segment <= 0:
+            return self.held_out()
+        if self._engine is None:
+            torch.manual_seed(self._seed)
+            self.student.train()
+            opt = make_optimizer(self.student.parameters(), self.lr, weight_decay=0.0)
+            self._engine = KDEngine(self.student, self.student, self.pairs, self.weights, self.calib.scheduler, opt,
+                                    self.runtime)  # fmt: skip
+        cosine = lambda k: 0.5 * (1 + math.cos(math.pi * k / segment)) if self.schedule == "cosine" else 1.0  # noqa: E731
+        self._engine.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self._engine.optimizer, cosine)
+        names = [t for _, t in self.pairs]
+        for _ in range(segment):
+            rows = next(self._rows)
+            self._engine.step(self.calib.inputs.rows(rows), self.calib.teacher_out(rows, names))
+        self.steps = steps
+        return self.held_out()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self) -> ProxyRun:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def proxy_score(
@@ -255,20 +294,14 @@ def proxy_score(
 ) -> ProxyScore:  # fmt: skip
     """Zero-shot KD of the freshly built student (fp32, on the calibration's device), then (unless
     ``screen(zero_shot)`` stops the trial by raising) ``steps`` of KD and the held-out KD loss after them."""
-    runtime = runtime or PlainRuntime(calib.device)
-    layout = check_expressible(plan, topo)
-    grad_fn = calibration_gradients(calib) if importance == "taylor" else None
-    student, _ = build_student(teacher, plan, importance=importance, grad_fn=grad_fn, dtype=torch.float32)
-    eval_batch = 2 * batch
-    zero = held_out_kd(student, calib.held_out_batches(eval_batch), runtime)
-    if screen is not None:
-        screen(zero)
-    if steps <= 0:
-        return ProxyScore(zero, zero, 0)
-    torch.manual_seed(seed)
-    pairs = feature_map(layout, topo, calib.level)
-    _fine_tune(student, calib, pairs, steps, lr, batch, seed, schedule, weights, runtime)
-    return ProxyScore(zero, held_out_kd(student, calib.held_out_batches(eval_batch), runtime), steps)
+    with ProxyRun(teacher, plan, topo, calib, lr=lr, batch=batch, seed=seed, importance=importance,
+                  schedule=schedule, weights=weights, runtime=runtime) as run:  # fmt: skip
+        zero = run.held_out()
+        if screen is not None:
+            screen(zero)
+        if steps <= 0:
+            return ProxyScore(zero, zero, 0)
+        return ProxyScore(zero, run.train_to(steps), steps)
 
 
 def _skip_block(_module: nn.Module, args: tuple, _output: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pruner.unet.plan import Plan, nearest_expressible, parent_of, unit_kinds
+from pruner.unet.plan import Plan, implied_by, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology
 
 __all__ = ["repair_to_budget"]
@@ -18,19 +18,10 @@ __all__ = ["repair_to_budget"]
 Cost = Callable[[Plan], float]
 
 
-def _implied(name: str, removed: frozenset[str], topo: Topology) -> bool:
-    parent = parent_of(name, topo)
-    while parent is not None:
-        if parent in removed:
-            return True
-        parent = parent_of(parent, topo)
-    return False
-
-
 def _candidates(plan: Plan, topo: Topology, kinds: dict[str, str], allow: Callable[[str], bool]) -> list[str]:
     return [
         n for n in kinds
-        if n not in plan.removed and kinds[n] != "stage" and allow(n) and not _implied(n, plan.removed, topo)
+        if n not in plan.removed and kinds[n] != "stage" and allow(n) and not implied_by(n, plan.removed, topo)
     ]  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pruner.errors import PrunerError
@@ -23,6 +24,7 @@ __all__ = [
     "SearchSpace",
     "builtin_spaces",
     "decode",
+    "genome_distributions",
     "genome_of",
     "load_space",
     "space_path",
@@ -146,20 +148,32 @@ def _mid_choices(space: SearchSpace, topo: Topology) -> list[str]:
     return choices
 
 
-def suggest_genome(trial: Any, space: SearchSpace, topo: Topology) -> dict[str, Any]:
-    """Ask an Optuna trial for a genome (the same parameter names for every trial)."""
-    genome: dict[str, Any] = {}
+def genome_distributions(space: SearchSpace, topo: Topology) -> dict[str, BaseDistribution]:
+    """The genome's parameters as Optuna distributions (the same names for every trial)."""
+    genome: dict[str, BaseDistribution] = {}
     if space.transformer_layers:
         for mod, depth in _attention_modules(topo):
-            genome[f"depth:{mod}"] = trial.suggest_int(f"depth:{mod}", min(space.min_depth, depth), depth)
+            genome[f"depth:{mod}"] = IntDistribution(min(space.min_depth, depth), depth)
     if space.layers and not space.keep_skip_topology:
         for i, block in enumerate(topo.down):
             if block.layers > 1:
-                genome[f"layers:down_blocks.{i}"] = trial.suggest_int(f"layers:down_blocks.{i}", 1, block.layers)
-    genome["mid"] = trial.suggest_categorical("mid", _mid_choices(space, topo))
+                genome[f"layers:down_blocks.{i}"] = IntDistribution(1, block.layers)
+    genome["mid"] = CategoricalDistribution(_mid_choices(space, topo))
     if space.width:
         for level in width_levels(topo):
-            genome[f"width:{level}"] = trial.suggest_categorical(f"width:{level}", list(space.width_ratios))
+            genome[f"width:{level}"] = CategoricalDistribution(list(space.width_ratios))
+    return genome
+
+
+def suggest_genome(trial: Any, space: SearchSpace, topo: Topology) -> dict[str, Any]:
+    """Ask an Optuna trial for a genome."""
+    genome: dict[str, Any] = {}
+    for name, dist in genome_distributions(space, topo).items():
+        if isinstance(dist, IntDistribution):
+            genome[name] = trial.suggest_int(name, dist.low, dist.high)
+        else:
+            assert isinstance(dist, CategoricalDistribution)
+            genome[name] = trial.suggest_categorical(name, list(dist.choices))
     return genome
 
 

@@ -1,10 +1,16 @@
 """``pruner search``: an Optuna multi-objective study over removal plans, and its front as recipes.
 
-Each trial samples a genome, decodes it into a plan, repairs the plan to an expressible one at or just
-under the budget, prices it with the cost model, screens it by its zero-shot KD loss against completed
-trials of similar cost (``TrialPruned`` when clearly worse), and scores survivors by the held-out KD loss
-after a short layer-level KD fine-tune against the cached teacher. Heuristic seeds (BK-SDM, KOALA,
-SSD-1B, Vega styles and a sensitivity one-shot) are enqueued first and labelled.
+Each trial gets a plan (from the plan sampler's mutations and crossovers of the best scored plans, or a
+genome NSGA-II or TPE sampled, decoded), repairs it to an expressible one at or just under the budget,
+prices it with the cost model and scores it by held-out KD against the cached teacher at rising fidelity
+(successive halving inside the trial, ASHA's asynchronous rule): zero-shot for every plan, ``proxy_steps``
+of layer-level KD for the better half of plans of similar cost, ``top_steps`` for the best third of
+those. A trial stopped at a lower rung is PRUNED with the scores it reached (user attributes
+``rung_kd``), so the completed trials, the front and the found plan are all at the highest fidelity.
+Every plan is trained on the same rows in the same order (common random numbers) and no plan is scored
+twice; after the trials, the found plan is scored again with other seeds and the spread (the noise
+floor) is stored beside the front. Heuristic seeds (the sensitivity one-shot first, then BK-SDM, KOALA,
+SSD-1B and Vega styles) are enqueued first, labelled, and always get past the zero-shot rung.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from pruner.errors import PrunerError, SearchInterrupted
 from pruner.profiles import profile_for
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
 from pruner.search.heuristics import seed_plans
-from pruner.search.proxy import Calibration, build_calibration, proxy_batch, proxy_score, unit_sensitivity
+from pruner.search.proxy import Calibration, ProxyRun, build_calibration, proxy_batch, unit_sensitivity
 from pruner.search.repair import repair_to_budget
+from pruner.search.sampler import PlanSampler, PlanSpace, scored_plan
 from pruner.search.space import SearchSpace, decode, genome_of, load_space, suggest_genome, width_levels
 from pruner.search.storage import default_storage, storage_of, with_retries
 from pruner.search.storage import open_study as storage_open_study
@@ -56,6 +63,9 @@ __all__ = [
 ]
 
 OBJECTIVES = {"quality", "macs", "params", "latency"}
+SAMPLERS = ("mutation", "nsga2", "tpe")
+KEEP = (1 / 2, 1 / 3)  # share of plans of similar cost promoted from rung 0 (zero-shot), then from each later rung
+PEER_MACS = 0.15  # plans within this relative MACs distance compete for promotion
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,10 @@ class SearchConfig:
     budget: str = "50%"
     objectives: tuple[str, ...] = ("quality", "macs")
     trials: int = 24
-    proxy_steps: int = 30
+    proxy_steps: int = 30  # rung 1: KD steps for the better half of plans
+    top_steps: int | None = None  # top rung: KD steps in all for the best of those; None: 10/3 x proxy_steps
+    sampler: str = "mutation"
+    noise_seeds: int = 2  # the found plan scored again with this many other seeds: the noise floor
     data: str | None = None
     prompts: str | None = None
     space: str = "default"
@@ -74,12 +87,17 @@ class SearchConfig:
     seed: int = 0
     calibration: int = 96
     held_out: int = 128
-    screen_ratio: float = 2.0
     teacher_model: Any = None  # the teacher already loaded (``teacher`` still names it for recipes)
     progress: bool = True
     device: str | None = None  # None: cuda when available
     mixed_precision: str | None = None  # None: bf16 on a GPU (fp16 where bf16 is missing), no on a CPU
     proxy_batch: int | None = None  # None: by resolution (pruner.search.proxy.proxy_batch)
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """KD steps at each fidelity: 0 (zero-shot), ``proxy_steps``, ``top_steps`` (dropping empty rungs)."""
+        top = round(self.proxy_steps * 10 / 3) if self.top_steps is None else self.top_steps
+        return tuple(sorted({0, self.proxy_steps, max(self.proxy_steps, top)}))
 
 
 @dataclass
@@ -234,25 +252,30 @@ def _runtime(device: torch.device, mixed_precision: str | None) -> PlainRuntime:
     return PlainRuntime(device, mixed_precision)
 
 
-def _similar_zero_shots(study: optuna.Study, macs: int) -> list[float]:
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return [t.user_attrs["zero_shot_kd"] for t in done
-            if "zero_shot_kd" in t.user_attrs and abs(t.user_attrs.get("macs", 0) - macs) <= 0.15 * macs]  # fmt: skip
+def _rung_peers(trial: optuna.Trial, steps: int, macs: int) -> list[float]:
+    """Held-out KD at ``steps`` of every other plan of similar cost that reached that rung."""
+    key = str(steps)
+    return [t.user_attrs["rung_kd"][key] for t in trial.study.get_trials(deepcopy=False)
+            if t.number != trial.number and key in (t.user_attrs.get("rung_kd") or {})
+            and not t.user_attrs.get("skipped")
+            and abs(t.user_attrs.get("macs", 0) - macs) <= PEER_MACS * macs]  # fmt: skip
 
 
-def _screen(trial: optuna.Trial, ctx: SearchContext, macs: int, seeded: bool) -> Callable[[float], None]:
-    """Stop a trial whose zero-shot KD is clearly worse than completed trials of similar cost."""
-
-    def screen(zero: float) -> None:
-        trial.set_user_attr("zero_shot_kd", zero)
-        peers = _similar_zero_shots(trial.study, macs)
-        if not seeded and len(peers) >= 3 and zero > ctx.cfg.screen_ratio * statistics.median(peers):
-            trial.set_user_attr("screened", True)
-            raise optuna.TrialPruned(
-                f"zero-shot KD {zero:.4g} > {ctx.cfg.screen_ratio}x the median of {len(peers)} peers"
-            )
-
-    return screen
+def promote(trial: optuna.Trial, rung: int, steps: int, kd: float, macs: int, seeded: bool) -> None:
+    """Record the rung's score; stop the trial (PRUNED) unless it is among the best ``KEEP[rung]`` of the
+    plans of similar cost scored at this rung so far (itself included). Seeds always go on from rung 0 (every
+    baseline gets a trained score); higher, they compete like any plan."""
+    scores = {**(trial.user_attrs.get("rung_kd") or {}), str(steps): kd}
+    trial.set_user_attr("rung_kd", scores)
+    trial.set_user_attr("rung_steps", steps)
+    trial.set_user_attr("proxy_kd", kd)
+    if seeded and rung == 0:
+        return
+    peers = sorted([*_rung_peers(trial, steps, macs), kd])
+    keep = math.ceil(len(peers) * KEEP[min(rung, len(KEEP) - 1)])
+    if kd > peers[keep - 1]:
+        trial.set_user_attr("stopped_at", steps)
+        raise optuna.TrialPruned(f"held-out KD {kd:.4g} after {steps} steps is not in the best {keep} of {len(peers)}")
 
 
 def _skip_duplicate_seed(trial: optuna.Trial) -> None:
@@ -275,14 +298,29 @@ def _trial_plan(trial: optuna.Trial, ctx: SearchContext) -> Plan:
     claim_slot(trial, ctx.cfg.trials)
     _skip_duplicate_seed(trial)
     genome = suggest_genome(trial, ctx.space, ctx.topo)
-    seed_removed = trial.user_attrs.get("seed_removed")
-    plan = Plan(frozenset(seed_removed)) if seed_removed is not None else decode(genome, ctx.space, ctx.topo, ctx.sens)
+    plan = _sampled_plan(trial, ctx, genome)
     repaired = repair_to_budget(plan, ctx.topo, ctx.cost, ctx.limit, ctx.sens, ctx.allow)
     if repaired is None:
         trial.set_constraint("budget", 1.0)
         raise optuna.TrialPruned("no expressible plan within budget near this genome")
+    # how far the repair moved the plan the sampler proposed: what the sampler does not see of its trial
+    moved = len(plan.removed ^ repaired.removed) + len(set(plan.ff_keep) ^ set(repaired.ff_keep))
+    trial.set_user_attr("repair_distance", moved)
     claim_plan(trial, plan_key(repaired))
     return repaired
+
+
+def _sampled_plan(trial: optuna.Trial, ctx: SearchContext, genome: dict[str, Any]) -> Plan:
+    """The plan this trial was given: a seed's, the plan sampler's proposal, or the genome decoded."""
+    seed_removed = trial.user_attrs.get("seed_removed")
+    if seed_removed is not None:
+        return Plan(frozenset(seed_removed))
+    sampler = trial.study.sampler
+    proposal = sampler.plan_for(trial.number) if isinstance(sampler, PlanSampler) else None
+    if proposal is not None:
+        trial.set_user_attr("origin", proposal[1])
+        return proposal[0]
+    return decode(genome, ctx.space, ctx.topo, ctx.sens)
 
 
 def _objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, ...]:
@@ -297,13 +335,57 @@ def _objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, ...]:
     trial.set_user_attr("latency_ms", latency)
     if ctx.latency_model is not None:
         trial.set_user_attr("latency_estimate_ms", ctx.latency_model.ms(plan))
-    screen = _screen(trial, ctx, macs, trial.user_attrs.get("label") is not None)
-    seed = ctx.cfg.seed + trial.number
-    score = proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=ctx.cfg.proxy_steps, seed=seed, screen=screen,
-                        importance=ctx.space.width_importance, batch=ctx.proxy_batch, runtime=ctx.runtime)  # fmt: skip
-    trial.set_user_attr("proxy_kd", score.proxy_kd)
-    values = {"quality": score.proxy_kd, "macs": float(macs), "params": float(params), "latency": latency or 0.0}
+    kd = _score_in_rungs(trial, ctx, plan, macs)
+    values = {"quality": kd, "macs": float(macs), "params": float(params), "latency": latency or 0.0}
     return tuple(values[o] for o in ctx.cfg.objectives)
+
+
+def _proxy_run(ctx: SearchContext, plan: Plan, seed: int) -> ProxyRun:
+    return ProxyRun(ctx.teacher, plan, ctx.topo, ctx.calib, seed=seed, importance=ctx.space.width_importance,
+                    batch=ctx.proxy_batch, runtime=ctx.runtime)  # fmt: skip
+
+
+def _score_in_rungs(trial: optuna.Trial, ctx: SearchContext, plan: Plan, macs: int) -> float:
+    """Held-out KD at each rung in turn, stopping (PRUNED) where the plan falls behind its peers; every
+    plan trains on the same rows in the same order (the search's seed: common random numbers)."""
+    seeded = trial.user_attrs.get("label") is not None
+    rungs = ctx.cfg.rungs
+    with _proxy_run(ctx, plan, ctx.cfg.seed) as run:
+        kd = run.held_out()
+        trial.set_user_attr("zero_shot_kd", kd)
+        for rung, steps in enumerate(rungs):
+            kd = run.train_to(steps) if steps else kd
+            if rung < len(rungs) - 1:
+                promote(trial, rung, steps, kd, macs, seeded)
+    scores = {**(trial.user_attrs.get("rung_kd") or {}), str(rungs[-1]): kd}
+    trial.set_user_attr("rung_kd", scores)
+    trial.set_user_attr("rung_steps", rungs[-1])
+    trial.set_user_attr("proxy_kd", kd)
+    return kd
+
+
+def noise_floor(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | None:
+    """Score the found plan again at the top rung with ``noise_seeds`` other row orders and store the
+    spread as the study's ``noise_floor`` attribute: gaps between plans smaller than it are noise."""
+    from pruner.search.front import best_quality_trial
+
+    best = best_quality_trial(study)
+    if best is None or ctx.cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
+        return None
+    recorded = study.user_attrs.get("noise_floor")
+    if recorded and recorded.get("trial") == best.number:
+        return dict(recorded)
+    plan, steps = scored_plan(best), int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
+    assert plan is not None
+    kd = [float(best.user_attrs["proxy_kd"])]
+    for seed in range(ctx.cfg.seed + 1, ctx.cfg.seed + 1 + ctx.cfg.noise_seeds):
+        with _proxy_run(ctx, plan, seed) as run:
+            kd.append(run.train_to(steps) if steps else run.held_out())
+    mean = statistics.fmean(kd)
+    floor = {"trial": best.number, "steps": steps, "kd": kd, "mean": mean, "std": statistics.stdev(kd),
+             "spread": max(kd) / min(kd) - 1}  # fmt: skip
+    study.set_user_attr("noise_floor", floor)
+    return floor
 
 
 def _latency(ctx: SearchContext, plan: Plan) -> float:
@@ -329,9 +411,9 @@ def _enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> None:
     study.set_user_attr("sensitivity", {k: (v if math.isfinite(v) else None) for k, v in ctx.sens.items()})
 
 
-def open_study(cfg: SearchConfig, name: str) -> tuple[optuna.Study, str, Any]:
+def open_study(cfg: SearchConfig, name: str) -> tuple[optuna.Study, str, Any, int]:
     """Create or join the study (storage URL and driver checked first), its settings checked against this
-    run's, and a sampler seeded for this worker; returns the study, its URL and its storage."""
+    run's, and a sampler seeded for this worker; returns the study, its URL, its storage and the seed."""
     url = cfg.storage or default_storage(name)
     study, storage = storage_open_study(name, url, ["minimize"] * len(cfg.objectives), _sampler(cfg, cfg.seed))
     check_settings(study, _settings(cfg))
@@ -341,17 +423,27 @@ def open_study(cfg: SearchConfig, name: str) -> tuple[optuna.Study, str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([o if o != "quality" else "proxy_kd" for o in cfg.objectives])
-    return study, url, storage
+    return study, url, storage, seed
 
 
-def _sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, cfg.trials // 2)))
+def _sampler(cfg: SearchConfig, seed: int, ctx: SearchContext | None = None) -> optuna.samplers.BaseSampler:
+    """The study's sampler: ``mutation`` (pruner's plan sampler; random until the context is known), NSGA-II,
+    or multivariate TPE."""
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=max(4, cfg.trials // 4))
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, cfg.trials // 2)))
+    if ctx is None:
+        return optuna.samplers.RandomSampler(seed=seed)
+    plans = PlanSpace(ctx.topo, ctx.space, ctx.cost, ctx.limit, ctx.sens, ctx.allow)
+    return PlanSampler(plans, seed=seed, parents=max(2, cfg.trials // 6))
 
 
 def _settings(cfg: SearchConfig, ctx: SearchContext | None = None) -> dict[str, Any]:
     """What the study records about the search that made it (checked by later runs, read by the export)."""
     settings: dict[str, Any] = {"teacher": cfg.teacher, "budget": parse_budget(cfg.budget).describe(),
-                                "space": cfg.space, "objectives": list(cfg.objectives)}  # fmt: skip
+                                "space": cfg.space, "objectives": list(cfg.objectives), "rungs": list(cfg.rungs),
+                                "sampler": cfg.sampler}  # fmt: skip
     if ctx is not None:
         settings.update(data=ctx.data_path, width_importance=ctx.space.width_importance, compat=list(ctx.space.compat))
     return settings
@@ -365,7 +457,9 @@ def _progress(total: int, done: int, enabled: bool) -> tuple[tqdm, Callable[[opt
         feasible = [
             t.user_attrs["proxy_kd"] for t in trials if t.state.name == "COMPLETE" and "proxy_kd" in t.user_attrs
         ]
-        last = trial.user_attrs.get("skipped") or trial.state.name.lower()
+        stopped = trial.user_attrs.get("stopped_at")
+        state = f"stopped@{stopped}" if stopped is not None else trial.state.name.lower()
+        last = trial.user_attrs.get("skipped") or state
         bar.set_postfix(best_kd=f"{min(feasible):.4g}" if feasible else "-", last=last, refresh=False)
         bar.update(min(total, sum(counted(t) for t in trials)) - bar.n)
 
@@ -455,21 +549,26 @@ def study_name(cfg: SearchConfig) -> str:
 def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None) -> SearchResult:
     """Run (or resume) the study, then write the front's recipes, found.yaml and the plot (none when
     ``cfg.out`` is None)."""
-    from pruner.search.front import front_rows
+    from pruner.search.front import describe_noise_floor, front_rows
 
+    if cfg.sampler not in SAMPLERS:
+        raise PrunerError(f"sampler={cfg.sampler!r} is not one of {', '.join(SAMPLERS)}")
     unknown = set(cfg.objectives) - OBJECTIVES
     if unknown or "quality" not in cfg.objectives:
         raise PrunerError(
             f"--objectives takes quality plus any of macs, params, latency (got {','.join(cfg.objectives)})"
         )
     name = study_name(cfg)
-    study, url, storage = open_study(cfg, name)  # the storage and the study's settings first: before any compute
+    study, url, storage, seed = open_study(cfg, name)  # the storage and the study's settings first: before any compute
     torch.manual_seed(cfg.seed)
     ctx = build_context(cfg, status)
+    study.sampler = _sampler(cfg, seed, ctx)
     _enqueue_seeds(study, ctx)
     if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
         study.set_user_attr("search", _settings(cfg, ctx))
     _run_trials(study, storage, ctx)
+    if noise_floor(study, ctx) is not None:
+        status(describe_noise_floor(study) or "")
     if cfg.out is None:
         return SearchResult(study, None, None, None, url, ctx.data_path, front_rows(study))
     paths = export_study(study, Path(cfg.out))

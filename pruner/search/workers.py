@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-CHECKED_SETTINGS = ("teacher", "budget", "space", "objectives")  # a rerun that differs in these is refused
+CHECKED_SETTINGS = ("teacher", "budget", "space", "objectives", "rungs")  # a rerun that differs in these is refused
 MAX_SKIPS = 200  # consecutive duplicate plans after which a worker concludes the space is exhausted
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "check_expressible",
     "compress_names",
     "expand_names",
+    "implied_by",
     "layer_unit",
     "layout_of",
     "nearest_expressible",
@@ -193,6 +194,16 @@ def parent_of(name: str, topo: Topology) -> str | None:
             return layer_unit(i, layers - 1 - u)
         return f"down_blocks.{i}" if i == n - 1 and n > 1 else None
     return None
+
+
+def implied_by(name: str, removed: frozenset[str], topo: Topology) -> bool:
+    """Whether removing ``removed`` already removes ``name`` (an enclosing unit is among them)."""
+    parent = parent_of(name, topo)
+    while parent is not None:
+        if parent in removed:
+            return True
+        parent = parent_of(parent, topo)
+    return False
 
 
 def _kept(attn_path: str, depth: int, removed: frozenset[str]) -> tuple[int, ...]:

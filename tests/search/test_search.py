@@ -195,7 +195,7 @@ def test_a_depth_width_search_writes_width_recipes(tiny_sdxl_pipeline: str, tiny
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'w.db'}")
-    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    done = [t for t in study.trials if counted(t)]  # complete, or stopped at a rung: each scored its plan
     assert any(t.user_attrs["ff_keep"] for t in done), "some trial should narrow a level"
     assert all(t.params.keys() >= {"width:1", "width:2"} for t in study.trials)
     assert all(t.user_attrs["params"] <= 0.4 * 10_140_868 for t in done)
@@ -246,3 +246,79 @@ def test_a_latency_budget_keeps_every_trial_under_its_estimate(
     assert all(len(constraint_values(t)) == 1 and constraint_values(t)[0] <= 0 for t in done)  # within the estimate
     found = load_recipe(tmp_path / "r" / "found.yaml")
     assert found.provenance.costs["latency_ms"] > 0 and min(estimates) > 0
+
+
+def _rung_trial(study: optuna.Study, kd: dict[str, float], macs: int = 100) -> None:
+    study.add_trial(
+        optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"rung_kd": kd, "macs": macs})
+    )
+
+
+def test_a_plan_goes_on_only_among_the_best_of_its_rung() -> None:
+    from pruner.search.study import promote
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for kd in (0.1, 0.2, 0.3, 0.4, 0.5):
+        _rung_trial(study, {"0": kd})
+    _rung_trial(study, {"0": 0.0001}, macs=1000)  # far cheaper or dearer plans do not compete
+    good, bad, seed = study.ask(), study.ask(), study.ask()
+    for trial in (good, bad, seed):
+        trial.set_user_attr("macs", 100)
+    promote(good, 0, 0, 0.25, 100, seeded=False)  # 3rd of 6: the better half goes on
+    with pytest.raises(optuna.TrialPruned):
+        promote(bad, 0, 0, 0.45, 100, seeded=False)  # 5th of 6
+    promote(seed, 0, 0, 0.9, 100, seeded=True)  # a labelled seed always gets a trained score
+    assert bad.study.get_trials()[bad.number].user_attrs["stopped_at"] == 0
+    for kd in (0.01, 0.02):
+        _rung_trial(study, {"0": 0.1, "30": kd})
+    with pytest.raises(optuna.TrialPruned):
+        promote(good, 1, 30, 0.015, 100, seeded=False)  # 2nd of 3 at rung 1: only the best third goes on
+
+
+@pytest.mark.slow
+def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
+    tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path
+) -> None:
+    import pruner
+
+    result = pruner.search(tiny_sdxl_pipeline, "50%", data=tiny_cache, trials=10, proxy_steps=2, top_steps=4,
+                           calibration=12, held_out=16)  # fmt: skip
+    study = result.study
+    finished = [t for t in study.trials if counted(t)]
+    assert len(finished) == 10
+    for t in finished:
+        scores = t.user_attrs["rung_kd"]
+        assert "0" in scores
+        if t.state.name == "COMPLETE":
+            assert sorted(scores, key=int) == ["0", "2", "4"] and t.user_attrs["proxy_kd"] == scores["4"]
+        else:
+            assert t.user_attrs["stopped_at"] == int(max(scores, key=int))
+    reached = [sum(str(s) in t.user_attrs["rung_kd"] for t in finished) for s in (0, 2, 4)]
+    assert reached[0] == 10 and reached[0] >= reached[1] >= reached[2] >= 1
+    seeds = [t for t in finished if t.user_attrs.get("label")]
+    assert all("2" in t.user_attrs["rung_kd"] for t in seeds)  # every baseline gets a trained score
+    assert seeds[0].user_attrs["label"] == "sensitivity" and seeds[0].state.name == "COMPLETE"  # the bar to beat
+    floor = study.user_attrs["noise_floor"]
+    assert floor["trial"] == result.found.provenance.trial and len(floor["kd"]) == 3 and floor["steps"] == 4
+    assert floor["kd"][0] == study.trials[floor["trial"]].user_attrs["proxy_kd"]
+    assert len(set(floor["kd"])) == 3  # other row orders, other scores: the spread is real
+
+
+def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_cache: Path) -> None:
+    from pruner.diffusion import sdxl_scheduler
+    from pruner.distill.cache import LatentCache
+    from pruner.search.proxy import ProxyRun, build_calibration
+    from pruner.unet.load import load_unet
+
+    teacher = load_unet(tiny_sdxl_pipeline)
+    topo = topology_of(teacher)
+    calib = build_calibration(teacher, LatentCache(tiny_cache), topo, n_train=8, n_held_out=8, level="sub_block",
+                              scheduler=sdxl_scheduler())  # fmt: skip
+    plan = Plan.removing(["mid_block.attentions.0"])
+
+    def score(seed: int) -> float:
+        with ProxyRun(teacher, plan, topo, calib, batch=4, seed=seed) as run:
+            return run.train_to(3)
+
+    assert score(0) == score(0)  # the same plan scores the same: rows, order, noise and init are fixed
+    assert score(0) != score(1)  # another row order moves it: what the noise floor measures

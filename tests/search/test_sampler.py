@@ -1,0 +1,98 @@
+"""The plan sampler: children of the best scored plans, within budget, never a plan already scored."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from pruner.cost import CostModel
+from pruner.search.sampler import PlanSampler, PlanSpace, ranked_plans
+from pruner.search.space import SearchSpace, genome_distributions, genome_of, suggest_genome
+from pruner.search.workers import plan_key
+from pruner.unet import Plan, architecture_config, check_expressible, meta_unet, topology_of, unit_kinds
+
+
+@pytest.fixture(scope="module")
+def plan_space() -> PlanSpace:
+    config = architecture_config("tiny-sdxl")
+    topo = topology_of(meta_unet(config))
+    cost = CostModel(config)
+    limit = 0.5 * cost.params(Plan())
+    kinds = unit_kinds(topo)
+    sens = {n: 10.0 ** -(k % 6) for k, n in enumerate(kinds)}  # spread over orders of magnitude, like real ones
+    return PlanSpace(topo, SearchSpace(), lambda p: float(cost.params(p)), limit, sens, lambda _n: True)
+
+
+def _scored(study: optuna.Study, plan: Plan, kd: float, steps: int, space: PlanSpace) -> None:
+    """A finished trial that scored ``plan`` at ``steps`` KD steps, as the search records it."""
+    state = optuna.trial.TrialState.COMPLETE if steps else optuna.trial.TrialState.PRUNED
+    genome = genome_of(plan, space.space, space.topo)
+    dists = genome_distributions(space.space, space.topo)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            values=[kd, 1.0] if state == optuna.trial.TrialState.COMPLETE else None,
+            params=genome,
+            distributions=dists,
+            user_attrs={
+                "removed": sorted(plan.removed),
+                "proxy_kd": kd,
+                "rung_steps": steps,
+                "plan_key": plan_key(plan),
+            },
+        )
+    )
+
+
+def _parents(space: PlanSpace, n: int) -> list[Plan]:
+    """``n`` distinct within-budget plans: the repair of a few different starting removals."""
+    units = space.units()
+    plans: list[Plan] = []
+    for k in range(len(units)):
+        plan = space.repair(Plan(frozenset(units[k : k + 3])))
+        if plan is not None and plan not in plans:
+            plans.append(plan)
+        if len(plans) == n:
+            break
+    return plans
+
+
+def test_children_are_repaired_plans_near_a_good_parent_and_never_rescored(plan_space: PlanSpace) -> None:
+    sampler = PlanSampler(plan_space, seed=0, parents=2, crossover=0.25)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    parents = _parents(plan_space, 6)
+    for k, plan in enumerate(parents):  # the first two are the best (deepest rung, lowest KD)
+        _scored(study, plan, kd=0.01 * (k + 1), steps=100 if k < 2 else 30, space=plan_space)
+    scored = {plan_key(p) for p in parents}
+    for _ in range(12):
+        trial = study.ask()
+        genome = suggest_genome(trial, plan_space.space, plan_space.topo)
+        proposal = sampler.plan_for(trial.number)
+        assert proposal is not None
+        child, origin = proposal
+        check_expressible(child, plan_space.topo)
+        assert plan_space.cost(child) <= plan_space.limit
+        assert plan_space.repair(child) == child  # already repaired: the objective scores exactly this plan
+        assert genome == genome_of(child, plan_space.space, plan_space.topo)  # the recorded parameters describe it
+        assert plan_key(child) not in scored
+        assert "trial 0" in origin or "trial 1" in origin or "trials 0 and 1" in origin  # a child of the two best
+        near = min(len(child.removed ^ parents[i].removed) for i in (0, 1))
+        assert near <= 12, f"{origin}: {near} units from its parents"
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def test_without_a_scored_plan_the_sampler_falls_back_to_random(plan_space: PlanSpace) -> None:
+    sampler = PlanSampler(plan_space, seed=1)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    trial = study.ask()
+    suggest_genome(trial, plan_space.space, plan_space.topo)
+    assert sampler.plan_for(trial.number) is None
+
+
+def test_plans_rank_by_fidelity_then_loss(plan_space: PlanSpace) -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    a, b, c = _parents(plan_space, 3)
+    _scored(study, a, kd=0.001, steps=0, space=plan_space)  # zero-shot only: lowest number, shallowest rung
+    _scored(study, b, kd=0.05, steps=100, space=plan_space)
+    _scored(study, c, kd=0.02, steps=100, space=plan_space)
+    assert [p for p, _ in ranked_plans(study.get_trials())] == [c, b, a]

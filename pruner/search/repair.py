@@ -41,9 +41,11 @@ def _best_removal(
     return best
 
 
-def _add_back(plan: Plan, topo: Topology, cost: Cost, limit: float, sens: dict[str, float]) -> Plan:
+def _add_back(
+    plan: Plan, topo: Topology, cost: Cost, limit: float, sens: dict[str, float], stay_removed: frozenset[str]
+) -> Plan:
     for name in sorted(plan.removed, key=lambda n: -sens.get(n, 0.0)):
-        if name not in plan.removed:
+        if name not in plan.removed or name in stay_removed:
             continue
         nxt = nearest_expressible(plan.without([name]), topo)
         if nxt.removed < plan.removed and cost(nxt) <= limit:
@@ -58,13 +60,16 @@ def repair_to_budget(
     limit: float,
     sens: dict[str, float],
     allow: Callable[[str], bool] = lambda _n: True,
+    keep: frozenset[str] = frozenset(),
+    stay_removed: frozenset[str] = frozenset(),
 ) -> Plan | None:
     """An expressible plan with ``cost <= limit`` near ``plan`` removing only units ``allow`` admits, or None
-    when no such removal reaches the limit."""
+    when no such removal reaches the limit. ``keep``: units the repair must not remove and ``stay_removed``:
+    units it must not add back (a sampler's move, which a greedy repair would otherwise undo)."""
     plan = nearest_expressible(plan, topo)
     while cost(plan) > limit:
-        nxt = _best_removal(plan, topo, cost, sens, allow)
+        nxt = _best_removal(plan, topo, cost, sens, lambda n: allow(n) and n not in keep)
         if nxt is None:
             return None
         plan = nxt
-    return _add_back(plan, topo, cost, limit, sens)
+    return _add_back(plan, topo, cost, limit, sens, stay_removed)

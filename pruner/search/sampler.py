@@ -56,8 +56,13 @@ class PlanSpace:
         """Units a plan may remove (stages excluded: whole-stage removal is a search space of its own)."""
         return [n for n, k in unit_kinds(self.topo).items() if k != "stage" and self.allow(n)]
 
-    def repair(self, plan: Plan) -> Plan | None:
-        return repair_to_budget(plan, self.topo, self.cost, self.limit, self.sens, self.allow)
+    def repair(self, plan: Plan, parent: Plan | None = None) -> Plan | None:
+        """``plan`` at or just under the budget; against a ``parent``, the repair keeps what the moves
+        returned and leaves out what they removed (a greedy repair would otherwise undo them, and every
+        child would fall back to the sensitivity order's plan)."""
+        keep = parent.removed - plan.removed if parent is not None else frozenset()
+        stay = plan.removed - parent.removed if parent is not None else frozenset()
+        return repair_to_budget(plan, self.topo, self.cost, self.limit, self.sens, self.allow, keep, stay)
 
 
 def scored_plan(trial: FrozenTrial) -> Plan | None:
@@ -171,7 +176,7 @@ class PlanSampler(optuna.samplers.BaseSampler):
         if self.plans.space.width and self._rng.random() < 0.5:  # widths are a dimension of their own
             plan, move = self._width(plan)
             moves.append(move)
-        return self.plans.repair(plan), f"mutation of trial {t1.number}: {'; '.join(m for m in moves if m)}"
+        return self.plans.repair(plan, first), f"mutation of trial {t1.number}: {'; '.join(m for m in moves if m)}"
 
     def _cross(self, a: Plan, b: Plan) -> Plan:
         differ = sorted(a.removed ^ b.removed)

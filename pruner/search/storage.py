@@ -256,11 +256,11 @@ def load_existing_study(name: str, url: str) -> optuna.Study:
 def retry_trial(study: optuna.Study, trial: FrozenTrial) -> bool:
     """Enqueue a failed trial's parameters and plan again (WAITING), unless it already failed ``MAX_RETRIES``
     times; returns whether it did. The retry carries the plan's user attributes (``seed_removed``,
-    ``label``, ``plan_key``), so it scores the same plan, and ``retried_from`` names the first failure."""
+    ``proposed``, ``label``, ``plan_key``), so it scores the same plan, and ``retried_from`` names the first failure."""
     history = [*trial.user_attrs.get("retry_history", []), trial.number]
     if len(history) > MAX_RETRIES:
         return False
-    plan_attrs = ("label", "seed_removed", "plan_key")
+    plan_attrs = ("label", "seed_removed", "proposed", "origin", "plan_key")
     keep: dict[str, Any] = {k: trial.user_attrs[k] for k in plan_attrs if k in trial.user_attrs}
     attrs: dict[str, Any] = {**keep, RETRIED_FROM: history[0], "retry_history": history}
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,

@@ -299,7 +299,9 @@ def _trial_plan(trial: optuna.Trial, ctx: SearchContext) -> Plan:
     _skip_duplicate_seed(trial)
     genome = suggest_genome(trial, ctx.space, ctx.topo)
     plan = _sampled_plan(trial, ctx, genome)
-    repaired = repair_to_budget(plan, ctx.topo, ctx.cost, ctx.limit, ctx.sens, ctx.allow)
+    proposed = trial.user_attrs.get("proposed") is not None  # repaired by the sampler, its move kept: as is
+    within = proposed and ctx.cost(plan) <= ctx.limit and nearest_expressible(plan, ctx.topo) == plan
+    repaired = plan if within else repair_to_budget(plan, ctx.topo, ctx.cost, ctx.limit, ctx.sens, ctx.allow)
     if repaired is None:
         trial.set_constraint("budget", 1.0)
         raise optuna.TrialPruned("no expressible plan within budget near this genome")
@@ -311,15 +313,22 @@ def _trial_plan(trial: optuna.Trial, ctx: SearchContext) -> Plan:
 
 
 def _sampled_plan(trial: optuna.Trial, ctx: SearchContext, genome: dict[str, Any]) -> Plan:
-    """The plan this trial was given: a seed's, the plan sampler's proposal, or the genome decoded."""
+    """The plan this trial was given: a seed's, the plan sampler's proposal (recorded as ``proposed``, so a
+    retry of this trial scores the same plan), or the genome decoded."""
     seed_removed = trial.user_attrs.get("seed_removed")
     if seed_removed is not None:
         return Plan(frozenset(seed_removed))
+    proposed = trial.user_attrs.get("proposed")
+    if proposed is not None:
+        return Plan.removing(proposed["removed"], {int(k): v for k, v in proposed["ff_keep"].items()})
     sampler = trial.study.sampler
     proposal = sampler.plan_for(trial.number) if isinstance(sampler, PlanSampler) else None
     if proposal is not None:
-        trial.set_user_attr("origin", proposal[1])
-        return proposal[0]
+        plan, origin = proposal
+        trial.set_user_attr("origin", origin)
+        widths = {str(k): v for k, v in plan.ff_keep}
+        trial.set_user_attr("proposed", {"removed": sorted(plan.removed), "ff_keep": widths})
+        return plan
     return decode(genome, ctx.space, ctx.topo, ctx.sens)
 
 

@@ -9,7 +9,15 @@ from pruner.cost import CostModel
 from pruner.search.sampler import PlanSampler, PlanSpace, ranked_plans
 from pruner.search.space import SearchSpace, genome_distributions, genome_of, suggest_genome
 from pruner.search.workers import plan_key
-from pruner.unet import Plan, architecture_config, check_expressible, meta_unet, topology_of, unit_kinds
+from pruner.unet import (
+    Plan,
+    architecture_config,
+    check_expressible,
+    meta_unet,
+    nearest_expressible,
+    topology_of,
+    unit_kinds,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +80,7 @@ def test_children_are_repaired_plans_near_a_good_parent_and_never_rescored(plan_
         child, origin = proposal
         check_expressible(child, plan_space.topo)
         assert plan_space.cost(child) <= plan_space.limit
-        assert plan_space.repair(child) == child  # already repaired: the objective scores exactly this plan
+        assert nearest_expressible(child, plan_space.topo) == child  # the objective scores exactly this plan
         assert genome == genome_of(child, plan_space.space, plan_space.topo)  # the recorded parameters describe it
         assert plan_key(child) not in scored
         assert "trial 0" in origin or "trial 1" in origin or "trials 0 and 1" in origin  # a child of the two best

@@ -111,7 +111,8 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_its_plan_enqueued_again(
     storage = optuna.storages.InMemoryStorage()  # like the journal file: no heartbeat of its own
     study = optuna.create_study(storage=storage)
     stale = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    for key, value in {"slot": True, "plan_key": "abc", "label": "vega", "heartbeat": 0.0}.items():
+    proposed = {"removed": ["mid_block"], "ff_keep": {}}  # a plan sampler's proposal: retried as the same plan
+    for key, value in {"slot": True, "plan_key": "abc", "proposed": proposed, "heartbeat": 0.0}.items():
         stale.set_user_attr(key, value)
     alive = study.ask()
     alive.set_user_attr("heartbeat", 1e12)  # far in the future: beating
@@ -121,6 +122,7 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_its_plan_enqueued_again(
     retry = trials[2]
     assert retry.state == TrialState.WAITING and retry.params == trials[0].params
     assert retry.user_attrs["retried_from"] == 0 and retry.user_attrs["plan_key"] == "abc"
+    assert retry.user_attrs["proposed"] == proposed
 
 
 @pytest.mark.slow

@@ -104,3 +104,26 @@ def test_plans_rank_by_fidelity_then_loss(plan_space: PlanSpace) -> None:
     _scored(study, b, kd=0.05, steps=100, space=plan_space)
     _scored(study, c, kd=0.02, steps=100, space=plan_space)
     assert [p for p, _ in ranked_plans(study.get_trials())] == [c, b, a]
+
+
+def test_in_a_width_space_children_also_narrow_or_widen_levels(plan_space: PlanSpace) -> None:
+    from dataclasses import replace
+
+    widths = replace(plan_space, space=SearchSpace(width=True))
+    sampler = PlanSampler(widths, seed=0)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    for k, plan in enumerate(_parents(widths, 3)):
+        _scored(study, plan, kd=0.01 * (k + 1), steps=100, space=widths)
+    children = []
+    for _ in range(12):
+        trial = study.ask()
+        genome = suggest_genome(trial, widths.space, widths.topo)
+        proposal = sampler.plan_for(trial.number)
+        assert proposal is not None
+        children.append(proposal[0])
+        assert {k: v for k, v in genome.items() if k.startswith("width:")} == {
+            f"width:{level}": proposal[0].ff_ratios.get(level, 1.0) for level in (1, 2)
+        }
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    assert any(child.ff_keep for child in children)
+    assert all(widths.cost(child) <= widths.limit for child in children)

@@ -191,7 +191,8 @@ def test_repair_keeps_the_widths_it_was_given() -> None:
 def test_a_depth_width_search_writes_width_recipes(tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path) -> None:
     args = ["search", "--teacher", tiny_sdxl_pipeline, "--data", str(tiny_cache), "--budget", "40%",
             "--trials", "8", "--proxy-steps", "1", "--calibration", "16", "--space", "depth-width",
-            "--storage", f"sqlite:///{tmp_path / 'w.db'}", "--study", "w", "--out", str(tmp_path / "r")]  # fmt: skip
+            "--sampler", "nsga2", "--storage", f"sqlite:///{tmp_path / 'w.db'}", "--study", "w",
+            "--out", str(tmp_path / "r")]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path / 'w.db'}")

@@ -1,12 +1,13 @@
 """How well proxy variants rank plans, against the ranking after full distillation.
 
-Reads the ``results.json`` that ``benchmarks/search_vs_heuristics.py`` wrote (plans, each with its KD loss
-after S distillation steps) and re-scores every plan under each proxy variant: zero-shot only, or N
-layer-level KD steps with a constant or cosine-decaying learning rate, scored on a held-out set of 32 or
-128 rows (fixed noise and timesteps). Prints Kendall tau against the distilled ranking and seconds a plan.
-No distillation is repeated, so a variant costs one trial's time per plan.
+Reads a ``results-BUDGET.json`` that ``benchmarks/search_vs_heuristics.py`` wrote (each distilled plan's KD
+loss after S steps; the plans themselves from the ``plans/`` recipes beside it) and re-scores every plan under
+each proxy variant, all on the same rows in the same order (common random numbers, as the search scores):
+zero-shot only, or N layer-level KD steps with a constant or cosine-decaying learning rate, scored on a
+held-out set of 32 or 128 rows (fixed noise and timesteps). Prints Kendall tau against the distilled
+ranking and seconds a plan. No distillation is repeated, so a variant costs one trial's time per plan.
 
-    python benchmarks/proxy_fidelity.py /tmp/pruner-search-vs-heuristics/results.json
+    python benchmarks/proxy_fidelity.py /tmp/pruner-search-vs-heuristics/results-30%.json
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from search_vs_heuristics import kendall_tau
 
+from pruner.recipe import load_recipe
 from pruner.runtime import default_threads
 from pruner.search.proxy import proxy_score
 from pruner.search.study import SearchConfig, build_context
@@ -35,16 +37,18 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(default_threads())  # one thread on a 2-core machine: two are far slower there
     found = json.loads(args.results.read_text())
-    plans = [Plan.removing(r["removed"], {int(k): v for k, v in r["ff_keep"].items()}) for r in found["plans"]]
-    final = [r["kd_after"] for r in found["plans"]]
-    print(f"{len(plans)} plans at {found['budget']}, ranked after {found['steps']} distillation steps")
+    finals = {r["final"]["key"]: r["final"] for r in found["rows"]}  # each distilled plan once
+    plans: list[Plan] = [load_recipe(args.results.parent / "plans" / f"{k}.yaml").plan_obj() for k in finals]
+    final = [f["kd"] for f in finals.values()]
+    budget, steps = found["rows"][0]["budget"], found["rows"][0]["final"]["steps"]
+    print(f"{len(plans)} plans at {budget}, ranked after {steps} distillation steps")
     print(f"{'held-out rows':>13}{'proxy steps':>12}{'schedule':>10}{'Kendall tau':>13}{'s / plan':>10}")
     for held in args.held_out:
-        ctx = build_context(SearchConfig(budget=found["budget"], held_out=held, seed=args.seed))
+        ctx = build_context(SearchConfig(budget=budget, held_out=held, seed=args.seed))
         for steps, schedule in VARIANTS:
             start = time.perf_counter()
-            scores = [proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=steps, seed=args.seed + k,
-                                  schedule=schedule).proxy_kd for k, plan in enumerate(plans)]  # fmt: skip
+            scores = [proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=steps, seed=args.seed,
+                                  schedule=schedule).proxy_kd for plan in plans]  # fmt: skip
             seconds = (time.perf_counter() - start) / len(plans)
             print(f"{held:>13}{steps:>12}{schedule if steps else '-':>10}{kendall_tau(scores, final):>13.2f}"
                   f"{seconds:>10.1f}", flush=True)  # fmt: skip

@@ -289,16 +289,14 @@ class ProxyRun:
 
 def proxy_score(
     teacher: UNet2DConditionModel, plan: Plan, topo: Topology, calib: Calibration, *, steps: int, lr: float = 3e-4,
-    batch: int = 16, seed: int = 0, screen: Callable[[float], None] | None = None, importance: str = "magnitude",
+    batch: int = 16, seed: int = 0, importance: str = "magnitude",
     schedule: str = "cosine", weights: LossWeights = PROXY_WEIGHTS, runtime: Runtime | None = None,
 ) -> ProxyScore:  # fmt: skip
-    """Zero-shot KD of the freshly built student (fp32, on the calibration's device), then (unless
-    ``screen(zero_shot)`` stops the trial by raising) ``steps`` of KD and the held-out KD loss after them."""
+    """Zero-shot KD of the freshly built student (fp32, on the calibration's device), then ``steps`` of KD
+    and the held-out KD loss after them (one :class:`ProxyRun`, zero-shot and one rung)."""
     with ProxyRun(teacher, plan, topo, calib, lr=lr, batch=batch, seed=seed, importance=importance,
                   schedule=schedule, weights=weights, runtime=runtime) as run:  # fmt: skip
         zero = run.held_out()
-        if screen is not None:
-            screen(zero)
         if steps <= 0:
             return ProxyScore(zero, zero, 0)
         return ProxyScore(zero, run.train_to(steps), steps)

@@ -261,14 +261,18 @@ def _rung_peers(trial: optuna.Trial, steps: int, macs: int) -> list[float]:
             and abs(t.user_attrs.get("macs", 0) - macs) <= PEER_MACS * macs]  # fmt: skip
 
 
+def _record_rung(trial: optuna.Trial, steps: int, kd: float) -> None:
+    """The held-out KD after ``steps``: added to ``rung_kd``, and the trial's score so far (``proxy_kd``)."""
+    trial.set_user_attr("rung_kd", {**(trial.user_attrs.get("rung_kd") or {}), str(steps): kd})
+    trial.set_user_attr("rung_steps", steps)
+    trial.set_user_attr("proxy_kd", kd)
+
+
 def promote(trial: optuna.Trial, rung: int, steps: int, kd: float, macs: int, seeded: bool) -> None:
     """Record the rung's score; stop the trial (PRUNED) unless it is among the best ``KEEP[rung]`` of the
     plans of similar cost scored at this rung so far (itself included). Seeds always go on from rung 0 (every
     baseline gets a trained score); higher, they compete like any plan."""
-    scores = {**(trial.user_attrs.get("rung_kd") or {}), str(steps): kd}
-    trial.set_user_attr("rung_kd", scores)
-    trial.set_user_attr("rung_steps", steps)
-    trial.set_user_attr("proxy_kd", kd)
+    _record_rung(trial, steps, kd)
     if seeded and rung == 0:
         return
     peers = sorted([*_rung_peers(trial, steps, macs), kd])
@@ -366,10 +370,7 @@ def _score_in_rungs(trial: optuna.Trial, ctx: SearchContext, plan: Plan, macs: i
             kd = run.train_to(steps) if steps else kd
             if rung < len(rungs) - 1:
                 promote(trial, rung, steps, kd, macs, seeded)
-    scores = {**(trial.user_attrs.get("rung_kd") or {}), str(rungs[-1]): kd}
-    trial.set_user_attr("rung_kd", scores)
-    trial.set_user_attr("rung_steps", rungs[-1])
-    trial.set_user_attr("proxy_kd", kd)
+    _record_rung(trial, rungs[-1], kd)
     return kd
 
 

@@ -16,11 +16,16 @@ from pruner.recipe import Recipe, dump_recipe
 from pruner.unet.load import load_pipeline, resolve_model
 from pruner.unet.width import ff_inner_sizes, mark_width_config, save_unet
 
-__all__ = ["model_card", "write_outputs"]
+__all__ = ["DONE_MARKER", "model_card", "write_outputs"]
+
+
+DONE_MARKER = "metrics.json"  # moved into place last: an output without it is not a finished one
 
 
 def _move_into(src: Path, out: Path) -> None:
-    for item in src.iterdir():
+    """Rename each finished file or folder into ``out``, the metrics last, so that a run stopped halfway
+    through the moves never leaves an output that reads as finished."""
+    for item in sorted(src.iterdir(), key=lambda p: p.name == DONE_MARKER):
         target = out / item.name
         if target.is_dir():
             shutil.rmtree(target)
@@ -92,7 +97,7 @@ def write_outputs(student: UNet2DConditionModel, recipe: Recipe, out: Path, resu
         "params": sum(p.numel() for p in student.parameters()),
         "trained": getattr(result, "settings", None),
     }
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (tmp / DONE_MARKER).write_text(json.dumps(metrics, indent=2))
     (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
     (tmp / "README.md").write_text(model_card(recipe, metrics))
     _move_into(tmp, out)

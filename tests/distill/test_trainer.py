@@ -127,3 +127,33 @@ def test_only_the_newest_checkpoints_are_kept(tiny_sdxl, tmp_path: Path) -> None
         d.save_checkpoint(tmp_path, {"stage": 0, "stage_step": step, "global_step": step})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-0000002", "step-0000003", "step-0000004"]
     d.close()
+
+
+def test_an_output_interrupted_while_moving_into_place_does_not_read_as_finished(
+    tiny_sdxl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import os
+    from types import SimpleNamespace
+
+    from pruner.distill import output
+    from pruner.recipe import DistillSpec, PlanSpec, Recipe, StageSpec, TeacherSpec
+
+    recipe = Recipe(schema_version=1, name="t", teacher=TeacherSpec(model="tiny-sdxl"), plan=PlanSpec(),
+                    distill=DistillSpec(stages=[StageSpec(steps=1, learning_rate=1e-4)]))  # fmt: skip
+    result = SimpleNamespace(steps=1, final_losses={}, held_out_kd=[], settings=None)
+    moved: list[str] = []
+
+    def replace_then_fail(src: str | Path, dst: str | Path) -> None:
+        if len(moved) == 2:
+            raise OSError("disk full")
+        moved.append(Path(src).name)
+        os.rename(src, dst)
+
+    monkeypatch.setattr(output.os, "replace", replace_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        output.write_outputs(tiny_sdxl, recipe, tmp_path / "out", result, prompts=[])
+    assert moved and output.DONE_MARKER not in moved
+    assert not (tmp_path / "out" / output.DONE_MARKER).exists()
+    monkeypatch.undo()
+    output.write_outputs(tiny_sdxl, recipe, tmp_path / "out", result, prompts=[])
+    assert (tmp_path / "out" / output.DONE_MARKER).is_file() and (tmp_path / "out" / "unet").is_dir()

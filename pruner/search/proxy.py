@@ -145,11 +145,11 @@ def plan_calibration(
     store = dtype if device.type == "cuda" else torch.float32
     if device.type != "cuda" or per_row * n_train * store.itemsize <= _free_bytes(device):
         return CalibrationPlan(
-            n_train, held_out, latent * VAE_SCALE, per_row * n_train * store.itemsize, str(device), store
+            n_train, held_out, latent * vae_scale, per_row * n_train * store.itemsize, str(device), store
         )
     rows = max(2, min(n_train, _free_bytes(torch.device("cpu")) // (2 * per_row)))
     return CalibrationPlan(
-        rows, held_out, latent * VAE_SCALE, per_row * rows * 2, "disk (memory-mapped)", torch.float16
+        rows, held_out, latent * vae_scale, per_row * rows * 2, "disk (memory-mapped)", torch.float16
     )
 
 

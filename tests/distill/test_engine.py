@@ -77,6 +77,8 @@ def test_features_too_big_for_the_gpu_go_to_disk_in_half_precision(monkeypatch: 
     backing.close()
     monkeypatch.setattr(proxy, "_free_bytes", lambda dev: 10**13)
     assert proxy.plan_calibration(shapes, 96, 128, 128, gpu, torch.bfloat16).where == "cuda"
+    # the printed resolution is the teacher's own (the bundled teacher's VAE halves twice, not three times)
+    assert "512px" in proxy.plan_calibration(shapes, 96, 128, 128, gpu, torch.bfloat16, vae_scale=4).describe()
 
 
 def test_the_8bit_optimizer_without_bitsandbytes_says_which_extra_to_install() -> None:

@@ -4,10 +4,12 @@ Reads a ``results-BUDGET.json`` that ``benchmarks/search_vs_heuristics.py`` wrot
 loss after S steps; the plans themselves from the ``plans/`` recipes beside it) and re-scores every plan under
 each proxy variant, all on the same rows in the same order (common random numbers, as the search scores):
 zero-shot only, or N layer-level KD steps with a constant or cosine-decaying learning rate, scored on a
-held-out set of 32 or 128 rows (fixed noise and timesteps). Prints Kendall tau against the distilled
-ranking and seconds a plan. No distillation is repeated, so a variant costs one trial's time per plan.
+held-out set of 32 or 128 rows (fixed noise and timesteps), trained on 96 or more calibration rows.
+Prints Kendall tau against the distilled ranking, each plan's score, and seconds a plan. No distillation
+is repeated, so a variant costs one trial's time per plan.
 
     python benchmarks/proxy_fidelity.py /tmp/pruner-search-vs-heuristics/results-30%.json
+    python benchmarks/proxy_fidelity.py RESULTS --held-out 128 --calibration 96 384 --variants 100:cosine
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
     p.add_argument("--held-out", type=int, nargs="+", default=[32, 128])
+    p.add_argument("--calibration", type=int, nargs="+", default=[96], help="training rows of the proxy")
+    p.add_argument("--variants", nargs="+", default=[f"{n}:{s}" for n, s in VARIANTS], help="STEPS:SCHEDULE")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(default_threads())  # one thread on a 2-core machine: two are far slower there
@@ -42,16 +46,21 @@ def main() -> None:
     final = [f["kd"] for f in finals.values()]
     budget, steps = found["rows"][0]["budget"], found["rows"][0]["final"]["steps"]
     print(f"{len(plans)} plans at {budget}, ranked after {steps} distillation steps")
-    print(f"{'held-out rows':>13}{'proxy steps':>12}{'schedule':>10}{'Kendall tau':>13}{'s / plan':>10}")
-    for held in args.held_out:
-        ctx = build_context(SearchConfig(budget=budget, held_out=held, seed=args.seed))
-        for steps, schedule in VARIANTS:
-            start = time.perf_counter()
-            scores = [proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=steps, seed=args.seed,
-                                  schedule=schedule).proxy_kd for plan in plans]  # fmt: skip
-            seconds = (time.perf_counter() - start) / len(plans)
-            print(f"{held:>13}{steps:>12}{schedule if steps else '-':>10}{kendall_tau(scores, final):>13.2f}"
-                  f"{seconds:>10.1f}", flush=True)  # fmt: skip
+    print("final KD: " + ", ".join(f"{k[:8]} {v:.5f}" for k, v in zip(finals, final, strict=True)))
+    print(f"{'calibration':>11}{'held-out':>9}{'steps':>6}{'schedule':>9}{'Kendall tau':>12}{'s / plan':>9}  scores")
+    variants = [(int(n), sched) for n, sched in (v.split(":") for v in args.variants)]
+    for calibration in args.calibration:
+        for held in args.held_out:
+            cfg = SearchConfig(budget=budget, held_out=held, calibration=calibration, seed=args.seed)
+            ctx = build_context(cfg)
+            for steps, schedule in variants:
+                start = time.perf_counter()
+                scores = [proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=steps, seed=args.seed,
+                                      schedule=schedule).proxy_kd for plan in plans]  # fmt: skip
+                seconds = (time.perf_counter() - start) / len(plans)
+                shown = ", ".join(f"{v:.5f}" for v in scores)
+                print(f"{calibration:>11}{held:>9}{steps:>6}{schedule if steps else '-':>9}"
+                      f"{kendall_tau(scores, final):>12.2f}{seconds:>9.1f}  {shown}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

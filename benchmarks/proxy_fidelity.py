@@ -15,6 +15,7 @@ is repeated, so a variant costs one trial's time per plan.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ def main() -> None:
     p.add_argument("results", type=Path)
     p.add_argument("--held-out", type=int, nargs="+", default=[32, 128])
     p.add_argument("--calibration", type=int, nargs="+", default=[96], help="training rows of the proxy")
+    p.add_argument("--lr", type=float, nargs="+", default=[3e-4], help="the proxy fine-tune's peak learning rates")
     p.add_argument("--variants", nargs="+", default=[f"{n}:{s}" for n, s in VARIANTS], help="STEPS:SCHEDULE")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -47,19 +49,20 @@ def main() -> None:
     budget, steps = found["rows"][0]["budget"], found["rows"][0]["final"]["steps"]
     print(f"{len(plans)} plans at {budget}, ranked after {steps} distillation steps")
     print("final KD: " + ", ".join(f"{k[:8]} {v:.5f}" for k, v in zip(finals, final, strict=True)))
-    print(f"{'calibration':>11}{'held-out':>9}{'steps':>6}{'schedule':>9}{'Kendall tau':>12}{'s / plan':>9}  scores")
+    head = f"{'calibration':>11}{'held-out':>9}{'lr':>8}{'steps':>6}{'schedule':>9}{'Kendall tau':>12}{'s / plan':>9}"
+    print(f"{head}  scores")
     variants = [(int(n), sched) for n, sched in (v.split(":") for v in args.variants)]
     for calibration in args.calibration:
         for held in args.held_out:
             cfg = SearchConfig(budget=budget, held_out=held, calibration=calibration, seed=args.seed)
             ctx = build_context(cfg)
-            for steps, schedule in variants:
+            for (steps, schedule), lr in itertools.product(variants, args.lr):
                 start = time.perf_counter()
                 scores = [proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=steps, seed=args.seed,
-                                      schedule=schedule).proxy_kd for plan in plans]  # fmt: skip
+                                      schedule=schedule, lr=lr).proxy_kd for plan in plans]  # fmt: skip
                 seconds = (time.perf_counter() - start) / len(plans)
                 shown = ", ".join(f"{v:.5f}" for v in scores)
-                print(f"{calibration:>11}{held:>9}{steps:>6}{schedule if steps else '-':>9}"
+                print(f"{calibration:>11}{held:>9}{lr:>8.0e}{steps:>6}{schedule if steps else '-':>9}"
                       f"{kendall_tau(scores, final):>12.2f}{seconds:>9.1f}  {shown}", flush=True)  # fmt: skip
 
 

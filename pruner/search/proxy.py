@@ -51,6 +51,7 @@ __all__ = [
     "calibration_gradients",
     "proxy_batch",
     "proxy_score",
+    "split_rows",
     "unit_sensitivity",
 ]
 
@@ -179,6 +180,16 @@ def _noised_rows(data: Any, n: int, scheduler: DDPMScheduler, seed: int) -> KDIn
     return KDInputs.noised(scheduler, rows["latents"].float(), rows["prompt_embeds"].float(), added, g)
 
 
+def split_rows(available: int, n_train: int, n_held_out: int) -> tuple[int, int]:
+    """Training and held-out rows from a cache of ``available`` rows: as asked when they are there, else
+    shared in the asked proportion (at least 2 each), so a small cache does not lose its held-out set."""
+    if available >= n_train + n_held_out:
+        return n_train, n_held_out
+    train = round(available * n_train / (n_train + n_held_out))
+    train = min(max(2, train), available - 2)
+    return train, available - train
+
+
 @torch.no_grad()
 def build_calibration(
     teacher: UNet2DConditionModel, data: Any, topo: Topology, *, n_train: int, n_held_out: int, level: FeatureLevel,
@@ -187,16 +198,17 @@ def build_calibration(
 ) -> Calibration:  # fmt: skip
     """Take the first rows of a latent cache, noise them at seeded timesteps, and record the teacher (on its
     device, in its dtype): predictions on every row, features only on the training rows."""
-    n = min(len(data), n_train + n_held_out)
-    if n < 4:
+    if len(data) < 4:
         raise ValueError("the calibration set needs at least 4 rows")
+    n_train, n_held_out = split_rows(len(data), n_train, n_held_out)
+    n = n_train + n_held_out
     device = next(teacher.parameters()).device
     inputs = _noised_rows(data, n, scheduler, seed).to(device)
     names = [t_name for _, t_name in feature_map(layout_of(Plan(), topo), topo, level)]
     with FeatureRecorder(teacher.eval(), names) as rec:
         first = teacher_pass(teacher, inputs.rows(torch.arange(1)), rec)
         shapes = {k: v.shape[1:] for k, v in first.features.items()}
-        plan = plan_calibration(shapes, min(n_train, n - 2), n - min(n_train, n - 2), inputs.noisy.shape[-1], device,
+        plan = plan_calibration(shapes, n_train, n_held_out, inputs.noisy.shape[-1], device,
                                 next(teacher.parameters()).dtype, vae_scale)  # fmt: skip
         status(plan.describe())
         store, backing = _allocate(plan, shapes)

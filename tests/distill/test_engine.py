@@ -90,3 +90,9 @@ def test_the_8bit_optimizer_without_bitsandbytes_says_which_extra_to_install() -
         pass
     with pytest.raises(PrunerError, match=r"pruner\[gpu\]"):
         make_optimizer(torch.nn.Linear(2, 2).parameters(), 1e-3, eight_bit=True)
+
+
+def test_a_small_cache_keeps_a_held_out_share_of_the_calibration() -> None:
+    assert proxy.split_rows(1000, 384, 128) == (384, 128)  # enough rows: as asked
+    assert proxy.split_rows(200, 384, 128) == (150, 50)  # short: the asked 3:1, not 198 + 2
+    assert proxy.split_rows(5, 384, 128) == (3, 2)

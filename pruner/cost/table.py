@@ -127,7 +127,8 @@ def table_from_modules(
     variable = sum(_block_total(values, f"down_blocks.{i}", b) for i, b in enumerate(down))
     variable += sum(_block_total(values, f"up_blocks.{j}", b) for j, b in enumerate(up))
     variable += values.get("mid_block", 0) if topo.mid is not None else 0
-    return CostTable(total, total - variable, down, up, mid_resnets, mid_shell, mid_layer, mid_ff)
+    # measured times: modules timed in their own pass can sum past the whole call, never a negative rest
+    return CostTable(total, max(0, total - variable), down, up, mid_resnets, mid_shell, mid_layer, mid_ff)
 
 
 def _transformer_layer(layer: int, ff: FFCost | None, ratio: float | None) -> int:

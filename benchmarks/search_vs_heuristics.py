@@ -4,7 +4,9 @@ For each budget and each search seed: run `pruner search`, then distill for ``--
 plan, the sensitivity one-shot seed, the best hand-picked style (BK-SDM, KOALA, SSD-1B, Vega: the one the
 search ranked best) and the ``--extra`` next best searched plans, and evaluate each with `pruner eval` on
 held-out prompts (disjoint from every caption of the bundled data set). A plan is distilled once however many
-seeds find it (same distillation seed for all), so identical plans cost nothing twice.
+seeds find it (same distillation seed for all), so identical plans cost nothing twice; several runs of this
+script on one ``--out`` (say one per seed, one per core) each search their own seeds, claim a plan before
+distilling it and wait for plans another run has claimed, and a last run over all seeds pools what they found.
 
 Prints, per budget, one row per distilled plan and seed; then mean and spread over seeds of the found plan's
 lead over the sensitivity seed and over the best hand style; Kendall tau of the proxy (the top rung's KD)
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -94,26 +97,55 @@ def chosen(study: optuna.Study, extra: int) -> list[tuple[str, optuna.trial.Froz
     return picks
 
 
+class Claimed(Exception):
+    """Another run of this script is distilling the plan."""
+
+
+def claim(path: Path) -> bool:
+    """Take the right to distill a plan; a claim whose process is gone is stale and taken over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            path.unlink(missing_ok=True)
+            return claim(path)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
 def final_of(study: optuna.Study, trial: optuna.trial.FrozenTrial, root: Path, args: argparse.Namespace) -> Final:
-    """Distill and evaluate a trial's plan, or read the result of an earlier run of the same plan."""
+    """Distill and evaluate a trial's plan, or read the result of an earlier run of the same plan.
+
+    Raises ``Claimed`` when another run is distilling it.
+    """
     ff = {int(k): float(v) for k, v in (trial.user_attrs.get("ff_keep") or {}).items()}
     key = plan_key(Plan.removing(trial.user_attrs["removed"], ff))
     done = root / "finals" / f"{key}-{args.final_steps}.json"
     if done.is_file():
         return Final(**json.loads(done.read_text()))
-    settings = study.user_attrs["search"]
-    teacher_cfg = unet_config(settings["teacher"])
-    recipe = recipe_for_trial(settings, teacher_cfg, topology_of(meta_unet(teacher_cfg)), study.study_name, trial)
-    path = save_recipe(recipe, root / "plans" / f"{key}.yaml")
-    start = time.perf_counter()
-    opts = DistillOptions(steps=args.final_steps, data=settings["data"], seed=0, batch_size=args.final_batch)
-    distill_recipe(path, root / "students" / key, opts)
-    seconds = time.perf_counter() - start
-    r = evaluate_student(root / "students" / key, settings["teacher"], n_prompts=args.eval_n, grid_path=None)
-    final = Final(key, args.final_steps, r.kd_loss, r.psnr, r.prompt_accuracy, r.prompt_accuracy_se, seconds)
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(asdict(final)))
-    return final
+    lock = done.with_suffix(".claim")
+    if not claim(lock):
+        raise Claimed(key)
+    try:
+        settings = study.user_attrs["search"]
+        teacher_cfg = unet_config(settings["teacher"])
+        recipe = recipe_for_trial(settings, teacher_cfg, topology_of(meta_unet(teacher_cfg)), study.study_name, trial)
+        path = save_recipe(recipe, root / "plans" / f"{key}.yaml")
+        start = time.perf_counter()
+        opts = DistillOptions(steps=args.final_steps, data=settings["data"], seed=0, batch_size=args.final_batch)
+        distill_recipe(path, root / "students" / key, opts)
+        seconds = time.perf_counter() - start
+        r = evaluate_student(root / "students" / key, settings["teacher"], n_prompts=args.eval_n, grid_path=None)
+        final = Final(key, args.final_steps, r.kd_loss, r.psnr, r.prompt_accuracy, r.prompt_accuracy_se, seconds)
+        done.write_text(json.dumps(asdict(final)))
+        return final
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def search(budget: str, seed: int, root: Path, args: argparse.Namespace) -> tuple[optuna.Study, float]:
@@ -193,17 +225,29 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     summaries = []
     for budget in args.budgets.split(","):
-        rows, search_s = [], []
-        for seed in (int(s) for s in args.seeds.split(",")):
-            study, seconds = search(budget, seed, args.out, args)
-            search_s.append(seconds)
-            for role, trial in chosen(study, args.extra):
-                final = final_of(study, trial, args.out, args)
-                u = trial.user_attrs
-                rows.append(Row(budget, seed, role, trial.number, u["params"], u["macs"], u["proxy_kd"],
-                                int(u.get("rung_steps", 0)), final))  # fmt: skip
+        seeds = [int(s) for s in args.seeds.split(",")]
+        searched = {seed: search(budget, seed, args.out, args) for seed in seeds}  # every search before any distill
+        jobs = [(seed, role, trial) for seed in seeds for role, trial in chosen(searched[seed][0], args.extra)]
+        finals: dict[tuple[int, str], Final] = {}
+        while len(finals) < len(jobs):
+            waiting = 0
+            for seed, role, trial in jobs:
+                if (seed, role) in finals:
+                    continue
+                try:
+                    finals[seed, role] = final = final_of(searched[seed][0], trial, args.out, args)
+                except Claimed:
+                    waiting += 1
+                    continue
                 print(f"{budget} seed {seed} {role}: trial {trial.number}, KD {final.kd:.5f}", flush=True)
-        summaries.append(report_budget(budget, rows, search_s))
+            if waiting:
+                time.sleep(10)  # plans another run is distilling
+        rows = []
+        for seed, role, trial in jobs:
+            u = trial.user_attrs
+            rows.append(Row(budget, seed, role, trial.number, u["params"], u["macs"], u["proxy_kd"],
+                            int(u.get("rung_steps", 0)), finals[seed, role]))  # fmt: skip
+        summaries.append(report_budget(budget, rows, [searched[s][1] for s in seeds]))
         payload = {"args": {k: str(v) for k, v in vars(args).items()}, "summaries": summaries,
                    "rows": [asdict(r) for r in rows]}  # fmt: skip
         (args.out / f"results-{budget.replace('=', '-')}.json").write_text(json.dumps(payload, indent=2))

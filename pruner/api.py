@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pruner import defaults
 from pruner.errors import PrunerError
 from pruner.io import check_output_dir, check_output_file
 from pruner.recipe import Recipe, load_recipe
@@ -97,19 +98,19 @@ def _teacher_reference(teacher: str | UNet2DConditionModel) -> tuple[str, UNet2D
 
 def search(
     teacher: str | UNet2DConditionModel,
-    budget: str = "50%",
+    budget: str = defaults.BUDGET,
     *,
     data: str | Path | None = None,
     prompts: str | Path | None = None,
-    trials: int = 24,
-    objectives: Sequence[str] = ("quality", "macs"),
-    space: str = "default",
-    proxy_steps: int = 30,
+    trials: int = defaults.TRIALS,
+    objectives: Sequence[str] = defaults.OBJECTIVES,
+    space: str = defaults.SPACE,
+    proxy_steps: int = defaults.PROXY_STEPS,
     top_steps: int | None = None,
-    sampler: str = "mutation",
-    noise_seeds: int = 2,
-    calibration: int = 96,
-    held_out: int = 128,
+    sampler: str = defaults.SAMPLER,
+    noise_seeds: int = defaults.NOISE_SEEDS,
+    calibration: int = defaults.CALIBRATION,
+    held_out: int = defaults.HELD_OUT,
     storage: str | None = None,
     study: str | None = None,
     seed: int = 0,
@@ -196,9 +197,9 @@ def evaluate(
     student: str | Path | UNet2DConditionModel,
     teacher: str,
     *,
-    n_prompts: int = 64,
-    steps: int = 20,
-    guidance_scale: float = 5.0,
+    n_prompts: int = defaults.EVAL_PROMPTS,
+    steps: int = defaults.EVAL_STEPS,
+    guidance_scale: float = defaults.GUIDANCE,
     seed: int = 0,
     prompts_file: str | Path | None = None,
     grid: str | Path | None = None,

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pruner import defaults
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.inspection import Inspection
 from pruner.io import check_output_dir, check_output_file, check_storage_path
@@ -184,15 +185,19 @@ def search(
             help="Size limit naming its unit: 0.74B, 740M, 45% (of the teacher's params), macs=2.8T, macs=60%, "
             "latency=40ms or latency=60% (per UNet call at batch 2, estimated from module times measured once)."
         ),
-    ] = "50%",
-    teacher: Annotated[str, typer.Option(help="Teacher: hub id, pipeline or UNet folder, or tiny-sdxl.")] = "tiny-sdxl",
+    ] = defaults.BUDGET,
+    teacher: Annotated[
+        str, typer.Option(help="Teacher: hub id, pipeline or UNet folder, or tiny-sdxl.")
+    ] = defaults.TEACHER,
     objectives: Annotated[
         str, typer.Option(help="Comma-separated, minimised: quality plus macs, params or latency.")
-    ] = "quality,macs",
-    trials: Annotated[int, typer.Option(min=1, help="Trials in the study (a re-run resumes up to this many).")] = 24,
+    ] = ",".join(defaults.OBJECTIVES),
+    trials: Annotated[
+        int, typer.Option(min=1, help="Trials in the study (a re-run resumes up to this many).")
+    ] = defaults.TRIALS,
     proxy_steps: Annotated[
         int, typer.Option(min=0, help="KD steps for the better half of plans (every plan is scored zero-shot first).")
-    ] = 30,
+    ] = defaults.PROXY_STEPS,
     top_steps: Annotated[
         int | None,
         typer.Option(
@@ -207,10 +212,10 @@ def search(
             help="mutation (mutations and crossovers of the best scored plans, biased by unit sensitivity), "
             "nsga2 or tpe (multivariate)."
         ),
-    ] = "mutation",
+    ] = defaults.SAMPLER,
     noise_seeds: Annotated[
         int, typer.Option(min=0, help="Re-score the found plan with this many other row orders: the noise floor.")
-    ] = 2,
+    ] = defaults.NOISE_SEEDS,
     data: Annotated[str | None, typer.Option(help="Latent cache (from `pruner cache`) to calibrate on.")] = None,
     prompts: Annotated[
         str | None, typer.Option(help="No dataset: prompts file; the teacher generates the latents.")
@@ -220,7 +225,7 @@ def search(
         typer.Option(
             help="Search space: a built-in (default, depth-only, depth-width), search/NAME.yaml by name, or a file."
         ),
-    ] = "default",
+    ] = defaults.SPACE,
     storage: Annotated[
         str | None,
         typer.Option(
@@ -231,10 +236,12 @@ def search(
     study: Annotated[str | None, typer.Option(help="Study name; default from teacher, budget and space.")] = None,
     out: Annotated[Path, typer.Option(help="Where found.yaml, front/*.yaml and front.png go.")] = Path("recipes"),
     seed: Annotated[int, typer.Option(help="Seeds the sampler, calibration noise and proxy training.")] = 0,
-    calibration: Annotated[int, typer.Option(min=4, help="Calibration rows the proxy trains on.")] = 96,
+    calibration: Annotated[
+        int, typer.Option(min=4, help="Calibration rows the proxy trains on.")
+    ] = defaults.CALIBRATION,
     held_out: Annotated[
         int, typer.Option(min=2, help="Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.")
-    ] = 128,
+    ] = defaults.HELD_OUT,
     device: Annotated[
         str | None,
         typer.Option(
@@ -312,7 +319,9 @@ def front(
 @app.command()
 def cache(
     data: Annotated[Path, typer.Argument(help="Image folder with metadata.jsonl (file_name, text per line).")],
-    teacher: Annotated[str, typer.Option(help="Pipeline whose VAE and text encoders encode the data.")] = "tiny-sdxl",
+    teacher: Annotated[
+        str, typer.Option(help="Pipeline whose VAE and text encoders encode the data.")
+    ] = defaults.TEACHER,
     out: Annotated[Path, typer.Option("--out", help="Cache folder to create or resume.")] = Path("cache"),
     resolution: Annotated[int | None, typer.Option(help="Side in pixels; default the teacher's native size.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images encoded per batch.")] = 16,
@@ -404,13 +413,15 @@ def eval_(
     student: Annotated[str, typer.Argument(help="Student folder: a stock diffusers UNet folder or a pipeline folder.")],
     teacher: Annotated[
         str, typer.Option(help="Teacher pipeline: hub id, pipeline folder, or tiny-sdxl.")
-    ] = "tiny-sdxl",
+    ] = defaults.TEACHER,
     prompts: Annotated[
         Path | None, typer.Option(help="Prompts file, one a line (default for tiny-sdxl: captions not in its data).")
     ] = None,
-    n: Annotated[int, typer.Option("--n", min=1, help="Number of prompts (and of pictures per model).")] = 64,
-    steps: Annotated[int, typer.Option(min=1, help="Sampling steps per picture.")] = 20,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
+    n: Annotated[
+        int, typer.Option("--n", min=1, help="Number of prompts (and of pictures per model).")
+    ] = defaults.EVAL_PROMPTS,
+    steps: Annotated[int, typer.Option(min=1, help="Sampling steps per picture.")] = defaults.EVAL_STEPS,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = defaults.GUIDANCE,
     seed: Annotated[int, typer.Option(help="Seeds the prompts, noise and timesteps.")] = 0,
     grid: Annotated[
         Path | None, typer.Option(help="PNG grid, teacher row above student row (outputs/ is gitignored).")

@@ -28,6 +28,7 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 
+from pruner import defaults
 from pruner.callable_module import make_callable
 from pruner.cost.latency import measure_latency
 from pruner.diffusion import conditioning, generate, image_grid
@@ -143,9 +144,9 @@ def evaluate_student(
     student_path: str | Path | UNet2DConditionModel,
     teacher: str,
     *,
-    n_prompts: int = 64,
-    steps: int = 20,
-    guidance_scale: float = 5.0,
+    n_prompts: int = defaults.EVAL_PROMPTS,
+    steps: int = defaults.EVAL_STEPS,
+    guidance_scale: float = defaults.GUIDANCE,
     seed: int = 0,
     prompts_file: Path | None = None,
     grid_path: Path | None = None,

@@ -69,3 +69,30 @@ def test_the_readme_python_block_runs_and_changes_no_global_state(
     report = namespace["report"]
     assert 0 <= report.prompt_accuracy <= 1 and report.kd_loss > 0  # type: ignore[attr-defined]
     assert "prompt accuracy" in capsys.readouterr().out
+
+
+def test_the_api_the_cli_and_the_search_config_share_their_defaults() -> None:
+    """`pruner search --help`, `pruner.search(...)` and `SearchConfig` agree: one source, pruner.defaults."""
+    import dataclasses
+    import inspect
+
+    import typer.main
+
+    import pruner.api
+    from pruner.cli import app
+    from pruner.search.study import SearchConfig
+
+    api = {k: p.default for k, p in inspect.signature(pruner.api.search).parameters.items()}
+    config = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    cli = {p.name: p.default for p in commands["search"].params}
+    shared = ["budget", "trials", "proxy_steps", "top_steps", "sampler", "noise_seeds", "space", "calibration",
+              "held_out", "seed"]  # fmt: skip
+    for name in shared:
+        assert api[name] == config[name] == cli[name], name
+    assert tuple(api["objectives"]) == config["objectives"] == tuple(cli["objectives"].split(","))
+    assert cli["teacher"] == config["teacher"]
+    evaluate = {k: p.default for k, p in inspect.signature(pruner.api.evaluate).parameters.items()}
+    cli_eval = {p.name: p.default for p in commands["eval"].params}
+    assert (evaluate["n_prompts"], evaluate["steps"], evaluate["guidance_scale"]) == (
+        cli_eval["n"], cli_eval["steps"], cli_eval["guidance"])  # fmt: skip

@@ -29,6 +29,7 @@ import torch
 from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
+from pruner import defaults
 from pruner.budget import Budget, format_count, parse_budget
 from pruner.cost.latency_model import LatencyModel
 from pruner.cost.model import CostModel
@@ -70,23 +71,23 @@ PEER_MACS = 0.15  # plans within this relative MACs distance compete for promoti
 
 @dataclass(frozen=True)
 class SearchConfig:
-    teacher: str = "tiny-sdxl"
-    budget: str = "50%"
-    objectives: tuple[str, ...] = ("quality", "macs")
-    trials: int = 24
-    proxy_steps: int = 30  # rung 1: KD steps for the better half of plans
+    teacher: str = defaults.TEACHER
+    budget: str = defaults.BUDGET
+    objectives: tuple[str, ...] = defaults.OBJECTIVES
+    trials: int = defaults.TRIALS
+    proxy_steps: int = defaults.PROXY_STEPS  # rung 1: KD steps for the better half of plans
     top_steps: int | None = None  # top rung: KD steps in all for the best of those; None: 10/3 x proxy_steps
-    sampler: str = "mutation"
-    noise_seeds: int = 2  # the found plan scored again with this many other seeds: the noise floor
+    sampler: str = defaults.SAMPLER
+    noise_seeds: int = defaults.NOISE_SEEDS  # the found plan scored again with other row orders: the noise floor
     data: str | None = None
     prompts: str | None = None
-    space: str = "default"
+    space: str = defaults.SPACE
     storage: str | None = None
     study: str | None = None
     out: Path | None = Path("recipes")  # None: write no files (the Python API's default)
     seed: int = 0
-    calibration: int = 96
-    held_out: int = 128
+    calibration: int = defaults.CALIBRATION
+    held_out: int = defaults.HELD_OUT
     teacher_model: Any = None  # the teacher already loaded (``teacher`` still names it for recipes)
     progress: bool = True
     device: str | None = None  # None: cuda when available

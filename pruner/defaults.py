@@ -1,0 +1,24 @@
+"""Defaults that the Python API, the command line and the configurations share, each stated once.
+
+A default changed here changes ``pruner.search(...)``, ``pruner search --help`` and ``SearchConfig`` alike.
+"""
+
+from __future__ import annotations
+
+TEACHER = "tiny-sdxl"  # the bundled teacher: the CLI's default, so a first command runs without weights
+
+# search
+BUDGET = "50%"
+OBJECTIVES = ("quality", "macs")
+TRIALS = 24
+PROXY_STEPS = 30  # rung 1: KD steps for the better half of plans
+SAMPLER = "mutation"
+NOISE_SEEDS = 2  # the found plan scored again with this many other row orders: the noise floor
+SPACE = "default"
+CALIBRATION = 96  # rows the proxy trains on (384 ranked no better at 20%: README, proxy fidelity)
+HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder close plans)
+
+# evaluation
+EVAL_PROMPTS = 64
+EVAL_STEPS = 20
+GUIDANCE = 5.0

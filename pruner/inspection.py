@@ -13,11 +13,11 @@ from diffusers import UNet2DConditionModel
 
 from pruner.cost.latency import Latency, measure_latency
 from pruner.cost.model import CostModel
-from pruner.diffusion import VAE_SCALE as SD_VAE_SCALE
+from pruner.diffusion import VAE_SCALE
 from pruner.errors import PrunerError
 from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe
-from pruner.unet.architectures import VAE_SCALE
+from pruner.unet.architectures import VAE_SCALES
 from pruner.unet.load import ModelRef, load_unet, resolve_model, unet_config
 from pruner.unet.plan import Plan
 from pruner.unet.surgery import meta_unet
@@ -64,12 +64,12 @@ class Inspection:
 def vae_scale_factor(ref: ModelRef | None) -> int:
     """Pixels per latent pixel: the architecture's, or read from a pipeline's VAE, else Stable Diffusion's."""
     if ref is not None and ref.kind == "architecture":
-        return VAE_SCALE[ref.target]
+        return VAE_SCALES[ref.target]
     if ref is not None and ref.kind == "pipeline" and ref.path is not None:
         vae = ref.path / "vae" / "config.json"
         if vae.is_file():
             return 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1)
-    return SD_VAE_SCALE
+    return VAE_SCALE
 
 
 def _level_widths(model: UNet2DConditionModel) -> dict[int, float]:

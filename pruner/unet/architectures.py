@@ -10,10 +10,10 @@ from typing import Any
 
 from pruner.errors import PrunerError
 
-__all__ = ["ARCHITECTURES", "HUB_ARCHITECTURES", "VAE_SCALE", "architecture_config"]
+__all__ = ["ARCHITECTURES", "HUB_ARCHITECTURES", "VAE_SCALES", "architecture_config"]
 
 ARCHITECTURES = ("sdxl", "sd15", "tiny-sdxl")
-VAE_SCALE = {"sdxl": 8, "sd15": 8, "tiny-sdxl": 4}  # pixels per latent pixel of each architecture's VAE
+VAE_SCALES = {"sdxl": 8, "sd15": 8, "tiny-sdxl": 4}  # pixels per latent pixel of each architecture's VAE
 HUB_ARCHITECTURES = {
     "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",

@@ -18,13 +18,13 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from safetensors import SafetensorError
 
 from pruner.errors import PrunerError
-from pruner.unet.architectures import ARCHITECTURES, HUB_ARCHITECTURES, VAE_SCALE, architecture_config
+from pruner.unet.architectures import ARCHITECTURES, HUB_ARCHITECTURES, VAE_SCALES, architecture_config
 from pruner.unet.width import WIDTH_KEY, reshape_feed_forwards, unmark_width_config
 
 __all__ = [
     "ARCHITECTURES",
     "HUB_ARCHITECTURES",
-    "VAE_SCALE",
+    "VAE_SCALES",
     "ModelRef",
     "architecture_config",
     "bundled_teacher",

@@ -58,6 +58,7 @@ __all__ = [
     "default_storage",
     "default_study_name",
     "export_study",
+    "finished",
     "run_search",
     "storage_of",
     "study_recipes",
@@ -560,7 +561,7 @@ def study_name(cfg: SearchConfig) -> str:
 def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None) -> SearchResult:
     """Run (or resume) the study, then write the front's recipes, found.yaml and the plot (none when
     ``cfg.out`` is None)."""
-    from pruner.search.front import describe_noise_floor, front_rows
+    from pruner.search.front import describe_noise_floor
 
     if cfg.sampler not in SAMPLERS:
         raise PrunerError(f"sampler={cfg.sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -571,6 +572,9 @@ def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: Non
         )
     name = study_name(cfg)
     study, url, storage, seed = open_study(cfg, name)  # the storage and the study's settings first: before any compute
+    if finished(study, cfg):  # a rerun of a finished search: its results, without loading the teacher
+        status(f"study {name}: all {cfg.trials} trials and the noise floor are done; nothing to compute")
+        return _result(study, cfg, url, study.user_attrs["search"].get("data"))
     torch.manual_seed(cfg.seed)
     ctx = build_context(cfg, status)
     study.sampler = _sampler(cfg, seed, ctx)
@@ -580,10 +584,34 @@ def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: Non
     _run_trials(study, storage, ctx)
     if noise_floor(study, ctx) is not None:
         status(describe_noise_floor(study) or "")
+    return _result(study, cfg, url, ctx.data_path)
+
+
+def finished(study: optuna.Study, cfg: SearchConfig) -> bool:
+    """Nothing left for a run of ``cfg`` to compute: its trials are done, none is running, and the found plan's
+    noise floor is recorded (or not asked for)."""
+    from pruner.search.front import best_quality_trial
+
+    trials = study.get_trials(deepcopy=False)
+    if "search" not in study.user_attrs or sum(counted(t) for t in trials) < cfg.trials:
+        return False
+    if any(t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING) for t in trials):
+        return False
+    best = best_quality_trial(study)
+    if best is None or cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
+        return True
+    recorded = study.user_attrs.get("noise_floor") or {}
+    return recorded.get("trial") == best.number and len(recorded.get("kd", ())) >= 1 + cfg.noise_seeds
+
+
+def _result(study: optuna.Study, cfg: SearchConfig, url: str, data: str | None) -> SearchResult:
+    """The search's result, its files written to ``cfg.out`` (none when it is None)."""
+    from pruner.search.front import front_rows
+
     if cfg.out is None:
-        return SearchResult(study, None, None, None, url, ctx.data_path, front_rows(study))
+        return SearchResult(study, None, None, None, url, data, front_rows(study))
     paths = export_study(study, Path(cfg.out))
-    return SearchResult(study, paths["found"], paths["front_dir"], paths["plot"], url, ctx.data_path, front_rows(study))
+    return SearchResult(study, paths["found"], paths["front_dir"], paths["plot"], url, data, front_rows(study))
 
 
 def _run_trials(study: optuna.Study, storage: Any, ctx: SearchContext) -> None:

@@ -56,7 +56,9 @@ def test_seed_plans_meet_the_budget_in_their_own_styles() -> None:
 
 
 @pytest.mark.slow
-def test_a_short_search_writes_its_front_and_resumes(tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path) -> None:
+def test_a_short_search_writes_its_front_and_resumes(
+    tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     args = [
         "search",
@@ -103,6 +105,17 @@ def test_a_short_search_writes_its_front_and_resumes(tiny_sdxl_pipeline: str, ti
     again = runner.invoke(app, [*args[:8], "6", *args[9:]])  # --trials 6: two more
     assert again.exit_code == 0, again.output
     assert sum(counted(t) for t in optuna.load_study(study_name="t", storage=storage).trials) == 6
+
+    def no_compute(*_a: object, **_k: object) -> None:
+        raise AssertionError("a finished study was computed again")
+
+    monkeypatch.setattr("pruner.search.study.build_context", no_compute)
+    six = load_recipe(tmp_path / "r" / "found.yaml").plan_obj()
+    (tmp_path / "r" / "found.yaml").unlink()
+    rerun = runner.invoke(app, [*args[:8], "6", *args[9:]])  # the same command once more: nothing left to do
+    assert rerun.exit_code == 0, rerun.output
+    assert "nothing to compute" in " ".join(rerun.output.split())
+    assert load_recipe(tmp_path / "r" / "found.yaml").plan_obj() == six  # written again, from the study alone
 
 
 @pytest.mark.parametrize(

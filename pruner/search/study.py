@@ -384,9 +384,9 @@ def noise_floor(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | Non
     best = best_quality_trial(study)
     if best is None or ctx.cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
         return None
-    recorded = study.user_attrs.get("noise_floor")
-    if recorded and recorded.get("trial") == best.number:
-        return dict(recorded)
+    recorded = recorded_noise_floor(study, best, ctx.cfg.noise_seeds)
+    if recorded is not None:
+        return recorded
     plan, steps = scored_plan(best), int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
     assert plan is not None
     kd = [float(best.user_attrs["proxy_kd"])]
@@ -600,8 +600,15 @@ def finished(study: optuna.Study, cfg: SearchConfig) -> bool:
     best = best_quality_trial(study)
     if best is None or cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
         return True
-    recorded = study.user_attrs.get("noise_floor") or {}
-    return recorded.get("trial") == best.number and len(recorded.get("kd", ())) >= 1 + cfg.noise_seeds
+    return recorded_noise_floor(study, best, cfg.noise_seeds) is not None
+
+
+def recorded_noise_floor(study: optuna.Study, best: FrozenTrial, noise_seeds: int) -> dict[str, Any] | None:
+    """The study's noise floor when it was measured on ``best`` with at least ``noise_seeds`` other row orders."""
+    recorded = study.user_attrs.get("noise_floor")
+    if recorded and recorded.get("trial") == best.number and len(recorded.get("kd", ())) >= 1 + noise_seeds:
+        return dict(recorded)
+    return None
 
 
 def _result(study: optuna.Study, cfg: SearchConfig, url: str, data: str | None) -> SearchResult:

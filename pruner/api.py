@@ -133,9 +133,9 @@ def search(
     ``"nsga2"`` or ``"tpe"`` (multivariate). The found plan is re-scored with ``noise_seeds`` other row
     orders; the spread is stored as the study's ``noise_floor``.
     Everything runs on ``device`` (default: cuda when available, else where a given teacher model lives),
-    the teacher frozen in half precision on a GPU and the proxy's students under ``mixed_precision``
-    autocast (default bf16 on a GPU). Files (found.yaml, front/*.yaml, front.png) are written only when
-    ``output`` is given.
+    the teacher frozen in half precision on a GPU (or wherever ``mixed_precision`` is bf16 or fp16) and the
+    proxy's students under ``mixed_precision`` autocast (default bf16 on a GPU). Files (found.yaml,
+    front/*.yaml, front.png) are written only when ``output`` is given.
     """
     from pruner.search.study import SearchConfig, run_search, study_recipes
 

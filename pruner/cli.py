@@ -250,7 +250,11 @@ def search(
         ),
     ] = None,
     mixed_precision: Annotated[
-        str | None, typer.Option(help="Autocast of the proxy's students: no, bf16 or fp16; default bf16 on a GPU.")
+        str | None,
+        typer.Option(
+            help="Autocast of the proxy's students: no, bf16 or fp16; default bf16 on a GPU. "
+            "bf16/fp16 also freeze the teacher in that precision (on a CPU too: half the memory)."
+        ),
     ] = None,
 ) -> None:
     """Search which units to remove: an Optuna multi-objective study scores each plan by a short layer-level KD
@@ -353,7 +357,9 @@ def distill(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete checkpoint.")] = False,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size per device; default the recipe's.")] = None,
     validate_every: Annotated[int | None, typer.Option(min=1, help="Held-out KD loss every N steps.")] = None,
-    mixed_precision: Annotated[str, typer.Option(help="Autocast precision: no, fp16 or bf16.")] = "no",
+    mixed_precision: Annotated[
+        str, typer.Option(help="Autocast precision: no, fp16 or bf16 (the frozen teacher too; always half on a GPU).")
+    ] = "no",
     grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
     gradient_checkpointing: Annotated[
         bool,

@@ -132,14 +132,19 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def teacher_dtype(device: torch.device) -> torch.dtype:
-    """A frozen teacher's dtype: bf16 (fp16 where bf16 is missing) on a GPU, fp32 on a CPU."""
+_PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def teacher_dtype(device: torch.device, mixed_precision: str | None = None) -> torch.dtype:
+    """A frozen teacher's dtype: the students' autocast dtype when they train in half precision, on any
+    device (half the memory; on a CPU, the same path a GPU run takes); otherwise bf16 (fp16 where bf16 is
+    missing) on a GPU and fp32 on a CPU."""
+    half = _PRECISIONS.get(mixed_precision or "no")
+    if half is not None:
+        return torch.bfloat16 if half == torch.float16 and device.type == "cpu" else half
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-_PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class PlainRuntime:

@@ -149,8 +149,8 @@ class Distiller:
         self.step_count = 0
 
     def _frozen_teacher(self, teacher: UNet2DConditionModel) -> UNet2DConditionModel:
-        """Teacher on the device, no grad, in half precision where the device allows."""
-        dtype = teacher_dtype(self.acc.device)
+        """Teacher on the device, no grad, in half precision on a GPU or when the student trains in it."""
+        dtype = teacher_dtype(self.acc.device, self.acc.mixed_precision)
         teacher = teacher.to(self.acc.device) if dtype == teacher.dtype else teacher.to(self.acc.device, dtype)
         return teacher.eval().requires_grad_(False)
 

@@ -121,10 +121,18 @@ def _stack_rows(data: Any, rows: Sequence[int]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-def _free_bytes(device: torch.device) -> int:
-    """Memory a feature store may take: 40% of the GPU's free memory, or of the disk under the cache."""
+def memory_for_features(device: torch.device) -> int:
+    """What a feature store may take on ``device``: 40% of the GPU's free memory, or of the host's available
+    memory for a CPU device (the teacher, a student and its optimizer need the rest)."""
     if device.type == "cuda":
         return int(0.4 * torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(0.4 * psutil.virtual_memory().available)
+
+
+def disk_for_features() -> int:
+    """What a memory-mapped feature store may take: 40% of the free disk under pruner's cache folder."""
     from pruner.cost.cache import cache_dir
 
     cache_dir().mkdir(parents=True, exist_ok=True)
@@ -140,18 +148,14 @@ def plan_calibration(
     dtype: torch.dtype,
     vae_scale: int = VAE_SCALE,
 ) -> CalibrationPlan:
-    """Features in ``dtype`` on the device when they fit (always on a CPU device: host memory); else in fp16
+    """Features in the teacher's ``dtype`` on its device (GPU or host memory) when they fit; else in fp16
     memory-mapped on disk; fewer training rows when not even the disk holds them."""
     per_row = sum(math.prod(s) for s in shapes.values())
-    store = dtype if device.type == "cuda" else torch.float32
-    if device.type != "cuda" or per_row * n_train * store.itemsize <= _free_bytes(device):
-        return CalibrationPlan(
-            n_train, held_out, latent * vae_scale, per_row * n_train * store.itemsize, str(device), store
-        )
-    rows = max(2, min(n_train, _free_bytes(torch.device("cpu")) // (2 * per_row)))
-    return CalibrationPlan(
-        rows, held_out, latent * vae_scale, per_row * rows * 2, "disk (memory-mapped)", torch.float16
-    )
+    resolution = latent * vae_scale
+    if per_row * n_train * dtype.itemsize <= memory_for_features(device):
+        return CalibrationPlan(n_train, held_out, resolution, per_row * n_train * dtype.itemsize, str(device), dtype)
+    rows = max(2, min(n_train, disk_for_features() // (2 * per_row)))
+    return CalibrationPlan(rows, held_out, resolution, per_row * rows * 2, "disk (memory-mapped)", torch.float16)
 
 
 def _allocate(plan: CalibrationPlan, shapes: dict[str, torch.Size]) -> tuple[dict[str, torch.Tensor], IO[bytes] | None]:

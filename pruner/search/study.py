@@ -218,7 +218,7 @@ def build_context(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: 
     else:
         device = resolve_device(cfg.device)
         runtime = _runtime(device, cfg.mixed_precision)
-        teacher = load_unet(cfg.teacher, dtype=teacher_dtype(device), device=device)
+        teacher = load_unet(cfg.teacher, dtype=teacher_dtype(device, cfg.mixed_precision), device=device)
     latent = int(unet_config(resolve_model(cfg.teacher)).get("sample_size", 64))
     cost = CostModel(teacher.config, latent=latent, teacher=teacher)
     latency = None
@@ -232,7 +232,7 @@ def build_context(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: 
     limit = _check_budget(_budget_cost(budget, cost, latency), topo, budget, allow, narrowest)
     autocast = str(runtime.dtype).removeprefix("torch.") if runtime.dtype else "off"
     status(
-        f"teacher frozen on {device} in {str(teacher_dtype(device)).removeprefix('torch.')}; students train "
+        f"teacher frozen on {device} in {str(teacher.dtype).removeprefix('torch.')}; students train "
         f"in fp32, autocast {autocast}; building the calibration set (teacher outputs and features, once)"
     )
     data, data_path = _calibration_data(cfg)

@@ -66,7 +66,8 @@ def test_a_bf16_autocast_step_runs_on_the_cpu(tiny_sdxl) -> None:  # type: ignor
 def test_features_too_big_for_the_gpu_go_to_disk_in_half_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     shapes = {"a": torch.Size([320, 128, 128]), "b": torch.Size([1280, 32, 32])}
     gpu = torch.device("cuda")
-    monkeypatch.setattr(proxy, "_free_bytes", lambda dev: 10**12 if dev.type == "cpu" else 10**9)
+    monkeypatch.setattr(proxy, "memory_for_features", lambda dev: 10**9)
+    monkeypatch.setattr(proxy, "disk_for_features", lambda: 10**12)
     plan = proxy.plan_calibration(shapes, 96, 128, 128, gpu, torch.bfloat16)
     assert plan.where.startswith("disk") and plan.dtype == torch.float16 and plan.rows == 96
     assert "1024px" in plan.describe() and "GiB" in plan.describe()
@@ -75,10 +76,68 @@ def test_features_too_big_for_the_gpu_go_to_disk_in_half_precision(monkeypatch: 
     assert store["a"].shape == (96, 2, 3) and float(store["a"][5].sum()) == 6.0
     assert backing is not None
     backing.close()
-    monkeypatch.setattr(proxy, "_free_bytes", lambda dev: 10**13)
+    monkeypatch.setattr(proxy, "disk_for_features", lambda: 10 * 6_553_600 * 2)  # room for 10 rows in fp16
+    assert proxy.plan_calibration(shapes, 96, 128, 128, gpu, torch.bfloat16).rows == 10
+    monkeypatch.setattr(proxy, "memory_for_features", lambda dev: 10**13)
     assert proxy.plan_calibration(shapes, 96, 128, 128, gpu, torch.bfloat16).where == "cuda"
     # the printed resolution is the teacher's own (the bundled teacher's VAE halves twice, not three times)
     assert "512px" in proxy.plan_calibration(shapes, 96, 128, 128, gpu, torch.bfloat16, vae_scale=4).describe()
+
+
+def test_a_cpu_search_keeps_features_in_host_memory_only_when_they_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    shapes = {"a": torch.Size([320, 128, 128])}  # SDXL-like: 5.2 M values a row, 96 rows = 2 GB in fp32
+    cpu = torch.device("cpu")
+    assert proxy.memory_for_features(cpu) > 0 and proxy.disk_for_features() > 0
+    monkeypatch.setattr(proxy, "memory_for_features", lambda dev: 10**10)
+    assert proxy.plan_calibration(shapes, 96, 8, 128, cpu, torch.float32).where == "cpu"
+    monkeypatch.setattr(proxy, "memory_for_features", lambda dev: 10**9)
+    monkeypatch.setattr(proxy, "disk_for_features", lambda: 10**12)
+    plan = proxy.plan_calibration(shapes, 96, 8, 128, cpu, torch.float32)
+    assert plan.where.startswith("disk") and plan.dtype == torch.float16
+
+
+def test_the_proxy_trains_on_features_memory_mapped_on_disk(tiny_sdxl, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The path an SDXL search takes when its features outgrow the device, run end to end at tiny size."""
+    topo = topology_of(tiny_sdxl)
+
+    def score() -> tuple[proxy.Calibration, proxy.ProxyScore]:
+        calib = proxy.build_calibration(tiny_sdxl, fake_cache(), topo, n_train=8, n_held_out=4, level="sub_block",
+                                        scheduler=sdxl_scheduler())  # fmt: skip
+        return calib, proxy.proxy_score(tiny_sdxl, PLAN, topo, calib, steps=3, batch=4)
+
+    calib, in_memory = score()
+    assert calib.plan is not None and calib.plan.where == "cpu"
+    monkeypatch.setattr(proxy, "memory_for_features", lambda dev: 0)
+    calib, on_disk = score()
+    assert calib.plan is not None and calib.plan.where.startswith("disk") and calib.plan.rows == 8
+    assert all(f.dtype == torch.float16 for f in calib.teacher_features.values())
+    assert on_disk.zero_shot_kd == in_memory.zero_shot_kd  # predictions are not stored on disk
+    assert on_disk.proxy_kd == pytest.approx(in_memory.proxy_kd, rel=1e-2)  # fp16 features, same training
+
+
+def test_a_bf16_run_freezes_the_teacher_in_bf16_on_any_device() -> None:
+    from pruner.distill.engine import teacher_dtype
+
+    cpu = torch.device("cpu")
+    assert teacher_dtype(cpu) == torch.float32 and teacher_dtype(cpu, "no") == torch.float32
+    assert teacher_dtype(cpu, "bf16") == torch.bfloat16
+    assert teacher_dtype(cpu, "fp16") == torch.bfloat16  # as PlainRuntime: CPU autocast takes bf16
+    assert teacher_dtype(torch.device("cuda"), "fp16") == torch.float16
+
+
+def test_a_bf16_teacher_on_the_cpu_caches_bf16_features_and_scores_plans(tiny_sdxl) -> None:  # type: ignore[no-untyped-def]
+    """The GPU's dtype path (half teacher, half features, fp32 student under autocast), rehearsed on a CPU."""
+    import copy
+
+    teacher = copy.deepcopy(tiny_sdxl).to(torch.bfloat16)
+    topo = topology_of(teacher)
+    calib = proxy.build_calibration(teacher, fake_cache(), topo, n_train=8, n_held_out=4, level="sub_block",
+                                    scheduler=sdxl_scheduler())  # fmt: skip
+    assert calib.plan is not None and calib.plan.dtype == torch.bfloat16 and calib.teacher_pred.dtype == torch.bfloat16
+    score = proxy.proxy_score(teacher, PLAN, topo, calib, steps=2, batch=4, runtime=PlainRuntime("cpu", "bf16"))
+    assert 0 < score.proxy_kd < float("inf") and 0 < score.zero_shot_kd < float("inf")
+    sens = proxy.unit_sensitivity(teacher, topo, calib, sorted(PLAN.removed), 4)
+    assert all(0 < v < float("inf") for v in sens.values())
 
 
 def test_the_8bit_optimizer_without_bitsandbytes_says_which_extra_to_install() -> None:

@@ -157,3 +157,26 @@ def test_an_output_interrupted_while_moving_into_place_does_not_read_as_finished
     monkeypatch.undo()
     output.write_outputs(tiny_sdxl, recipe, tmp_path / "out", result, prompts=[])
     assert (tmp_path / "out" / output.DONE_MARKER).is_file() and (tmp_path / "out" / "unet").is_dir()
+
+
+def test_a_bf16_distiller_freezes_its_teacher_in_bf16_on_the_cpu(tiny_sdxl) -> None:  # type: ignore[no-untyped-def]
+    """`pruner distill --mixed-precision bf16` on a CPU takes the GPU's path: a bf16 teacher, an fp32 student."""
+    import copy
+
+    from accelerate.state import AcceleratorState
+
+    teacher = copy.deepcopy(tiny_sdxl)
+    topo = topology_of(teacher)
+    student, _ = build_student(teacher, PLAN)
+    settings = TrainSettings(steps=2, learning_rate=1e-3, batch_size=4, seed=3, warmup_steps=0)
+    AcceleratorState._reset_state(True)  # accelerate keeps one state a process; this test wants another precision
+    try:
+        d = Distiller(student, teacher, feature_map(layout_of(PLAN, topo), topo, "sub_block"), fake_cache(), settings,
+                      noise_scheduler=noise_scheduler_for("sdxl"), accelerator=Accelerator(cpu=True,
+                      mixed_precision="bf16"), held_out=8)  # fmt: skip
+        assert d.teacher.dtype == torch.bfloat16 and student.dtype == torch.float32
+        d.run(2)
+        assert d.step_count == 2 and all(torch.isfinite(p).all() for p in student.parameters())
+        d.close()
+    finally:
+        AcceleratorState._reset_state(True)

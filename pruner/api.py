@@ -204,9 +204,12 @@ def evaluate(
     prompts_file: str | Path | None = None,
     grid: str | Path | None = None,
     device: str | None = None,
+    resolution: int | None = None,
 ) -> EvalReport:
     """Compare a student with its teacher pipeline on held-out prompts: KD loss, PSNR of pictures from the
-    same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``."""
+    same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``.
+    ``resolution``: pixels a side of the pictures and latency inputs (default the teacher's native size;
+    512 makes a quick check of an SDXL student)."""
     from pruner.evaluate import evaluate_student
 
     if grid is not None:
@@ -215,7 +218,7 @@ def evaluate(
         return evaluate_student(
             student, teacher, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
             prompts_file=None if prompts_file is None else Path(prompts_file),
-            grid_path=None if grid is None else Path(grid), device=device,
+            grid_path=None if grid is None else Path(grid), device=device, resolution=resolution,
         )  # fmt: skip
 
 

@@ -378,11 +378,15 @@ def distill(
     """Train a recipe's student with task loss, output KD and layer-level feature KD, stage by stage.
     Many GPUs: `accelerate launch -m pruner distill RECIPE ...`."""
     import pruner.api
+    from pruner.distill.engine import resolve_device, slow_half_note
     from pruner.distill.run import check_precision
     from pruner.recipe import load_recipe
 
     with user_errors():
         check_precision(mixed_precision, "--mixed-precision")
+        note = slow_half_note(resolve_device(None), mixed_precision)
+        if note:
+            err.print(f"note: {note}")
         out = output or Path("outputs") / load_recipe(recipe).name
         path = pruner.api.distill(
             recipe, out, data=data, steps=steps, checkpoint_every=checkpoint_every, resume=resume,
@@ -434,6 +438,9 @@ def eval_(
     ] = Path("outputs/eval-grid.png"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default cuda when available.")] = None,
+    resolution: Annotated[
+        int | None, typer.Option(min=8, help="Side in pixels of pictures and latency inputs; default the teacher's.")
+    ] = None,
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
     judge's prompt accuracy ± its standard error (bundled teacher), and UNet latency of both."""
@@ -444,11 +451,12 @@ def eval_(
             check_output_file(grid, "--grid")
     with user_errors(), err.status("generating and comparing"):
         report = pruner.api.evaluate(student, teacher, n_prompts=n, steps=steps, guidance_scale=guidance, seed=seed,
-                                     prompts_file=prompts, grid=grid, device=device)  # fmt: skip
+                                     prompts_file=prompts, grid=grid, device=device, resolution=resolution)  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict()) + "\n")
         return
-    table = Table(title=f"{student} vs {teacher} ({report.n_prompts} prompts, {report.steps} steps)")
+    at = f", {report.resolution}px" if report.resolution else ""
+    table = Table(title=f"{student} vs {teacher} ({report.n_prompts} prompts, {report.steps} steps{at})")
     table.add_column("metric")
     table.add_column("student", justify="right")
     table.add_column("teacher", justify="right")

@@ -110,13 +110,15 @@ def generate(
     steps: int = 20,
     guidance: float = 5.0,
     output_type: str = "pil",
+    resolution: int | None = None,
 ) -> Any:
     """Run the pipeline, picture ``k`` from its own generator seeded ``seed + k`` (so one prompt's picture
-    does not depend on which others share its batch)."""
+    does not depend on which others share its batch); ``resolution`` pixels a side (default: the pipeline's)."""
     gens = [torch.Generator().manual_seed(seed + k) for k in range(len(prompts))]
     return pipe(
-        list(prompts), num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type=output_type
-    )
+        list(prompts), num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type=output_type,
+        height=resolution, width=resolution,
+    )  # fmt: skip
 
 
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

@@ -44,7 +44,8 @@ PSNR_CAP = 100.0
 @dataclass
 class EvalReport:
     """What ``pruner eval`` prints (``--json`` prints ``as_dict``); accuracies and their standard errors are
-    shares (0..1), None without a judge. The standard errors come last, so positional use stays valid."""
+    shares (0..1), None without a judge. The fields added later (standard errors, resolution) come last,
+    so positional use stays valid."""
 
     student: str
     teacher: str
@@ -62,6 +63,7 @@ class EvalReport:
     grid: str | None
     prompt_accuracy_se: float | None = None
     teacher_prompt_accuracy_se: float | None = None
+    resolution: int | None = None  # pixels a side of the pictures and of the latency inputs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,24 +154,30 @@ def evaluate_student(
     grid_path: Path | None = None,
     grid_columns: int = 8,
     device: str | None = None,
+    resolution: int | None = None,
 ) -> EvalReport:
-    """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available);
-    see the module docstring."""
+    """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available), at
+    ``resolution`` pixels a side (default the teacher's native size); see the module docstring."""
+    from pruner.distill.cache import check_resolution, default_resolution
     from pruner.distill.engine import resolve_device
 
     dev = resolve_device(device)
     ref = resolve_model(teacher)
     pipe = load_pipeline(ref, device=dev)
+    if resolution is not None:
+        check_resolution(resolution, pipe)
+    side = resolution or default_resolution(pipe)
     student = student_path if isinstance(student_path, UNet2DConditionModel) else load_student_unet(student_path)
     student = student.to(dev)
     prompts = eval_prompts(n_prompts, seed, ref, prompts_file)
-    t_out = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance_scale, output_type="latent").images
+    t_out = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance_scale, output_type="latent",
+                     resolution=side).images  # fmt: skip
     t_imgs = pipe.image_processor.postprocess(pipe.vae.decode(t_out / pipe.vae.config.scaling_factor).sample, "pil")
     kd = _kd_loss(pipe, student, t_out, prompts, seed + 1)
     teacher_unet, pipe.unet = pipe.unet, student
-    s_imgs = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance_scale).images
+    s_imgs = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance_scale, resolution=side).images
     pipe.unet = teacher_unet
-    latent = pipe.default_sample_size
+    latent = side // int(pipe.vae_scale_factor)
     s_lat = measure_latency(student, latent, batch=2, seq_len=_seq_len(pipe), runs=10)
     t_lat = measure_latency(teacher_unet, latent, batch=2, seq_len=_seq_len(pipe), runs=10)
     grid = _grid(t_imgs, s_imgs, prompts, grid_path, grid_columns) if grid_path else None
@@ -178,7 +186,7 @@ def evaluate_student(
         _name(student_path), teacher, kd, _psnr(t_imgs, s_imgs), s_acc, t_acc, s_lat.total_ms, t_lat.total_ms,
         sum(p.numel() for p in student.parameters()), sum(p.numel() for p in teacher_unet.parameters()),
         len(prompts), steps, guidance_scale, str(grid) if grid else None,
-        prompt_accuracy_se=s_se, teacher_prompt_accuracy_se=t_se,
+        prompt_accuracy_se=s_se, teacher_prompt_accuracy_se=t_se, resolution=side,
     )  # fmt: skip
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "CacheSummary",
     "LatentCache",
     "build_cache",
+    "check_resolution",
     "default_resolution",
     "load_image",
     "read_metadata",
@@ -393,7 +394,8 @@ def _start_or_resume(
     return fresh()
 
 
-def _check_resolution(resolution: int, pipe: Any) -> None:
+def check_resolution(resolution: int, pipe: Any) -> None:
+    """A picture side the pipeline's VAE can encode: a positive multiple of its scale factor."""
     factor = int(pipe.vae_scale_factor)
     if resolution < factor or resolution % factor:
         raise PrunerError(f"resolution {resolution} must be a positive multiple of the VAE's factor {factor}")
@@ -478,7 +480,7 @@ def build_cache(
     pipe = load_pipeline(teacher, dtype=torch.float32, device=device)
     kind = _pipeline_kind(pipe, teacher)
     identity["resolution"] = resolution or default_resolution(pipe)
-    _check_resolution(identity["resolution"], pipe)
+    check_resolution(identity["resolution"], pipe)
     meta = _start_or_resume(out_dir, existing, identity, lambda: _fresh_meta(identity, teacher, kind, pipe, len(rows)))
     resumed = existing is not None and meta["next_row"] > 0
     reader = _RowReader(data_dir, rows, meta["next_row"], meta["skipped"], identity["resolution"])

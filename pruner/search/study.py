@@ -34,7 +34,7 @@ from pruner.budget import Budget, format_count, parse_budget
 from pruner.cost.latency_model import LatencyModel
 from pruner.cost.model import CostModel
 from pruner.distill.data import data_reference
-from pruner.distill.engine import PlainRuntime, Runtime, resolve_device, teacher_dtype
+from pruner.distill.engine import PlainRuntime, Runtime, resolve_device, slow_half_note, teacher_dtype
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.profiles import profile_for
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
@@ -231,6 +231,9 @@ def build_context(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: 
     narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
     limit = _check_budget(_budget_cost(budget, cost, latency), topo, budget, allow, narrowest)
     autocast = str(runtime.dtype).removeprefix("torch.") if runtime.dtype else "off"
+    note = slow_half_note(device, cfg.mixed_precision)
+    if note:
+        status(f"note: {note}")
     status(
         f"teacher frozen on {device} in {str(teacher.dtype).removeprefix('torch.')}; students train "
         f"in fp32, autocast {autocast}; building the calibration set (teacher outputs and features, once)"

@@ -155,3 +155,17 @@ def test_a_small_cache_keeps_a_held_out_share_of_the_calibration() -> None:
     assert proxy.split_rows(1000, 384, 128) == (384, 128)  # enough rows: as asked
     assert proxy.split_rows(200, 384, 128) == (150, 50)  # short: the asked 3:1, not 198 + 2
     assert proxy.split_rows(5, 384, 128) == (3, 2)
+
+
+def test_half_precision_on_a_cpu_without_native_bf16_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pruner.distill.engine import slow_half_note
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    note = slow_half_note(cpu, "bf16")
+    assert note is not None and "--mixed-precision no" in note
+    assert slow_half_note(cpu, "no") is None and slow_half_note(cpu, None) is None
+    assert slow_half_note(torch.device("cuda"), "bf16") is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert slow_half_note(cpu, "bf16") is None

@@ -77,6 +77,34 @@ def test_an_untrained_half_size_student_is_measurably_worse(tmp_path: Path) -> N
     assert report["prompt_accuracy"] is not None and report["student_latency_ms"] > 0
 
 
+def test_eval_runs_at_a_resolution_other_than_the_teachers(tmp_path: Path) -> None:
+    """`--resolution` (a quick 512px check of an SDXL student): the pictures and the latency inputs take it."""
+    args = [
+        "eval",
+        "tiny-sdxl",
+        "--teacher",
+        "tiny-sdxl",
+        "--n",
+        "1",
+        "--steps",
+        "1",
+        "--grid",
+        str(tmp_path / "g.png"),
+    ]
+    native = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    result = runner.invoke(app, [*args, "--json", "--resolution", "64"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert native["resolution"] == 32 and report["resolution"] == 64
+    assert report["kd_loss"] == 0.0 and report["psnr"] == 100.0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").width >= 64
+    bad = runner.invoke(app, [*args, "--resolution", "30"])
+    assert bad.exit_code == 2 and "multiple of the VAE's factor" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+
+
 def test_eval_needs_prompts_for_a_teacher_without_a_judge(tiny_sdxl_dir: Path) -> None:
     result = runner.invoke(app, ["eval", str(tiny_sdxl_dir), "--teacher", str(tiny_sdxl_dir)])
     assert result.exit_code == 2 and "full pipeline" in result.output
@@ -146,4 +174,4 @@ def test_eval_table_shows_prompt_accuracy_with_its_standard_error(
     assert "75.0% ± 2.7" in table.stdout and "90.6% ± 1.8" in table.stdout
     as_json = json.loads(runner.invoke(app, ["eval", "s", "--grid", str(tmp_path / "g.png"), "--json"]).stdout)
     assert as_json["prompt_accuracy_se"] == pytest.approx(0.0270633)
-    assert list(as_json)[-2:] == ["prompt_accuracy_se", "teacher_prompt_accuracy_se"]
+    assert list(as_json)[-3:] == ["prompt_accuracy_se", "teacher_prompt_accuracy_se", "resolution"]

@@ -277,7 +277,7 @@ def search(
                 storage=storage or default_storage(name), study=name, output=out, seed=seed,
                 calibration=calibration, held_out=held_out, device=device,
                 mixed_precision=mixed_precision, progress=True,
-                status=lambda message: err.print(f"[dim]{message}[/dim]"),
+                status=lambda message: err.print(f"[dim]{message}[/dim]", soft_wrap=True),  # one line a message
             )  # fmt: skip
         except KeyboardInterrupt:  # before the first trial (while loading or calibrating)
             raise SearchInterrupted("interrupted before the first trial; rerun the same command to start") from None

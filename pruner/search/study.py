@@ -204,8 +204,11 @@ def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
     )
 
 
-def build_context(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None) -> SearchContext:
-    """Load the teacher, check the budget, build the calibration set and the unit sensitivities."""
+def build_context(
+    cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None, sensitivity: dict[str, float] | None = None
+) -> SearchContext:
+    """Load the teacher, check the budget, build the calibration set and the unit sensitivities (measured,
+    unless ``sensitivity`` already holds every unit's: a study's, recorded by its first worker)."""
     from pruner.diffusion import noise_scheduler
     from pruner.inspection import vae_scale_factor
 
@@ -243,8 +246,13 @@ def build_context(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: 
     calib = build_calibration(teacher, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
                               scheduler=noise_scheduler(cfg.teacher), seed=cfg.seed, batch=batch, status=status,
                               vae_scale=vae_scale_factor(resolve_model(cfg.teacher)))  # fmt: skip
-    status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
-    sens = unit_sensitivity(teacher, topo, calib, [n for n in kinds if kinds[n] != "stage"], 2 * batch)
+    units = [n for n in kinds if kinds[n] != "stage"]
+    if sensitivity is not None and set(units) <= set(sensitivity):
+        status("unit sensitivities: the study's (measured once, by its first worker)")
+        sens = {n: sensitivity[n] for n in units}
+    else:
+        status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
+        sens = unit_sensitivity(teacher, topo, calib, units, 2 * batch)
     return SearchContext(cfg, space, teacher, topo, cost, budget, limit, calib, sens, data_path, latency, runtime,
                          batch)  # fmt: skip
 
@@ -458,7 +466,8 @@ def _settings(cfg: SearchConfig, ctx: SearchContext | None = None) -> dict[str, 
     """What the study records about the search that made it (checked by later runs, read by the export)."""
     settings: dict[str, Any] = {"teacher": cfg.teacher, "budget": parse_budget(cfg.budget).describe(),
                                 "space": cfg.space, "objectives": list(cfg.objectives), "rungs": list(cfg.rungs),
-                                "sampler": cfg.sampler}  # fmt: skip
+                                "sampler": cfg.sampler, "calibration": cfg.calibration, "held_out": cfg.held_out,
+                                "seed": cfg.seed}  # fmt: skip
     if ctx is not None:
         settings.update(data=ctx.data_path, width_importance=ctx.space.width_importance, compat=list(ctx.space.compat))
     return settings
@@ -579,7 +588,7 @@ def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: Non
         status(f"study {name}: all {cfg.trials} trials and the noise floor are done; nothing to compute")
         return _result(study, cfg, url, study.user_attrs["search"].get("data"))
     torch.manual_seed(cfg.seed)
-    ctx = build_context(cfg, status)
+    ctx = build_context(cfg, status, recorded_sensitivity(study))
     study.sampler = _sampler(cfg, seed, ctx)
     _enqueue_seeds(study, ctx)
     if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
@@ -588,6 +597,16 @@ def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: Non
     if noise_floor(study, ctx) is not None:
         status(describe_noise_floor(study) or "")
     return _result(study, cfg, url, ctx.data_path)
+
+
+def recorded_sensitivity(study: optuna.Study) -> dict[str, float] | None:
+    """The unit sensitivities the study recorded when it was seeded (None before): a worker that joins or
+    resumes takes them rather than measuring its own, so every worker samples and repairs plans by the same
+    numbers (a GPU's rounding would otherwise give each worker slightly different ones), and skips the pass."""
+    recorded = study.user_attrs.get("sensitivity")
+    if not recorded:
+        return None
+    return {k: math.inf if v is None else float(v) for k, v in recorded.items()}
 
 
 def finished(study: optuna.Study, cfg: SearchConfig) -> bool:

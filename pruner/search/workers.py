@@ -44,7 +44,9 @@ __all__ = [
 ]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-CHECKED_SETTINGS = ("teacher", "budget", "space", "objectives", "rungs")  # a rerun that differs in these is refused
+# a rerun or a joining worker that differs in these is refused (calibration, held_out and seed fix the rows
+# every plan is scored on: workers that differ there would score plans that cannot be compared)
+CHECKED_SETTINGS = ("teacher", "budget", "space", "objectives", "rungs", "calibration", "held_out", "seed")
 MAX_SKIPS = 200  # consecutive duplicate plans after which a worker concludes the space is exhausted
 
 
@@ -101,8 +103,9 @@ def worker_seed(study: optuna.Study, base: int) -> int:
 
 
 def check_settings(study: optuna.Study, settings: dict[str, Any]) -> None:
-    """Refuse, in one line, a run whose teacher, budget, space or objectives differ from the ones the
-    study was created with (a rerun that silently continues would label its recipes wrongly)."""
+    """Refuse, in one line, a run whose teacher, budget, space, objectives, rungs or calibration rows differ
+    from the ones the study was created with (a rerun that silently continues would label its recipes
+    wrongly, or rank plans scored on other rows)."""
     recorded = study.user_attrs.get("search") or {}
     for key in CHECKED_SETTINGS:
         if key in recorded and _same(recorded[key]) != _same(settings[key]):

@@ -102,7 +102,15 @@ def test_a_short_search_writes_its_front_and_resumes(
     assert load_recipe(tmp_path / "again" / "found.yaml").plan_obj() == found.plan_obj()
     dashboard = {"params", "macs", "proxy_kd", "zero_shot_kd", "removed"}
     assert all(dashboard <= set(t.user_attrs) for t in finished if t.state.name == "COMPLETE")
-    again = runner.invoke(app, [*args[:8], "6", *args[9:]])  # --trials 6: two more
+    other_rows = runner.invoke(app, [*args[:12], "8", *args[13:]])  # --calibration 8: plans scored on other rows
+    assert other_rows.exit_code == 2 and "created with calibration 16, not 8" in " ".join(other_rows.output.split())
+
+    def no_sensitivity(*_a: object, **_k: object) -> None:
+        raise AssertionError("the study's recorded sensitivities were measured again")
+
+    with monkeypatch.context() as m:  # a resumed (or joining) run takes the study's unit sensitivities
+        m.setattr("pruner.search.study.unit_sensitivity", no_sensitivity)
+        again = runner.invoke(app, [*args[:8], "6", *args[9:]])  # --trials 6: two more
     assert again.exit_code == 0, again.output
     assert sum(counted(t) for t in optuna.load_study(study_name="t", storage=storage).trials) == 6
 

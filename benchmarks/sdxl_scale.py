@@ -11,6 +11,7 @@ calibration included).
 
     python benchmarks/sdxl_scale.py                        # one GPU (H100/H200 class): small settings
     python benchmarks/sdxl_scale.py --trials 64 --proxy-steps 30 --images 256 --calibration 96 --held-out 128
+    python benchmarks/sdxl_scale.py --size 512 --calibration 32 --held-out 32    # the 24 GB setting
     python benchmarks/sdxl_scale.py --tiny                 # the same path at the bundled teacher's size, CPU
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,17 +107,37 @@ def run_stage(out: Path, args: list[str]) -> None:
 
 
 def stage(name: str, args: list[str], work: Path, rows: list[dict]) -> dict:  # type: ignore[type-arg]
-    """Run ``pruner ARGS`` in a fresh process; a failing stage stops the benchmark with its output."""
-    record = work / f"{name}.json"
+    """Run ``pruner ARGS`` in a fresh process, its output kept in ``work/NAME.log``; print the stage's row as
+    soon as it ends (a run stopped by a time limit still shows the stages it finished); a failing stage stops
+    the benchmark with the end of its output."""
+    record, log = work / f"{name}.json", work / f"{name}.log"
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--run-stage", str(record), "--", *args], cwd=work,
-                          capture_output=True, text=True)  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.run([sys.executable, __file__, "--run-stage", str(record), "--", *args], cwd=work,
+                              stdout=out, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     wall = time.perf_counter() - start
     if proc.returncode != 0 or not record.is_file() or json.loads(record.read_text())["code"] != 0:
-        sys.exit(f"stage {name} failed: pruner {' '.join(args)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        sys.exit(f"stage {name} failed: pruner {' '.join(args)}\n{log.read_text()[-6000:]}")
     row = {"stage": name, "wall_s": wall, **json.loads(record.read_text())}
     rows.append(row)
+    print(f"{name}: {wall:.1f} s, peak GPU {row['gpu'] / 2**30:.2f} GiB, peak host {row['host'] / 2**30:.2f} GiB",
+          flush=True)  # fmt: skip
     return row
+
+
+def trial_times(storage: Path) -> str:
+    """Seconds per trial from the study, by the rung the trial reached (zero-shot, proxy steps, top steps)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{storage}")
+    by_rung: dict[int, list[float]] = {}
+    for t in study.trials:
+        if t.datetime_start and t.datetime_complete and not t.user_attrs.get("skipped"):
+            steps = int(t.user_attrs.get("rung_steps") or 0)
+            by_rung.setdefault(steps, []).append((t.datetime_complete - t.datetime_start).total_seconds())
+    parts = [f"{len(v)} trials to {k} steps: median {statistics.median(v):.1f} s" for k, v in sorted(by_rung.items())]
+    return "trials: " + "; ".join(parts)
 
 
 def _plan(args: argparse.Namespace) -> dict[str, str]:
@@ -123,7 +145,7 @@ def _plan(args: argparse.Namespace) -> dict[str, str]:
     if args.tiny:
         return {"images": "24", "size": "32", "budget": "50%", "trials": "2", "proxy": "1", "calibration": "8",
                 "held_out": "8", "steps": "2", "eval_n": "2", "eval_steps": "2"}  # fmt: skip
-    return {"images": str(args.images), "size": "1024", "budget": args.budget, "trials": str(args.trials),
+    return {"images": str(args.images), "size": str(args.size), "budget": args.budget, "trials": str(args.trials),
             "proxy": str(args.proxy_steps), "calibration": str(args.calibration), "held_out": str(args.held_out),
             "steps": str(args.steps), "eval_n": "4", "eval_steps": "10"}  # fmt: skip
 
@@ -137,19 +159,45 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[typ
     stage("synth-data", ["synth-data", "--out", "images", "--n", p["images"], "--size", p["size"]], work, rows)
     captions = [json.loads(x)["text"] for x in (work / "images" / "metadata.jsonl").read_text().splitlines()]
     (work / "prompts.txt").write_text("\n".join(captions[-8:]) + "\n")
-    stage("cache", ["cache", "images", "--teacher", "teacher", "--out", "cache", "--batch-size", "4"], work, rows)
+    stage("cache", ["cache", "images", "--teacher", "teacher", "--out", "cache", "--batch-size", "4", "--resolution",
+                    p["size"]], work, rows)  # fmt: skip
     device = ["--device", args.device] if args.device else []
     search = stage("search", ["search", "--teacher", "teacher", "--data", "cache", "--budget", p["budget"],
                               "--trials", p["trials"], "--proxy-steps", p["proxy"], "--calibration", p["calibration"],
                               "--held-out", p["held_out"], "--storage", "sqlite:///study.db", "--out", "recipes",
                               *device], work, rows)  # fmt: skip
     search["per_trial_s"] = search["wall_s"] / int(p["trials"])
+    plan_line = [x for x in (work / "search.log").read_text().splitlines() if "calibration:" in x]
+    print(*plan_line[:1], trial_times(work / "study.db"), sep="\n", flush=True)
     half = [] if args.tiny else ["--mixed-precision", "bf16", "--gradient-checkpointing"]
     stage("distill", ["distill", "recipes/found.yaml", "--data", "cache", "--steps", p["steps"], "--batch-size", "1",
                       "--output", "student", *half], work, rows)  # fmt: skip
     stage("eval", ["eval", "student", "--teacher", "teacher", "--prompts", "prompts.txt", "--n", p["eval_n"],
-                   "--steps", p["eval_steps"], "--grid", "eval.png"], work, rows)  # fmt: skip
+                   "--steps", p["eval_steps"], "--grid", "eval.png", "--resolution", p["size"]],
+          work, rows)  # fmt: skip
     return rows
+
+
+def against_vega(work: Path, tiny: bool) -> str:
+    """UNet latency of the found recipe's student and of Segmind-Vega's plan applied to the same teacher, at
+    the teacher's size, batch 2 (one picture with guidance), in the teacher's dtype on the search's device."""
+    from pruner.cost.latency import measure_latency
+    from pruner.distill.engine import resolve_device, teacher_dtype
+    from pruner.recipe import load_recipe
+    from pruner.unet import build_student, load_unet
+
+    device = resolve_device(None)
+    teacher = load_unet(str(work / "teacher"), dtype=teacher_dtype(device), device=device)
+    vega = ROOT / "recipes" / ("tiny-sdxl-vega.yaml" if tiny else "sdxl-vega.yaml")
+    parts = []
+    for name, recipe in (("found", work / "recipes" / "found.yaml"), ("vega", vega)):
+        student, _ = build_student(teacher, load_recipe(recipe).plan_obj())
+        ms = measure_latency(student, int(teacher.config.sample_size), batch=2, runs=10).total_ms
+        params = sum(p.numel() for p in student.parameters())
+        parts.append(f"{name} {params / 1e9:.3f}B params, {ms:.1f} ms")
+        del student
+    side = teacher.config.sample_size
+    return f"UNet latency at {side}x{side} latents, batch 2, {teacher.dtype}: " + "; ".join(parts)
 
 
 def print_table(rows: list[dict], title: str) -> None:  # type: ignore[type-arg]
@@ -168,7 +216,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=None, help="folder to keep (default: a temporary one)")
     p.add_argument("--device", default=None, help="search device (default: cuda when available)")
     p.add_argument("--budget", default="0.74B")
-    p.add_argument("--images", type=int, default=72, help="captioned pictures synthesised at 1024")
+    p.add_argument("--images", type=int, default=72, help="captioned pictures synthesised at --size")
+    p.add_argument("--size", type=int, default=1024, help="picture side for data, cache and eval (512: a 24 GB card)")
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--proxy-steps", type=int, default=30)
     p.add_argument("--calibration", type=int, default=32)
@@ -179,8 +228,10 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         rows = run(args, work)
+        print(against_vega(work, args.tiny), flush=True)
     where = "CPU" if args.tiny or not torch.cuda.is_available() else torch.cuda.get_device_name()
-    print_table(rows, f"{'tiny-sdxl size' if args.tiny else 'SDXL size (random weights)'} on {where}")
+    size = "tiny-sdxl size" if args.tiny else f"SDXL size (random weights), {args.size}px"
+    print_table(rows, f"{size} on {where}")
     return None
 
 

@@ -13,6 +13,7 @@ calibration included).
     python benchmarks/sdxl_scale.py --trials 64 --proxy-steps 30 --images 256 --calibration 96 --held-out 128
     python benchmarks/sdxl_scale.py --size 512 --calibration 32 --held-out 32    # the 24 GB setting
     python benchmarks/sdxl_scale.py --tiny                 # the same path at the bundled teacher's size, CPU
+    python benchmarks/sdxl_scale.py --width 0.5 --size 256 --budget 28% --device cpu ...   # SDXL's depths, CPU
 """
 
 from __future__ import annotations
@@ -69,18 +70,32 @@ def _tokenizer(folder: Path, tiny: bool):  # type: ignore[no-untyped-def]
                          pad_token="<|endoftext|>")  # fmt: skip
 
 
-def build_pipeline(folder: Path, tiny: bool) -> Path:
+def unet_config(tiny: bool, width: float = 1.0) -> dict:  # type: ignore[type-arg]
+    """SDXL's UNet config (the bundled teacher's with ``tiny``); ``width`` scales its channels and keeps all
+    else (depths, heads, the 2048-wide text conditioning): 0.5 is a quarter of the parameters, small enough
+    to rehearse the full-size path on a CPU."""
+    from pruner.unet import architecture_config
+
+    config = dict(architecture_config("tiny-sdxl" if tiny else "sdxl"))
+    if width != 1.0:
+        channels = [int(c * width) for c in config["block_out_channels"]]
+        heads = config["attention_head_dim"]
+        if any(c % 32 or c % h for c, h in zip(channels, heads, strict=True)):
+            sys.exit(f"--width {width}: channels {channels} must divide into 32 groups and {heads} heads (try 0.5)")
+        config["block_out_channels"] = channels
+    return config
+
+
+def build_pipeline(folder: Path, tiny: bool, width: float = 1.0) -> Path:
     """A StableDiffusionXLPipeline of random weights (fp16 files at SDXL size) saved to ``folder``."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-
-    from pruner.unet import architecture_config
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tok = _tokenizer(Path(tmp) / "tok", tiny)
         first, second = _text_encoders(len(tok.get_vocab()), tiny)
         vae_cfg = AutoencoderKL.load_config(BUNDLED / "vae") if tiny else SDXL_VAE
-        unet = UNet2DConditionModel.from_config(architecture_config("tiny-sdxl" if tiny else "sdxl"))
+        unet = UNet2DConditionModel.from_config(unet_config(tiny, width))
         pipe = StableDiffusionXLPipeline(
             vae=AutoencoderKL.from_config(vae_cfg), text_encoder=first, text_encoder_2=second, tokenizer=tok,
             tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler.from_pretrained(BUNDLED / "scheduler"),
@@ -102,8 +117,18 @@ def run_stage(out: Path, args: list[str]) -> None:
     except SystemExit as exc:
         code = int(exc.code or 0)
     gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out.write_text(json.dumps({"code": code, "gpu": gpu, "host": host}))
+    out.write_text(json.dumps({"code": code, "gpu": gpu, "host": peak_host_bytes()}))
+
+
+def peak_host_bytes() -> int:
+    """This process's peak resident memory since it started its program: VmHWM, which starts afresh at exec
+    (ru_maxrss keeps the forking parent's resident set, the whole benchmark's, so it over-counts a stage)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # not Linux: an upper bound
 
 
 def stage(name: str, args: list[str], work: Path, rows: list[dict]) -> dict:  # type: ignore[type-arg]
@@ -154,7 +179,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[typ
     p, rows = _plan(args), []
     teacher = work / "teacher"
     start = time.perf_counter()
-    build_pipeline(teacher, args.tiny)
+    build_pipeline(teacher, args.tiny, args.width)
     rows.append({"stage": "build pipeline", "wall_s": time.perf_counter() - start, "gpu": 0, "host": 0})
     stage("synth-data", ["synth-data", "--out", "images", "--n", p["images"], "--size", p["size"]], work, rows)
     captions = [json.loads(x)["text"] for x in (work / "images" / "metadata.jsonl").read_text().splitlines()]
@@ -169,7 +194,8 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[typ
     search["per_trial_s"] = search["wall_s"] / int(p["trials"])
     plan_line = [x for x in (work / "search.log").read_text().splitlines() if "calibration:" in x]
     print(*plan_line[:1], trial_times(work / "study.db"), sep="\n", flush=True)
-    half = [] if args.tiny else ["--mixed-precision", "bf16", "--gradient-checkpointing"]
+    on_gpu = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+    half = (["--mixed-precision", "bf16"] if on_gpu else []) + ([] if args.tiny else ["--gradient-checkpointing"])
     stage("distill", ["distill", "recipes/found.yaml", "--data", "cache", "--steps", p["steps"], "--batch-size", "1",
                       "--output", "student", *half], work, rows)  # fmt: skip
     stage("eval", ["eval", "student", "--teacher", "teacher", "--prompts", "prompts.txt", "--n", p["eval_n"],
@@ -194,7 +220,7 @@ def against_vega(work: Path, tiny: bool) -> str:
         student, _ = build_student(teacher, load_recipe(recipe).plan_obj())
         ms = measure_latency(student, int(teacher.config.sample_size), batch=2, runs=10).total_ms
         params = sum(p.numel() for p in student.parameters())
-        parts.append(f"{name} {params / 1e9:.3f}B params, {ms:.1f} ms")
+        parts.append(f"{name} {params / 1e6:.1f}M params, {ms:.1f} ms")
         del student
     side = teacher.config.sample_size
     return f"UNet latency at {side}x{side} latents, batch 2, {teacher.dtype}: " + "; ".join(parts)
@@ -215,7 +241,8 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="the bundled teacher's size, on the CPU (the tested path)")
     p.add_argument("--work", type=Path, default=None, help="folder to keep (default: a temporary one)")
     p.add_argument("--device", default=None, help="search device (default: cuda when available)")
-    p.add_argument("--budget", default="0.74B")
+    p.add_argument("--budget", default="0.74B", help="with --width: a share, e.g. 28%% (0.74B of SDXL's 2.6B)")
+    p.add_argument("--width", type=float, default=1.0, help="scale the UNet's channels (0.5: rehearse on a CPU)")
     p.add_argument("--images", type=int, default=72, help="captioned pictures synthesised at --size")
     p.add_argument("--size", type=int, default=1024, help="picture side for data, cache and eval (512: a 24 GB card)")
     p.add_argument("--trials", type=int, default=8)
@@ -230,7 +257,8 @@ def main() -> None:
         rows = run(args, work)
         print(against_vega(work, args.tiny), flush=True)
     where = "CPU" if args.tiny or not torch.cuda.is_available() else torch.cuda.get_device_name()
-    size = "tiny-sdxl size" if args.tiny else f"SDXL size (random weights), {args.size}px"
+    narrow = f", channels x{args.width}" if args.width != 1.0 else ""
+    size = "tiny-sdxl size" if args.tiny else f"SDXL size (random weights{narrow}), {args.size}px"
     print_table(rows, f"{size} on {where}")
     return None
 

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from pruner import __version__
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_dir, write_json
-from pruner.unet.load import load_pipeline, resolve_model
+from pruner.unet.load import load_pipeline, resolve_model, unet_config
 
 __all__ = [
     "CACHE_FILE",
@@ -243,6 +243,11 @@ def _pipeline_kind(pipe: Any, teacher: str) -> Kind:
         f"teacher {teacher} is a {type(pipe).__name__}; caching needs a StableDiffusionXLPipeline or "
         "StableDiffusionPipeline"
     )
+
+
+def native_resolution(teacher: str, pipe: Any) -> int:
+    """The teacher's native picture side, from its UNet's config (a pipeline loaded without its UNet)."""
+    return int(unet_config(teacher).get("sample_size", 128)) * int(pipe.vae_scale_factor)
 
 
 def default_resolution(pipe: Any) -> int:
@@ -477,9 +482,9 @@ def build_cache(
     existing = _existing_meta(out_dir)
     if existing is not None:
         _check_same(existing, identity, out_dir)
-    pipe = load_pipeline(teacher, dtype=torch.float32, device=device)
+    pipe = load_pipeline(teacher, dtype=torch.float32, device=device, with_unet=False)
     kind = _pipeline_kind(pipe, teacher)
-    identity["resolution"] = resolution or default_resolution(pipe)
+    identity["resolution"] = resolution or native_resolution(teacher, pipe)
     check_resolution(identity["resolution"], pipe)
     meta = _start_or_resume(out_dir, existing, identity, lambda: _fresh_meta(identity, teacher, kind, pipe, len(rows)))
     resumed = existing is not None and meta["next_row"] > 0

@@ -237,9 +237,14 @@ def load_unet(
 
 
 def load_pipeline(
-    target: str | ModelRef, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    target: str | ModelRef,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    with_unet: bool = True,
 ) -> DiffusionPipeline:
-    """Load a full diffusers pipeline (hub id or pipeline folder) with its text encoders and VAE."""
+    """Load a full diffusers pipeline (hub id or pipeline folder) with its text encoders and VAE; without its
+    UNet when ``with_unet`` is False (encoding pictures and prompts needs none: SDXL's is 10 GB in fp32)."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -249,8 +254,10 @@ def load_pipeline(
     if ref.kind not in ("hub", "pipeline"):
         raise PrunerError(f"{ref.target} is a bare UNet; give a full pipeline (hub id or folder with model_index.json)")
     source = ref.target if ref.kind == "hub" else str(ref.path)
-    extra = {}
-    if ref.kind == "pipeline" and _width_record(ref.path / "unet"):  # type: ignore[operator]
+    extra: dict[str, Any] = {}
+    if not with_unet:
+        extra["unet"] = None
+    elif ref.kind == "pipeline" and _width_record(ref.path / "unet"):  # type: ignore[operator]
         extra["unet"] = _load_width_pruned(ref.path / "unet", dtype)  # type: ignore[operator]
     try:
         with _quiet_torchvision_notice():

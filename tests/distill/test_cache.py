@@ -138,6 +138,24 @@ def test_rows_equal_what_the_pipeline_computes(
         assert item["time_ids"].tolist() == [32, 32, 0, 0, 32, 32]
 
 
+def test_the_cache_never_loads_the_unet(sdxl_cache: tuple[Path, CacheSummary], data: Path, sdxl_teacher: str,
+                                       tmp_path: Path) -> None:  # fmt: skip
+    """Encoding needs the VAE and the text encoders only (SDXL's UNet would be 10 GB more in fp32)."""
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(sdxl_teacher, teacher)
+    weights = [f for f in (teacher / "unet").iterdir() if f.name != "config.json"]
+    assert weights
+    for f in weights:
+        f.unlink()
+    out = tmp_path / "cache"
+    summary = build_cache(data, str(teacher), out, batch_size=3, shard_size=4, progress=False)
+    assert summary.n_written == 10 and json.loads((out / "cache.json").read_text())["resolution"] == 32
+    for a, b in zip(_shards(sdxl_cache[0]), _shards(out), strict=True):
+        torch.testing.assert_close(a["latents"], b["latents"], atol=1e-5, rtol=1e-4)
+
+
 def test_latent_cache_shapes_and_dataloader(sdxl_cache: tuple[Path, CacheSummary]) -> None:
     cache = LatentCache(sdxl_cache[0])
     assert len(cache) == 10 and cache.meta["kind"] == "sdxl"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from torch import nn
+from tqdm import tqdm
 
 from pruner.diffusion import VAE_SCALE, added_cond
 from pruner.distill.engine import (
@@ -198,7 +199,7 @@ def split_rows(available: int, n_train: int, n_held_out: int) -> tuple[int, int]
 def build_calibration(
     teacher: UNet2DConditionModel, data: Any, topo: Topology, *, n_train: int, n_held_out: int, level: FeatureLevel,
     scheduler: DDPMScheduler, seed: int = 0, batch: int = 16, status: Callable[[str], None] = lambda _m: None,
-    vae_scale: int = VAE_SCALE,
+    vae_scale: int = VAE_SCALE, progress: bool = False,
 ) -> Calibration:  # fmt: skip
     """Take the first rows of a latent cache, noise them at seeded timesteps, and record the teacher (on its
     device, in its dtype): predictions on every row, features only on the training rows."""
@@ -217,12 +218,15 @@ def build_calibration(
         status(plan.describe())
         store, backing = _allocate(plan, shapes)
         preds = []
+        bar = tqdm(total=n, desc="calibration", unit="row", dynamic_ncols=True, disable=not progress)
         for chunk in torch.arange(n).split(batch):
             out = teacher_pass(teacher, inputs.rows(chunk), rec)
             preds.append(out.pred)
             train = chunk[chunk < plan.rows]
             for name in names:
                 store[name][train] = out.features[name][: len(train)].to(store[name].device, store[name].dtype)
+            bar.update(len(chunk))
+        bar.close()
     keep = torch.cat([torch.arange(plan.rows), torch.arange(n - plan.held_out, n)])
     return Calibration(inputs.rows(keep), torch.cat(preds)[keep.to(device)], store, plan.rows, level, scheduler,
                        plan, backing)  # fmt: skip
@@ -324,16 +328,22 @@ def _skip_block(_module: nn.Module, args: tuple, _output: torch.Tensor) -> torch
 
 @torch.no_grad()
 def unit_sensitivity(
-    teacher: UNet2DConditionModel, topo: Topology, calib: Calibration, names: Sequence[str], batch: int = 32
+    teacher: UNet2DConditionModel,
+    topo: Topology,
+    calib: Calibration,
+    names: Sequence[str],
+    batch: int = 32,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Zero-shot KD loss of the teacher with each unit alone removed (LAPTOP-Diff's additive criterion).
 
     Transformer layers are skipped in place (exact, and free of the mid-depth coupling); other units are
-    built as students. A unit that cannot be removed alone gets +inf.
+    built as students. A unit that cannot be removed alone gets +inf. ``progress``: a bar over the units
+    (SDXL has about a hundred, each a pass over the held-out rows).
     """
     modules = dict(teacher.named_modules())
     scores: dict[str, float] = {}
-    for name in names:
+    for name in tqdm(names, desc="sensitivity", unit="unit", dynamic_ncols=True, disable=not progress):
         if ".transformer_blocks." in name:
             handle = modules[name].register_forward_hook(_skip_block)
             try:

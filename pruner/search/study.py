@@ -245,14 +245,15 @@ def build_context(
     batch = cfg.proxy_batch or proxy_batch(latent)
     calib = build_calibration(teacher, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
                               scheduler=noise_scheduler(cfg.teacher), seed=cfg.seed, batch=batch, status=status,
-                              vae_scale=vae_scale_factor(resolve_model(cfg.teacher)))  # fmt: skip
+                              vae_scale=vae_scale_factor(resolve_model(cfg.teacher)),
+                              progress=cfg.progress)  # fmt: skip
     units = [n for n in kinds if kinds[n] != "stage"]
     if sensitivity is not None and set(units) <= set(sensitivity):
         status("unit sensitivities: the study's (measured once, by its first worker)")
         sens = {n: sensitivity[n] for n in units}
     else:
         status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
-        sens = unit_sensitivity(teacher, topo, calib, units, 2 * batch)
+        sens = unit_sensitivity(teacher, topo, calib, units, 2 * batch, progress=cfg.progress)
     return SearchContext(cfg, space, teacher, topo, cost, budget, limit, calib, sens, data_path, latency, runtime,
                          batch)  # fmt: skip
 

@@ -35,13 +35,16 @@ def _move_into(src: Path, out: Path) -> None:
     src.rmdir()
 
 
-def _validation_grid(pipe: DiffusionPipeline, student: UNet2DConditionModel, path: Path, prompts: list[str]) -> None:
-    """Teacher row above student row from the same seeds, each held-out caption under its column."""
+def _validation_grid(
+    pipe: DiffusionPipeline, student: UNet2DConditionModel, path: Path, prompts: list[str], resolution: int | None
+) -> None:
+    """Teacher row above student row from the same seeds, each held-out caption under its column, at the
+    resolution the student trained at (None: the pipeline's own)."""
     from pruner.diffusion import generate, image_grid
 
-    teacher_images = generate(pipe, prompts).images
+    teacher_images = generate(pipe, prompts, resolution=resolution).images
     teacher_unet, pipe.unet = pipe.unet, student
-    student_images = generate(pipe, prompts).images
+    student_images = generate(pipe, prompts, resolution=resolution).images
     pipe.unet = teacher_unet
     image_grid([teacher_images, student_images], path, captions=prompts, row_labels=["teacher", "student"])
 
@@ -71,8 +74,12 @@ def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
     )
 
 
-def write_outputs(student: UNet2DConditionModel, recipe: Recipe, out: Path, result: Any, prompts: list[str]) -> None:
-    """Save the student (and pipeline), model card, recipe and metrics; each file renamed into place."""
+def write_outputs(
+    student: UNet2DConditionModel, recipe: Recipe, out: Path, result: Any, prompts: list[str],
+    resolution: int | None = None,
+) -> None:  # fmt: skip
+    """Save the student (and pipeline), model card, recipe and metrics; each file renamed into place. The
+    validation grid is drawn at ``resolution`` (the training data's; None: the pipeline's)."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".final.partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -85,7 +92,7 @@ def write_outputs(student: UNet2DConditionModel, recipe: Recipe, out: Path, resu
         if inner:
             mark_width_config(tmp / "unet" / "config.json", inner)
         if prompts:
-            _validation_grid(pipe, student, tmp / "validation.png", prompts)
+            _validation_grid(pipe, student, tmp / "validation.png", prompts, resolution)
     else:
         save_unet(student, tmp / "unet")
     held = result.held_out_kd[-1][1] if result.held_out_kd else None

@@ -348,7 +348,9 @@ def distill_recipe(
         from pruner.distill.output import write_outputs
 
         prompts = held_out_prompts(data, held_out_rows(data, opts))
-        write_outputs(student.eval(), trained_recipe(resolved.recipe, result.settings), out, result, prompts)
+        resolution = getattr(data, "meta", {}).get("resolution")  # the grid at the size the student trained at
+        write_outputs(student.eval(), trained_recipe(resolved.recipe, result.settings), out, result, prompts,
+                      resolution)  # fmt: skip
     return result
 
 

@@ -45,6 +45,24 @@ def unet_weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
+def test_the_validation_grid_is_drawn_at_the_resolution_the_student_trained_at(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A student distilled on 64px latents is shown at 64px, not at its teacher's native 32px (for SDXL:
+    a 512px cache is not validated at 1024, which costs 4x the compute and memory)."""
+    from PIL import Image
+
+    recipe, _ = setup
+    data = recipe.parent / "data"
+    teacher = recipe.read_text().split("model: ")[1].split()[0]
+    cache = tmp_path / "cache64"
+    made = runner.invoke(app, ["cache", str(data), "--teacher", teacher, "--out", str(cache), "--resolution", "64"])
+    assert made.exit_code == 0, made.output
+    result = distill(recipe, cache, tmp_path / "out", "--steps", "1")
+    assert result.exit_code == 0, result.output
+    grid = Image.open(tmp_path / "out" / "validation.png")
+    cell = 64 * 4  # pictures are drawn 4x, beside a 70px label column, two rows over the captions
+    assert (grid.width - 70) % cell == 0 and 2 * cell <= grid.height < 2 * cell + 100
+
+
 @pytest.mark.slow
 def test_distill_writes_a_pipeline_stock_diffusers_loads(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     recipe, cache = setup

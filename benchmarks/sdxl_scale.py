@@ -172,7 +172,7 @@ def _plan(args: argparse.Namespace) -> dict[str, str]:
                 "held_out": "8", "steps": "2", "eval_n": "2", "eval_steps": "2"}  # fmt: skip
     return {"images": str(args.images), "size": str(args.size), "budget": args.budget, "trials": str(args.trials),
             "proxy": str(args.proxy_steps), "calibration": str(args.calibration), "held_out": str(args.held_out),
-            "steps": str(args.steps), "eval_n": "4", "eval_steps": "10"}  # fmt: skip
+            "steps": str(args.steps), "eval_n": str(args.eval_n), "eval_steps": str(args.eval_steps)}  # fmt: skip
 
 
 def run(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[type-arg]
@@ -204,26 +204,28 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[typ
     return rows
 
 
-def against_vega(work: Path, tiny: bool) -> str:
-    """UNet latency of the found recipe's student and of Segmind-Vega's plan applied to the same teacher, at
-    the teacher's size, batch 2 (one picture with guidance), in the teacher's dtype on the search's device."""
+def against_vega(work: Path, tiny: bool, size: int) -> str:
+    """UNet latency of the found recipe's student and of Segmind-Vega's plan applied to the same teacher, for
+    ``size`` pixel pictures, batch 2 (one picture with guidance), in the teacher's dtype on the search's device."""
     from pruner.cost.latency import measure_latency
     from pruner.distill.engine import resolve_device, teacher_dtype
+    from pruner.inspection import vae_scale_factor
     from pruner.recipe import load_recipe
     from pruner.unet import build_student, load_unet
+    from pruner.unet.load import resolve_model
 
     device = resolve_device(None)
     teacher = load_unet(str(work / "teacher"), dtype=teacher_dtype(device), device=device)
     vega = ROOT / "recipes" / ("tiny-sdxl-vega.yaml" if tiny else "sdxl-vega.yaml")
+    latent = size // vae_scale_factor(resolve_model(str(work / "teacher")))
     parts = []
     for name, recipe in (("found", work / "recipes" / "found.yaml"), ("vega", vega)):
         student, _ = build_student(teacher, load_recipe(recipe).plan_obj())
-        ms = measure_latency(student, int(teacher.config.sample_size), batch=2, runs=10).total_ms
+        ms = measure_latency(student, latent, batch=2, runs=10).total_ms
         params = sum(p.numel() for p in student.parameters())
         parts.append(f"{name} {params / 1e6:.1f}M params, {ms:.1f} ms")
         del student
-    side = teacher.config.sample_size
-    return f"UNet latency at {side}x{side} latents, batch 2, {teacher.dtype}: " + "; ".join(parts)
+    return f"UNet latency at {latent}x{latent} latents, batch 2, {teacher.dtype}: " + "; ".join(parts)
 
 
 def print_table(rows: list[dict], title: str) -> None:  # type: ignore[type-arg]
@@ -250,12 +252,14 @@ def main() -> None:
     p.add_argument("--calibration", type=int, default=32)
     p.add_argument("--held-out", type=int, default=32)
     p.add_argument("--steps", type=int, default=20, help="distill steps")
+    p.add_argument("--eval-n", type=int, default=4, help="eval prompts")
+    p.add_argument("--eval-steps", type=int, default=10, help="eval sampling steps")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         rows = run(args, work)
-        print(against_vega(work, args.tiny), flush=True)
+        print(against_vega(work, args.tiny, int(_plan(args)["size"])), flush=True)
     where = "CPU" if args.tiny or not torch.cuda.is_available() else torch.cuda.get_device_name()
     narrow = f", channels x{args.width}" if args.width != 1.0 else ""
     size = "tiny-sdxl size" if args.tiny else f"SDXL size (random weights{narrow}), {args.size}px"

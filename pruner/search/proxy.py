@@ -339,7 +339,7 @@ def unit_sensitivity(
 
     Transformer layers are skipped in place (exact, and free of the mid-depth coupling); other units are
     built as students. A unit that cannot be removed alone gets +inf. ``progress``: a bar over the units
-    (SDXL has about a hundred, each a pass over the held-out rows).
+    (SDXL has 78, each a pass over the held-out rows).
     """
     modules = dict(teacher.named_modules())
     scores: dict[str, float] = {}

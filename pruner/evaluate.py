@@ -158,7 +158,8 @@ def evaluate_student(
 ) -> EvalReport:
     """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available), at
     ``resolution`` pixels a side (default the teacher's native size); see the module docstring."""
-    from pruner.distill.cache import check_resolution, default_resolution
+    from pruner.diffusion import default_resolution
+    from pruner.distill.cache import check_resolution
     from pruner.distill.engine import resolve_device
 
     dev = resolve_device(device)
@@ -166,7 +167,7 @@ def evaluate_student(
     pipe = load_pipeline(ref, device=dev)
     if resolution is not None:
         check_resolution(resolution, pipe)
-    side = resolution or default_resolution(pipe)
+    side = resolution or default_resolution(dict(pipe.unet.config), int(pipe.vae_scale_factor))
     student = student_path if isinstance(student_path, UNet2DConditionModel) else load_student_unet(student_path)
     student = student.to(dev)
     prompts = eval_prompts(n_prompts, seed, ref, prompts_file)

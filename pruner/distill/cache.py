@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from pruner import __version__
+from pruner.diffusion import default_resolution
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_dir, write_json
 from pruner.unet.load import load_pipeline, resolve_model, unet_config
@@ -46,7 +47,6 @@ __all__ = [
     "LatentCache",
     "build_cache",
     "check_resolution",
-    "default_resolution",
     "load_image",
     "read_metadata",
 ]
@@ -243,17 +243,6 @@ def _pipeline_kind(pipe: Any, teacher: str) -> Kind:
         f"teacher {teacher} is a {type(pipe).__name__}; caching needs a StableDiffusionXLPipeline or "
         "StableDiffusionPipeline"
     )
-
-
-def native_resolution(teacher: str, pipe: Any) -> int:
-    """The teacher's native picture side, from its UNet's config (a pipeline loaded without its UNet)."""
-    return int(unet_config(teacher).get("sample_size", 128)) * int(pipe.vae_scale_factor)
-
-
-def default_resolution(pipe: Any) -> int:
-    """The pipeline's default image size: ``default_sample_size`` (or the UNet's sample size) in pixels."""
-    sample = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
-    return int(sample if isinstance(sample, int) else sample[0]) * int(pipe.vae_scale_factor)
 
 
 @torch.no_grad()
@@ -484,7 +473,8 @@ def build_cache(
         _check_same(existing, identity, out_dir)
     pipe = load_pipeline(teacher, dtype=torch.float32, device=device, with_unet=False)
     kind = _pipeline_kind(pipe, teacher)
-    identity["resolution"] = resolution or native_resolution(teacher, pipe)
+    # the UNet's config (the pipeline is loaded without it) at the VAE's scale
+    identity["resolution"] = resolution or default_resolution(unet_config(teacher), int(pipe.vae_scale_factor))
     check_resolution(identity["resolution"], pipe)
     meta = _start_or_resume(out_dir, existing, identity, lambda: _fresh_meta(identity, teacher, kind, pipe, len(rows)))
     resumed = existing is not None and meta["next_row"] > 0

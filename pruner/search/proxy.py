@@ -218,15 +218,14 @@ def build_calibration(
         status(plan.describe())
         store, backing = _allocate(plan, shapes)
         preds = []
-        bar = tqdm(total=n, desc="calibration", unit="row", dynamic_ncols=True, disable=not progress)
-        for chunk in torch.arange(n).split(batch):
-            out = teacher_pass(teacher, inputs.rows(chunk), rec)
-            preds.append(out.pred)
-            train = chunk[chunk < plan.rows]
-            for name in names:
-                store[name][train] = out.features[name][: len(train)].to(store[name].device, store[name].dtype)
-            bar.update(len(chunk))
-        bar.close()
+        with tqdm(total=n, desc="calibration", unit="row", dynamic_ncols=True, disable=not progress) as bar:
+            for chunk in torch.arange(n).split(batch):
+                out = teacher_pass(teacher, inputs.rows(chunk), rec)
+                preds.append(out.pred)
+                train = chunk[chunk < plan.rows]
+                for name in names:
+                    store[name][train] = out.features[name][: len(train)].to(store[name].device, store[name].dtype)
+                bar.update(len(chunk))
     keep = torch.cat([torch.arange(plan.rows), torch.arange(n - plan.held_out, n)])
     return Calibration(inputs.rows(keep), torch.cat(preds)[keep.to(device)], store, plan.rows, level, scheduler,
                        plan, backing)  # fmt: skip

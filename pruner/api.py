@@ -205,11 +205,14 @@ def evaluate(
     grid: str | Path | None = None,
     device: str | None = None,
     resolution: int | None = None,
+    dtype: str = "auto",
 ) -> EvalReport:
     """Compare a student with its teacher pipeline on held-out prompts: KD loss, PSNR of pictures from the
     same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``.
     ``resolution``: pixels a side of the pictures and latency inputs (default the teacher's native size;
-    512 makes a quick check of an SDXL student)."""
+    512 makes a quick check of an SDXL student). ``dtype``: what both UNets and the pipeline run in
+    (``auto``: bf16 on a GPU, fp32 on a CPU; or ``fp32``, ``bf16``, ``fp16``); a student given as a model
+    comes back on its own device and dtype."""
     from pruner.evaluate import evaluate_student
 
     if grid is not None:
@@ -218,7 +221,7 @@ def evaluate(
         return evaluate_student(
             student, teacher, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
             prompts_file=None if prompts_file is None else Path(prompts_file),
-            grid_path=None if grid is None else Path(grid), device=device, resolution=resolution,
+            grid_path=None if grid is None else Path(grid), device=device, resolution=resolution, dtype=dtype,
         )  # fmt: skip
 
 

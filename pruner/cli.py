@@ -441,6 +441,13 @@ def eval_(
     resolution: Annotated[
         int | None, typer.Option(min=8, help="Side in pixels of pictures and latency inputs; default the teacher's.")
     ] = None,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="What both UNets and the pipeline run in: auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16 or "
+            "fp16; the latency row is this dtype's."
+        ),
+    ] = "auto",
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
     judge's prompt accuracy ± its standard error (bundled teacher), and UNet latency of both."""
@@ -451,11 +458,12 @@ def eval_(
             check_output_file(grid, "--grid")
     with user_errors(), err.status("generating and comparing"):
         report = pruner.api.evaluate(student, teacher, n_prompts=n, steps=steps, guidance_scale=guidance, seed=seed,
-                                     prompts_file=prompts, grid=grid, device=device, resolution=resolution)  # fmt: skip
+                                     prompts_file=prompts, grid=grid, device=device, resolution=resolution,
+                                     dtype=dtype)  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict()) + "\n")
         return
-    at = f", {report.resolution}px" if report.resolution else ""
+    at = "".join(f", {x}" for x in (f"{report.resolution}px" if report.resolution else None, report.dtype) if x)
     table = Table(title=f"{student} vs {teacher} ({report.n_prompts} prompts, {report.steps} steps{at})")
     table.add_column("metric")
     table.add_column("student", justify="right")

@@ -12,13 +12,17 @@
   every one-object caption (216), so the held-out prompts are all two-object scenes; and the teacher's
   own 40,000 training scenes hold nearly every caption the grammar makes: the prompts are new to the
   student, not to the teacher.
-- UNet latency of both, measured in the same run (a classifier-free-guidance batch of 2).
+- UNet latency of both, measured in the same run (a classifier-free-guidance batch of 2), in the dtype both
+  run in: by default the teacher's frozen dtype on the device (bf16 on a GPU, as users deploy SDXL; fp32 on
+  a CPU), so a GPU figure is the latency a user gets, not fp32's.
 - A PNG grid: teacher row above student row, one column per prompt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +40,20 @@ from pruner.errors import PrunerError
 from pruner.io import read_prompts
 from pruner.unet.load import ModelRef, load_pipeline, load_unet, resolve_model
 
-__all__ = ["PSNR_CAP", "EvalReport", "binomial_se", "eval_prompts", "evaluate_student", "load_student_unet"]
+__all__ = [
+    "DTYPES",
+    "PSNR_CAP",
+    "EvalReport",
+    "binomial_se",
+    "decode_pictures",
+    "eval_dtype",
+    "eval_prompts",
+    "evaluate_student",
+    "load_student_unet",
+]
 
 PSNR_CAP = 100.0
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -64,14 +79,60 @@ class EvalReport:
     prompt_accuracy_se: float | None = None
     teacher_prompt_accuracy_se: float | None = None
     resolution: int | None = None  # pixels a side of the pictures and of the latency inputs
+    dtype: str | None = None  # what both UNets (and the pipeline) ran in: float32, bfloat16 or float16
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def load_student_unet(path: str | Path) -> UNet2DConditionModel:
+def load_student_unet(path: str | Path, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:
     """A student saved as a stock UNet folder or inside a pipeline folder (or any teacher reference)."""
-    return load_unet(str(path), dtype=torch.float32)
+    return load_unet(str(path), dtype=dtype)
+
+
+@contextlib.contextmanager
+def _student_on(
+    student: str | Path | UNet2DConditionModel, device: torch.device, dtype: torch.dtype
+) -> Iterator[UNet2DConditionModel]:
+    """The student on ``device`` in ``dtype``: loaded so, or a caller's model moved there and put back after
+    (``Module.to`` works in place: the caller's fp32 model must not come back in bf16)."""
+    if not isinstance(student, UNet2DConditionModel):
+        yield load_student_unet(student, dtype).to(device)
+        return
+    first = next(student.parameters())
+    where = (first.device, first.dtype)
+    try:
+        yield student.to(device, dtype)
+    finally:
+        student.to(*where)
+
+
+def eval_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is the dtype a frozen teacher takes on ``device`` (bf16 on a GPU, fp16 where bf16 is
+    missing, fp32 on a CPU); else one of ``DTYPES``."""
+    from pruner.distill.engine import teacher_dtype
+
+    if name == "auto":
+        return teacher_dtype(device)
+    if name not in DTYPES:
+        raise PrunerError(f"dtype {name!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@torch.no_grad()
+def decode_pictures(pipe: DiffusionPipeline, latents: torch.Tensor) -> list[Image.Image]:
+    """Latents to pictures through the pipeline's VAE; an fp16 VAE that overflows in fp16 (SDXL's:
+    ``force_upcast``) decodes in fp32, as the stock SDXL pipeline does, and is put back in fp16."""
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return list(pipe.image_processor.postprocess(pixels, "pil"))
 
 
 def _judge_dir(ref: ModelRef) -> Path | None:
@@ -115,13 +176,12 @@ def _kd_loss(
     """Mean MSE of noise predictions over fixed timesteps and noise (seeded)."""
     from diffusers import DDPMScheduler
 
-    from pruner.distill.engine import KDInputs, held_out_kd
+    from pruner.distill.engine import KDInputs, held_out_kd, teacher_pass
 
     embeds, added = conditioning(pipe, prompts, latents.device)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    batch = KDInputs.noised(scheduler, latents, embeds, added, torch.Generator().manual_seed(seed))
-    teacher = pipe.unet(*batch.unet_args(), added_cond_kwargs=batch.added).sample
-    return held_out_kd(student, [(batch, teacher)])
+    batch = KDInputs.noised(scheduler, latents.float(), embeds, added, torch.Generator().manual_seed(seed))
+    return held_out_kd(student, [(batch, teacher_pass(pipe.unet, batch).pred)])
 
 
 def _grid(teacher: list[Image.Image], student: list[Image.Image], prompts: list[str], path: Path, n: int) -> Path:
@@ -155,40 +215,53 @@ def evaluate_student(
     grid_columns: int = 8,
     device: str | None = None,
     resolution: int | None = None,
+    dtype: str = "auto",
 ) -> EvalReport:
     """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available), at
-    ``resolution`` pixels a side (default the teacher's native size); see the module docstring."""
+    ``resolution`` pixels a side (default the teacher's native size), both UNets and the pipeline in
+    ``dtype`` (``auto``: bf16 on a GPU, fp32 on a CPU; see ``eval_dtype``); see the module docstring."""
     from pruner.diffusion import default_resolution
     from pruner.distill.cache import check_resolution
     from pruner.distill.engine import resolve_device
 
     dev = resolve_device(device)
+    torch_dtype = eval_dtype(dtype, dev)
     ref = resolve_model(teacher)
-    pipe = load_pipeline(ref, device=dev)
+    pipe = load_pipeline(ref, device=dev, dtype=torch_dtype)
     if resolution is not None:
         check_resolution(resolution, pipe)
     side = resolution or default_resolution(dict(pipe.unet.config), int(pipe.vae_scale_factor))
-    student = student_path if isinstance(student_path, UNet2DConditionModel) else load_student_unet(student_path)
-    student = student.to(dev)
     prompts = eval_prompts(n_prompts, seed, ref, prompts_file)
-    t_out = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance_scale, output_type="latent",
-                     resolution=side).images  # fmt: skip
-    t_imgs = pipe.image_processor.postprocess(pipe.vae.decode(t_out / pipe.vae.config.scaling_factor).sample, "pil")
-    kd = _kd_loss(pipe, student, t_out, prompts, seed + 1)
-    teacher_unet, pipe.unet = pipe.unet, student
-    s_imgs = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance_scale, resolution=side).images
-    pipe.unet = teacher_unet
-    latent = side // int(pipe.vae_scale_factor)
-    s_lat = measure_latency(student, latent, batch=2, seq_len=_seq_len(pipe), runs=10)
-    t_lat = measure_latency(teacher_unet, latent, batch=2, seq_len=_seq_len(pipe), runs=10)
+    sampling = {"seed": seed, "steps": steps, "guidance": guidance_scale, "resolution": side}
+    with _student_on(student_path, dev, torch_dtype) as student:
+        (t_imgs, s_imgs), kd, (s_ms, t_ms) = _compare(pipe, student, prompts, sampling)
+        s_params = sum(p.numel() for p in student.parameters())
     grid = _grid(t_imgs, s_imgs, prompts, grid_path, grid_columns) if grid_path else None
     (s_acc, s_se), (t_acc, t_se) = _accuracy(ref, s_imgs, prompts), _accuracy(ref, t_imgs, prompts)
     return EvalReport(
-        _name(student_path), teacher, kd, _psnr(t_imgs, s_imgs), s_acc, t_acc, s_lat.total_ms, t_lat.total_ms,
-        sum(p.numel() for p in student.parameters()), sum(p.numel() for p in teacher_unet.parameters()),
-        len(prompts), steps, guidance_scale, str(grid) if grid else None,
-        prompt_accuracy_se=s_se, teacher_prompt_accuracy_se=t_se, resolution=side,
+        _name(student_path), teacher, kd, _psnr(t_imgs, s_imgs), s_acc, t_acc, s_ms, t_ms,
+        s_params, sum(p.numel() for p in pipe.unet.parameters()), len(prompts), steps, guidance_scale,
+        str(grid) if grid else None, prompt_accuracy_se=s_se, teacher_prompt_accuracy_se=t_se, resolution=side,
+        dtype=str(torch_dtype).removeprefix("torch."),
     )  # fmt: skip
+
+
+def _compare(
+    pipe: DiffusionPipeline, student: UNet2DConditionModel, prompts: list[str], sampling: dict[str, Any]
+) -> tuple[tuple[list[Image.Image], list[Image.Image]], float, tuple[float, float]]:
+    """Teacher and student pictures from the same seeds, the held-out KD loss, and both UNets' latency (ms)."""
+    t_out = generate(pipe, prompts, output_type="latent", **sampling).images
+    t_imgs = decode_pictures(pipe, t_out)
+    kd = _kd_loss(pipe, student, t_out, prompts, sampling["seed"] + 1)
+    teacher_unet, pipe.unet = pipe.unet, student
+    try:
+        s_imgs = generate(pipe, prompts, **sampling).images
+    finally:
+        pipe.unet = teacher_unet
+    latent, seq = sampling["resolution"] // int(pipe.vae_scale_factor), _seq_len(pipe)
+    s_lat = measure_latency(student, latent, batch=2, seq_len=seq, runs=10)
+    t_lat = measure_latency(teacher_unet, latent, batch=2, seq_len=seq, runs=10)
+    return (t_imgs, s_imgs), kd, (s_lat.total_ms, t_lat.total_ms)
 
 
 def _name(student: str | Path | UNet2DConditionModel) -> str:

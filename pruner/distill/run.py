@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from pruner.diffusion import noise_scheduler
-from pruner.distill.engine import KDInputs, output_kd_gradients, teacher_pass
+from pruner.distill.engine import KDInputs, output_kd_gradients, teacher_dtype, teacher_pass
 from pruner.distill.losses import LossTerms, LossWeights
 from pruner.distill.progressive import composed_pairs, shrink, stage_chains
 from pruner.distill.trainer import Distiller, TrainSettings, batch_inputs, collate, latest_checkpoint
@@ -279,9 +279,9 @@ def _train_stages(
         stage = stages[k]
         if k > applied:
             student, applied = shrink(student, stage.remove), k
-        teacher = load_unet(stage.teacher or recipe.teacher.model)
-        pairs = composed_pairs(chains[k], stage.loss.feature_level)
         acc = _accelerator(out, opts)
+        teacher = frozen_teacher(stage.teacher or recipe.teacher.model, acc)
+        pairs = composed_pairs(chains[k], stage.loss.feature_level)
         acc.init_trackers("distill", config={"recipe": recipe.name, "stage": k, "steps": steps[k]})
         d = Distiller(student, teacher, pairs, data, _settings(stage, steps[k], opts, recipe),
                       noise_scheduler=noise_scheduler_for(stage.teacher or recipe.teacher.model),
@@ -300,6 +300,12 @@ def _train_stages(
         first_global += steps[k]
     result.steps = first_global
     return student
+
+
+def frozen_teacher(reference: str, acc: Accelerator) -> UNet2DConditionModel:
+    """A stage's teacher, read from disk straight into the dtype the Distiller freezes it in (bf16 for a
+    half-precision run: SDXL's 5 GB, not a 10 GB fp32 copy on the host first)."""
+    return load_unet(reference, dtype=teacher_dtype(acc.device, acc.mixed_precision))
 
 
 def kd_gradients(

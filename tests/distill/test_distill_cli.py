@@ -63,6 +63,34 @@ def test_the_validation_grid_is_drawn_at_the_resolution_the_student_trained_at(s
     assert (grid.width - 70) % cell == 0 and 2 * cell <= grid.height < 2 * cell + 100
 
 
+def test_a_bf16_run_reads_its_teacher_in_bf16_and_trains_an_fp32_student(
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The student is built from fp32 master weights; the frozen teacher is read from disk in bf16 (SDXL's
+    teacher: 5 GB of host memory, not 10 GB in fp32 before the cast)."""
+    from accelerate.state import AcceleratorState
+
+    import pruner.distill.run
+
+    loads: list[torch.dtype | None] = []
+    load = pruner.distill.run.load_unet
+
+    def spy(ref, dtype=None):  # type: ignore[no-untyped-def]
+        loads.append(dtype)
+        return load(ref, dtype=dtype)
+
+    monkeypatch.setattr(pruner.distill.run, "load_unet", spy)
+    recipe, cache = setup
+    AcceleratorState._reset_state(True)  # accelerate keeps one state a process; this run wants bf16
+    try:
+        result = distill(recipe, cache, tmp_path / "out", "--steps", "1", "--mixed-precision", "bf16")
+    finally:
+        AcceleratorState._reset_state(True)
+    assert result.exit_code == 0, result.output
+    assert loads == [torch.float32, torch.bfloat16]
+    assert {t.dtype for t in unet_weights(tmp_path / "out").values()} == {torch.float32}
+
+
 @pytest.mark.slow
 def test_distill_writes_a_pipeline_stock_diffusers_loads(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     recipe, cache = setup

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import pruner.api
@@ -22,6 +23,12 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 runner = CliRunner()
 
 
+def eval_args(student: str, n: int, tmp_path: Path) -> list[str]:
+    """`pruner eval STUDENT` against the bundled teacher on ``n`` prompts of ``n`` steps, a grid in tmp_path."""
+    grid = str(tmp_path / "g.png")
+    return ["eval", student, "--teacher", "tiny-sdxl", "--n", str(n), "--steps", str(n), "--grid", grid]
+
+
 def test_the_bundled_teacher_is_shipped_and_named_tiny_sdxl() -> None:
     folder = bundled_teacher()
     assert folder is not None and (folder / "judge" / "judge.json").is_file()
@@ -33,18 +40,7 @@ def test_the_bundled_teacher_is_shipped_and_named_tiny_sdxl() -> None:
 
 @pytest.mark.slow
 def test_eval_of_the_teacher_against_itself_is_perfect(tmp_path: Path) -> None:
-    args = [
-        "eval",
-        "tiny-sdxl",
-        "--teacher",
-        "tiny-sdxl",
-        "--n",
-        "4",
-        "--steps",
-        "4",
-        "--grid",
-        str(tmp_path / "g.png"),
-    ]
+    args = eval_args("tiny-sdxl", 4, tmp_path)
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -59,18 +55,7 @@ def test_eval_of_the_teacher_against_itself_is_perfect(tmp_path: Path) -> None:
 def test_an_untrained_half_size_student_is_measurably_worse(tmp_path: Path) -> None:
     result = runner.invoke(app, ["apply", str(RECIPES / "tiny-sdxl-bk-small.yaml"), "--out", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
-    args = [
-        "eval",
-        str(tmp_path / "s"),
-        "--teacher",
-        "tiny-sdxl",
-        "--n",
-        "8",
-        "--steps",
-        "8",
-        "--grid",
-        str(tmp_path / "g.png"),
-    ]
+    args = eval_args(str(tmp_path / "s"), 8, tmp_path)
     report = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
     assert report["kd_loss"] > 0 and report["psnr"] < 100
     assert report["student_params"] == 5_288_068 and report["teacher_params"] == 10_140_868
@@ -79,18 +64,7 @@ def test_an_untrained_half_size_student_is_measurably_worse(tmp_path: Path) -> N
 
 def test_eval_runs_at_a_resolution_other_than_the_teachers(tmp_path: Path) -> None:
     """`--resolution` (a quick 512px check of an SDXL student): the pictures and the latency inputs take it."""
-    args = [
-        "eval",
-        "tiny-sdxl",
-        "--teacher",
-        "tiny-sdxl",
-        "--n",
-        "1",
-        "--steps",
-        "1",
-        "--grid",
-        str(tmp_path / "g.png"),
-    ]
+    args = eval_args("tiny-sdxl", 1, tmp_path)
     native = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
     result = runner.invoke(app, [*args, "--json", "--resolution", "64"])
     assert result.exit_code == 0, result.output
@@ -103,6 +77,62 @@ def test_eval_runs_at_a_resolution_other_than_the_teachers(tmp_path: Path) -> No
     bad = runner.invoke(app, [*args, "--resolution", "30"])
     assert bad.exit_code == 2 and "multiple of the VAE's factor" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_eval_in_bf16_runs_both_unets_in_bf16_and_refuses_an_unknown_dtype(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`--dtype bf16` (a GPU's default): the pictures, the KD loss and the latency row are bf16's, not fp32's."""
+    import pruner.evaluate
+
+    timed: list[str] = []
+
+    def measure(model, *a, **k):  # type: ignore[no-untyped-def]
+        timed.append(str(next(model.parameters()).dtype))
+        return real(model, *a, **k)
+
+    real = pruner.evaluate.measure_latency
+    monkeypatch.setattr(pruner.evaluate, "measure_latency", measure)
+    args = eval_args("tiny-sdxl", 1, tmp_path)
+    result = runner.invoke(app, [*args, "--json", "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dtype"] == "bfloat16" and timed == ["torch.bfloat16", "torch.bfloat16"]
+    assert report["kd_loss"] == 0.0 and report["psnr"] == 100.0  # the same weights in the same dtype
+    bad = runner.invoke(app, [*args, "--dtype", "fp8"])
+    assert bad.exit_code == 2 and "dtype 'fp8': use auto, fp32, bf16, fp16" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_a_model_given_to_evaluate_comes_back_in_its_own_dtype() -> None:
+    """``Module.to`` works in place: evaluating a caller's fp32 model in bf16 must not leave it in bf16."""
+    from pruner.unet.load import load_unet
+
+    student = load_unet("tiny-sdxl")
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    report = pruner.api.evaluate(student, "tiny-sdxl", n_prompts=1, steps=1, dtype="bf16", device="cpu")
+    assert report.dtype == "bfloat16" and next(student.parameters()).dtype == torch.float32
+    after = student.state_dict()
+    assert all(after[k].dtype == v.dtype and after[k].device == v.device for k, v in before.items())
+
+
+def test_an_fp16_vae_that_overflows_decodes_in_fp32_and_stays_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SDXL's VAE overflows in fp16 (``force_upcast``): ``pruner eval --dtype fp16`` decodes as the stock
+    pipeline does, in fp32, and leaves the VAE in fp16."""
+    from pruner.evaluate import decode_pictures
+    from pruner.unet.load import load_pipeline
+
+    pipe = load_pipeline("tiny-sdxl", dtype=torch.float16)
+    pipe.vae.register_to_config(force_upcast=True)
+    seen: list[torch.dtype] = []
+    decode = pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda z: (seen.append(z.dtype), decode(z))[1])
+    latents = torch.randn(1, 4, 8, 8, dtype=torch.float16)  # 32px at the tiny VAE's factor 4
+    pictures = decode_pictures(pipe, latents)
+    assert seen == [torch.float32] and pipe.vae.dtype == torch.float16 and pictures[0].size == (32, 32)
+    pipe.vae.register_to_config(force_upcast=False)
+    decode_pictures(pipe, latents)
+    assert seen[-1] == torch.float16
 
 
 def test_eval_needs_prompts_for_a_teacher_without_a_judge(tiny_sdxl_dir: Path) -> None:
@@ -174,4 +204,4 @@ def test_eval_table_shows_prompt_accuracy_with_its_standard_error(
     assert "75.0% ± 2.7" in table.stdout and "90.6% ± 1.8" in table.stdout
     as_json = json.loads(runner.invoke(app, ["eval", "s", "--grid", str(tmp_path / "g.png"), "--json"]).stdout)
     assert as_json["prompt_accuracy_se"] == pytest.approx(0.0270633)
-    assert list(as_json)[-3:] == ["prompt_accuracy_se", "teacher_prompt_accuracy_se", "resolution"]
+    assert list(as_json)[-4:] == ["prompt_accuracy_se", "teacher_prompt_accuracy_se", "resolution", "dtype"]

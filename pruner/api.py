@@ -21,6 +21,7 @@ from pruner import defaults
 from pruner.errors import PrunerError
 from pruner.io import check_output_dir, check_output_file
 from pruner.recipe import Recipe, load_recipe
+from pruner.runtime import out_of_memory_advice
 
 if TYPE_CHECKING:
     import optuna
@@ -32,6 +33,17 @@ if TYPE_CHECKING:
 __all__ = ["SearchResult", "build_student", "distill", "evaluate", "search"]
 
 Status = Callable[[str], None]
+
+# What needs less GPU memory, said in the API's parameter names (the CLI prints them as its flags).
+SEARCH_MEMORY_FIX = (
+    "calibrate on a cache made at 512px (pruner cache DATA --resolution 512) with fewer calibration= and held_out= "
+    "rows (the README's 24 GB setting: 32 each), under a new study= name (a study's rows are fixed)"
+)
+DISTILL_MEMORY_FIX = (
+    "turn on gradient_checkpointing= and eight_bit_adam= with mixed_precision= bf16, or lower batch_size= and "
+    "raise grad_accum= to keep the batch"
+)
+EVAL_MEMORY_FIX = "evaluate with dtype= bf16, or at a smaller resolution= (512 for SDXL)"
 
 
 @dataclass
@@ -150,7 +162,7 @@ def search(
         out=None if output is None else Path(output), seed=seed, calibration=calibration, held_out=held_out,
         device=device, mixed_precision=mixed_precision, progress=progress,
     )  # fmt: skip
-    with _caller_state_kept():
+    with _caller_state_kept(), out_of_memory_advice("searching", SEARCH_MEMORY_FIX):
         raw = run_search(cfg, status=status or (lambda _m: None))
     found, front = study_recipes(raw.study)
     written = {"found": raw.found, "front_dir": raw.front_dir, "plot": raw.plot}
@@ -189,7 +201,7 @@ def distill(
         eight_bit_adam=eight_bit_adam,
         ema_decay=ema_decay, checkpoint_every=checkpoint_every, validate_every=validate_every, resume=resume,
     )  # fmt: skip
-    with _caller_state_kept():
+    with _caller_state_kept(), out_of_memory_advice("distilling", DISTILL_MEMORY_FIX):
         return distill_recipe(recipe, Path(output), opts).output
 
 
@@ -217,7 +229,7 @@ def evaluate(
 
     if grid is not None:
         check_output_file(grid, "grid file")  # before any compute
-    with _caller_state_kept():
+    with _caller_state_kept(), out_of_memory_advice("evaluating", EVAL_MEMORY_FIX):
         return evaluate_student(
             student, teacher, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
             prompts_file=None if prompts_file is None else Path(prompts_file),

@@ -21,7 +21,7 @@ from pruner import defaults
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.inspection import Inspection
 from pruner.io import check_output_dir, check_output_file, check_storage_path
-from pruner.runtime import configure_threads
+from pruner.runtime import configure_threads, out_of_memory_advice
 
 app = typer.Typer(
     name="pruner",
@@ -60,7 +60,8 @@ def optuna_logging_to_warnings() -> None:
 
 
 _PARAMETER = re.compile(r"\b([a-z][a-z_]*)=(?=[\s,;:)'\"]|$)")
-_FLAGS = {"prompts_file": "--prompts", "n_prompts": "--n", "grid_path": "--grid"}  # API names the CLI spells otherwise
+# API names the CLI spells otherwise
+_FLAGS = {"prompts_file": "--prompts", "n_prompts": "--n", "grid_path": "--grid", "eight_bit_adam": "--8bit-adam"}
 
 
 def flag_names(message: str) -> str:
@@ -335,7 +336,7 @@ def cache(
     `pruner distill`. Unreadable images are skipped and counted; re-running resumes."""
     from pruner.distill.cache import build_cache
 
-    with user_errors():
+    with user_errors(), out_of_memory_advice("encoding the data", "encode fewer pictures at once: batch_size= 1"):
         from pruner.distill.engine import resolve_device
 
         summary = build_cache(data, teacher, out, resolution=resolution, batch_size=batch_size, progress=True,

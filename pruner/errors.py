@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["InexpressiblePlanError", "PrunerError", "RecipeError", "SearchInterrupted", "UnknownUnitError"]
+__all__ = [
+    "InexpressiblePlanError",
+    "OutOfDeviceMemory",
+    "PrunerError",
+    "RecipeError",
+    "SearchInterrupted",
+    "UnknownUnitError",
+]
 
 
 class PrunerError(Exception):
@@ -23,6 +30,11 @@ class InexpressiblePlanError(PrunerError):
 
 class RecipeError(PrunerError):
     """A recipe file that cannot be read or does not validate."""
+
+
+class OutOfDeviceMemory(PrunerError):
+    """The GPU ran out of memory: the message says what was running, how much was asked for, and which
+    settings need less (the torch error is chained as ``__cause__``)."""
 
 
 class SearchInterrupted(PrunerError):

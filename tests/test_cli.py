@@ -127,3 +127,38 @@ def test_console_script_help() -> None:
         [sys.executable, "-m", "pruner.cli", "inspect", "--help"], capture_output=True, text=True, check=True
     )
     assert "--resolution" in out.stdout and "--latency" in out.stdout
+
+
+OOM = (
+    "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 23.55 GiB of which 1.21 GiB "
+    "is free. Including non-PyTorch memory, this process has 22.33 GiB memory in use. Of the allocated memory "
+    "21.90 GiB is allocated by PyTorch. If reserved but unallocated memory is large try setting "
+    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
+)
+
+
+@pytest.mark.parametrize(
+    ("command", "target", "fix"),
+    [
+        (["search", "--budget", "50%", "--trials", "1"], "pruner.search.study.run_search", "--calibration"),
+        (["distill", str(RECIPES / "tiny-sdxl-bk-small.yaml")], "pruner.distill.run.distill_recipe", "--8bit-adam"),
+        (["eval", "tiny-sdxl"], "pruner.evaluate.evaluate_student", "--dtype bf16"),
+        (["cache", str(RECIPES), "--teacher", "tiny-sdxl"], "pruner.distill.cache.build_cache", "--batch-size 1"),
+    ],
+)
+def test_a_gpu_out_of_memory_says_what_ran_out_and_which_flags_need_less(
+    command: list[str], target: str, fix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 24 GB card running SDXL at 1024: one line naming what was asked of what, and the flags that fix
+    it, instead of torch's traceback and allocator advice."""
+
+    def out_of_memory(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise torch.OutOfMemoryError(OOM)
+
+    module, name = target.rsplit(".", 1)
+    monkeypatch.setattr(module + "." + name, out_of_memory)
+    where = {"search": ["--out", str(tmp_path / "r")], "distill": ["--output", str(tmp_path / "s")],
+             "eval": ["--grid", str(tmp_path / "g.png")], "cache": ["--out", str(tmp_path / "c")]}  # fmt: skip
+    result = run(*command, *where[command[0]])
+    _assert_one_line_error(result, "out of GPU memory while", "Tried to allocate 2.50 GiB", fix)
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in result.output

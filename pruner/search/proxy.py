@@ -37,6 +37,7 @@ from pruner.distill.engine import (
 )
 from pruner.distill.hooks import FeatureRecorder
 from pruner.distill.losses import LossWeights
+from pruner.errors import PrunerError
 from pruner.unet.maps import FeatureLevel, feature_map
 from pruner.unet.plan import Plan, check_expressible, layout_of
 from pruner.unet.surgery import build_student
@@ -352,7 +353,7 @@ def unit_sensitivity(
             continue
         try:
             student, _ = build_student(teacher, Plan(frozenset({name})))
-        except Exception:
+        except PrunerError:  # not removable alone; a GPU out of memory is not a score
             scores[name] = float("inf")
             continue
         scores[name] = held_out_kd(student, calib.held_out_batches(batch))

@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _CALLABLE_MODULES = ("search", "distill", "evaluate")
 _EXPORTS = {
     "build_student": "pruner.api",
+    "cache": "pruner.api",
     "SearchResult": "pruner.api",
     "EvalReport": "pruner.evaluate",
     "Recipe": "pruner.recipe",
@@ -49,6 +50,7 @@ __all__ = [
     "Recipe",
     "SearchResult",
     "build_student",
+    "cache",
     "controlnet_compatibility",
     "distill",
     "evaluate",
@@ -64,7 +66,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pruner.api import SearchResult, build_student
+    from pruner.api import SearchResult, build_student, cache
     from pruner.budget import parse_budget
     from pruner.compat.controlnet import controlnet_compatibility
     from pruner.compat.export import export_single_file

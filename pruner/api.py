@@ -27,10 +27,11 @@ if TYPE_CHECKING:
     import optuna
     from diffusers import UNet2DConditionModel
 
+    from pruner.distill.cache import CacheSummary
     from pruner.evaluate import EvalReport
     from pruner.unet.plan import Plan
 
-__all__ = ["SearchResult", "build_student", "distill", "evaluate", "search"]
+__all__ = ["SearchResult", "build_student", "cache", "distill", "evaluate", "search"]
 
 Status = Callable[[str], None]
 
@@ -44,6 +45,7 @@ DISTILL_MEMORY_FIX = (
     "raise grad_accum= to keep the batch"
 )
 EVAL_MEMORY_FIX = "evaluate with dtype= bf16, or at a smaller resolution= (512 for SDXL)"
+CACHE_MEMORY_FIX = "encode fewer pictures at once: batch_size= 1"
 
 
 @dataclass
@@ -106,6 +108,28 @@ def _teacher_reference(teacher: str | UNet2DConditionModel) -> tuple[str, UNet2D
             "save it with teacher.save_pretrained(DIR) and pass DIR (or the hub id) as the teacher"
         )
     return name, teacher
+
+
+def cache(
+    data: str | Path,
+    output: str | Path,
+    *,
+    teacher: str = defaults.TEACHER,
+    resolution: int | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    progress: bool = False,
+) -> CacheSummary:
+    """Encode an image folder (``metadata.jsonl`` with ``file_name`` and ``text`` a line) with ``teacher``'s
+    VAE and text encoders into a latent cache at ``output``, which :func:`search` and :func:`distill` take as
+    ``data``. ``resolution``: pixels a side (default the teacher's native size; 512 for SDXL on a 24 GB card).
+    Unreadable pictures are skipped and counted; calling again on the same ``output`` resumes."""
+    from pruner.distill.cache import build_cache
+    from pruner.distill.engine import resolve_device
+
+    with _caller_state_kept(), out_of_memory_advice("encoding the data", CACHE_MEMORY_FIX):
+        return build_cache(data, teacher, output, resolution=resolution, batch_size=batch_size, progress=progress,
+                           device=resolve_device(device))  # fmt: skip
 
 
 def search(

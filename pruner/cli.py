@@ -21,7 +21,7 @@ from pruner import defaults
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.inspection import Inspection
 from pruner.io import check_output_dir, check_output_file, check_storage_path
-from pruner.runtime import configure_threads, out_of_memory_advice
+from pruner.runtime import configure_threads
 
 app = typer.Typer(
     name="pruner",
@@ -334,13 +334,11 @@ def cache(
 ) -> None:
     """Encode an image folder into shards of VAE latents and text conditioning (safetensors) for
     `pruner distill`. Unreadable images are skipped and counted; re-running resumes."""
-    from pruner.distill.cache import build_cache
+    import pruner.api
 
-    with user_errors(), out_of_memory_advice("encoding the data", "encode fewer pictures at once: batch_size= 1"):
-        from pruner.distill.engine import resolve_device
-
-        summary = build_cache(data, teacher, out, resolution=resolution, batch_size=batch_size, progress=True,
-                              device=resolve_device(device))  # fmt: skip
+    with user_errors():
+        summary = pruner.api.cache(data, out, teacher=teacher, resolution=resolution, batch_size=batch_size,
+                                   device=device, progress=True)  # fmt: skip
         reasons = ", ".join(f"{n} {why}" for why, n in summary.skipped_reasons.items() if n)
         err.print(f"cached {summary.n_written} rows in {summary.out} ({summary.n_skipped} skipped"
                   f"{': ' + reasons if reasons else ''}{', resumed' if summary.resumed else ''})")  # fmt: skip

@@ -94,5 +94,25 @@ def test_the_api_the_cli_and_the_search_config_share_their_defaults() -> None:
     assert cli["teacher"] == config["teacher"]
     evaluate = {k: p.default for k, p in inspect.signature(pruner.api.evaluate).parameters.items()}
     cli_eval = {p.name: p.default for p in commands["eval"].params}
-    assert (evaluate["n_prompts"], evaluate["steps"], evaluate["guidance_scale"]) == (
-        cli_eval["n"], cli_eval["steps"], cli_eval["guidance"])  # fmt: skip
+    assert (evaluate["n_prompts"], evaluate["steps"], evaluate["guidance_scale"], evaluate["dtype"]) == (
+        cli_eval["n"], cli_eval["steps"], cli_eval["guidance"], cli_eval["dtype"])  # fmt: skip
+    cache = {k: p.default for k, p in inspect.signature(pruner.api.cache).parameters.items()}
+    cli_cache = {p.name: p.default for p in commands["cache"].params}
+    assert all(cache[k] == cli_cache[k] for k in ("teacher", "resolution", "batch_size", "device"))
+
+
+def test_a_latent_cache_is_made_from_python_and_resumes(tmp_path: Path) -> None:
+    """``pruner.cache`` (what `pruner cache` calls) writes a cache the search and the distiller read, and
+    a second call on the same folder resumes instead of encoding again."""
+    from typer.testing import CliRunner
+
+    from pruner.cli import app
+    from pruner.distill.cache import LatentCache
+
+    made = CliRunner().invoke(app, ["synth-data", "--out", str(tmp_path / "pictures"), "--n", "6"])
+    assert made.exit_code == 0, made.output
+    summary = pruner.cache(tmp_path / "pictures", tmp_path / "latents", teacher="tiny-sdxl", batch_size=4)
+    assert (summary.n_written, summary.n_encoded, summary.resumed) == (6, 6, False)
+    assert len(LatentCache(tmp_path / "latents")) == 6
+    again = pruner.cache(tmp_path / "pictures", tmp_path / "latents", teacher="tiny-sdxl")
+    assert (again.n_written, again.n_encoded, again.resumed) == (6, 0, True)

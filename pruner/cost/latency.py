@@ -60,14 +60,17 @@ def _time_calls(unet: nn.Module, args: tuple, device: torch.device, warmup: int,
 
 
 def _time_cuda(unet: nn.Module, args: tuple, device: torch.device, runs: int) -> list[float]:
-    """GPU time of each call between CUDA events (the launch queue drained before each)."""
+    """GPU time of each call between CUDA events (the launch queue drained before each), recorded on the
+    model's device's stream: an event records on the current device's, which for a worker on cuda:1 of a
+    process whose current device is cuda:0 would time nothing."""
     times = []
+    stream = torch.cuda.current_stream(device)
     for _ in range(runs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
-        start.record()
+        start.record(stream)
         _call(unet, args)
-        end.record()
+        end.record(stream)
         torch.cuda.synchronize(device)
         times.append(float(start.elapsed_time(end)))
     return times

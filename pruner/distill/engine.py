@@ -35,6 +35,7 @@ __all__ = [
     "PlainRuntime",
     "Runtime",
     "TeacherOut",
+    "current_device",
     "held_out_kd",
     "make_optimizer",
     "output_kd_gradients",
@@ -151,6 +152,14 @@ def slow_half_note(device: torch.device, mixed_precision: str | None) -> str | N
         f"this CPU has no native bf16 instructions: --mixed-precision {mixed_precision} runs many times slower "
         "than fp32 here (use --mixed-precision no)"
     )
+
+
+def current_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """``device`` as torch's current CUDA device for the block (restored after), so that CUDA events, streams
+    and bare "cuda" tensors of a worker on cuda:1 are on cuda:1; nothing off a GPU."""
+    if device.type == "cuda" and device.index is not None:
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def teacher_dtype(device: torch.device, mixed_precision: str | None = None) -> torch.dtype:

@@ -34,7 +34,14 @@ from pruner.budget import Budget, format_count, parse_budget
 from pruner.cost.latency_model import LatencyModel
 from pruner.cost.model import CostModel
 from pruner.distill.data import data_reference
-from pruner.distill.engine import PlainRuntime, Runtime, resolve_device, slow_half_note, teacher_dtype
+from pruner.distill.engine import (
+    PlainRuntime,
+    Runtime,
+    current_device,
+    resolve_device,
+    slow_half_note,
+    teacher_dtype,
+)
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.profiles import profile_for
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
@@ -204,6 +211,13 @@ def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
     )
 
 
+def search_device(cfg: SearchConfig) -> torch.device:
+    """Where the search runs: ``cfg.device``, else where a given teacher model lives, else cuda when available."""
+    if cfg.teacher_model is not None and not cfg.device:
+        return resolve_device(str(next(cfg.teacher_model.parameters()).device))
+    return resolve_device(cfg.device)
+
+
 def build_context(
     cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None, sensitivity: dict[str, float] | None = None
 ) -> SearchContext:
@@ -214,13 +228,11 @@ def build_context(
 
     space = load_space(cfg.space)
     budget = parse_budget(cfg.budget)
-    if cfg.teacher_model is not None:  # a loaded teacher: searched where it lives unless a device is named
-        device = resolve_device(cfg.device or str(next(cfg.teacher_model.parameters()).device))
-        runtime = _runtime(device, cfg.mixed_precision)
+    device = search_device(cfg)
+    runtime = _runtime(device, cfg.mixed_precision)
+    if cfg.teacher_model is not None:
         teacher = cfg.teacher_model.to(device)
     else:
-        device = resolve_device(cfg.device)
-        runtime = _runtime(device, cfg.mixed_precision)
         teacher = load_unet(cfg.teacher, dtype=teacher_dtype(device, cfg.mixed_precision), device=device)
     latent = int(unet_config(resolve_model(cfg.teacher)).get("sample_size", 64))
     cost = CostModel(teacher.config, latent=latent, teacher=teacher)
@@ -589,14 +601,15 @@ def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: Non
         status(f"study {name}: all {cfg.trials} trials and the noise floor are done; nothing to compute")
         return _result(study, cfg, url, study.user_attrs["search"].get("data"))
     torch.manual_seed(cfg.seed)
-    ctx = build_context(cfg, status, recorded_sensitivity(study))
-    study.sampler = _sampler(cfg, seed, ctx)
-    _enqueue_seeds(study, ctx)
-    if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
-        study.set_user_attr("search", _settings(cfg, ctx))
-    _run_trials(study, storage, ctx)
-    if noise_floor(study, ctx) is not None:
-        status(describe_noise_floor(study) or "")
+    with current_device(search_device(cfg)):  # a worker on cuda:1: anything that asks for "cuda" gets cuda:1
+        ctx = build_context(cfg, status, recorded_sensitivity(study))
+        study.sampler = _sampler(cfg, seed, ctx)
+        _enqueue_seeds(study, ctx)
+        if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
+            study.set_user_attr("search", _settings(cfg, ctx))
+        _run_trials(study, storage, ctx)
+        if noise_floor(study, ctx) is not None:
+            status(describe_noise_floor(study) or "")
     return _result(study, cfg, url, ctx.data_path)
 
 

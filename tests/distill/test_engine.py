@@ -140,6 +140,22 @@ def test_a_bf16_teacher_on_the_cpu_caches_bf16_features_and_scores_plans(tiny_sd
     assert all(0 < v < float("inf") for v in sens.values())
 
 
+def test_a_worker_on_a_numbered_gpu_makes_it_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pruner search --device cuda:1`: CUDA events, streams and bare "cuda" tensors follow the worker's GPU
+    (torch.cuda.device, faked here: this machine has none); a CPU or a bare "cuda" changes nothing."""
+    import contextlib
+
+    from pruner.distill.engine import current_device
+
+    made: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "device", lambda d: made.append(d) or contextlib.nullcontext())
+    with current_device(torch.device("cuda:1")), current_device(torch.device("cpu")):
+        pass
+    with current_device(torch.device("cuda")):
+        pass
+    assert made == [torch.device("cuda:1")]
+
+
 def test_the_8bit_optimizer_without_bitsandbytes_says_which_extra_to_install() -> None:
     try:
         import bitsandbytes  # noqa: F401

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -94,17 +95,20 @@ def load_student_unet(path: str | Path, dtype: torch.dtype = torch.float32) -> U
 def _student_on(
     student: str | Path | UNet2DConditionModel, device: torch.device, dtype: torch.dtype
 ) -> Iterator[UNet2DConditionModel]:
-    """The student on ``device`` in ``dtype``: loaded so, or a caller's model moved there and put back after
-    (``Module.to`` works in place: the caller's fp32 model must not come back in bf16)."""
+    """The student on ``device`` in ``dtype``: loaded so; or a caller's model, copied when the dtype differs
+    (``Module.to`` works in place, and fp32 weights cast to bf16 and back are not the weights they were), else
+    moved to ``device`` and put back after."""
     if not isinstance(student, UNet2DConditionModel):
         yield load_student_unet(student, dtype).to(device)
         return
     first = next(student.parameters())
-    where = (first.device, first.dtype)
+    if first.dtype != dtype:
+        yield copy.deepcopy(student).to(device, dtype)
+        return
     try:
-        yield student.to(device, dtype)
+        yield student.to(device)
     finally:
-        student.to(*where)
+        student.to(first.device)
 
 
 def eval_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -204,7 +204,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:  # type: ignore[typ
     return rows
 
 
-def against_vega(work: Path, tiny: bool, size: int) -> str:
+def against_vega(work: Path, tiny: bool, size: int, device_name: str | None = None) -> str:
     """UNet latency of the found recipe's student and of Segmind-Vega's plan applied to the same teacher, for
     ``size`` pixel pictures, batch 2 (one picture with guidance), in the teacher's dtype on the search's device."""
     from pruner.cost.latency import measure_latency
@@ -214,7 +214,7 @@ def against_vega(work: Path, tiny: bool, size: int) -> str:
     from pruner.unet import build_student, load_unet
     from pruner.unet.load import resolve_model
 
-    device = resolve_device(None)
+    device = resolve_device(device_name)
     teacher = load_unet(str(work / "teacher"), dtype=teacher_dtype(device), device=device)
     vega = ROOT / "recipes" / ("tiny-sdxl-vega.yaml" if tiny else "sdxl-vega.yaml")
     latent = size // vae_scale_factor(resolve_model(str(work / "teacher")))
@@ -259,7 +259,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         rows = run(args, work)
-        print(against_vega(work, args.tiny, int(_plan(args)["size"])), flush=True)
+        print(against_vega(work, args.tiny, int(_plan(args)["size"]), args.device), flush=True)
     where = "CPU" if args.tiny or not torch.cuda.is_available() else torch.cuda.get_device_name()
     narrow = f", channels x{args.width}" if args.width != 1.0 else ""
     size = "tiny-sdxl size" if args.tiny else f"SDXL size (random weights{narrow}), {args.size}px"

@@ -14,7 +14,7 @@ done
 binary=(  # pure-Python wheels and cp312 builds
   diffusers==0.42.1 optuna==5.0.0 torch-pruning==1.6.1 pydantic==2.14.4 pydantic_core==2.50.5
   annotated-types==0.8.0 typing-inspection==0.4.5 alembic==1.20.1 SQLAlchemy==2.1.9 colorlog==6.12.0 Mako==1.4.3
-  importlib_metadata==10.2.0 zipp==4.1.2 yacs==0.1.8 termcolor==3.3.0 typing_extensions==4.16.0
+  importlib_metadata==10.2.0 lazy-importer==0.1.0 zipp==4.1.2 yacs==0.1.8 termcolor==3.3.0 typing_extensions==4.16.0
 )
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" -d "$dest" "${binary[@]}"

@@ -19,8 +19,9 @@ if [ -d .whl ]; then
   export PYTHONPATH="/tmp/site:$PWD"
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "import torch, diffusers, optuna, fvcore, torch_pruning, pydantic, pruner
-print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'optuna', optuna.__version__)
+  python3 -c "import importlib, pkgutil, torch, diffusers, optuna, transformers, pruner
+for m in pkgutil.walk_packages(pruner.__path__, 'pruner.'): m.name.endswith('__main__') or importlib.import_module(m.name)  # a missing package shows here
+print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'optuna', optuna.__version__)
 print('cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '-')"
 } 2>&1 | tee "$out/env.txt"
 work=/tmp/sdxl-scale

@@ -168,7 +168,7 @@ def search(
     ``"mutation"`` (mutations and crossovers of the best scored plans, biased by unit sensitivity),
     ``"nsga2"`` or ``"tpe"`` (multivariate). The found plan is re-scored with ``noise_seeds`` other row
     orders; the spread is stored as the study's ``noise_floor``.
-    Everything runs on ``device`` (default: cuda when available, else where a given teacher model lives),
+    Everything runs on ``device`` (default: where a given teacher model lives, else cuda when available),
     the teacher frozen in half precision on a GPU (or wherever ``mixed_precision`` is bf16 or fp16) and the
     proxy's students under ``mixed_precision`` autocast (default bf16 on a GPU). Files (found.yaml,
     front/*.yaml, front.png) are written only when ``output`` is given.

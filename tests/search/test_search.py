@@ -344,3 +344,38 @@ def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_ca
 
     assert score(0) == score(0)  # the same plan scores the same: rows, order, noise and init are fixed
     assert score(0) != score(1)  # another row order moves it: what the noise floor measures
+
+
+def test_with_no_device_flag_the_search_runs_on_the_gpu_when_there_is_one(
+    tiny_sdxl_pipeline: str, tiny_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`pruner search` with no --device on a machine with a GPU puts the teacher and calibration there (the GPU
+    is faked: this machine has none, so the search stops where it would start loading); a caller's model is
+    searched where it lives, and a missing GPU that is named is one line."""
+    import torch
+
+    from pruner.errors import PrunerError
+    from pruner.search import study as study_mod
+    from pruner.unet.load import load_unet
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.zeros(8, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: None)
+    where: list[torch.device] = []
+
+    def stop_at_the_load(cfg: study_mod.SearchConfig, *_args: object, **_kw: object) -> None:
+        where.append(study_mod.search_device(cfg))
+        raise PrunerError("stopped before loading the teacher")
+
+    monkeypatch.setattr(study_mod, "build_context", stop_at_the_load)
+    args = ["search", "--teacher", tiny_sdxl_pipeline, "--data", str(tiny_cache), "--budget", "50%", "--trials", "2"]
+    result = runner.invoke(app, [*args, "--storage", f"sqlite:///{tmp_path / 'a.db'}"])
+    assert result.exit_code == 2 and "stopped before loading" in result.output, result.output
+    assert where == [torch.device("cuda")]
+
+    model = load_unet(tiny_sdxl_pipeline)
+    assert study_mod.search_device(study_mod.SearchConfig(teacher_model=model)) == torch.device("cpu")
+    result = runner.invoke(app, [*args, "--device", "cuda:1", "--storage", f"sqlite:///{tmp_path / 'b.db'}"])
+    assert result.exit_code == 2 and "device cuda:1 is not available" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -21,7 +21,7 @@ import torch
 from search_vs_heuristics import distill_trial
 
 from pruner.runtime import default_threads
-from pruner.search.study import SearchConfig, run_search
+from pruner.study.study import SearchConfig, run_search
 
 SPACES = ("default", "depth-width")
 

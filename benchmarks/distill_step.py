@@ -18,9 +18,9 @@ import torch
 from accelerate import Accelerator
 
 from pruner.diffusion import noise_scheduler
-from pruner.distill.engine import teacher_pass
-from pruner.distill.losses import LossWeights
-from pruner.distill.trainer import Distiller, TrainSettings, collate
+from pruner.distillation.engine import teacher_pass
+from pruner.distillation.losses import LossWeights
+from pruner.distillation.trainer import Distiller, TrainSettings, collate
 from pruner.recipe import load_recipe
 from pruner.unet import architecture_config, build_student, feature_map, layout_of, topology_of
 from pruner.unet.surgery import meta_unet

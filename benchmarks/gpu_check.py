@@ -23,8 +23,8 @@ from accelerate import Accelerator
 
 from pruner.cost.latency import measure_latency
 from pruner.diffusion import noise_scheduler
-from pruner.distill.losses import LossWeights
-from pruner.distill.trainer import Distiller, TrainSettings
+from pruner.distillation.losses import LossWeights
+from pruner.distillation.trainer import Distiller, TrainSettings
 from pruner.recipe import load_recipe
 from pruner.unet import architecture_config, build_student, feature_map, layout_of, topology_of
 from pruner.unet.surgery import meta_unet

@@ -26,7 +26,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from pruner.compat import naive_lora, port_lora
-from pruner.distill.run import DistillOptions, distill_recipe
+from pruner.distillation.run import DistillOptions, distill_recipe
 from pruner.recipe import load_recipe, save_recipe
 from pruner.runtime import default_threads
 from pruner.tiny.judge import Judge

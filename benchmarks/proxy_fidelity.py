@@ -25,8 +25,8 @@ from search_vs_heuristics import kendall_tau
 
 from pruner.recipe import load_recipe
 from pruner.runtime import default_threads
-from pruner.search.proxy import proxy_score
-from pruner.search.study import SearchConfig, build_context
+from pruner.study.proxy import proxy_score
+from pruner.study.study import SearchConfig, build_context
 from pruner.unet import Plan
 
 VARIANTS = [(0, "constant"), (30, "constant"), (30, "cosine"), (100, "cosine")]

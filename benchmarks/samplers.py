@@ -20,7 +20,7 @@ import optuna
 import torch
 
 from pruner.runtime import default_threads
-from pruner.search.study import SAMPLERS, SearchConfig, run_search
+from pruner.study.study import SAMPLERS, SearchConfig, run_search
 
 
 def summary(study: optuna.Study, seconds: float) -> dict[str, float]:

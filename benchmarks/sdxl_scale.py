@@ -208,7 +208,7 @@ def against_vega(work: Path, tiny: bool, size: int, device_name: str | None = No
     """UNet latency of the found recipe's student and of Segmind-Vega's plan applied to the same teacher, for
     ``size`` pixel pictures, batch 2 (one picture with guidance), in the teacher's dtype on the search's device."""
     from pruner.cost.latency import measure_latency
-    from pruner.distill.engine import resolve_device, teacher_dtype
+    from pruner.distillation.engine import resolve_device, teacher_dtype
     from pruner.inspection import vae_scale_factor
     from pruner.recipe import load_recipe
     from pruner.unet import build_student, load_unet

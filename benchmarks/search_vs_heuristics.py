@@ -30,14 +30,14 @@ from pathlib import Path
 import optuna
 import torch
 
-from pruner.distill.run import DistillOptions, distill_recipe
-from pruner.evaluate import evaluate_student
+from pruner.distillation.run import DistillOptions, distill_recipe
+from pruner.evaluation import evaluate_student
 from pruner.recipe import save_recipe
 from pruner.runtime import default_threads
-from pruner.search.front import best_quality_trial
-from pruner.search.sampler import ranked_plans
-from pruner.search.study import SearchConfig, recipe_for_trial, run_search
-from pruner.search.workers import plan_key
+from pruner.study.front import best_quality_trial
+from pruner.study.sampler import ranked_plans
+from pruner.study.study import SearchConfig, recipe_for_trial, run_search
+from pruner.study.workers import plan_key
 from pruner.unet import Plan, meta_unet, topology_of, unet_config
 
 HAND = ("bk", "koala", "ssd", "vega")

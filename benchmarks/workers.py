@@ -9,7 +9,7 @@ Each worker is ``pruner search`` in its own process, with every public method of
 storages timed (the main thread's calls: the time a trial waits on the storage; the heartbeat thread
 beats beside the work). Trials per minute are counted trials over the time from the first trial's start to
 the last one's end, so loading the teacher and building the calibration (which every worker does) are left out.
-PostgreSQL runs as a throwaway local server (``initdb``/``pg_ctl``; see pruner/search/pgtemp.py).
+PostgreSQL runs as a throwaway local server (``initdb``/``pg_ctl``; see pruner/study/pgtemp.py).
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def run(kind: str, n: int, args: argparse.Namespace, folder: Path, postgres: str
     """``n`` workers on a new study in ``kind``; returns trials per minute and storage ms per trial."""
     import optuna
 
-    from pruner.search.storage import storage_of
-    from pruner.search.workers import counted
+    from pruner.study.storage import storage_of
+    from pruner.study.workers import counted
 
     name = f"bench-{kind}-{n}"
     url = _storage_url(kind, folder, postgres, name)
@@ -120,14 +120,14 @@ def main() -> None:
     args = parser.parse_args()
     kinds = args.storages.split(",")
     if args.data is None:  # built once here: workers starting together would each build it
-        from pruner.distill.data import tiny_sdxl_cache
+        from pruner.distillation.data import tiny_sdxl_cache
 
         args.data = str(tiny_sdxl_cache())
     rows = []
     with tempfile.TemporaryDirectory(prefix="pruner-workers-") as tmp:
         postgres = None
         if "postgresql" in kinds:
-            from pruner.search.pgtemp import TempPostgres
+            from pruner.study.pgtemp import TempPostgres
 
             postgres = TempPostgres().start()
         try:

@@ -19,14 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# ``search``, ``distill`` and ``evaluate`` are also subpackages/modules: each is made callable as the API
-# function of its name (pruner.callable_module), so ``pruner.search(...)`` works however it was reached.
-_CALLABLE_MODULES = ("search", "distill", "evaluate")
+# The verbs are plain functions of pruner.api; the packages behind them have other names
+# (pruner.study, pruner.distillation, pruner.evaluation), so importing one never shadows a verb.
 _EXPORTS = {
+    "search": "pruner.api",
+    "distill": "pruner.api",
+    "evaluate": "pruner.api",
     "build_student": "pruner.api",
     "cache": "pruner.api",
     "SearchResult": "pruner.api",
-    "EvalReport": "pruner.evaluate",
+    "EvalReport": "pruner.evaluation",
     "Recipe": "pruner.recipe",
     "load_recipe": "pruner.recipe",
     "save_recipe": "pruner.recipe",
@@ -66,14 +68,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pruner.api import SearchResult, build_student, cache
+    from pruner.api import SearchResult, build_student, cache, distill, evaluate, search
     from pruner.budget import parse_budget
     from pruner.compat.controlnet import controlnet_compatibility
     from pruner.compat.export import export_single_file
     from pruner.compat.lora import port_lora
     from pruner.cost.model import CostModel
     from pruner.errors import PrunerError
-    from pruner.evaluate import EvalReport
+    from pruner.evaluation import EvalReport
     from pruner.inspection import inspect_model
     from pruner.recipe import Recipe, load_recipe, save_recipe
     from pruner.unet.load import load_unet
@@ -83,8 +85,6 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     """Import a public name's module on first use."""
-    if name in _CALLABLE_MODULES:
-        return importlib.import_module(f"pruner.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pruner' has no attribute {name!r}")

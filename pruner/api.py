@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import optuna
     from diffusers import UNet2DConditionModel
 
-    from pruner.distill.cache import CacheSummary
-    from pruner.evaluate import EvalReport
+    from pruner.distillation.cache import CacheSummary
+    from pruner.evaluation import EvalReport
     from pruner.unet.plan import Plan
 
 __all__ = ["SearchResult", "build_student", "cache", "distill", "evaluate", "search"]
@@ -65,14 +65,14 @@ class SearchResult:
 
     def save(self, output: str | Path) -> dict[str, Path]:
         """Write ``found.yaml``, ``front/*.yaml`` and ``front.png`` under ``output``."""
-        from pruner.search.study import export_study
+        from pruner.study.study import export_study
 
         self.files = export_study(self.study, Path(output))
         return self.files
 
     def rows(self) -> list[dict[str, Any]]:
         """The front as table rows (trial, label, params, MACs, latency, proxy KD, removed units)."""
-        from pruner.search.front import front_rows
+        from pruner.study.front import front_rows
 
         return front_rows(self.study)
 
@@ -124,8 +124,8 @@ def cache(
     VAE and text encoders into a latent cache at ``output``, which :func:`search` and :func:`distill` take as
     ``data``. ``resolution``: pixels a side (default the teacher's native size; 512 for SDXL on a 24 GB card).
     Unreadable pictures are skipped and counted; calling again on the same ``output`` resumes."""
-    from pruner.distill.cache import build_cache
-    from pruner.distill.engine import resolve_device
+    from pruner.distillation.cache import build_cache
+    from pruner.distillation.engine import resolve_device
 
     with _caller_state_kept(), out_of_memory_advice("encoding the data", CACHE_MEMORY_FIX):
         return build_cache(data, teacher, output, resolution=resolution, batch_size=batch_size, progress=progress,
@@ -173,7 +173,7 @@ def search(
     proxy's students under ``mixed_precision`` autocast (default bf16 on a GPU). Files (found.yaml,
     front/*.yaml, front.png) are written only when ``output`` is given.
     """
-    from pruner.search.study import SearchConfig, run_search, study_recipes
+    from pruner.study.study import SearchConfig, run_search, study_recipes
 
     ref, model = _teacher_reference(teacher)
     if output is not None:
@@ -217,7 +217,7 @@ def distill(
     the teacher is a pipeline), with the recipe, metrics, a validation grid and TensorBoard logs. Run it
     under ``accelerate launch`` for many GPUs. Returns ``output``.
     """
-    from pruner.distill.run import DistillOptions, distill_recipe
+    from pruner.distillation.run import DistillOptions, distill_recipe
 
     opts = DistillOptions(
         data=None if data is None else str(data), steps=steps, batch_size=batch_size, seed=seed,
@@ -249,7 +249,7 @@ def evaluate(
     512 makes a quick check of an SDXL student). ``dtype``: what both UNets and the pipeline run in
     (``auto``: bf16 on a GPU, fp32 on a CPU; or ``fp32``, ``bf16``, ``fp16``); a student given as a model
     comes back on its own device and dtype."""
-    from pruner.evaluate import evaluate_student
+    from pruner.evaluation import evaluate_student
 
     if grid is not None:
         check_output_file(grid, "grid file")  # before any compute

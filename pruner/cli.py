@@ -261,9 +261,9 @@ def search(
     """Search which units to remove: an Optuna multi-objective study scores each plan by a short layer-level KD
     fine-tune and by cost, then writes the Pareto front as recipes (found.yaml: the best quality in budget)."""
     import pruner.api
-    from pruner.search.front import front_table
-    from pruner.search.storage import default_storage
-    from pruner.search.study import default_study_name
+    from pruner.study.front import front_table
+    from pruner.study.storage import default_storage
+    from pruner.study.study import default_study_name
 
     with user_errors():
         check_output_dir(out, "--out")
@@ -303,9 +303,9 @@ def front(
 ) -> None:
     """Show a study's Pareto-optimal trials (params, MACs, latency, proxy loss, removed units) and plot the front
     with the heuristic seeds marked."""
-    from pruner.search.front import front_table, plot_front
-    from pruner.search.storage import default_storage, load_existing_study
-    from pruner.search.study import export_study
+    from pruner.study.front import front_table, plot_front
+    from pruner.study.storage import default_storage, load_existing_study
+    from pruner.study.study import export_study
 
     with user_errors():
         if export is not None:
@@ -377,8 +377,8 @@ def distill(
     """Train a recipe's student with task loss, output KD and layer-level feature KD, stage by stage.
     Many GPUs: `accelerate launch -m pruner distill RECIPE ...`."""
     import pruner.api
-    from pruner.distill.engine import resolve_device, slow_half_note
-    from pruner.distill.run import check_precision
+    from pruner.distillation.engine import resolve_device, slow_half_note
+    from pruner.distillation.run import check_precision
     from pruner.recipe import load_recipe
 
     with user_errors():

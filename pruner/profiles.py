@@ -31,7 +31,7 @@ class TeacherProfile:
         """The latent cache of the teacher's own data set (built on first use), if it has one."""
         if not self.bundled_data:
             return None
-        from pruner.distill.data import tiny_sdxl_cache
+        from pruner.distillation.data import tiny_sdxl_cache
 
         return tiny_sdxl_cache()
 

@@ -148,7 +148,7 @@ def tiny_cache(tiny_sdxl_pipeline: str, tmp_path_factory: pytest.TempPathFactory
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server of its own (initdb + pg_ctl in a temporary folder, a free localhost port), stopped
     at the end of the session."""
-    from pruner.search.pgtemp import TempPostgres, postgres_bin
+    from pruner.study.pgtemp import TempPostgres, postgres_bin
 
     if postgres_bin() is None:
         pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine: apt-get install postgresql")

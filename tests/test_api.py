@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -28,8 +29,11 @@ def test_import_pruner_is_lazy_and_exports_a_curated_api() -> None:
     assert callable(pruner.search) and callable(pruner.distill) and callable(pruner.evaluate)
     import importlib
 
-    importlib.import_module("pruner.search.study")  # rebinds pruner.search to the package: still callable
-    assert callable(pruner.search)
+    importlib.import_module("pruner.study.study")  # the packages behind the verbs have other names
+    importlib.import_module("pruner.distillation.run")
+    assert inspect.isfunction(pruner.search) and inspect.isfunction(pruner.distill)
+    assert inspect.isfunction(pruner.evaluate)
+    assert {"teacher", "budget"} <= set(inspect.signature(pruner.search).parameters)
     with pytest.raises(AttributeError):
         pruner.no_such_name  # noqa: B018
 
@@ -80,7 +84,7 @@ def test_the_api_the_cli_and_the_search_config_share_their_defaults() -> None:
 
     import pruner.api
     from pruner.cli import app
-    from pruner.search.study import SearchConfig
+    from pruner.study.study import SearchConfig
 
     api = {k: p.default for k, p in inspect.signature(pruner.api.search).parameters.items()}
     config = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
@@ -107,7 +111,7 @@ def test_a_latent_cache_is_made_from_python_and_resumes(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from pruner.cli import app
-    from pruner.distill.cache import LatentCache
+    from pruner.distillation.cache import LatentCache
 
     made = CliRunner().invoke(app, ["synth-data", "--out", str(tmp_path / "pictures"), "--n", "6"])
     assert made.exit_code == 0, made.output

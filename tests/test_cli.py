@@ -140,10 +140,14 @@ OOM = (
 @pytest.mark.parametrize(
     ("command", "target", "fix"),
     [
-        (["search", "--budget", "50%", "--trials", "1"], "pruner.search.study.run_search", "--calibration"),
-        (["distill", str(RECIPES / "tiny-sdxl-bk-small.yaml")], "pruner.distill.run.distill_recipe", "--8bit-adam"),
-        (["eval", "tiny-sdxl"], "pruner.evaluate.evaluate_student", "--dtype bf16"),
-        (["cache", str(RECIPES), "--teacher", "tiny-sdxl"], "pruner.distill.cache.build_cache", "--batch-size 1"),
+        (["search", "--budget", "50%", "--trials", "1"], "pruner.study.study.run_search", "--calibration"),
+        (
+            ["distill", str(RECIPES / "tiny-sdxl-bk-small.yaml")],
+            "pruner.distillation.run.distill_recipe",
+            "--8bit-adam",
+        ),
+        (["eval", "tiny-sdxl"], "pruner.evaluation.evaluate_student", "--dtype bf16"),
+        (["cache", str(RECIPES), "--teacher", "tiny-sdxl"], "pruner.distillation.cache.build_cache", "--batch-size 1"),
     ],
 )
 def test_a_gpu_out_of_memory_says_what_ran_out_and_which_flags_need_less(

@@ -141,7 +141,7 @@ def test_a_truncated_cache_shard_is_one_line(cached: tuple[Path, Path], tmp_path
 def test_an_unknown_precision_is_one_line_in_the_cli_and_an_error_in_the_library(cached: tuple[Path, Path]) -> None:
     recipe, cache = cached
     one_line_error(distill(recipe, cache, recipe.parent / "p", "--mixed-precision", "foo"), "--mixed-precision", "bf16")
-    from pruner.distill.run import DistillOptions
+    from pruner.distillation.run import DistillOptions
 
     with pytest.raises(PrunerError, match="'foo' is not one of no, fp16, bf16"):
         DistillOptions(mixed_precision="foo")
@@ -239,7 +239,7 @@ def test_a_400000_by_1_strip_caches_without_gigabytes(tmp_path: Path) -> None:
     Image.new("RGB", (400_000, 1), (200, 30, 30)).save(strip)
     code = (
         "import json, resource, sys\n"
-        "from pruner.distill.cache import load_image\n"
+        "from pruner.distillation.cache import load_image\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "pixels, ids = load_image(sys.argv[1], 128)\n"
         "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
@@ -254,7 +254,7 @@ def test_a_400000_by_1_strip_caches_without_gigabytes(tmp_path: Path) -> None:
 def test_a_picture_over_the_pixel_limit_is_skipped_with_a_reason(
     tiny_sdxl_pipeline: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pruner.distill import cache as cache_module
+    from pruner.distillation import cache as cache_module
 
     monkeypatch.setattr(cache_module, "MAX_PIXELS", 40 * 40)
     data = _pictures(tmp_path, 3)
@@ -325,7 +325,7 @@ def test_a_recipe_stores_its_data_relative_to_itself(tmp_path: Path) -> None:
 
 def test_the_bundled_data_is_named_symbolically(tmp_path: Path) -> None:
     from pruner.cost.cache import cache_dir
-    from pruner.distill.data import BUNDLED_DATA, data_reference
+    from pruner.distillation.data import BUNDLED_DATA, data_reference
 
     bundled = cache_dir() / "data" / "tiny-sdxl-n4096-seed0-abc" / "cache"
     assert data_reference("tiny-sdxl", str(bundled)) == BUNDLED_DATA

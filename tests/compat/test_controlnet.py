@@ -13,8 +13,8 @@ from pruner.compat.controlnet import controlnet_compatibility
 from pruner.errors import PrunerError, RecipeError
 from pruner.inspection import inspect_model
 from pruner.recipe import Recipe, save_recipe
-from pruner.search.space import SearchSpace, load_space
 from pruner.student import resolve_recipe
+from pruner.study.space import SearchSpace, load_space
 from pruner.unet import Plan, architecture_config, build_student, load_pipeline, meta_unet, topology_of
 
 COMPATIBLE = [

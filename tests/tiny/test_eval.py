@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 import pruner.api
 from pruner.cli import app
-from pruner.distill.data import BUNDLED_ROWS, BUNDLED_SEED, bundled_captions, tiny_sdxl_cache
-from pruner.evaluate import EvalReport, binomial_se, eval_prompts
+from pruner.distillation.data import BUNDLED_ROWS, BUNDLED_SEED, bundled_captions, tiny_sdxl_cache
+from pruner.evaluation import EvalReport, binomial_se, eval_prompts
 from pruner.tiny.synth import caption, sample_prompts, sample_scenes
 from pruner.unet import bundled_teacher
 from pruner.unet.load import resolve_model
@@ -83,7 +83,7 @@ def test_eval_in_bf16_runs_both_unets_in_bf16_and_refuses_an_unknown_dtype(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """`--dtype bf16` (a GPU's default): the pictures, the KD loss and the latency row are bf16's, not fp32's."""
-    import pruner.evaluate
+    import pruner.evaluation
 
     timed: list[str] = []
 
@@ -91,8 +91,8 @@ def test_eval_in_bf16_runs_both_unets_in_bf16_and_refuses_an_unknown_dtype(
         timed.append(str(next(model.parameters()).dtype))
         return real(model, *a, **k)
 
-    real = pruner.evaluate.measure_latency
-    monkeypatch.setattr(pruner.evaluate, "measure_latency", measure)
+    real = pruner.evaluation.measure_latency
+    monkeypatch.setattr(pruner.evaluation, "measure_latency", measure)
     args = eval_args("tiny-sdxl", 1, tmp_path)
     result = runner.invoke(app, [*args, "--json", "--dtype", "bf16"])
     assert result.exit_code == 0, result.output
@@ -120,7 +120,7 @@ def test_a_model_given_to_evaluate_comes_back_in_its_own_dtype() -> None:
 def test_an_fp16_vae_that_overflows_decodes_in_fp32_and_stays_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
     """SDXL's VAE overflows in fp16 (``force_upcast``): ``pruner eval --dtype fp16`` decodes as the stock
     pipeline does, in fp32, and leaves the VAE in fp16."""
-    from pruner.evaluate import decode_pictures
+    from pruner.evaluation import decode_pictures
     from pruner.unet.load import load_pipeline
 
     pipe = load_pipeline("tiny-sdxl", dtype=torch.float16)

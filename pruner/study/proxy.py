@@ -3,7 +3,7 @@ zero-shot KD loss, a short layer-level KD fine-tune against the cached teacher, 
 
 No teacher forward runs inside a trial: every trial reads the same cached teacher predictions and
 features, so trials cost one student's training steps and nothing else. Everything runs where the
-teacher is (a GPU when there is one); the fine-tune is ``pruner.distill.engine.KDEngine``'s step, the
+teacher is (a GPU when there is one); the fine-tune is ``pruner.distillation.engine.KDEngine``'s step, the
 one ``pruner distill`` takes, with ``PROXY_WEIGHTS``.
 """
 
@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pruner.diffusion import VAE_SCALE, added_cond
-from pruner.distill.engine import (
+from pruner.distillation.engine import (
     KDEngine,
     KDInputs,
     PlainRuntime,
@@ -35,8 +35,8 @@ from pruner.distill.engine import (
     output_kd_gradients,
     teacher_pass,
 )
-from pruner.distill.hooks import FeatureRecorder
-from pruner.distill.losses import LossWeights
+from pruner.distillation.hooks import FeatureRecorder
+from pruner.distillation.losses import LossWeights
 from pruner.errors import PrunerError
 from pruner.unet.maps import FeatureLevel, feature_map
 from pruner.unet.plan import Plan, check_expressible, layout_of

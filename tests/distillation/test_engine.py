@@ -7,12 +7,12 @@ import torch
 from test_trainer import PLAN, fake_cache, make
 
 from pruner.diffusion import sdxl_scheduler
-from pruner.distill.engine import KDEngine, PlainRuntime, make_optimizer, teacher_pass
-from pruner.distill.hooks import FeatureRecorder
-from pruner.distill.losses import LossWeights
-from pruner.distill.trainer import batch_inputs, collate
+from pruner.distillation.engine import KDEngine, PlainRuntime, make_optimizer, teacher_pass
+from pruner.distillation.hooks import FeatureRecorder
+from pruner.distillation.losses import LossWeights
+from pruner.distillation.trainer import batch_inputs, collate
 from pruner.errors import PrunerError
-from pruner.search import proxy
+from pruner.study import proxy
 from pruner.unet import build_student, feature_map, layout_of, topology_of
 
 
@@ -116,7 +116,7 @@ def test_the_proxy_trains_on_features_memory_mapped_on_disk(tiny_sdxl, monkeypat
 
 
 def test_a_bf16_run_freezes_the_teacher_in_bf16_on_any_device() -> None:
-    from pruner.distill.engine import teacher_dtype
+    from pruner.distillation.engine import teacher_dtype
 
     cpu = torch.device("cpu")
     assert teacher_dtype(cpu) == torch.float32 and teacher_dtype(cpu, "no") == torch.float32
@@ -145,7 +145,7 @@ def test_a_worker_on_a_numbered_gpu_makes_it_current(monkeypatch: pytest.MonkeyP
     (torch.cuda.device, faked here: this machine has none); a CPU or a bare "cuda" changes nothing."""
     import contextlib
 
-    from pruner.distill.engine import current_device
+    from pruner.distillation.engine import current_device
 
     made: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "device", lambda d: made.append(d) or contextlib.nullcontext())
@@ -174,7 +174,7 @@ def test_a_small_cache_keeps_a_held_out_share_of_the_calibration() -> None:
 
 
 def test_half_precision_on_a_cpu_without_native_bf16_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pruner.distill.engine import slow_half_note
+    from pruner.distillation.engine import slow_half_note
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from pruner.search.repair import repair_to_budget
+from pruner.study.repair import repair_to_budget
 from pruner.unet.plan import MID_ATTN, Plan, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology
 

@@ -7,7 +7,7 @@
   report the cap, 100 dB), and the judge's prompt accuracy when the teacher is the bundled one, with its
   binomial standard error (a share of n prompts: on 256 prompts near 90%, about 1.9 points).
 - Prompts: from a file, or for the bundled teacher captions held out from its data set: drawn from their
-  own random stream, skipping every caption of the bundled set (``pruner.distill.data.bundled_captions``)
+  own random stream, skipping every caption of the bundled set (``pruner.distillation.data.bundled_captions``)
   that distillation trains on, its latent cache encodes and the search calibrates on. That set holds
   every one-object caption (216), so the held-out prompts are all two-object scenes; and the teacher's
   own 40,000 training scenes hold nearly every caption the grammar makes: the prompts are new to the
@@ -34,7 +34,6 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from PIL import Image
 
 from pruner import defaults
-from pruner.callable_module import make_callable
 from pruner.cost.latency import measure_latency
 from pruner.diffusion import conditioning, generate, image_grid
 from pruner.errors import PrunerError
@@ -114,7 +113,7 @@ def _student_on(
 def eval_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` is the dtype a frozen teacher takes on ``device`` (bf16 on a GPU, fp16 where bf16 is
     missing, fp32 on a CPU); else one of ``DTYPES``."""
-    from pruner.distill.engine import teacher_dtype
+    from pruner.distillation.engine import teacher_dtype
 
     if name == "auto":
         return teacher_dtype(device)
@@ -150,7 +149,7 @@ def eval_prompts(n: int, seed: int, ref: ModelRef, prompts_file: Path | None) ->
         return read_prompts(prompts_file, n)
     if _judge_dir(ref) is None:
         raise PrunerError("this teacher has no built-in prompts; pass prompts_file= (one prompt per line)")
-    from pruner.distill.data import bundled_captions
+    from pruner.distillation.data import bundled_captions
     from pruner.tiny.synth import sample_prompts
 
     return sample_prompts(n, seed, exclude=bundled_captions())
@@ -180,7 +179,7 @@ def _kd_loss(
     """Mean MSE of noise predictions over fixed timesteps and noise (seeded)."""
     from diffusers import DDPMScheduler
 
-    from pruner.distill.engine import KDInputs, held_out_kd, teacher_pass
+    from pruner.distillation.engine import KDInputs, held_out_kd, teacher_pass
 
     embeds, added = conditioning(pipe, prompts, latents.device)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -225,8 +224,8 @@ def evaluate_student(
     ``resolution`` pixels a side (default the teacher's native size), both UNets and the pipeline in
     ``dtype`` (``auto``: bf16 on a GPU, fp32 on a CPU; see ``eval_dtype``); see the module docstring."""
     from pruner.diffusion import default_resolution
-    from pruner.distill.cache import check_resolution
-    from pruner.distill.engine import resolve_device
+    from pruner.distillation.cache import check_resolution
+    from pruner.distillation.engine import resolve_device
 
     dev = resolve_device(device)
     torch_dtype = eval_dtype(dtype, dev)
@@ -276,6 +275,3 @@ def _name(student: str | Path | UNet2DConditionModel) -> str:
 
 def _seq_len(pipe: DiffusionPipeline) -> int:
     return int(pipe.tokenizer.model_max_length)
-
-
-make_callable(__name__)  # `pruner.evaluate(...)` calls pruner.api.evaluate

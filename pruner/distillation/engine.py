@@ -24,8 +24,8 @@ from diffusers import DDPMScheduler
 from torch import nn
 
 from pruner.diffusion import noise_batch
-from pruner.distill.hooks import FeatureRecorder
-from pruner.distill.losses import LossTerms, LossWeights, distill_loss, min_snr_weights, task_target
+from pruner.distillation.hooks import FeatureRecorder
+from pruner.distillation.losses import LossTerms, LossWeights, distill_loss, min_snr_weights, task_target
 from pruner.errors import PrunerError
 
 __all__ = [

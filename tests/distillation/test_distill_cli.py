@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from pruner.cli import app
-from pruner.distill import trainer
+from pruner.distillation import trainer
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 runner = CliRunner()
@@ -70,16 +70,16 @@ def test_a_bf16_run_reads_its_teacher_in_bf16_and_trains_an_fp32_student(
     teacher: 5 GB of host memory, not 10 GB in fp32 before the cast)."""
     from accelerate.state import AcceleratorState
 
-    import pruner.distill.run
+    import pruner.distillation.run
 
     loads: list[torch.dtype | None] = []
-    load = pruner.distill.run.load_unet
+    load = pruner.distillation.run.load_unet
 
     def spy(ref, dtype=None):  # type: ignore[no-untyped-def]
         loads.append(dtype)
         return load(ref, dtype=dtype)
 
-    monkeypatch.setattr(pruner.distill.run, "load_unet", spy)
+    monkeypatch.setattr(pruner.distillation.run, "load_unet", spy)
     recipe, cache = setup
     AcceleratorState._reset_state(True)  # accelerate keeps one state a process; this run wants bf16
     try:

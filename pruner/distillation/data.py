@@ -19,7 +19,7 @@ BUNDLED_SEED = 0
 
 def tiny_sdxl_cache(n: int = BUNDLED_ROWS, seed: int = BUNDLED_SEED, progress: bool = True) -> Path:
     """Captioned shape pictures for ``tiny-sdxl``, encoded into a latent cache once (resumed if interrupted)."""
-    from pruner.distill.cache import build_cache
+    from pruner.distillation.cache import build_cache
     from pruner.tiny.synth import write_dataset
 
     root = cache_dir() / "data" / f"tiny-sdxl-n{n}-seed{seed}-{_fingerprint()}"

@@ -33,8 +33,8 @@ from pruner import defaults
 from pruner.budget import Budget, format_count, parse_budget
 from pruner.cost.latency_model import LatencyModel
 from pruner.cost.model import CostModel
-from pruner.distill.data import data_reference
-from pruner.distill.engine import (
+from pruner.distillation.data import data_reference
+from pruner.distillation.engine import (
     PlainRuntime,
     Runtime,
     current_device,
@@ -45,15 +45,15 @@ from pruner.distill.engine import (
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.profiles import profile_for
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
-from pruner.search.heuristics import seed_plans
-from pruner.search.proxy import Calibration, ProxyRun, build_calibration, proxy_batch, unit_sensitivity
-from pruner.search.repair import repair_to_budget
-from pruner.search.sampler import PlanSampler, PlanSpace, scored_plan
-from pruner.search.space import SearchSpace, decode, genome_of, load_space, suggest_genome, width_levels
-from pruner.search.storage import default_storage, storage_of, with_retries
-from pruner.search.storage import open_study as storage_open_study
-from pruner.search.workers import check_settings, claim_plan, claim_slot, counted, plan_key, run_worker, worker_seed
 from pruner.student import derive_student_spec
+from pruner.study.heuristics import seed_plans
+from pruner.study.proxy import Calibration, ProxyRun, build_calibration, proxy_batch, unit_sensitivity
+from pruner.study.repair import repair_to_budget
+from pruner.study.sampler import PlanSampler, PlanSpace, scored_plan
+from pruner.study.space import SearchSpace, decode, genome_of, load_space, suggest_genome, width_levels
+from pruner.study.storage import default_storage, storage_of, with_retries
+from pruner.study.storage import open_study as storage_open_study
+from pruner.study.workers import check_settings, claim_plan, claim_slot, counted, plan_key, run_worker, worker_seed
 from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.plan import Plan, compress_names, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology, topology_of
@@ -100,7 +100,7 @@ class SearchConfig:
     progress: bool = True
     device: str | None = None  # None: cuda when available
     mixed_precision: str | None = None  # None: bf16 on a GPU (fp16 where bf16 is missing), no on a CPU
-    proxy_batch: int | None = None  # None: by resolution (pruner.search.proxy.proxy_batch)
+    proxy_batch: int | None = None  # None: by resolution (pruner.study.proxy.proxy_batch)
 
     @property
     def rungs(self) -> tuple[int, ...]:
@@ -195,12 +195,12 @@ def _check_budget(
 
 def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
     """The latent cache to calibrate on: --data, teacher-generated latents from --prompts, or the bundled set."""
-    from pruner.distill.cache import LatentCache
+    from pruner.distillation.cache import LatentCache
 
     if cfg.data:
         return LatentCache(cfg.data), cfg.data
     if cfg.prompts:
-        from pruner.search.prompts import prompt_latents
+        from pruner.study.prompts import prompt_latents
 
         return prompt_latents(cfg.teacher, Path(cfg.prompts), cfg.calibration + cfg.held_out, cfg.seed), None
     path = profile_for(cfg.teacher).default_data()
@@ -403,7 +403,7 @@ def _score_in_rungs(trial: optuna.Trial, ctx: SearchContext, plan: Plan, macs: i
 def noise_floor(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | None:
     """Score the found plan again at the top rung with ``noise_seeds`` other row orders and store the
     spread as the study's ``noise_floor`` attribute: gaps between plans smaller than it are noise."""
-    from pruner.search.front import best_quality_trial
+    from pruner.study.front import best_quality_trial
 
     best = best_quality_trial(study)
     if best is None or ctx.cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
@@ -545,7 +545,7 @@ def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo
 
 def export_study(study: optuna.Study, out: Path) -> dict[str, Path]:
     """Write a finished study's front as recipes, found.yaml and the plot, from the study alone."""
-    from pruner.search.front import export_front
+    from pruner.study.front import export_front
     from pruner.unet.surgery import meta_unet
 
     settings = study.user_attrs.get("search")
@@ -558,7 +558,7 @@ def export_study(study: optuna.Study, out: Path) -> dict[str, Path]:
 
 def study_recipes(study: optuna.Study) -> tuple[Recipe, list[Recipe]]:
     """A finished study's found recipe (best quality within budget) and its Pareto front's recipes."""
-    from pruner.search.front import NO_FEASIBLE, best_quality_trial, pareto_trials
+    from pruner.study.front import NO_FEASIBLE, best_quality_trial, pareto_trials
     from pruner.unet.surgery import meta_unet
 
     settings = study.user_attrs.get("search")
@@ -586,7 +586,7 @@ def study_name(cfg: SearchConfig) -> str:
 def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None) -> SearchResult:
     """Run (or resume) the study, then write the front's recipes, found.yaml and the plot (none when
     ``cfg.out`` is None)."""
-    from pruner.search.front import describe_noise_floor
+    from pruner.study.front import describe_noise_floor
 
     if cfg.sampler not in SAMPLERS:
         raise PrunerError(f"sampler={cfg.sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -626,7 +626,7 @@ def recorded_sensitivity(study: optuna.Study) -> dict[str, float] | None:
 def finished(study: optuna.Study, cfg: SearchConfig) -> bool:
     """Nothing left for a run of ``cfg`` to compute: its trials are done, none is running, and the found plan's
     noise floor is recorded (or not asked for)."""
-    from pruner.search.front import best_quality_trial
+    from pruner.study.front import best_quality_trial
 
     trials = study.get_trials(deepcopy=False)
     if "search" not in study.user_attrs or sum(counted(t) for t in trials) < cfg.trials:
@@ -649,7 +649,7 @@ def recorded_noise_floor(study: optuna.Study, best: FrozenTrial, noise_seeds: in
 
 def _result(study: optuna.Study, cfg: SearchConfig, url: str, data: str | None) -> SearchResult:
     """The search's result, its files written to ``cfg.out`` (none when it is None)."""
-    from pruner.search.front import front_rows
+    from pruner.study.front import front_rows
 
     if cfg.out is None:
         return SearchResult(study, None, None, None, url, data, front_rows(study))

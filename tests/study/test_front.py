@@ -13,7 +13,7 @@ from rich.console import Console
 
 from pruner.errors import PrunerError
 from pruner.recipe import Recipe, load_recipe
-from pruner.search.front import (
+from pruner.study.front import (
     best_quality_trial,
     constraint_values,
     export_front,

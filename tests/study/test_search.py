@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 from pruner.cli import app
 from pruner.cost import CostModel
 from pruner.recipe import load_recipe
-from pruner.search.heuristics import seed_plans
-from pruner.search.repair import repair_to_budget
-from pruner.search.space import SearchSpace, decode, genome_of
-from pruner.search.workers import counted
 from pruner.student import resolve_recipe
+from pruner.study.heuristics import seed_plans
+from pruner.study.repair import repair_to_budget
+from pruner.study.space import SearchSpace, decode, genome_of
+from pruner.study.workers import counted
 from pruner.unet import Plan, architecture_config, check_expressible, meta_unet, topology_of, unit_kinds
 
 runner = CliRunner()
@@ -109,7 +109,7 @@ def test_a_short_search_writes_its_front_and_resumes(
         raise AssertionError("the study's recorded sensitivities were measured again")
 
     with monkeypatch.context() as m:  # a resumed (or joining) run takes the study's unit sensitivities
-        m.setattr("pruner.search.study.unit_sensitivity", no_sensitivity)
+        m.setattr("pruner.study.study.unit_sensitivity", no_sensitivity)
         again = runner.invoke(app, [*args[:8], "6", *args[9:]])  # --trials 6: two more
     assert again.exit_code == 0, again.output
     assert sum(counted(t) for t in optuna.load_study(study_name="t", storage=storage).trials) == 6
@@ -117,7 +117,7 @@ def test_a_short_search_writes_its_front_and_resumes(
     def no_compute(*_a: object, **_k: object) -> None:
         raise AssertionError("a finished study was computed again")
 
-    monkeypatch.setattr("pruner.search.study.build_context", no_compute)
+    monkeypatch.setattr("pruner.study.study.build_context", no_compute)
     six = load_recipe(tmp_path / "r" / "found.yaml").plan_obj()
     (tmp_path / "r" / "found.yaml").unlink()
     rerun = runner.invoke(app, [*args[:8], "6", *args[9:]])  # the same command once more: nothing left to do
@@ -176,7 +176,7 @@ def test_two_workers_share_one_study_without_duplicates(
                for k in range(2)]  # fmt: skip
     for w in workers:
         assert w.wait(timeout=600) == 0, w.stderr.read()[-2000:] if w.stderr else ""
-    from pruner.search.study import storage_of
+    from pruner.study.study import storage_of
 
     study = optuna.load_study(study_name="shared", storage=storage_of(storage))
     assert sum(counted(t) for t in study.trials) == 8  # exactly: a trial beyond the count steps aside
@@ -232,7 +232,7 @@ def test_a_depth_width_search_writes_width_recipes(tiny_sdxl_pipeline: str, tiny
 
 
 def test_a_seed_plan_enqueued_by_two_workers_runs_once() -> None:
-    from pruner.search.study import _skip_duplicate_seed
+    from pruner.study.study import _skip_duplicate_seed
 
     study = optuna.create_study()
     for _ in range(2):  # what two workers starting together can leave behind
@@ -263,7 +263,7 @@ def test_a_latency_budget_keeps_every_trial_under_its_estimate(
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert done and all(t.user_attrs["latency_ms"] > 0 for t in done)
     estimates = [t.user_attrs["latency_estimate_ms"] for t in done]
-    from pruner.search.front import constraint_values
+    from pruner.study.front import constraint_values
 
     assert all(len(constraint_values(t)) == 1 and constraint_values(t)[0] <= 0 for t in done)  # within the estimate
     found = load_recipe(tmp_path / "r" / "found.yaml")
@@ -277,7 +277,7 @@ def _rung_trial(study: optuna.Study, kd: dict[str, float], macs: int = 100) -> N
 
 
 def test_a_plan_goes_on_only_among_the_best_of_its_rung() -> None:
-    from pruner.search.study import promote
+    from pruner.study.study import promote
 
     study = optuna.create_study(directions=["minimize", "minimize"])
     for kd in (0.1, 0.2, 0.3, 0.4, 0.5):
@@ -328,8 +328,8 @@ def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
 
 def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_cache: Path) -> None:
     from pruner.diffusion import sdxl_scheduler
-    from pruner.distill.cache import LatentCache
-    from pruner.search.proxy import ProxyRun, build_calibration
+    from pruner.distillation.cache import LatentCache
+    from pruner.study.proxy import ProxyRun, build_calibration
     from pruner.unet.load import load_unet
 
     teacher = load_unet(tiny_sdxl_pipeline)
@@ -355,7 +355,7 @@ def test_with_no_device_flag_the_search_runs_on_the_gpu_when_there_is_one(
     import torch
 
     from pruner.errors import PrunerError
-    from pruner.search import study as study_mod
+    from pruner.study import study as study_mod
     from pruner.unet.load import load_unet
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

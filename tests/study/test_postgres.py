@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pruner.cli import app
-from pruner.search.front import front_rows
-from pruner.search.storage import storage_of
-from pruner.search.workers import counted
+from pruner.study.front import front_rows
+from pruner.study.storage import storage_of
+from pruner.study.workers import counted
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PRUNER_THREADS": "1", "OMP_NUM_THREADS": "1", "PRUNER_HEARTBEAT": "1"}

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from pruner.cli import app
 from pruner.errors import PrunerError
-from pruner.search.storage import fail_stale, sqlalchemy_url
-from pruner.search.workers import check_settings, claim_plan, claim_slot, counted, plan_key, worker_seed
+from pruner.study.storage import fail_stale, sqlalchemy_url
+from pruner.study.workers import check_settings, claim_plan, claim_slot, counted, plan_key, worker_seed
 from pruner.unet.plan import Plan
 
 runner = CliRunner()
@@ -129,7 +129,7 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_its_plan_enqueued_again(
 def test_ctrl_c_in_search_is_one_line_and_exit_code_130(
     tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pruner.search.study as study_module
+    import pruner.study.study as study_module
 
     def interrupted(*_args: object, **_kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -147,7 +147,7 @@ def test_ctrl_c_in_search_is_one_line_and_exit_code_130(
 def test_a_storage_down_for_a_moment_is_retried_with_a_line_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     from sqlalchemy.exc import OperationalError
 
-    from pruner.search.storage import with_retries
+    from pruner.study.storage import with_retries
 
     calls = []
 

@@ -20,9 +20,9 @@ from diffusers import (
 from PIL import Image
 from safetensors.torch import load_file
 
-import pruner.distill.cache as cache_mod
-from pruner.distill import CacheSummary, LatentCache, build_cache
-from pruner.distill.cache import load_image
+import pruner.distillation.cache as cache_mod
+from pruner.distillation import CacheSummary, LatentCache, build_cache
+from pruner.distillation.cache import load_image
 from pruner.errors import PrunerError
 from pruner.tiny.synth import write_dataset
 from pruner.tiny.text import build_text_encoders, build_tokenizer

@@ -6,9 +6,9 @@ import optuna
 import pytest
 
 from pruner.cost import CostModel
-from pruner.search.sampler import PlanSampler, PlanSpace, ranked_plans
-from pruner.search.space import SearchSpace, genome_distributions, genome_of, suggest_genome
-from pruner.search.workers import plan_key
+from pruner.study.sampler import PlanSampler, PlanSpace, ranked_plans
+from pruner.study.space import SearchSpace, genome_distributions, genome_of, suggest_genome
+from pruner.study.workers import plan_key
 from pruner.unet import (
     Plan,
     architecture_config,

@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from pruner.errors import PrunerError
-from pruner.search.storage import fail_stale, heartbeat, heartbeat_interval, retry_trial, with_retries
+from pruner.study.storage import fail_stale, heartbeat, heartbeat_interval, retry_trial, with_retries
 from pruner.unet.plan import Plan
 
 __all__ = [

@@ -30,8 +30,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from pruner.search.repair import repair_to_budget
-from pruner.search.space import SearchSpace, genome_distributions, genome_of, width_levels
+from pruner.study.repair import repair_to_budget
+from pruner.study.space import SearchSpace, genome_distributions, genome_of, width_levels
 from pruner.unet.plan import Plan, implied_by, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology
 
@@ -144,7 +144,7 @@ class PlanSampler(optuna.samplers.BaseSampler):
         return self._proposed.pop(number, None)
 
     def _child(self, ranked: list[tuple[Plan, FrozenTrial]], seen: set[str]) -> tuple[Plan | None, str]:
-        from pruner.search.workers import plan_key
+        from pruner.study.workers import plan_key
 
         pool = ranked[: min(len(ranked), max(self.parents, math.ceil(len(ranked) / 4)))]
         fallback: tuple[Plan | None, str] = (None, "")

@@ -3,7 +3,7 @@
 One ``Distiller`` trains one student against one frozen teacher with accelerate (mixed precision,
 gradient accumulation, DDP/FSDP under ``accelerate launch``). Each step: sample a batch from the latent
 cache, noise the latents, drop captions (zero embeddings, as SDXL's pipeline feeds for no prompt), run
-the live teacher without grad, and hand both to ``pruner.distill.engine.KDEngine.step`` (the step the
+the live teacher without grad, and hand both to ``pruner.distillation.engine.KDEngine.step`` (the step the
 search's proxy fine-tune also takes). State (model, optimizer, schedule and RNG through
 ``accelerator.save_state``; the sampler and EMA as safetensors + JSON, nothing pickled of ours) checkpoints
 under a temporary name, renamed when complete, so a resumed run continues exactly where an uninterrupted
@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from pruner.diffusion import added_cond
-from pruner.distill.engine import (
+from pruner.distillation.engine import (
     AccelerateRuntime,
     KDEngine,
     KDInputs,
@@ -39,8 +39,8 @@ from pruner.distill.engine import (
     teacher_dtype,
     teacher_pass,
 )
-from pruner.distill.hooks import FeatureRecorder
-from pruner.distill.losses import LossTerms, LossWeights
+from pruner.distillation.hooks import FeatureRecorder
+from pruner.distillation.losses import LossTerms, LossWeights
 from pruner.errors import PrunerError
 from pruner.io import publish_dir, write_json
 

@@ -23,10 +23,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from pruner.diffusion import noise_scheduler
-from pruner.distill.engine import KDInputs, output_kd_gradients, teacher_dtype, teacher_pass
-from pruner.distill.losses import LossTerms, LossWeights
-from pruner.distill.progressive import composed_pairs, shrink, stage_chains
-from pruner.distill.trainer import Distiller, TrainSettings, batch_inputs, collate, latest_checkpoint
+from pruner.distillation.engine import KDInputs, output_kd_gradients, teacher_dtype, teacher_pass
+from pruner.distillation.losses import LossTerms, LossWeights
+from pruner.distillation.progressive import composed_pairs, shrink, stage_chains
+from pruner.distillation.trainer import Distiller, TrainSettings, batch_inputs, collate, latest_checkpoint
 from pruner.errors import PrunerError
 from pruner.io import check_output_dir
 from pruner.profiles import profile_for
@@ -106,8 +106,8 @@ def noise_scheduler_for(teacher: str) -> DDPMScheduler:
 
 
 def _resolve_data(recipe: Recipe, data: str | None) -> Any:
-    from pruner.distill.cache import LatentCache
-    from pruner.distill.data import BUNDLED_DATA
+    from pruner.distillation.cache import LatentCache
+    from pruner.distillation.data import BUNDLED_DATA
 
     profile = profile_for(recipe.teacher.model)
     source = data or recipe.distill.data
@@ -144,7 +144,7 @@ def _accelerator(out: Path, opts: DistillOptions) -> Accelerator:
 
 def held_out_prompts(data: Any, held_out: int, n: int = 8) -> list[str]:
     """Captions of the first held-out rows (the validation grid shows pictures the student never trained on)."""
-    from pruner.distill.cache import read_metadata
+    from pruner.distillation.cache import read_metadata
 
     rows, _ = read_metadata(data.meta["data"])
     start = len(data) - held_out if held_out else 0
@@ -351,7 +351,7 @@ def distill_recipe(
     student = _initial_student(resolved, data, opts)
     student = _train_stages(resolved, student, data, out, opts, result)
     if Accelerator().is_main_process:
-        from pruner.distill.output import write_outputs
+        from pruner.distillation.output import write_outputs
 
         prompts = held_out_prompts(data, held_out_rows(data, opts))
         resolution = getattr(data, "meta", {}).get("resolution")  # the grid at the size the student trained at

@@ -7,10 +7,10 @@ import torch
 from accelerate import Accelerator
 from conftest import TINY_SDXL
 
-from pruner.distill.hooks import FeatureRecorder
-from pruner.distill.losses import LossWeights, distill_loss, feature_kd
-from pruner.distill.run import noise_scheduler_for
-from pruner.distill.trainer import Distiller, TrainSettings, latest_checkpoint
+from pruner.distillation.hooks import FeatureRecorder
+from pruner.distillation.losses import LossWeights, distill_loss, feature_kd
+from pruner.distillation.run import noise_scheduler_for
+from pruner.distillation.trainer import Distiller, TrainSettings, latest_checkpoint
 from pruner.unet import Plan, build_student, feature_map, layout_of, topology_of
 
 PLAN = Plan.removing(
@@ -135,7 +135,7 @@ def test_an_output_interrupted_while_moving_into_place_does_not_read_as_finished
     import os
     from types import SimpleNamespace
 
-    from pruner.distill import output
+    from pruner.distillation import output
     from pruner.recipe import DistillSpec, PlanSpec, Recipe, StageSpec, TeacherSpec
 
     recipe = Recipe(schema_version=1, name="t", teacher=TeacherSpec(model="tiny-sdxl"), plan=PlanSpec(),

@@ -63,9 +63,9 @@ def test_the_validation_grid_is_drawn_at_the_resolution_the_student_trained_at(s
     assert (grid.width - 70) % cell == 0 and 2 * cell <= grid.height < 2 * cell + 100
 
 
-def test_a_bf16_run_reads_its_teacher_in_bf16_and_trains_an_fp32_student(
+def test_a_bf16_run_reads_its_teacher_in_bf16_and_trains_an_fp32_student(  # type: ignore[no-untyped-def]
     setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The student is built from fp32 master weights; the frozen teacher is read from disk in bf16 (SDXL's
     teacher: 5 GB of host memory, not 10 GB in fp32 before the cast)."""
     from accelerate.state import AcceleratorState

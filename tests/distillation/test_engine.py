@@ -148,7 +148,12 @@ def test_a_worker_on_a_numbered_gpu_makes_it_current(monkeypatch: pytest.MonkeyP
     from pruner.distillation.engine import current_device
 
     made: list[torch.device] = []
-    monkeypatch.setattr(torch.cuda, "device", lambda d: made.append(d) or contextlib.nullcontext())
+
+    def recording_device(d: torch.device) -> contextlib.nullcontext[None]:
+        made.append(d)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch.cuda, "device", recording_device)
     with current_device(torch.device("cuda:1")), current_device(torch.device("cpu")):
         pass
     with current_device(torch.device("cuda")):

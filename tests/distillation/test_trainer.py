@@ -29,9 +29,9 @@ def fake_cache(n: int = 48, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     ]  # fmt: skip
 
 
-def make(
+def make(  # type: ignore[no-untyped-def]
     teacher, level: str = "sub_block", steps: int = 6, lr: float = 1e-3, held_out: int = 8, weights=None, ema=None
-) -> Distiller:  # type: ignore[no-untyped-def]
+) -> Distiller:
     topo = topology_of(teacher)
     student, _ = build_student(teacher, PLAN)
     pairs = feature_map(layout_of(PLAN, topo), topo, level)  # type: ignore[arg-type]
@@ -129,9 +129,9 @@ def test_only_the_newest_checkpoints_are_kept(tiny_sdxl, tmp_path: Path) -> None
     d.close()
 
 
-def test_an_output_interrupted_while_moving_into_place_does_not_read_as_finished(
+def test_an_output_interrupted_while_moving_into_place_does_not_read_as_finished(  # type: ignore[no-untyped-def]
     tiny_sdxl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     import os
     from types import SimpleNamespace
 

@@ -76,7 +76,7 @@ def test_pruner_front_on_the_postgres_study_equals_the_front_of_the_same_trials_
     memory = optuna.create_study(directions=study.directions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        memory.set_metric_names(study.metric_names)
+        memory.set_metric_names(study.metric_names or [])
     memory.add_trials(study.trials)
     expected = front_rows(memory)
     assert expected and front_rows(study) == expected

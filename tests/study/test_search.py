@@ -86,7 +86,8 @@ def test_a_short_search_writes_its_front_and_resumes(
     found = load_recipe(tmp_path / "r" / "found.yaml")
     resolved = resolve_recipe(found, "found.yaml")
     assert found.provenance.source == "search" and found.distill.data == str(tiny_cache)
-    assert found.student is not None and found.student.params <= 0.5 * 10_140_868
+    assert found.student is not None and found.student.params is not None
+    assert found.student.params <= 0.5 * 10_140_868
     assert list((tmp_path / "r" / "front").glob("*.yaml")) and (tmp_path / "r" / "front.png").is_file()
     assert resolved.plan == found.plan_obj()
     study = optuna.load_study(study_name="t", storage=storage)
@@ -267,7 +268,7 @@ def test_a_latency_budget_keeps_every_trial_under_its_estimate(
 
     assert all(len(constraint_values(t)) == 1 and constraint_values(t)[0] <= 0 for t in done)  # within the estimate
     found = load_recipe(tmp_path / "r" / "found.yaml")
-    assert found.provenance.costs["latency_ms"] > 0 and min(estimates) > 0
+    assert found.provenance.costs is not None and found.provenance.costs["latency_ms"] > 0 and min(estimates) > 0
 
 
 def _rung_trial(study: optuna.Study, kd: dict[str, float], macs: int = 100) -> None:

@@ -6,6 +6,7 @@ import inspect
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -127,7 +128,12 @@ def test_an_fp16_vae_that_overflows_decodes_in_fp32_and_stays_fp16(monkeypatch: 
     pipe.vae.register_to_config(force_upcast=True)
     seen: list[torch.dtype] = []
     decode = pipe.vae.decode
-    monkeypatch.setattr(pipe.vae, "decode", lambda z: (seen.append(z.dtype), decode(z))[1])
+
+    def recording_decode(z: torch.Tensor) -> Any:
+        seen.append(z.dtype)
+        return decode(z)
+
+    monkeypatch.setattr(pipe.vae, "decode", recording_decode)
     latents = torch.randn(1, 4, 8, 8, dtype=torch.float16)  # 32px at the tiny VAE's factor 4
     pictures = decode_pictures(pipe, latents)
     assert seen == [torch.float32] and pipe.vae.dtype == torch.float16 and pictures[0].size == (32, 32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_augment_is_mild_and_seeded() -> None:
 
 
 def test_training_is_deterministic_by_seed() -> None:
-    kwargs = {"n_train": 200, "steps": 5, "batch_size": 16, "n_eval": 0, "progress": False}
+    kwargs: dict[str, Any] = {"n_train": 200, "steps": 5, "batch_size": 16, "n_eval": 0, "progress": False}
     before = torch.get_num_threads()
     a, b = train_judge(seed=3, **kwargs), train_judge(seed=3, **kwargs)
     assert torch.get_num_threads() == before, "the thread count is restored"

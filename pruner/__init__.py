@@ -8,6 +8,9 @@ The public API, imported on first use so that ``import pruner`` stays fast::
     student_dir = pruner.distill(result.found, output="outputs/found", steps=300)
     report = pruner.evaluate(student_dir / "unet", teacher="tiny-sdxl")
 
+The library leaves torch's thread count alone; ``with pruner.threads("auto"):`` around the calls picks what the
+CLI picks (one thread on machines with two cores or fewer, 4-7x faster there) and restores it afterwards.
+
 See :mod:`pruner.api` for the functions, :class:`pruner.Recipe` for recipes, :class:`pruner.Plan` for plans
 and :class:`pruner.CostModel` for exact parameter and MAC counts of any plan.
 """
@@ -42,6 +45,7 @@ _EXPORTS = {
     "port_lora": "pruner.compat.lora",
     "export_single_file": "pruner.compat.export",
     "controlnet_compatibility": "pruner.compat.controlnet",
+    "threads": "pruner.runtime",
 }
 
 __all__ = [
@@ -65,6 +69,7 @@ __all__ = [
     "port_lora",
     "save_recipe",
     "search",
+    "threads",
 ]
 
 if TYPE_CHECKING:
@@ -78,6 +83,7 @@ if TYPE_CHECKING:
     from pruner.evaluation import EvalReport
     from pruner.inspection import inspect_model
     from pruner.recipe import Recipe, load_recipe, save_recipe
+    from pruner.runtime import threads
     from pruner.unet.load import load_unet
     from pruner.unet.plan import Plan
     from pruner.unet.units import list_units

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,9 +19,11 @@ from rich.table import Table
 
 from pruner import defaults
 from pruner.errors import PrunerError, SearchInterrupted
-from pruner.inspection import Inspection
 from pruner.io import check_output_dir, check_output_file, check_storage_path
 from pruner.runtime import configure_threads
+
+if TYPE_CHECKING:
+    from pruner.inspection import Inspection
 
 app = typer.Typer(
     name="pruner",
@@ -31,7 +33,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # click's plain help: flags read `--resume`, not `--resume <bool>` (typer 0.29's rich panel)
 )
-_state = {"debug": False}
+_state: dict[str, bool | int | None] = {"debug": False, "threads": None, "configured": False}
 err = Console(stderr=True)
 
 
@@ -48,8 +50,17 @@ def main(
     ] = None,
 ) -> None:
     _state["debug"] = debug
-    configure_threads(threads)
-    optuna_logging_to_warnings()
+    _state.update(threads=threads, configured=False)  # applied when a command starts its work, not for --help
+
+
+def _configure_runtime() -> None:
+    """torch's threads and Optuna's verbosity, set once a command starts working: importing torch and Optuna
+    takes seconds, which `--help` and a refused argument should not wait for."""
+    if not _state["configured"]:
+        _state["configured"] = True
+        threads = _state["threads"]
+        configure_threads(threads if isinstance(threads, int) and not isinstance(threads, bool) else None)
+        optuna_logging_to_warnings()
 
 
 def optuna_logging_to_warnings() -> None:
@@ -70,9 +81,12 @@ def flag_names(message: str) -> str:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn pruner's input errors into one line on stderr and exit code 2."""
+def user_errors(runtime: bool = True) -> Iterator[None]:
+    """Turn pruner's input errors into one line on stderr and exit code 2; with ``runtime``, set up torch's
+    threads and Optuna's verbosity first (checks of the arguments alone run without, so they answer at once)."""
     try:
+        if runtime:
+            _configure_runtime()
         yield
     except SearchInterrupted as exc:
         err.print(str(exc), highlight=False, soft_wrap=True)

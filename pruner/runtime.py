@@ -1,7 +1,9 @@
 """Runtime policy: CPU threads for torch on small machines, and what a GPU's out-of-memory error says.
 
 Library calls never change global state by themselves; the CLI and the benchmarks call
-:func:`configure_threads` once at start-up.
+:func:`configure_threads` once at start-up, and a Python caller asks for the same with
+``with pruner.threads("auto"): ...`` (:func:`threads`), which restores its own setting afterwards.
+torch is imported on first use, so that the CLI starts at once.
 """
 
 from __future__ import annotations
@@ -9,26 +11,56 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Literal
 
-import torch
+from pruner.errors import OutOfDeviceMemory, PrunerError
 
-from pruner.errors import OutOfDeviceMemory
-
-__all__ = ["configure_threads", "default_threads", "out_of_memory_advice"]
+__all__ = ["auto_threads", "configure_threads", "default_threads", "out_of_memory_advice", "threads"]
 
 
 def default_threads() -> int:
     """One thread on machines with two cores or fewer: measured there, thread wake-ups made a tiny UNet's
     call 50-85x slower than one thread did. Elsewhere torch's own default."""
+    import torch
+
     return 1 if (os.cpu_count() or 1) <= 2 else torch.get_num_threads()
 
 
+def auto_threads() -> int:
+    """What the CLI picks: ``$PRUNER_THREADS`` when it is a positive integer, else :func:`default_threads`."""
+    env = os.environ.get("PRUNER_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else default_threads()
+
+
 def configure_threads(threads: int | None = None) -> int:
-    """Set torch's CPU threads: ``threads``, else ``$PRUNER_THREADS``, else :func:`default_threads`."""
-    env = os.environ.get("PRUNER_THREADS")
-    n = threads or (int(env) if env and env.isdigit() and int(env) > 0 else default_threads())
+    """Set torch's CPU threads: ``threads``, else :func:`auto_threads`."""
+    import torch
+
+    n = threads or auto_threads()
     torch.set_num_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def threads(n: int | Literal["auto"]) -> Iterator[int]:
+    """Run the block with ``n`` CPU threads for torch, then restore the caller's setting.
+
+    ``"auto"`` is what the CLI picks (:func:`auto_threads`): one thread on machines with two cores or
+    fewer, where torch's default made the README's search and distill 4-7x slower. Yields the number set::
+
+        with pruner.threads("auto"):
+            result = pruner.search("tiny-sdxl", budget="50%", trials=4)
+    """
+    if n != "auto" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise PrunerError(f"threads must be an integer >= 1 or 'auto', got {n!r}")
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(auto_threads() if n == "auto" else n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _asked(exc: BaseException) -> str:
@@ -42,6 +74,8 @@ def _asked(exc: BaseException) -> str:
 @contextlib.contextmanager
 def out_of_memory_advice(doing: str, fix: str) -> Iterator[None]:
     """Turn torch's out-of-memory error into one line: what was running, what was asked, and ``fix``."""
+    import torch
+
     try:
         yield
     except torch.OutOfMemoryError as exc:

@@ -38,6 +38,20 @@ def test_import_pruner_is_lazy_and_exports_a_curated_api() -> None:
         pruner.no_such_name  # noqa: B018
 
 
+def test_threads_sets_torch_for_the_block_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    with pruner.threads(2) as n:
+        assert n == torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv("PRUNER_THREADS", "3")
+    with pruner.threads("auto") as n:  # what the CLI picks: $PRUNER_THREADS, else one thread on <= 2 cores
+        assert n == 3
+    assert torch.get_num_threads() == before
+    for bad in (0, "2", 1.5, True):
+        with pytest.raises(pruner.PrunerError, match="threads must be an integer >= 1 or 'auto'"), pruner.threads(bad):  # type: ignore[arg-type]
+            pass
+
+
 def test_build_student_accepts_a_plan_unit_names_or_a_recipe(tiny_sdxl) -> None:  # type: ignore[no-untyped-def]
     names = ["down_blocks.2.attentions.1.transformer_blocks.0-1", "mid_block.attentions.0"]
     from_names = pruner.build_student(tiny_sdxl, names)

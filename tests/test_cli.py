@@ -129,6 +129,30 @@ def test_console_script_help() -> None:
     assert "--resolution" in out.stdout and "--latency" in out.stdout
 
 
+HEAVY = ("torch", "diffusers", "optuna", "transformers", "matplotlib")
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["search", "--help"], ["distill", "--help"], ["eval", "--help"]])
+def test_the_cli_imports_nothing_heavy_for_help(argv: list[str]) -> None:
+    """`import pruner.cli` and every `--help` answer at once: torch, diffusers, optuna, transformers and
+    matplotlib (seconds of imports) load only when a command starts working."""
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom pruner.cli import app\n"
+        f"out = CliRunner().invoke(app, {argv!r}).output if {argv!r} else ''\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert shown.strip() == "[]"
+
+
+def test_threads_apply_when_a_command_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int | None] = []
+    monkeypatch.setattr("pruner.cli.configure_threads", seen.append)
+    assert run("--threads", "2", "inspect", "sdxl", "--json", "--no-macs").exit_code == 0
+    assert run("--threads", "2", "inspect", "--help").exit_code == 0  # help sets nothing
+    assert seen == [2]
+
+
 OOM = (
     "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 23.55 GiB of which 1.21 GiB "
     "is free. Including non-PyTorch memory, this process has 22.33 GiB memory in use. Of the allocated memory "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "DiskFull",
     "InexpressiblePlanError",
     "OutOfDeviceMemory",
+    "OutputInUse",
     "PrunerError",
     "RecipeError",
     "SearchInterrupted",
@@ -30,6 +32,15 @@ class InexpressiblePlanError(PrunerError):
 
 class RecipeError(PrunerError):
     """A recipe file that cannot be read or does not validate."""
+
+
+class DiskFull(PrunerError):
+    """A write failed because its file system is full (or over quota): the message names the folder, the
+    bytes the write needed when known, what is free, and how to continue once space is freed."""
+
+
+class OutputInUse(PrunerError):
+    """Another live run holds the lock of the output this run would write."""
 
 
 class OutOfDeviceMemory(PrunerError):

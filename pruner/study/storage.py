@@ -31,6 +31,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from pruner.errors import PrunerError
+from pruner.io import disk_full_cause, disk_full_error
+from pruner.study.damage import SafeJournalFile, check_journal, check_sqlite
 
 __all__ = [
     "Heartbeat",
@@ -150,9 +152,8 @@ def storage_of(url: str) -> Any:
         return optuna.storages.InMemoryStorage()
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
 
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        return JournalStorage(SafeJournalFile(url.removeprefix("journal:")))
     return _rdb_storage(sqlalchemy_url(url))
 
 
@@ -175,18 +176,55 @@ def _caused_by_outage(exc: BaseException) -> bool:
     return False
 
 
-def with_retries(call: Callable[[], T], what: str, attempts: int = 6, wait: float = 1.0) -> T:
+def _root_reason(exc: BaseException) -> str:
+    """The first line of the deepest error in the chain: the database's own words, not a wrapper's guess
+    (Optuna wraps every failed commit as "invalid data ... e.g. exceeding max length")."""
+    while exc.__cause__ is not None and exc.__cause__ is not exc:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _local_failure(exc: BaseException, what: str, url: str) -> PrunerError | None:
+    """A failure of the storage file itself, which waiting does not cure: a full disk, or a SQLite file that
+    is not (or no longer) a database. None for anything else."""
+    path = _file_of(url)
+    if disk_full_cause(exc) is not None:
+        return disk_full_error(path.parent if path else Path.cwd())
+    reason = _root_reason(exc)
+    if path is not None and any(w in reason for w in ("not a database", "malformed", "unable to open", "readonly")):
+        return PrunerError(f"storage {path} failed while {what}: {reason}; check the file is still there and "
+                           "writable, or restore it from a backup")  # fmt: skip
+    return None
+
+
+def _file_of(url: str) -> Path | None:
+    """The file of a file-backed storage URL (sqlite:///PATH, journal:PATH), else None."""
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix) and url.removeprefix(prefix) not in ("", ":memory:"):
+            return Path(url.removeprefix(prefix))
+    return None
+
+
+def with_retries(call: Callable[[], T], what: str, attempts: int = 6, wait: float = 1.0, url: str = "") -> T:
     """``call()``, retried with exponential backoff while the database is unreachable, each retry said on
-    stderr; after ``attempts`` tries one line says what failed."""
+    stderr; after ``attempts`` tries one line says what failed. A full disk or a damaged file (of ``url``)
+    is one line at once: retrying cannot help."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
+        except PrunerError:
+            raise
         except Exception as exc:
+            local = _local_failure(exc, what, url)
+            if local is not None:
+                raise local from exc
             if not _caused_by_outage(exc):
                 raise
             if attempt == attempts:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise PrunerError(f"storage unreachable while {what} after {attempts} tries: {reason}") from exc
+                raise PrunerError(
+                    f"storage unreachable while {what} after {attempts} tries: {_root_reason(exc)}"
+                ) from exc
             delay = wait * 2 ** (attempt - 1) * (1 + random.random() / 2)
             print(f"storage unreachable while {what}; retry {attempt}/{attempts - 1} in {delay:.1f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
@@ -194,14 +232,21 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 6, wait: floa
     raise AssertionError("unreachable")
 
 
-def open_storage(url: str) -> Any:
+def open_storage(url: str, repair: bool = True) -> Any:
     """:func:`storage_of`, with a file storage's location checked and retries while the server is down (a
-    malformed URL or a missing driver is one line at once: those errors are not retried)."""
-    if url.startswith("journal:"):
-        _check_writable(Path(url.removeprefix("journal:")))
-    elif url.startswith("sqlite:///"):
-        _check_writable(Path(url.removeprefix("sqlite:///")))
-    return with_retries(lambda: storage_of(url), "opening the study storage")
+    malformed URL or a missing driver is one line at once: those errors are not retried).
+
+    A file damaged by a crash or a full disk is found here, before anything is appended: a journal's torn
+    last line is dropped (``repair``; else left, Optuna's reader skips it), a damaged line or a file that
+    is not a SQLite database is refused (see :mod:`pruner.study.damage`)."""
+    path = _file_of(url)
+    if path is not None:
+        _check_writable(path)
+        if url.startswith("journal:"):
+            check_journal(path, repair=repair)
+        else:
+            check_sqlite(path)
+    return with_retries(lambda: storage_of(url), "opening the study storage", url=url)
 
 
 def _check_writable(path: Path) -> None:
@@ -231,7 +276,7 @@ def open_study(
             return optuna.load_study(study_name=name, storage=storage, sampler=sampler)
 
     try:
-        return with_retries(create, f"opening study {name!r}"), storage
+        return with_retries(create, f"opening study {name!r}", url=url), storage
     except ValueError as exc:
         raise PrunerError(
             f"study {name!r} in {url} does not match these objectives ({exc}); use another study="
@@ -243,7 +288,7 @@ def load_existing_study(name: str, url: str) -> optuna.Study:
     for prefix in ("sqlite:///", "journal:"):
         if url.startswith(prefix) and not Path(url.removeprefix(prefix)).is_file():
             raise PrunerError(f"no study {name!r}: {url.removeprefix(prefix)} does not exist; check storage=")
-    storage = open_storage(url)
+    storage = open_storage(url, repair=False)  # reading changes nothing: Optuna's reader skips a torn last line
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError as exc:

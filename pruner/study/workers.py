@@ -143,8 +143,9 @@ def run_worker(study: optuna.Study, storage: Any, objective: Callable[[optuna.Tr
     """Run trials until the study holds ``total`` counted finished trials. While the others' running trials
     fill the rest, wait for them (a dead worker's trial fails after its heartbeat goes stale, and its plan
     is enqueued again for whoever is waiting)."""
-    with_retries(lambda: fail_stale(study, storage), "checking for dead workers")
-    with_retries(lambda: retry_failed(study), "re-enqueueing failed trials")
+    url = getattr(storage, "url", "")  # an RDB storage's URL: names the file of a full disk (the journal names its own)
+    with_retries(lambda: fail_stale(study, storage), "checking for dead workers", url=url)
+    with_retries(lambda: retry_failed(study), "re-enqueueing failed trials", url=url)
     mine: list[int] = []
 
     def run(trial: optuna.Trial) -> Sequence[float]:
@@ -154,14 +155,15 @@ def run_worker(study: optuna.Study, storage: Any, objective: Callable[[optuna.Tr
 
     skips, poll = 0, min(2.0, heartbeat_interval() / 2)
     while skips < MAX_SKIPS:
-        done, running = with_retries(lambda: _progress(study), "reading the study")
+        done, running = with_retries(lambda: _progress(study), "reading the study", url=url)
         if done >= total:
             return
         if done + running >= total:  # the rest is running elsewhere: wait, in case a worker dies
-            with_retries(lambda: fail_stale(study, storage), "checking for dead workers")
+            with_retries(lambda: fail_stale(study, storage), "checking for dead workers", url=url)
             time.sleep(poll)
             continue
-        with_retries(lambda: study.optimize(run, n_trials=1, callbacks=list(callbacks), catch=()), "running a trial")
+        with_retries(lambda: study.optimize(run, n_trials=1, callbacks=list(callbacks), catch=()), "running a trial",
+                     url=url)  # fmt: skip
         skips = skips + 1 if _skipped_as_duplicate(study, mine[-1]) else 0
     print(f"stopping: the last {MAX_SKIPS} plans sampled were all scored already (the space holds few new plans)",
           file=sys.stderr)  # fmt: skip

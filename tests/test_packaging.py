@@ -18,7 +18,7 @@ def test_a_non_editable_install_runs_a_search_from_another_folder(tmp_path: Path
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
                "--target", str(site), str(ROOT)]  # fmt: skip
     subprocess.run(install, check=True, cwd=tmp_path, capture_output=True, timeout=300)
-    assert (site / "pruner" / "search" / "spaces" / "default.yaml").is_file()
+    assert (site / "pruner" / "study" / "spaces" / "default.yaml").is_file()
     assert (site / "pruner" / "tiny" / "teacher" / "model_index.json").is_file()
     env = {**os.environ, "PYTHONPATH": str(site), "PRUNER_THREADS": "1"}
     work = tmp_path / "work"

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from pruner.compat.sgm import sgm_module_names
 from pruner.errors import PrunerError
-from pruner.io import atomic_path
+from pruner.io import atomic_path, check_output_file, output_lock
 from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.single_file import CONFIG_METADATA_KEY
 
@@ -96,6 +96,7 @@ def _metadata(config: dict, student: str) -> dict[str, str]:
 def _check_out(out: Path) -> None:
     if out.suffix != ".safetensors":
         raise PrunerError(f"--out {out} must end in .safetensors")
+    check_output_file(out, "--out")
     if out.exists():
         raise PrunerError(f"{out} already exists; choose another --out or delete it")
 
@@ -121,7 +122,8 @@ def export_single_file(
     unet: UNet2DConditionModel = load_unet(ref, dtype=dtype)
     state = sgm_state_dict(unet)
     metadata = _metadata(dict(unet.config), str(student))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    with output_lock(out, "--out"):
+        _check_out(out)  # again, now that no other run can write it: a run that finished meanwhile is not replaced
+        with atomic_path(out, needed=sum(t.nbytes for t in state.values())) as tmp:
+            save_file(state, str(tmp), metadata=metadata)
     return ExportReport(out, len(state), metadata)

@@ -30,7 +30,7 @@ from torch import nn
 from pruner.compat.sgm import sgm_module_names
 from pruner.compat.target import PlanTarget, plan_target
 from pruner.errors import PrunerError
-from pruner.io import atomic_path
+from pruner.io import atomic_path, check_output_file, output_lock
 from pruner.recipe import Recipe
 from pruner.unet.maps import resolve, weight_map
 
@@ -257,15 +257,18 @@ def _port(parsed: ParsedLora, target: PlanTarget, inverse: Mapping[str, str]) ->
 
 def _check_out(out: Path) -> Path:
     path = out if out.suffix == ".safetensors" else out / "pytorch_lora_weights.safetensors"
+    check_output_file(path, "--out")
     if path.exists():
         raise PrunerError(f"{path} already exists; choose another --out or delete it")
     return path
 
 
 def _write(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
+    """Write the ported LoRA to ``path``, which this run owns while it writes (another run's file is not replaced)."""
+    with output_lock(path, "--out"):
+        _check_out(path)
+        with atomic_path(path, needed=sum(t.nbytes for t in state.values())) as tmp:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt"})
 
 
 def port_lora(

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from pruner import __version__
 from pruner.diffusion import default_resolution
 from pruner.errors import PrunerError
-from pruner.io import atomic_path, check_output_dir, write_json
+from pruner.io import atomic_path, check_output_dir, output_lock, write_json
 from pruner.unet.load import load_pipeline, resolve_model, unet_config
 
 __all__ = [
@@ -124,6 +124,16 @@ def _parse_row(index: int, line: str) -> Row:
     if not isinstance(record, dict):
         return Row(index, None, None)
     return Row(index, _nonblank_string(record.get("file_name")), _nonblank_string(record.get("text")))
+
+
+def _data_folder(data: str | Path) -> Path:
+    """``data`` with its links followed; a link loop (or a path the system cannot follow) is one line."""
+    try:
+        return Path(data).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        raise PrunerError(
+            f"data folder {data} cannot be followed ({exc}); give the folder itself, not a link loop"
+        ) from exc
 
 
 def read_metadata(data: str | Path) -> tuple[list[Row], str]:
@@ -464,26 +474,29 @@ def build_cache(
     refused with a PrunerError. ``dtype`` is how floats are stored; the encoders always run in float32.
     """
     _check_arguments(batch_size, shard_size, dtype)
-    data_dir, out_dir = Path(data).expanduser().resolve(), check_output_dir(Path(out).expanduser(), "cache folder")
+    data_dir, out_dir = _data_folder(data), check_output_dir(Path(out).expanduser(), "cache folder")
     rows, digest = read_metadata(data_dir)
-    identity: dict[str, Any] = {"data": str(data_dir), "metadata_sha256": digest,
-                                "teacher_id": _teacher_id(teacher), "dtype": dtype}  # fmt: skip
-    existing = _existing_meta(out_dir)
-    if existing is not None:
-        _check_same(existing, identity, out_dir)
-    pipe = load_pipeline(teacher, dtype=torch.float32, device=device, with_unet=False)
-    kind = _pipeline_kind(pipe, teacher)
-    # the UNet's config (the pipeline is loaded without it) at the VAE's scale
-    identity["resolution"] = resolution or default_resolution(unet_config(teacher), int(pipe.vae_scale_factor))
-    check_resolution(identity["resolution"], pipe)
-    meta = _start_or_resume(out_dir, existing, identity, lambda: _fresh_meta(identity, teacher, kind, pipe, len(rows)))
-    resumed = existing is not None and meta["next_row"] > 0
-    reader = _RowReader(data_dir, rows, meta["next_row"], meta["skipped"], identity["resolution"])
-    with tqdm(total=len(rows), initial=reader.consumed, desc="cache", unit="img", disable=not progress) as bar:
-        encoded = _encode_shards(pipe, meta, reader, out_dir, batch_size, shard_size, bar)
-    return CacheSummary(n_written=meta["n"], n_skipped=meta["n_skipped"], n_total=len(rows),
-                        shards=len(meta["shards"]), out=out_dir, resumed=resumed, kind=kind,
-                        skipped_reasons=dict(meta["skipped"]), n_encoded=encoded)  # fmt: skip
+    with output_lock(out_dir, "cache folder"):
+        identity: dict[str, Any] = {"data": str(data_dir), "metadata_sha256": digest,
+                                    "teacher_id": _teacher_id(teacher), "dtype": dtype}  # fmt: skip
+        existing = _existing_meta(out_dir)
+        if existing is not None:
+            _check_same(existing, identity, out_dir)
+        pipe = load_pipeline(teacher, dtype=torch.float32, device=device, with_unet=False)
+        kind = _pipeline_kind(pipe, teacher)
+        # the UNet's config (the pipeline is loaded without it) at the VAE's scale
+        identity["resolution"] = resolution or default_resolution(unet_config(teacher), int(pipe.vae_scale_factor))
+        check_resolution(identity["resolution"], pipe)
+        meta = _start_or_resume(
+            out_dir, existing, identity, lambda: _fresh_meta(identity, teacher, kind, pipe, len(rows))
+        )
+        resumed = existing is not None and meta["next_row"] > 0
+        reader = _RowReader(data_dir, rows, meta["next_row"], meta["skipped"], identity["resolution"])
+        with tqdm(total=len(rows), initial=reader.consumed, desc="cache", unit="img", disable=not progress) as bar:
+            encoded = _encode_shards(pipe, meta, reader, out_dir, batch_size, shard_size, bar)
+        return CacheSummary(n_written=meta["n"], n_skipped=meta["n_skipped"], n_total=len(rows),
+                            shards=len(meta["shards"]), out=out_dir, resumed=resumed, kind=kind,
+                            skipped_reasons=dict(meta["skipped"]), n_encoded=encoded)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- reading a cache

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors import SafetensorError
@@ -28,7 +29,7 @@ from pruner.distillation.losses import LossTerms, LossWeights
 from pruner.distillation.progressive import composed_pairs, shrink, stage_chains
 from pruner.distillation.trainer import Distiller, TrainSettings, batch_inputs, collate, latest_checkpoint
 from pruner.errors import PrunerError
-from pruner.io import check_output_dir
+from pruner.io import check_output_dir, output_lock
 from pruner.profiles import profile_for
 from pruner.recipe import Recipe, StageSpec, load_recipe
 from pruner.student import ResolvedRecipe, resolve_recipe
@@ -238,7 +239,6 @@ def _resume_point(ckpt_dir: Path, resume: bool, fingerprint: dict[str, Any]) -> 
 
 
 def _check_output(out: Path, resume: bool) -> None:
-    check_output_dir(out, "--output")
     if (out / "unet" / "config.json").is_file() and not resume:
         raise PrunerError(f"{out} already holds a trained student; choose another --output or delete it")
     if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
@@ -337,12 +337,29 @@ def _initial_student(resolved: ResolvedRecipe, data: Any, opts: DistillOptions) 
 def distill_recipe(
     recipe: Recipe | str | Path, output: str | Path, opts: DistillOptions = DistillOptions()
 ) -> DistillResult:
-    """Distill a recipe's student (a ``Recipe`` or a YAML path) to its output folder (see the module docstring)."""
+    """Distill a recipe's student (a ``Recipe`` or a YAML path) to its output folder (see the module docstring).
+
+    The output is this run's alone while it runs (:func:`pruner.io.output_lock`): a second run onto it is refused."""
     source = f"recipe {recipe.name}" if isinstance(recipe, Recipe) else str(recipe)
     resolved = resolve_recipe(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), source)
     stage_chains(resolved, source)  # progressive removals checked before anything trains
-    out = Path(output)
-    _check_output(out, opts.resume)
+    out = check_output_dir(Path(output), "--output")
+    with _owned(out):
+        _check_output(out, opts.resume)
+        return _distill(resolved, out, opts)
+
+
+@contextmanager
+def _owned(out: Path) -> Iterator[None]:
+    """Hold the output's lock on the main process (under accelerate the other processes write nothing there)."""
+    if not PartialState().is_main_process:
+        yield
+        return
+    with output_lock(out, "--output"):
+        yield
+
+
+def _distill(resolved: ResolvedRecipe, out: Path, opts: DistillOptions) -> DistillResult:
     result = DistillResult(out, 0, settings=run_fingerprint(resolved, stage_steps(resolved.recipe.distill.stages,
                                                                                  opts.steps), opts))  # fmt: skip
     _resume_point(out / "checkpoints", opts.resume, result.settings)  # a mismatch is refused before any compute

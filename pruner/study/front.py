@@ -24,7 +24,7 @@ from rich.table import Table
 
 from pruner.budget import count_scale, format_count
 from pruner.errors import PrunerError
-from pruner.io import atomic_path
+from pruner.io import atomic_path, output_lock
 from pruner.recipe import Recipe, save_recipe
 from pruner.unet.plan import compress_names, expand_names
 
@@ -46,6 +46,7 @@ __all__ = [
 
 CostKey = Literal["macs", "params", "latency_ms"]
 COST_KEYS: tuple[CostKey, ...] = ("macs", "params", "latency_ms")
+EXPORT_WAIT = 120.0  # seconds a worker waits for another worker of the study to finish writing --out
 NO_FEASIBLE = "no feasible trial finished; raise trials= or loosen budget="
 # Optuna < 5 (``constraints_func``) stored one list under this system attribute; Optuna 5 reads it too.
 _LEGACY_CONSTRAINTS_KEY = "constraints"
@@ -387,8 +388,9 @@ def export_front(study: optuna.Study, out_dir: Path, recipe_of: Callable[[Frozen
     recipes = {t.number: recipe_of(t) for t in front}
     found_recipe = recipes[best.number] if best.number in recipes else recipe_of(best)
     front_dir = out_dir / "front"
-    front_dir.mkdir(parents=True, exist_ok=True)
-    _write_front(front_dir, recipes)
-    found = save_recipe(found_recipe, out_dir / "found.yaml")
-    plot = plot_front(study, out_dir / "front.png", x=_plot_axis(study, feasible))
+    with output_lock(out_dir, "--out", wait=EXPORT_WAIT):  # workers of one study end together: one at a time
+        front_dir.mkdir(parents=True, exist_ok=True)
+        _write_front(front_dir, recipes)
+        found = save_recipe(found_recipe, out_dir / "found.yaml")
+        plot = plot_front(study, out_dir / "front.png", x=_plot_axis(study, feasible))
     return {"found": found, "front_dir": front_dir, "plot": plot}

@@ -80,7 +80,17 @@ def random_plans(topo: Topology, n: int, seed: int, p: float = 0.3) -> list[Plan
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PRUNER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "pruner-cache"))
+    """Each test process has a pruner cache of its own (cost tables, features on disk), except the bundled
+    teacher's synthesised set (``data/``, 40 s to make), which the processes of one xdist run share: the first
+    that needs it builds it under its lock, the others wait and read it."""
+    base = tmp_path_factory.getbasetemp()
+    root = base / "pruner-cache"
+    monkeypatch.setenv("PRUNER_CACHE_DIR", str(root))
+    if not (root / "data").exists():
+        run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # gw0, gw1, ... under one run
+        (run / "pruner-data").mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "data").symlink_to(run / "pruner-data", target_is_directory=True)
 
 
 @pytest.fixture(scope="session")

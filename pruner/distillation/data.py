@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from pruner.cost.cache import cache_dir
@@ -24,11 +26,31 @@ def tiny_sdxl_cache(n: int = BUNDLED_ROWS, seed: int = BUNDLED_SEED, progress: b
 
     root = cache_dir() / "data" / f"tiny-sdxl-n{n}-seed{seed}-{_fingerprint()}"
     images, cache = root / "images", root / "cache"
-    if not (images / "metadata.jsonl").is_file():
-        write_dataset(images, n, seed, progress=progress)
-    if not (cache / "cache.json").is_file() or _incomplete(cache):
-        build_cache(images, "tiny-sdxl", cache, progress=progress)
+    with _one_builder(root):
+        if not (images / "metadata.jsonl").is_file():
+            write_dataset(images, n, seed, progress=progress)
+        if not (cache / "cache.json").is_file() or _incomplete(cache):
+            build_cache(images, "tiny-sdxl", cache, progress=progress)
     return cache
+
+
+@contextlib.contextmanager
+def _one_builder(root: Path) -> Iterator[None]:
+    """Hold ``root``'s lock file: processes that need the set at once (search workers started together on
+    the bundled teacher) build it once, the others wait and read it, instead of writing the same folders at
+    once. The lock goes with its process, so a killed builder leaves none behind; no lock where fcntl is missing."""
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: each process builds on its own, as before
+        yield
+        return
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @functools.cache

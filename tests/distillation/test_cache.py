@@ -307,3 +307,37 @@ def test_load_image_resizes_shorter_side_and_centre_crops(
     pixels, time_ids = load_image(path, 32)
     assert pixels.shape == (3, 32, 32) and time_ids == expected
     torch.testing.assert_close(pixels, torch.full_like(pixels, 200 / 127.5 - 1), atol=1e-5, rtol=0)
+
+
+def test_processes_that_need_the_bundled_set_at_once_build_it_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started together on the bundled teacher share one build of its set (a lock file), instead of
+    writing the same folders at once (the second writer used to fail: the folder exists)."""
+    import threading
+    import time
+
+    import pruner.distillation.data as data_mod
+    import pruner.tiny.synth as synth
+
+    writes: list[Path] = []
+
+    def slow_write(out: Path, n: int, seed: int, progress: bool = True) -> dict[str, Any]:
+        writes.append(out)
+        time.sleep(0.3)  # long enough for the other thread to look while this one writes
+        return write_dataset(out, n, seed, progress=progress)
+
+    monkeypatch.setattr(synth, "write_dataset", slow_write)
+    results: list[Path | BaseException] = []
+
+    def build() -> None:
+        try:
+            results.append(data_mod.tiny_sdxl_cache(n=6, progress=False))
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and results[0] == results[1] and isinstance(results[0], Path), results
+    assert len(writes) == 1 and len(LatentCache(results[0])) == 6

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -8,14 +9,23 @@ from diffusers import StableDiffusionXLPipeline
 
 from pruner.tiny.train import TrainConfig, train_teacher
 
+SHORT = TrainConfig(n_images=600, vae_steps=4, unet_steps=4, judge_steps=4, vae_batch=8, unet_batch=8)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """One short training run (about 25 s), shared: the pipeline test reads it, the reproducibility test
+    trains the same config again and compares."""
+    root = tmp_path_factory.mktemp("trained")
+    return root / "teacher", train_teacher(root / "teacher", SHORT)
+
 
 @pytest.mark.slow
-def test_training_script_writes_a_pipeline_stock_diffusers_runs(tmp_path: Path) -> None:
-    cfg = TrainConfig(n_images=700, vae_steps=3, unet_steps=3, judge_steps=3, vae_batch=8, unet_batch=8)
-    figures = train_teacher(tmp_path / "teacher", cfg)
+def test_training_script_writes_a_pipeline_stock_diffusers_runs(trained: tuple[Path, dict[str, Any]]) -> None:
+    folder, figures = trained
     assert set(figures) >= {"vae_psnr_db", "unet_final_loss_ema", "judge_heldout", "minutes"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]  # no partial folders left behind
-    pipe = StableDiffusionXLPipeline.from_pretrained(tmp_path / "teacher", torch_dtype=torch.float32)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["teacher"]  # no partial folders left behind
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     assert next(pipe.unet.parameters()).dtype == torch.float32
     image = pipe("a large blue square above a small white triangle on a black background", num_inference_steps=2,
                  generator=torch.Generator().manual_seed(0)).images[0]  # fmt: skip
@@ -31,12 +41,11 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_training_is_reproducible_from_a_seed(tmp_path: Path) -> None:
-    cfg = TrainConfig(n_images=600, vae_steps=4, unet_steps=4, judge_steps=4, vae_batch=8, unet_batch=8)
-    first = train_teacher(tmp_path / "a", cfg)
-    second = train_teacher(tmp_path / "b", cfg)
-    other = train_teacher(tmp_path / "c", TrainConfig(**{**cfg.__dict__, "seed": 1}))
-    a, b, c = (_weights(tmp_path / name) for name in "abc")
+def test_training_is_reproducible_from_a_seed(trained: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    folder, first = trained
+    second = train_teacher(tmp_path / "b", SHORT)
+    other = train_teacher(tmp_path / "c", TrainConfig(**{**SHORT.__dict__, "seed": 1}))
+    a, b, c = _weights(folder), _weights(tmp_path / "b"), _weights(tmp_path / "c")
     assert a.keys() == b.keys() and len(a) > 100
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
     assert {k: v for k, v in first.items() if k != "minutes"} == {k: v for k, v in second.items() if k != "minutes"}

@@ -300,7 +300,7 @@ def _write_shard(out: Path, number: int, parts: list[dict[str, torch.Tensor]], d
         if name in tensors:
             tensors[name] = tensors[name].to(_DTYPES[dtype])
     name = _shard_name(number)
-    with atomic_path(out / name) as tmp:  # the temporary name ends in _TMP
+    with atomic_path(out / name, needed=sum(t.nbytes for t in tensors.values())) as tmp:  # temp name ends in _TMP
         save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION), "kind": kind})
     return name
 

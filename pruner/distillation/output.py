@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
+from pruner.io import space_for
 from pruner.recipe import Recipe, dump_recipe
 from pruner.unet.load import load_pipeline, resolve_model
 from pruner.unet.width import ff_inner_sizes, mark_width_config, save_unet
@@ -79,10 +80,33 @@ def write_outputs(
     resolution: int | None = None,
 ) -> None:  # fmt: skip
     """Save the student (and pipeline), model card, recipe and metrics; each file renamed into place. The
-    validation grid is drawn at ``resolution`` (the training data's; None: the pipeline's)."""
+    validation grid is drawn at ``resolution`` (the training data's; None: the pipeline's). A full disk is one
+    line; the training is checkpointed by then, so ``--resume`` only writes the outputs again."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".final.partial"
     shutil.rmtree(tmp, ignore_errors=True)
+    then = "free space there, then rerun the same command with --resume: the training is done, only the outputs remain"
+    try:
+        with space_for(out, _output_bytes(student, recipe), then):
+            _write_into(tmp, student, recipe, result, prompts, resolution)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _move_into(tmp, out)
+
+
+def _output_bytes(student: UNet2DConditionModel, recipe: Recipe) -> int:
+    """About what the outputs take: the student's fp32 weights, and the teacher pipeline's other components."""
+    ref = resolve_model(recipe.teacher.model)
+    weights = sum(p.numel() * 4 for p in student.parameters())
+    if ref.kind == "pipeline" and ref.path is not None:
+        weights += sum(f.stat().st_size for f in ref.path.rglob("*.safetensors") if "unet" not in f.parts)
+    return weights
+
+
+def _write_into(
+    tmp: Path, student: UNet2DConditionModel, recipe: Recipe, result: Any, prompts: list[str], resolution: int | None
+) -> None:
     ref = resolve_model(recipe.teacher.model)
     if ref.kind in ("pipeline", "hub"):
         pipe = load_pipeline(ref, device=student.device)  # the validation grid runs where the student trained
@@ -107,4 +131,3 @@ def write_outputs(
     (tmp / DONE_MARKER).write_text(json.dumps(metrics, indent=2))
     (tmp / "recipe.yaml").write_text(dump_recipe(recipe))
     (tmp / "README.md").write_text(model_card(recipe, metrics))
-    _move_into(tmp, out)

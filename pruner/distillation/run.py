@@ -27,7 +27,14 @@ from pruner.diffusion import noise_scheduler
 from pruner.distillation.engine import KDInputs, output_kd_gradients, teacher_dtype, teacher_pass
 from pruner.distillation.losses import LossTerms, LossWeights
 from pruner.distillation.progressive import composed_pairs, shrink, stage_chains
-from pruner.distillation.trainer import Distiller, TrainSettings, batch_inputs, collate, latest_checkpoint
+from pruner.distillation.trainer import (
+    Distiller,
+    TrainSettings,
+    batch_inputs,
+    collate,
+    latest_checkpoint,
+    remove_partial_checkpoints,
+)
 from pruner.errors import PrunerError
 from pruner.io import check_output_dir, output_lock
 from pruner.profiles import profile_for
@@ -239,6 +246,10 @@ def _resume_point(ckpt_dir: Path, resume: bool, fingerprint: dict[str, Any]) -> 
 
 
 def _check_output(out: Path, resume: bool) -> None:
+    """Refuse to train over a finished student or (without ``resume``) over an earlier run's checkpoints.
+    Checkpoints cut short (a full disk, a kill) are removed first: they are never resumed, so they must not
+    make the folder look like an earlier run."""
+    remove_partial_checkpoints(out / "checkpoints")
     if (out / "unet" / "config.json").is_file() and not resume:
         raise PrunerError(f"{out} already holds a trained student; choose another --output or delete it")
     if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):

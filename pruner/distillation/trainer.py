@@ -42,9 +42,17 @@ from pruner.distillation.engine import (
 from pruner.distillation.hooks import FeatureRecorder
 from pruner.distillation.losses import LossTerms, LossWeights
 from pruner.errors import PrunerError
-from pruner.io import publish_dir, write_json
+from pruner.io import publish_dir, space_for, write_json
 
-__all__ = ["Distiller", "IndexSampler", "TrainSettings", "batch_inputs", "collate", "latest_checkpoint"]
+__all__ = [
+    "Distiller",
+    "IndexSampler",
+    "TrainSettings",
+    "batch_inputs",
+    "collate",
+    "latest_checkpoint",
+    "remove_partial_checkpoints",
+]
 
 
 @dataclass(frozen=True)
@@ -111,10 +119,23 @@ def batch_inputs(
     return KDInputs(inputs.noisy, inputs.timesteps, inputs.noise, embeds * keep[:, None, None], added, latents)
 
 
+def remove_partial_checkpoints(folder: Path) -> None:
+    """Delete checkpoints a run left half written (``.step-*.partial``: a full disk or a kill while saving)."""
+    for partial in folder.glob(".step-*.partial") if folder.is_dir() else ():
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete checkpoint (``*/progress.json`` exists), or None."""
     done = [p for p in folder.glob("step-*") if (p / "progress.json").is_file()] if folder.is_dir() else []
     return max(done, key=lambda p: json.loads((p / "progress.json").read_text())["global_step"], default=None)
+
+
+def _after_full_disk(folder: Path) -> str:
+    """What to run once space is freed: resume from the last complete checkpoint, or start again."""
+    if latest_checkpoint(folder) is not None:
+        return "free space there, then rerun the same command with --resume: it continues from the last checkpoint"
+    return "free space there, then rerun the same command: no checkpoint was complete, so it starts again"
 
 
 class Distiller:
@@ -211,24 +232,42 @@ class Distiller:
         """Save the full training state atomically, then keep only the newest ``keep_checkpoints``.
 
         accelerate writes the model (safetensors), optimizer, schedule and RNG states; the sampler and the
-        EMA are written here as safetensors + JSON, so resuming never unpickles anything of ours."""
+        EMA are written here as safetensors + JSON, so resuming never unpickles anything of ours. A full disk
+        is one line (the half-written checkpoint removed, so it frees what it took)."""
         final = folder / f"step-{extra['global_step']:07d}"
         tmp = folder / f".{final.name}.partial"
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         self.acc.wait_for_everyone()
+        try:
+            with space_for(folder, self._checkpoint_bytes(folder), _after_full_disk(folder)):
+                self._write_checkpoint(tmp, final, extra)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.acc.is_main_process:
+            done = sorted((p for p in folder.glob("step-*") if (p / "progress.json").is_file()), key=lambda p: p.name)
+            for old in done[: -self.settings.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+    def _write_checkpoint(self, tmp: Path, final: Path, extra: dict[str, Any]) -> None:
         self.acc.save_state(str(tmp), safe_serialization=True)
         self._save_own_state(tmp)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             write_json(tmp / "progress.json", extra)
             publish_dir(tmp, final)
-            done = sorted((p for p in folder.glob("step-*") if (p / "progress.json").is_file()), key=lambda p: p.name)
-            for old in done[: -self.settings.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.acc.wait_for_everyone()
-        return final
+
+    def _checkpoint_bytes(self, folder: Path) -> int:
+        """About what a checkpoint takes: the last one's size, else the weights and AdamW's two moments."""
+        last = latest_checkpoint(folder)
+        if last is not None:
+            return sum(f.stat().st_size for f in last.rglob("*") if f.is_file())
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return 3 * weights * (2 if self.ema is not None else 1)
 
     def _save_own_state(self, folder: Path) -> None:
         """This process's sampler generator; on the main process the EMA's shadow weights and counters."""

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -121,28 +122,83 @@ def _lora_file(source: Path) -> Path:
     return source / "pytorch_lora_weights.safetensors" if source.is_dir() else source
 
 
-def _peft_scale(meta: Mapping[str, str], module: str, rank: int) -> float:
-    """alpha / rank from a diffusers file's ``lora_adapter_metadata`` (1 when there is none, as diffusers does)."""
+def _adapter_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
+    """The ``lora_adapter_metadata`` a diffusers file carries (empty when none), checked: a JSON object."""
     raw = meta.get("lora_adapter_metadata")
     if not raw:
+        return {}
+    try:
+        cfg = json.loads(raw)
+    except ValueError as exc:
+        raise PrunerError(
+            f"the LoRA's lora_adapter_metadata is not JSON ({exc}); re-save the LoRA with diffusers"
+        ) from exc
+    if not isinstance(cfg, dict):
+        raise PrunerError(f"the LoRA's lora_adapter_metadata is a {type(cfg).__name__}, not a JSON object of "
+                          "LoRA settings; re-save the LoRA with diffusers")  # fmt: skip
+    return cfg
+
+
+def _number(value: Any, what: str) -> float:
+    """``value`` as a finite float: a number, or a tensor holding exactly one number."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise PrunerError(f"{what} holds {value.numel()} values, not one; the LoRA file is damaged")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PrunerError(f"{what} is {value!r}, not a number; the LoRA file is damaged")
+    return float(value)
+
+
+def _peft_scale(cfg: Mapping[str, Any], module: str, rank: int) -> float:
+    """alpha / rank from a diffusers file's ``lora_adapter_metadata`` (1 when there is none, as diffusers does)."""
+    if not cfg:
         return 1.0
-    cfg = json.loads(raw)
     alpha = cfg.get("unet.lora_alpha", rank)
-    for pattern, value in (cfg.get("unet.alpha_pattern") or {}).items():
+    patterns = cfg.get("unet.alpha_pattern") or {}
+    for pattern, value in patterns.items() if isinstance(patterns, dict) else ():
         if module == pattern or module.endswith("." + pattern):
             alpha = value
     root = math.sqrt(rank) if cfg.get("unet.use_rslora") else rank
-    return float(alpha) / root
+    return _number(alpha, f"lora_alpha of unet.{module} in the metadata") / root
+
+
+def _check_pair(name: str, down: torch.Tensor, up: torch.Tensor) -> int:
+    """The rank of a lora_A (down) / lora_B (up) pair that can be loaded; a one-line error naming ``name``
+    otherwise (ranks that differ, rank 0, a conv update with a kernel on its up side, wrong dimensions)."""
+    if down.ndim not in (2, 4) or up.ndim != down.ndim:
+        raise PrunerError(f"LoRA entry {name}: lora_A has {down.ndim} dimensions and lora_B {up.ndim}; expected "
+                          "2 and 2 (linear) or 4 and 4 (conv); the file is damaged")  # fmt: skip
+    rank = down.shape[0]
+    if rank == 0 or up.shape[1] != rank:
+        raise PrunerError(f"LoRA entry {name}: lora_A has rank {rank} and lora_B rank {up.shape[1]}; a loadable "
+                          "pair has one rank of at least 1 on both sides; the file is damaged")  # fmt: skip
+    if up.ndim == 4 and tuple(up.shape[2:]) != (1, 1):
+        raise PrunerError(f"LoRA entry {name}: lora_B has a {tuple(up.shape[2:])} kernel, expected (1, 1)")
+    return rank
 
 
 def _entry(down: torch.Tensor, up: torch.Tensor, scale: float) -> LoraEntry:
     return LoraEntry(down.contiguous(), (up * scale).to(up.dtype).contiguous())
 
 
+def _scale(alpha: torch.Tensor | None, rank: int, name: str, default: float) -> float:
+    """alpha / rank from an ``.alpha`` entry; ``default`` when there is none."""
+    return _number(alpha, f"alpha of LoRA entry {name}") / rank if alpha is not None else default
+
+
+def _check_text_pairs(text: Mapping[str, torch.Tensor]) -> None:
+    """Text-encoder entries are written as they are: each lora_A must still match its lora_B."""
+    for key, down in text.items():
+        if key.endswith(".lora_A.weight") and (up := text.get(key.replace(".lora_A.", ".lora_B."))) is not None:
+            _check_pair(key.removesuffix(".lora_A.weight"), down, up)
+
+
 def _parse_diffusers(state: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> ParsedLora:
     unet: dict[str, LoraEntry] = {}
     text: dict[str, torch.Tensor] = {}
     skipped: dict[str, str] = {}
+    cfg = _adapter_metadata(meta)
     for key, tensor in state.items():
         if key.startswith(_TEXT_PREFIXES):
             text[key] = tensor
@@ -152,12 +208,12 @@ def _parse_diffusers(state: Mapping[str, torch.Tensor], meta: Mapping[str, str])
             if up is None:
                 skipped[key] = "lora_A without its lora_B"
                 continue
-            alpha = state.get(f"unet.{module}.alpha")
-            rank = tensor.shape[0]
-            scale = float(alpha) / rank if alpha is not None else _peft_scale(meta, module, rank)
+            rank = _check_pair(f"unet.{module}", tensor, up)
+            scale = _scale(state.get(f"unet.{module}.alpha"), rank, f"unet.{module}", _peft_scale(cfg, module, rank))
             unet[module] = _entry(tensor, up, scale)
         elif not key.endswith((".lora_B.weight", ".alpha")):
             skipped[key] = "not a LoRA A/B pair (DoRA, biases and LyCORIS variants are not carried)"
+    _check_text_pairs(text)
     return ParsedLora(unet, text, skipped)
 
 
@@ -188,9 +244,8 @@ def _parse_kohya(state: Mapping[str, torch.Tensor], teacher: nn.Module) -> Parse
         if module is None or up is None:
             skipped[stem] = "names no module of the teacher" if up is not None else "lora_down without its lora_up"
             continue
-        alpha = state.get(f"{stem}.alpha")
-        rank = tensor.shape[0]
-        unet[module] = _entry(tensor, up, float(alpha) / rank if alpha is not None else 1.0)
+        rank = _check_pair(stem, tensor, up)
+        unet[module] = _entry(tensor, up, _scale(state.get(f"{stem}.alpha"), rank, stem, 1.0))
     return ParsedLora(unet, {}, skipped)
 
 

@@ -22,7 +22,7 @@ from pruner.study.storage import storage_of
 from pruner.study.workers import counted
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "PRUNER_THREADS": "1", "OMP_NUM_THREADS": "1", "PRUNER_HEARTBEAT": "1"}
+WORKER_ENV = {"PRUNER_THREADS": "1", "OMP_NUM_THREADS": "1", "PRUNER_HEARTBEAT": "1"}
 
 
 def search_command(teacher: str, cache: Path, url: str, study: str, trials: int, out: Path, steps: int = 1) -> list:
@@ -32,7 +32,8 @@ def search_command(teacher: str, cache: Path, url: str, study: str, trials: int,
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    env = {**os.environ, **WORKER_ENV}  # read at the call: the test's pruner cache, not the user's
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
 def finish(worker: subprocess.Popen[bytes], log: Path) -> None:

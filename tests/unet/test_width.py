@@ -113,11 +113,12 @@ def test_a_width_pruned_teacher_is_priced_at_its_own_widths(tiny_sdxl, tmp_path:
     stage = nearest_expressible(Plan.removing([f"down_blocks.{len(narrow.down_blocks) - 1}"]), topology_of(narrow))
     plans = [Plan(), stage, stage.with_widths({1: 0.5}), *_width_plans(narrow, 5, seed=7)]
     from_folder = CostModel(unet_config(str(tmp_path / "narrow")), latent=latent, seq_len=SEQ, inner=inner)
-    for cost in (CostModel(narrow.config, latent=latent, seq_len=SEQ, teacher=narrow), from_folder):
-        for plan in plans:
-            student, _ = build_student(narrow, plan)
-            assert cost.params(plan) == sum(p.numel() for p in student.parameters()), plan
-            assert cost.macs(plan) == count_macs(student, latent, 1, SEQ).total, plan
+    from_model = CostModel(narrow.config, latent=latent, seq_len=SEQ, teacher=narrow)
+    for plan in plans:  # each student built and counted once, against both cost models
+        student, _ = build_student(narrow, plan)
+        params, macs = sum(p.numel() for p in student.parameters()), count_macs(student, latent, 1, SEQ).total
+        for cost in (from_model, from_folder):
+            assert (cost.params(plan), cost.macs(plan)) == (params, macs), plan
     assert CostModel(tiny_sdxl.config, latent=latent, seq_len=SEQ).macs(Plan()) == full_macs  # cache not poisoned
 
 

@@ -26,9 +26,11 @@ WORKER_ENV = {"PRUNER_THREADS": "1", "OMP_NUM_THREADS": "1", "PRUNER_HEARTBEAT":
 
 
 def search_command(teacher: str, cache: Path, url: str, study: str, trials: int, out: Path, steps: int = 1) -> list:
+    """A CLI worker; ``steps`` of proxy KD at the second rung, and no longer third rung (the default 10/3 of it:
+    40 steps for 12, which only lengthened the killed-worker test's surviving run)."""
     return [sys.executable, "-m", "pruner", "search", "--teacher", teacher, "--data", str(cache), "--budget", "50%",
-            "--trials", str(trials), "--proxy-steps", str(steps), "--calibration", "8", "--held-out", "4",
-            "--storage", url, "--study", study, "--out", str(out)]  # fmt: skip
+            "--trials", str(trials), "--proxy-steps", str(steps), "--top-steps", str(steps), "--calibration", "8",
+            "--held-out", "4", "--storage", url, "--study", study, "--out", str(out)]  # fmt: skip
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -22,6 +22,7 @@ from search_vs_heuristics import distill_trial
 
 from pruner.runtime import default_threads
 from pruner.study.study import SearchConfig, run_search
+from pruner.teacher import Teacher
 
 SPACES = ("default", "depth-width")
 
@@ -45,7 +46,7 @@ def run_space(space: str, args: argparse.Namespace) -> tuple[float, list[dict]]:
                        out=root / "recipes", seed=args.seed)  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = run_search(cfg)
+    result = run_search(cfg, Teacher.resolve(cfg.teacher))
     minutes = (time.perf_counter() - start) / 60
     rows = []
     for trial in best_trials(result.study, args.plans):

@@ -17,7 +17,7 @@ import time
 import torch
 from accelerate import Accelerator
 
-from pruner.diffusion import noise_scheduler
+from pruner.diffusion import sdxl_scheduler
 from pruner.distillation.engine import teacher_pass
 from pruner.distillation.losses import LossWeights
 from pruner.distillation.trainer import Distiller, TrainSettings, collate
@@ -95,7 +95,7 @@ def main() -> None:
         student, _ = build_student(teacher, plan)
         pairs = feature_map(layout_of(plan, topo), topo, level)  # type: ignore[arg-type]
         settings = TrainSettings(steps=10**6, learning_rate=1e-5, batch_size=args.batch, weights=LossWeights())
-        d = Distiller(student, teacher, pairs, data, settings, noise_scheduler=noise_scheduler("sdxl"), accelerator=acc)
+        d = Distiller(student, teacher, pairs, data, settings, noise_scheduler=sdxl_scheduler(), accelerator=acc)
         batch = collate(data, d.sampler.rows(args.batch))
         for _ in range(2):
             d.step()

@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 
 from pruner.cost.latency import measure_latency
-from pruner.diffusion import noise_scheduler
+from pruner.diffusion import sdxl_scheduler
 from pruner.distillation.losses import LossWeights
 from pruner.distillation.trainer import Distiller, TrainSettings
 from pruner.recipe import load_recipe
@@ -70,7 +70,7 @@ def distill_step_figures(teacher, recipe_path: Path, rows, acc: Accelerator, ste
     if acc.device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    d = Distiller(student, teacher, pairs, rows, settings, noise_scheduler=noise_scheduler("sdxl"), accelerator=acc)
+    d = Distiller(student, teacher, pairs, rows, settings, noise_scheduler=sdxl_scheduler(), accelerator=acc)
     times = []
     for k in range(steps + 2):
         sync(acc.device)

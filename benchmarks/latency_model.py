@@ -24,16 +24,14 @@ from pruner.cost import CostModel
 from pruner.cost.latency import measure_latency
 from pruner.cost.latency_model import LatencyModel
 from pruner.runtime import default_threads
+from pruner.teacher import Teacher
 from pruner.unet import (
     Plan,
-    architecture_config,
     build_student,
-    load_unet,
     nearest_expressible,
     topology_of,
     unit_kinds,
 )
-from pruner.unet.load import resolve_model
 from pruner.unet.width import feed_forwards, ff_level
 
 
@@ -55,9 +53,10 @@ def random_plans(teacher: torch.nn.Module, n: int, seed: int, width: bool) -> li
 
 def _teacher(name: str, dtype: torch.dtype, device: str) -> torch.nn.Module:
     """The teacher's UNet; an architecture name (sdxl, sd15) gets random weights: timing needs no training."""
-    if resolve_model(name).kind != "architecture":
-        return load_unet(name, dtype=dtype, device=device)
-    return UNet2DConditionModel.from_config(architecture_config(name)).to(device, dtype).eval()
+    teacher = Teacher.resolve(name)
+    if teacher.has_weights:
+        return teacher.load(dtype=dtype, device=device)
+    return UNet2DConditionModel.from_config(teacher.config).to(device, dtype).eval()
 
 
 def main() -> None:

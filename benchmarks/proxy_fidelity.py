@@ -23,10 +23,12 @@ from pathlib import Path
 import torch
 from search_vs_heuristics import kendall_tau
 
+from pruner.budget import parse_budget
 from pruner.recipe import load_recipe
 from pruner.runtime import default_threads
 from pruner.study.proxy import proxy_score
 from pruner.study.study import SearchConfig, build_context
+from pruner.teacher import Teacher
 from pruner.unet import Plan
 
 VARIANTS = [(0, "constant"), (30, "constant"), (30, "cosine"), (100, "cosine")]
@@ -55,7 +57,7 @@ def main() -> None:
     for calibration in args.calibration:
         for held in args.held_out:
             cfg = SearchConfig(budget=budget, held_out=held, calibration=calibration, seed=args.seed)
-            ctx = build_context(cfg)
+            ctx = build_context(cfg, Teacher.resolve(cfg.teacher), parse_budget(cfg.budget))
             for (steps, schedule), lr in itertools.product(variants, args.lr):
                 start = time.perf_counter()
                 scores = [proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=steps, seed=args.seed,

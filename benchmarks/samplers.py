@@ -21,6 +21,7 @@ import torch
 
 from pruner.runtime import default_threads
 from pruner.study.study import SAMPLERS, SearchConfig, run_search
+from pruner.teacher import Teacher
 
 
 def summary(study: optuna.Study, seconds: float) -> dict[str, float]:
@@ -64,7 +65,7 @@ def main() -> None:
                                proxy_steps=args.proxy_steps, top_steps=args.top_steps, out=None, study=name,
                                storage=f"journal:{args.out / f'{name}.log'}", progress=False)  # fmt: skip
             start = time.perf_counter()
-            study = run_search(cfg).study
+            study = run_search(cfg, Teacher.resolve(cfg.teacher)).study
             rows.append((sampler, seed, summary(study, time.perf_counter() - start)))
             print(sampler, seed, rows[-1][2], flush=True)
     rungs = "/".join(map(str, SearchConfig(proxy_steps=args.proxy_steps, top_steps=args.top_steps).rungs))

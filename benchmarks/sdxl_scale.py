@@ -208,16 +208,16 @@ def against_vega(work: Path, tiny: bool, size: int, device_name: str | None = No
     """UNet latency of the found recipe's student and of Segmind-Vega's plan applied to the same teacher, for
     ``size`` pixel pictures, batch 2 (one picture with guidance), in the teacher's dtype on the search's device."""
     from pruner.cost.latency import measure_latency
-    from pruner.distillation.engine import resolve_device, teacher_dtype
-    from pruner.inspection import vae_scale_factor
+    from pruner.device import resolve_device, teacher_dtype
     from pruner.recipe import load_recipe
-    from pruner.unet import build_student, load_unet
-    from pruner.unet.load import resolve_model
+    from pruner.teacher import Teacher
+    from pruner.unet import build_student
 
     device = resolve_device(device_name)
-    teacher = load_unet(str(work / "teacher"), dtype=teacher_dtype(device), device=device)
+    resolved = Teacher.resolve(str(work / "teacher"))
+    teacher = resolved.load(dtype=teacher_dtype(device), device=device)
     vega = ROOT / "recipes" / ("tiny-sdxl-vega.yaml" if tiny else "sdxl-vega.yaml")
-    latent = size // vae_scale_factor(resolve_model(str(work / "teacher")))
+    latent = size // resolved.vae_scale
     parts = []
     for name, recipe in (("found", work / "recipes" / "found.yaml"), ("vega", vega)):
         student, _ = build_student(teacher, load_recipe(recipe).plan_obj())

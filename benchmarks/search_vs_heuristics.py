@@ -34,11 +34,13 @@ from pruner.distillation.run import DistillOptions, distill_recipe
 from pruner.evaluation import evaluate_student
 from pruner.recipe import save_recipe
 from pruner.runtime import default_threads
+from pruner.study.export import recipe_for_trial
 from pruner.study.front import best_quality_trial
 from pruner.study.sampler import ranked_plans
-from pruner.study.study import SearchConfig, recipe_for_trial, run_search
+from pruner.study.study import SearchConfig, run_search
 from pruner.study.workers import plan_key
-from pruner.unet import Plan, meta_unet, topology_of, unet_config
+from pruner.teacher import Teacher
+from pruner.unet import Plan, meta_unet, topology_of
 
 HAND = ("bk", "koala", "ssd", "vega")
 
@@ -133,14 +135,14 @@ def final_of(study: optuna.Study, trial: optuna.trial.FrozenTrial, root: Path, a
         raise Claimed(key)
     try:
         settings = study.user_attrs["search"]
-        teacher_cfg = unet_config(settings["teacher"])
-        recipe = recipe_for_trial(settings, teacher_cfg, topology_of(meta_unet(teacher_cfg)), study.study_name, trial)
+        teacher = Teacher.resolve(settings["teacher"])
+        recipe = recipe_for_trial(settings, teacher, topology_of(meta_unet(teacher.config)), study.study_name, trial)
         path = save_recipe(recipe, root / "plans" / f"{key}.yaml")
         start = time.perf_counter()
         opts = DistillOptions(steps=args.final_steps, data=settings["data"], seed=0, batch_size=args.final_batch)
         distill_recipe(path, root / "students" / key, opts)
         seconds = time.perf_counter() - start
-        r = evaluate_student(root / "students" / key, settings["teacher"], n_prompts=args.eval_n, grid_path=None)
+        r = evaluate_student(root / "students" / key, teacher, n_prompts=args.eval_n, grid_path=None)
         final = Final(key, args.final_steps, r.kd_loss, r.psnr, r.prompt_accuracy, r.prompt_accuracy_se, seconds)
         done.write_text(json.dumps(asdict(final)))
         return final
@@ -154,7 +156,7 @@ def search(budget: str, seed: int, root: Path, args: argparse.Namespace) -> tupl
                        top_steps=args.top_steps, sampler=args.sampler, seed=seed,
                        storage=f"journal:{root / f'{name}.log'}", study=name, out=None)  # fmt: skip
     start = time.perf_counter()
-    result = run_search(cfg)
+    result = run_search(cfg, Teacher.resolve(cfg.teacher))
     seconds = time.perf_counter() - start
     # a rerun over a finished study (to pool seeds searched in parallel runs) reports the first run's time
     seconds = float(result.study.user_attrs.get("benchmark_search_s", seconds))

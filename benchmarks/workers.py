@@ -121,8 +121,9 @@ def main() -> None:
     kinds = args.storages.split(",")
     if args.data is None:  # built once here: workers starting together would each build it
         from pruner.distillation.data import tiny_sdxl_cache
+        from pruner.teacher import Teacher
 
-        args.data = str(tiny_sdxl_cache())
+        args.data = str(tiny_sdxl_cache(Teacher.resolve("tiny-sdxl")))
     rows = []
     with tempfile.TemporaryDirectory(prefix="pruner-workers-") as tmp:
         postgres = None

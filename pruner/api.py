@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pruner import defaults
-from pruner.errors import PrunerError
 from pruner.io import check_output_dir, check_output_file
 from pruner.recipe import Recipe, load_recipe
 from pruner.runtime import out_of_memory_advice
@@ -65,7 +64,7 @@ class SearchResult:
 
     def save(self, output: str | Path) -> dict[str, Path]:
         """Write ``found.yaml``, ``front/*.yaml`` and ``front.png`` under ``output``."""
-        from pruner.study.study import export_study
+        from pruner.study.export import export_study
 
         self.files = export_study(self.study, Path(output))
         return self.files
@@ -91,25 +90,6 @@ def _caller_state_kept() -> Iterator[None]:
             optuna.logging.set_verbosity(verbosity)
 
 
-def _teacher_reference(teacher: str | UNet2DConditionModel) -> tuple[str, UNet2DConditionModel | None]:
-    """A reference recipes can name, and the already-loaded model when one was given."""
-    if isinstance(teacher, str):
-        return teacher, None
-    from pruner.unet.load import resolve_model
-
-    name = str(getattr(teacher.config, "_name_or_path", "") or "")
-    try:
-        resolve_model(name)
-    except PrunerError:
-        name = ""
-    if not name:
-        raise PrunerError(
-            "the teacher model was not loaded from a hub id or folder, so recipes could not name it; "
-            "save it with teacher.save_pretrained(DIR) and pass DIR (or the hub id) as the teacher"
-        )
-    return name, teacher
-
-
 def cache(
     data: str | Path,
     output: str | Path,
@@ -124,11 +104,13 @@ def cache(
     VAE and text encoders into a latent cache at ``output``, which :func:`search` and :func:`distill` take as
     ``data``. ``resolution``: pixels a side (default the teacher's native size; 512 for SDXL on a 24 GB card).
     Unreadable pictures are skipped and counted; calling again on the same ``output`` resumes."""
+    from pruner.device import resolve_device
     from pruner.distillation.cache import build_cache
-    from pruner.distillation.engine import resolve_device
+    from pruner.teacher import Teacher
 
+    resolved = Teacher.resolve(teacher)  # once, here: the cache reads the resolved teacher
     with _caller_state_kept(), out_of_memory_advice("encoding the data", CACHE_MEMORY_FIX):
-        return build_cache(data, teacher, output, resolution=resolution, batch_size=batch_size, progress=progress,
+        return build_cache(data, resolved, output, resolution=resolution, batch_size=batch_size, progress=progress,
                            device=resolve_device(device))  # fmt: skip
 
 
@@ -173,13 +155,15 @@ def search(
     proxy's students under ``mixed_precision`` autocast (default bf16 on a GPU). Files (found.yaml,
     front/*.yaml, front.png) are written only when ``output`` is given.
     """
-    from pruner.study.study import SearchConfig, run_search, study_recipes
+    from pruner.study.export import study_recipes
+    from pruner.study.study import SearchConfig, run_search
+    from pruner.teacher import Teacher
 
-    ref, model = _teacher_reference(teacher)
+    resolved = Teacher.resolve(teacher)  # once, here: the search, its recipes and its export read this one
     if output is not None:
         check_output_dir(output, "output folder")  # before any compute
     cfg = SearchConfig(
-        teacher=ref, teacher_model=model, budget=budget, objectives=tuple(objectives), trials=trials,
+        teacher=resolved.reference, budget=budget, objectives=tuple(objectives), trials=trials,
         proxy_steps=proxy_steps, top_steps=top_steps, sampler=sampler, noise_seeds=noise_seeds,
         data=None if data is None else str(data),
         prompts=None if prompts is None else str(prompts), space=space, storage=storage or "memory", study=study,
@@ -187,8 +171,8 @@ def search(
         device=device, mixed_precision=mixed_precision, progress=progress,
     )  # fmt: skip
     with _caller_state_kept(), out_of_memory_advice("searching", SEARCH_MEMORY_FIX):
-        raw = run_search(cfg, status=status or (lambda _m: None))
-    found, front = study_recipes(raw.study)
+        raw = run_search(cfg, resolved, status=status or (lambda _m: None))
+    found, front = study_recipes(raw.study, resolved)
     written = {"found": raw.found, "front_dir": raw.front_dir, "plot": raw.plot}
     files = {k: v for k, v in written.items() if v is not None}
     return SearchResult(raw.study, found, front, raw.storage, raw.data, files)
@@ -250,12 +234,14 @@ def evaluate(
     (``auto``: bf16 on a GPU, fp32 on a CPU; or ``fp32``, ``bf16``, ``fp16``); a student given as a model
     comes back on its own device and dtype."""
     from pruner.evaluation import evaluate_student
+    from pruner.teacher import Teacher
 
+    resolved = Teacher.resolve(teacher)  # once, here
     if grid is not None:
         check_output_file(grid, "grid file")  # before any compute
     with _caller_state_kept(), out_of_memory_advice("evaluating", EVAL_MEMORY_FIX):
         return evaluate_student(
-            student, teacher, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
+            student, resolved, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
             prompts_file=None if prompts_file is None else Path(prompts_file),
             grid_path=None if grid is None else Path(grid), device=device, resolution=resolution, dtype=dtype,
         )  # fmt: skip
@@ -287,9 +273,9 @@ def build_student(
     (``down_blocks.2.attentions.0.transformer_blocks.3-9`` names a run). Magnitude-ranked feed-forward
     channels where the plan narrows widths.
     """
-    from pruner.unet.load import load_unet
+    from pruner.teacher import Teacher
     from pruner.unet.surgery import build_student as build
 
-    model = load_unet(teacher) if isinstance(teacher, str) else teacher
+    model = Teacher.resolve(teacher).load() if isinstance(teacher, str) else teacher
     student, _ = build(model, _as_plan(plan), device=device)
     return student

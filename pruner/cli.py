@@ -317,9 +317,9 @@ def front(
 ) -> None:
     """Show a study's Pareto-optimal trials (params, MACs, latency, proxy loss, removed units) and plot the front
     with the heuristic seeds marked."""
+    from pruner.study.export import export_study
     from pruner.study.front import front_table, plot_front
     from pruner.study.storage import default_storage, load_existing_study
-    from pruner.study.study import export_study
 
     with user_errors():
         if export is not None:
@@ -391,8 +391,7 @@ def distill(
     """Train a recipe's student with task loss, output KD and layer-level feature KD, stage by stage.
     Many GPUs: `accelerate launch -m pruner distill RECIPE ...`."""
     import pruner.api
-    from pruner.distillation.engine import resolve_device, slow_half_note
-    from pruner.distillation.run import check_precision
+    from pruner.device import check_precision, resolve_device, slow_half_note
     from pruner.recipe import load_recipe
 
     with user_errors():

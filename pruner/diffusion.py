@@ -27,7 +27,6 @@ __all__ = [
     "generate",
     "image_grid",
     "noise_batch",
-    "noise_scheduler",
     "sdxl_scheduler",
     "time_ids",
 ]
@@ -39,16 +38,6 @@ VAE_SCALE = 8
 def sdxl_scheduler() -> DDPMScheduler:
     """SDXL's training noise schedule (scaled-linear betas, 1000 steps, epsilon prediction)."""
     return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-
-
-def noise_scheduler(teacher: str) -> DDPMScheduler:
-    """The teacher's training noise schedule (its pipeline's scheduler config), SDXL's otherwise."""
-    from pruner.unet.load import resolve_model
-
-    ref = resolve_model(teacher)
-    if ref.kind == "pipeline" and ref.path is not None and (ref.path / "scheduler").is_dir():
-        return DDPMScheduler.from_pretrained(ref.path, subfolder="scheduler")
-    return sdxl_scheduler()
 
 
 def default_resolution(unet_config: dict[str, Any], scale: int = VAE_SCALE) -> int:

@@ -38,7 +38,8 @@ from pruner.cost.latency import measure_latency
 from pruner.diffusion import conditioning, generate, image_grid
 from pruner.errors import PrunerError
 from pruner.io import read_prompts
-from pruner.unet.load import ModelRef, load_pipeline, load_unet, resolve_model
+from pruner.teacher import Teacher
+from pruner.unet.load import ModelRef, load_unet
 
 __all__ = [
     "DTYPES",
@@ -113,7 +114,7 @@ def _student_on(
 def eval_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` is the dtype a frozen teacher takes on ``device`` (bf16 on a GPU, fp16 where bf16 is
     missing, fp32 on a CPU); else one of ``DTYPES``."""
-    from pruner.distillation.engine import teacher_dtype
+    from pruner.device import teacher_dtype
 
     if name == "auto":
         return teacher_dtype(device)
@@ -207,7 +208,7 @@ def _accuracy(ref: ModelRef, images: list[Image.Image], prompts: list[str]) -> t
 @torch.no_grad()
 def evaluate_student(
     student_path: str | Path | UNet2DConditionModel,
-    teacher: str,
+    teacher: Teacher,
     *,
     n_prompts: int = defaults.EVAL_PROMPTS,
     steps: int = defaults.EVAL_STEPS,
@@ -223,14 +224,14 @@ def evaluate_student(
     """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available), at
     ``resolution`` pixels a side (default the teacher's native size), both UNets and the pipeline in
     ``dtype`` (``auto``: bf16 on a GPU, fp32 on a CPU; see ``eval_dtype``); see the module docstring."""
+    from pruner.device import resolve_device
     from pruner.diffusion import default_resolution
     from pruner.distillation.cache import check_resolution
-    from pruner.distillation.engine import resolve_device
 
     dev = resolve_device(device)
     torch_dtype = eval_dtype(dtype, dev)
-    ref = resolve_model(teacher)
-    pipe = load_pipeline(ref, device=dev, dtype=torch_dtype)
+    ref = teacher.ref
+    pipe = teacher.pipeline(device=dev, dtype=torch_dtype)
     if resolution is not None:
         check_resolution(resolution, pipe)
     side = resolution or default_resolution(dict(pipe.unet.config), int(pipe.vae_scale_factor))
@@ -242,7 +243,7 @@ def evaluate_student(
     grid = _grid(t_imgs, s_imgs, prompts, grid_path, grid_columns) if grid_path else None
     (s_acc, s_se), (t_acc, t_se) = _accuracy(ref, s_imgs, prompts), _accuracy(ref, t_imgs, prompts)
     return EvalReport(
-        _name(student_path), teacher, kd, _psnr(t_imgs, s_imgs), s_acc, t_acc, s_ms, t_ms,
+        _name(student_path), teacher.reference, kd, _psnr(t_imgs, s_imgs), s_acc, t_acc, s_ms, t_ms,
         s_params, sum(p.numel() for p in pipe.unet.parameters()), len(prompts), steps, guidance_scale,
         str(grid) if grid else None, prompt_accuracy_se=s_se, teacher_prompt_accuracy_se=t_se, resolution=side,
         dtype=str(torch_dtype).removeprefix("torch."),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,20 +10,19 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
+from pruner.compat.controlnet import controlnet_compatibility
 from pruner.cost.latency import Latency, measure_latency
 from pruner.cost.model import CostModel
-from pruner.diffusion import VAE_SCALE
 from pruner.errors import PrunerError
 from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe
-from pruner.unet.architectures import VAE_SCALES
-from pruner.unet.load import ModelRef, load_unet, resolve_model, unet_config
+from pruner.teacher import Teacher
 from pruner.unet.plan import Plan
 from pruner.unet.surgery import meta_unet
 from pruner.unet.units import Unit, list_units
 from pruner.unet.width import default_inner, ff_inner_sizes, ff_level, planned_inner_sizes, reshape_feed_forwards
 
-__all__ = ["Inspection", "inspect_model", "vae_scale_factor"]
+__all__ = ["Inspection", "inspect_model"]
 
 
 @dataclass
@@ -61,17 +59,6 @@ class Inspection:
         }  # fmt: skip
 
 
-def vae_scale_factor(ref: ModelRef | None) -> int:
-    """Pixels per latent pixel: the architecture's, or read from a pipeline's VAE, else Stable Diffusion's."""
-    if ref is not None and ref.kind == "architecture":
-        return VAE_SCALES[ref.target]
-    if ref is not None and ref.kind == "pipeline" and ref.path is not None:
-        vae = ref.path / "vae" / "config.json"
-        if vae.is_file():
-            return 2 ** (len(json.loads(vae.read_text())["block_out_channels"]) - 1)
-    return VAE_SCALE
-
-
 def _level_widths(model: UNet2DConditionModel) -> dict[int, float]:
     """Feed-forward keep ratio per level of a width-pruned model (empty for a depth-only one)."""
     n = len(model.down_blocks)
@@ -81,18 +68,33 @@ def _level_widths(model: UNet2DConditionModel) -> dict[int, float]:
     return widths
 
 
-def _target_model(
-    target: str,
-) -> tuple[str, dict[str, Any], ModelRef | None, UNet2DConditionModel | None, dict[int, float]]:
-    """(source kind, UNet config, model reference, loaded model or None, feed-forward widths) for any target."""
+@dataclass(frozen=True)
+class _Target:
+    """What is inspected: its kind, UNet config, VAE scale, loaded model (None: priced without weights),
+    feed-forward widths, and for a recipe its ControlNet verdict."""
+
+    source: str
+    config: dict[str, Any]
+    vae_scale: int
+    model: UNet2DConditionModel | None = None
+    widths: dict[int, float] = field(default_factory=dict)
+    controlnet: str | None = None
+
+
+def _target(target: str) -> _Target:
+    """Resolve the target once: a recipe (its student, priced on the recipe's teacher), else a model reference."""
     if Path(target).suffix in (".yaml", ".yml"):
         resolved = resolve_recipe(load_recipe(target), target)
-        return "recipe", resolved.config, None, None, _level_widths(resolved.meta_student())
-    ref = resolve_model(target)
-    if ref.kind in ("architecture", "hub"):
-        return ref.kind, unet_config(ref), ref, None, {}
-    model = load_unet(ref)
-    return ref.kind, unet_config(ref), ref, model, _level_widths(model)
+        verdict = controlnet_compatibility(resolved.plan, resolved.topology).line()
+        widths = _level_widths(resolved.meta_student())
+        return _Target("recipe", resolved.config, resolved.teacher.vae_scale, None, widths, verdict)
+    teacher = Teacher.resolve(target)
+    kind = teacher.ref.kind
+    if kind in ("architecture", "hub"):
+        return _Target(kind, teacher.config, teacher.vae_scale)
+    model = teacher.load()
+    controlnet = _student_controlnet_line(target) if kind in ("pipeline", "unet_folder") else None
+    return _Target(kind, teacher.config, teacher.vae_scale, model, _level_widths(model), controlnet)
 
 
 def _materialised(
@@ -106,15 +108,11 @@ def _materialised(
     return model.to(device).eval()
 
 
-def _controlnet_line(target: str, source: str) -> str | None:
-    """The ControlNet verdict of a recipe, or of a student folder with its recipe.yaml (None for others)."""
+def _student_controlnet_line(target: str) -> str | None:
+    """The ControlNet verdict of a student folder with its recipe.yaml (None for a folder without one)."""
     from pruner.compat.controlnet import recipe_compatibility
     from pruner.compat.target import student_recipe
 
-    if source == "recipe":
-        return recipe_compatibility(load_recipe(target)).line()
-    if source not in ("pipeline", "unet_folder"):
-        return None
     try:
         return recipe_compatibility(student_recipe(target)[1]).line()
     except PrunerError:
@@ -136,12 +134,12 @@ def inspect_model(
     on_status: Callable[[str], None] = lambda _msg: None,
 ) -> Inspection:
     """Inspect a hub id, folder, single file, architecture name or recipe (then: the student it makes)."""
-    source, config, ref, model, widths = _target_model(target)
-    scale = vae_scale_factor(ref)
-    resolution = resolution or int(config.get("sample_size", 64)) * scale
-    latent = max(1, resolution // scale)
+    found = _target(target)
+    config, widths = found.config, found.widths
+    resolution = resolution or int(config.get("sample_size", 64)) * found.vae_scale
+    latent = max(1, resolution // found.vae_scale)
     need_real = macs or latency
-    real = _materialised(config, model, "cpu", widths) if need_real else None
+    real = _materialised(config, found.model, "cpu", widths) if need_real else None
     if macs:
         on_status(f"counting MACs at {resolution}px with fvcore (cached after the first time)")
     # a width-pruned model is priced by composition on its full-width config (its MACs never enter the cache)
@@ -149,8 +147,8 @@ def inspect_model(
     base = Plan(ff_keep=tuple(widths.items()))
     units = list_units(cost.topology, cost, base)
     total = cost.cost(base)
-    report = Inspection(target, source, total.params, total.macs, resolution, latent, batch, units, config=config)
-    report.controlnet = _controlnet_line(target, source)
+    report = Inspection(target, found.source, total.params, total.macs, resolution, latent, batch, units,
+                        config=config, controlnet=found.controlnet)  # fmt: skip
     if latency and real is not None:
         on_status(f"timing on {device}")
         dtype = torch.float16 if device.startswith("cuda") else torch.float32

@@ -3,7 +3,8 @@
 Every file pruner writes goes through :func:`atomic_path` (or a helper built on it): the content lands in a
 temporary file in the same folder, is flushed and fsynced, then ``os.replace``-d over the final name, so a
 reader (or a run killed halfway) sees the old file or the new one, never half of one. Folders are built
-under a temporary name and published with :func:`publish_dir`.
+under a temporary name and published with :func:`publish_dir`. :func:`cache_dir` is where pruner keeps what
+it computes once per machine (cost counts, the bundled data set, calibration backing files).
 
 Two runs never write one output at once: :func:`output_lock` holds an ``flock`` on ``.NAME.lock`` beside the
 output for the run (the kernel drops it when the process dies, even by SIGKILL, so a crash never leaves
@@ -33,6 +34,7 @@ from pruner.errors import DiskFull, OutputInUse, PrunerError
 
 __all__ = [
     "atomic_path",
+    "cache_dir",
     "check_output_dir",
     "check_output_file",
     "check_storage_path",
@@ -112,6 +114,14 @@ def publish_dir(tmp: str | Path, final: str | Path) -> Path:
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def cache_dir() -> Path:
+    """``$PRUNER_CACHE_DIR`` or ``$XDG_CACHE_HOME/pruner`` (``~/.cache/pruner``)."""
+    root = os.environ.get("PRUNER_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pruner"
 
 
 def _existing_ancestor(path: Path) -> Path:

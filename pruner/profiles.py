@@ -10,7 +10,6 @@ user's data (``pruner cache``) or prompts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 __all__ = ["PUBLISHED", "TINY_SDXL", "TeacherProfile", "profile_for"]
 
@@ -25,15 +24,7 @@ class TeacherProfile:
     batch_size: int
     steps: int
     learning_rate: float
-    bundled_data: bool  # pruner can synthesize this teacher's training data itself
-
-    def default_data(self) -> Path | None:
-        """The latent cache of the teacher's own data set (built on first use), if it has one."""
-        if not self.bundled_data:
-            return None
-        from pruner.distillation.data import tiny_sdxl_cache
-
-        return tiny_sdxl_cache()
+    bundled_data: bool  # pruner can synthesize this teacher's training data itself (pruner.distillation.data)
 
 
 TINY_SDXL = TeacherProfile(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from pruner.cost.model import CostModel
 from pruner.errors import PrunerError, RecipeError, UnknownUnitError
 from pruner.io import publish_dir, temp_dir_beside, write_text
 from pruner.recipe import Recipe, StudentSpec, dump_recipe
+from pruner.teacher import Teacher
 from pruner.unet.config import ARCH_FIELDS, student_config
-from pruner.unet.load import architecture_config, load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.plan import Layout, Plan, check_expressible
 from pruner.unet.surgery import InitReport, build_student, meta_unet, sized_student
 from pruner.unet.topology import Topology, topology_of
@@ -33,44 +33,33 @@ __all__ = [
     "derive_student_spec",
     "resolve_recipe",
     "save_student",
-    "teacher_config_for",
-    "teacher_ff_inner_for",
 ]
 
 
 @dataclass(frozen=True)
 class ResolvedRecipe:
-    """A recipe checked against its teacher: the plan, its layout and the student config."""
+    """A recipe checked against its teacher: the teacher (resolved once), the plan, its layout and the
+    student config."""
 
     recipe: Recipe
-    teacher_config: dict[str, Any]
+    teacher: Teacher
     topology: Topology
     plan: Plan
     layout: Layout
     config: dict[str, Any]
-    teacher_inner: dict[str, int] = field(default_factory=dict)  # a width-pruned teacher's narrowed sizes
+
+    @property
+    def teacher_config(self) -> dict[str, Any]:
+        return self.teacher.config
+
+    @property
+    def teacher_inner(self) -> dict[str, int]:
+        """A width-pruned teacher's narrowed feed-forward sizes (empty for a full-width or weightless one)."""
+        return self.teacher.ff_inner
 
     def meta_student(self) -> UNet2DConditionModel:
         """The student on the meta device at the widths it will have: inherited, then narrowed by the plan."""
         return sized_student(self.config, self.layout, self.teacher_inner, self.plan.ff_ratios)
-
-
-def teacher_config_for(recipe: Recipe) -> dict[str, Any]:
-    """The teacher's UNet config: from its weights' folder or the hub, else from the named architecture."""
-    try:
-        return unet_config(recipe.teacher.model)
-    except PrunerError:
-        if recipe.teacher.architecture:
-            return architecture_config(recipe.teacher.architecture)
-        raise
-
-
-def teacher_ff_inner_for(recipe: Recipe) -> dict[str, int]:
-    """A width-pruned teacher's narrowed feed-forward sizes (empty for a full-width or weightless one)."""
-    try:
-        return unet_ff_inner(recipe.teacher.model)
-    except PrunerError:
-        return {}
 
 
 def _arch_fields(config: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +93,10 @@ def _check_student(recipe: Recipe, source: str, config: dict[str, Any], params: 
 
 
 def resolve_recipe(recipe: Recipe, source: str = "<recipe>") -> ResolvedRecipe:
-    """Check a recipe's plan against its teacher and derive the student config."""
-    teacher_config = teacher_config_for(recipe)
+    """Resolve a recipe's teacher (once: every later step reads ``ResolvedRecipe.teacher``), check the plan
+    against it and derive the student config."""
+    teacher = Teacher.of_recipe(recipe.teacher)
+    teacher_config = teacher.config
     topo = topology_of(meta_unet(teacher_config))
     plan = recipe.plan_obj()
     try:
@@ -119,9 +110,8 @@ def resolve_recipe(recipe: Recipe, source: str = "<recipe>") -> ResolvedRecipe:
     except PrunerError as exc:
         raise RecipeError(f"{source}: {exc}") from exc
     config = student_config(teacher_config, layout, topo)
-    inner = teacher_ff_inner_for(recipe)
-    _check_student(recipe, source, config, CostModel(teacher_config, inner=inner).params(plan))
-    return ResolvedRecipe(recipe, teacher_config, topo, plan, layout, config, inner)
+    _check_student(recipe, source, config, CostModel(teacher_config, inner=teacher.ff_inner).params(plan))
+    return ResolvedRecipe(recipe, teacher, topo, plan, layout, config)
 
 
 def save_student(student: UNet2DConditionModel, recipe: Recipe, out_dir: str | Path) -> Path:
@@ -144,11 +134,11 @@ def save_student(student: UNet2DConditionModel, recipe: Recipe, out_dir: str | P
 def apply_recipe(recipe: Recipe, out_dir: str | Path, source: str = "<recipe>") -> tuple[Path, InitReport]:
     """Build the recipe's student from the teacher's weights (untrained) and save it."""
     resolved = resolve_recipe(recipe, source)
-    if resolve_model(recipe.teacher.model).kind == "architecture":
+    if resolved.teacher.located is not None and resolved.teacher.located.kind == "architecture":
         raise PrunerError(
             f"{source}: teacher {recipe.teacher.model} has no weights; point teacher.model at a folder or hub id"
         )
-    teacher = load_unet(recipe.teacher.model)
+    teacher = resolved.teacher.load()
     width = recipe.plan.width
     if width is not None and width.importance == "taylor":
         raise PrunerError(

@@ -129,7 +129,7 @@ def test_budget_rejects_impossible_values_when_built_directly() -> None:
     with pytest.raises(ValueError):
         Budget("params", 0.0, relative=False)
     with pytest.raises(ValueError):
-        Budget("watts", 1.0, relative=False)  # type: ignore[arg-type]
+        Budget("watts", 1.0, relative=False)
 
 
 def test_count_display_units() -> None:

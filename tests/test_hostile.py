@@ -324,12 +324,12 @@ def test_a_recipe_stores_its_data_relative_to_itself(tmp_path: Path) -> None:
 
 
 def test_the_bundled_data_is_named_symbolically(tmp_path: Path) -> None:
-    from pruner.cost.cache import cache_dir
     from pruner.distillation.data import BUNDLED_DATA, data_reference
+    from pruner.io import cache_dir
 
     bundled = cache_dir() / "data" / "tiny-sdxl-n4096-seed0-abc" / "cache"
-    assert data_reference("tiny-sdxl", str(bundled)) == BUNDLED_DATA
-    assert data_reference("tiny-sdxl", str(tmp_path / "mine")) == str(tmp_path / "mine")
+    assert data_reference(str(bundled)) == BUNDLED_DATA
+    assert data_reference(str(tmp_path / "mine")) == str(tmp_path / "mine")
 
 
 def test_help_shows_flags_without_placeholders() -> None:

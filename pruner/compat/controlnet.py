@@ -90,8 +90,8 @@ def check_compat(compat: Sequence[str], plan: Plan, topo: Topology) -> None:
 
 def recipe_compatibility(recipe: Recipe) -> ControlNetCompatibility:
     """A recipe's plan checked against the ControlNet rule on its teacher's topology."""
-    from pruner.student import teacher_config_for  # pruner.student checks compat with this module
+    from pruner.teacher import Teacher
     from pruner.unet.surgery import meta_unet
 
-    topo = topology_of(meta_unet(teacher_config_for(recipe)))
+    topo = topology_of(meta_unet(Teacher.of_recipe(recipe.teacher).config))
     return controlnet_compatibility(recipe.plan_obj(), topo)

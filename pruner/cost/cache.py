@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_dir", "cache_key", "read_cached", "write_cached"]
+from pruner.io import cache_dir, write_json
+
+__all__ = ["cache_key", "read_cached", "write_cached"]
 
 _VERSION = 1  # bump when the way counts are taken changes
-
-
-def cache_dir() -> Path:
-    """``$PRUNER_CACHE_DIR`` or ``$XDG_CACHE_HOME/pruner`` (``~/.cache/pruner``)."""
-    root = os.environ.get("PRUNER_CACHE_DIR")
-    if root:
-        return Path(root)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pruner"
 
 
 def cache_key(config: Mapping[str, Any], **shape: Any) -> str:
@@ -38,6 +30,4 @@ def read_cached(kind: str, key: str) -> dict[str, Any] | None:
 
 def write_cached(kind: str, key: str, payload: Mapping[str, Any]) -> None:
     """Write atomically: a reader never sees half a file."""
-    from pruner.io import write_json
-
     write_json(cache_dir() / kind / f"{key}.json", dict(payload), indent=None)

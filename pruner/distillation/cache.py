@@ -38,7 +38,7 @@ from pruner import __version__
 from pruner.diffusion import default_resolution
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_dir, output_lock, write_json
-from pruner.unet.load import load_pipeline, resolve_model, unet_config
+from pruner.teacher import Teacher
 
 __all__ = [
     "CACHE_FILE",
@@ -234,12 +234,6 @@ class _RowReader:
 
 
 # --------------------------------------------------------------------------- the teacher
-
-
-def _teacher_id(teacher: str) -> str:
-    """A spelling-independent name for the teacher: its resolved folder, or its hub id."""
-    ref = resolve_model(teacher)
-    return str(ref.path.resolve()) if ref.path is not None else ref.target
 
 
 def _pipeline_kind(pipe: Any, teacher: str) -> Kind:
@@ -457,7 +451,7 @@ def _check_arguments(batch_size: int, shard_size: int, dtype: str) -> None:
 
 def build_cache(
     data: str | Path,
-    teacher: str,
+    teacher: Teacher,
     out: str | Path,
     *,
     resolution: int | None = None,
@@ -478,17 +472,17 @@ def build_cache(
     rows, digest = read_metadata(data_dir)
     with output_lock(out_dir, "cache folder"):
         identity: dict[str, Any] = {"data": str(data_dir), "metadata_sha256": digest,
-                                    "teacher_id": _teacher_id(teacher), "dtype": dtype}  # fmt: skip
+                                    "teacher_id": teacher.identity, "dtype": dtype}  # fmt: skip
         existing = _existing_meta(out_dir)
         if existing is not None:
             _check_same(existing, identity, out_dir)
-        pipe = load_pipeline(teacher, dtype=torch.float32, device=device, with_unet=False)
-        kind = _pipeline_kind(pipe, teacher)
+        pipe = teacher.pipeline(dtype=torch.float32, device=device, with_unet=False)
+        kind = _pipeline_kind(pipe, teacher.reference)
         # the UNet's config (the pipeline is loaded without it) at the VAE's scale
-        identity["resolution"] = resolution or default_resolution(unet_config(teacher), int(pipe.vae_scale_factor))
+        identity["resolution"] = resolution or default_resolution(teacher.config, int(pipe.vae_scale_factor))
         check_resolution(identity["resolution"], pipe)
         meta = _start_or_resume(
-            out_dir, existing, identity, lambda: _fresh_meta(identity, teacher, kind, pipe, len(rows))
+            out_dir, existing, identity, lambda: _fresh_meta(identity, teacher.reference, kind, pipe, len(rows))
         )
         resumed = existing is not None and meta["next_row"] > 0
         reader = _RowReader(data_dir, rows, meta["next_row"], meta["skipped"], identity["resolution"])

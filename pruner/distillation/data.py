@@ -8,10 +8,22 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pruner.cost.cache import cache_dir
+from pruner.io import cache_dir
 
-__all__ = ["BUNDLED_DATA", "BUNDLED_ROWS", "BUNDLED_SEED", "bundled_captions", "data_reference", "tiny_sdxl_cache"]
+if TYPE_CHECKING:
+    from pruner.teacher import Teacher
+
+__all__ = [
+    "BUNDLED_DATA",
+    "BUNDLED_ROWS",
+    "BUNDLED_SEED",
+    "bundled_captions",
+    "data_reference",
+    "default_data",
+    "tiny_sdxl_cache",
+]
 
 BUNDLED_DATA = "bundled:tiny-sdxl"  # how a recipe names the bundled teacher's synthesised set
 # The bundled set (distillation data and search calibration rows): its size and seed live here alone.
@@ -19,8 +31,14 @@ BUNDLED_ROWS = 4096
 BUNDLED_SEED = 0
 
 
-def tiny_sdxl_cache(n: int = BUNDLED_ROWS, seed: int = BUNDLED_SEED, progress: bool = True) -> Path:
-    """Captioned shape pictures for ``tiny-sdxl``, encoded into a latent cache once (resumed if interrupted)."""
+def default_data(teacher: Teacher, progress: bool = True) -> Path | None:
+    """The latent cache of the teacher's own data set (built on first use), if its profile has one."""
+    return tiny_sdxl_cache(teacher, progress=progress) if teacher.profile.bundled_data else None
+
+
+def tiny_sdxl_cache(teacher: Teacher, n: int = BUNDLED_ROWS, seed: int = BUNDLED_SEED, progress: bool = True) -> Path:
+    """Captioned shape pictures for ``tiny-sdxl``, encoded by ``teacher`` (the bundled one) into a latent
+    cache once (resumed if interrupted)."""
     from pruner.distillation.cache import build_cache
     from pruner.tiny.synth import write_dataset
 
@@ -30,7 +48,7 @@ def tiny_sdxl_cache(n: int = BUNDLED_ROWS, seed: int = BUNDLED_SEED, progress: b
         if not (images / "metadata.jsonl").is_file():
             write_dataset(images, n, seed, progress=progress)
         if not (cache / "cache.json").is_file() or _incomplete(cache):
-            build_cache(images, "tiny-sdxl", cache, progress=progress)
+            build_cache(images, teacher, cache, progress=progress)
     return cache
 
 
@@ -79,12 +97,10 @@ def _incomplete(cache: Path) -> bool:
     return not json.loads((cache / "cache.json").read_text()).get("complete", False)
 
 
-def data_reference(teacher: str, path: str | None) -> str | None:
+def data_reference(path: str | None) -> str | None:
     """How a recipe records its training data: ``bundled:tiny-sdxl`` for the bundled teacher's synthesised
     cache (its folder differs per machine and is rebuilt on demand), otherwise the path as given."""
-    from pruner.profiles import profile_for
-
-    if path is None or not profile_for(teacher).bundled_data:
+    if path is None:
         return path
     bundled = (cache_dir() / "data").resolve()
     resolved = Path(path).resolve()

@@ -23,6 +23,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
+from pruner.device import autocast_dtype
 from pruner.diffusion import noise_batch
 from pruner.distillation.hooks import FeatureRecorder
 from pruner.distillation.losses import LossTerms, LossWeights, distill_loss, min_snr_weights, task_target
@@ -35,13 +36,9 @@ __all__ = [
     "PlainRuntime",
     "Runtime",
     "TeacherOut",
-    "current_device",
     "held_out_kd",
     "make_optimizer",
     "output_kd_gradients",
-    "resolve_device",
-    "slow_half_note",
-    "teacher_dtype",
     "teacher_pass",
 ]
 
@@ -124,68 +121,14 @@ class Runtime(Protocol):
     def clip(self, params: Iterable[nn.Parameter], max_norm: float) -> None: ...
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``cuda`` when one is available and no device is named; a named GPU that is missing is an error."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise PrunerError(f"device {device} is not available here; use cpu or one of the visible GPUs")
-    return dev
-
-
-_PRECISIONS = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def slow_half_note(device: torch.device, mixed_precision: str | None) -> str | None:
-    """A warning for bf16/fp16 on a CPU without native bf16 instructions (AVX512-BF16 or AMX), where torch
-    emulates half-precision matmuls: 93x slower than fp32 on an AVX2 EPYC (1024x1280 by 1280x5120)."""
-    if device.type != "cpu" or _PRECISIONS.get(mixed_precision or "no") is None:
-        return None
-    native = (
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
-    if native:
-        return None
-    return (
-        f"this CPU has no native bf16 instructions: --mixed-precision {mixed_precision} runs many times slower "
-        "than fp32 here (use --mixed-precision no)"
-    )
-
-
-def current_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """``device`` as torch's current CUDA device for the block (restored after), so that CUDA events, streams
-    and bare "cuda" tensors of a worker on cuda:1 are on cuda:1; nothing off a GPU."""
-    if device.type == "cuda" and device.index is not None:
-        return torch.cuda.device(device)
-    return contextlib.nullcontext()
-
-
-def teacher_dtype(device: torch.device, mixed_precision: str | None = None) -> torch.dtype:
-    """A frozen teacher's dtype: the students' autocast dtype when they train in half precision, on any
-    device (half the memory; on a CPU, the same path a GPU run takes); otherwise bf16 (fp16 where bf16 is
-    missing) on a GPU and fp32 on a CPU."""
-    half = _PRECISIONS.get(mixed_precision or "no")
-    if half is not None:
-        return torch.bfloat16 if half == torch.float16 and device.type == "cpu" else half
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 class PlainRuntime:
     """One process, one device, torch autocast for ``mixed_precision`` (``no``, ``bf16`` or ``fp16``)."""
 
     sync_gradients = True
 
     def __init__(self, device: torch.device | str = "cpu", mixed_precision: str = "no") -> None:
-        if mixed_precision not in _PRECISIONS:
-            raise PrunerError(f"mixed precision {mixed_precision!r}: use no, bf16 or fp16")
         self.device = torch.device(device)
-        self.dtype = _PRECISIONS[mixed_precision]
-        if self.dtype == torch.float16 and self.device.type == "cpu":
-            self.dtype = torch.bfloat16  # CPU autocast has no fp16 matmuls worth having
+        self.dtype = autocast_dtype(self.device, mixed_precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:

@@ -14,7 +14,7 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 from pruner.io import space_for
 from pruner.recipe import Recipe, dump_recipe
-from pruner.unet.load import load_pipeline, resolve_model
+from pruner.teacher import Teacher
 from pruner.unet.width import ff_inner_sizes, mark_width_config, save_unet
 
 __all__ = ["DONE_MARKER", "model_card", "write_outputs"]
@@ -76,7 +76,7 @@ def model_card(recipe: Recipe, metrics: dict[str, Any]) -> str:
 
 
 def write_outputs(
-    student: UNet2DConditionModel, recipe: Recipe, out: Path, result: Any, prompts: list[str],
+    student: UNet2DConditionModel, recipe: Recipe, teacher: Teacher, out: Path, result: Any, prompts: list[str],
     resolution: int | None = None,
 ) -> None:  # fmt: skip
     """Save the student (and pipeline), model card, recipe and metrics; each file renamed into place. The
@@ -87,29 +87,29 @@ def write_outputs(
     shutil.rmtree(tmp, ignore_errors=True)
     then = "free space there, then rerun the same command with --resume: the training is done, only the outputs remain"
     try:
-        with space_for(out, _output_bytes(student, recipe), then):
-            _write_into(tmp, student, recipe, result, prompts, resolution)
+        with space_for(out, _output_bytes(student, teacher), then):
+            _write_into(tmp, student, recipe, teacher, result, prompts, resolution)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _move_into(tmp, out)
 
 
-def _output_bytes(student: UNet2DConditionModel, recipe: Recipe) -> int:
+def _output_bytes(student: UNet2DConditionModel, teacher: Teacher) -> int:
     """About what the outputs take: the student's fp32 weights, and the teacher pipeline's other components."""
-    ref = resolve_model(recipe.teacher.model)
+    ref = teacher.located
     weights = sum(p.numel() * 4 for p in student.parameters())
-    if ref.kind == "pipeline" and ref.path is not None:
+    if ref is not None and ref.kind == "pipeline":
         weights += sum(f.stat().st_size for f in ref.path.rglob("*.safetensors") if "unet" not in f.parts)
     return weights
 
 
 def _write_into(
-    tmp: Path, student: UNet2DConditionModel, recipe: Recipe, result: Any, prompts: list[str], resolution: int | None
-) -> None:
-    ref = resolve_model(recipe.teacher.model)
-    if ref.kind in ("pipeline", "hub"):
-        pipe = load_pipeline(ref, device=student.device)  # the validation grid runs where the student trained
+    tmp: Path, student: UNet2DConditionModel, recipe: Recipe, teacher: Teacher, result: Any, prompts: list[str],
+    resolution: int | None,
+) -> None:  # fmt: skip
+    if teacher.located is not None and teacher.located.kind in ("pipeline", "hub"):
+        pipe = teacher.pipeline(device=student.device)  # the validation grid runs where the student trained
         pipe.unet = student if student.dtype == torch.float32 else student.to(torch.float32)
         pipe.save_pretrained(tmp, safe_serialization=True)
         inner = ff_inner_sizes(student)

@@ -23,8 +23,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from pruner.diffusion import noise_scheduler
-from pruner.distillation.engine import KDInputs, output_kd_gradients, teacher_dtype, teacher_pass
+from pruner.device import check_precision, teacher_dtype
+from pruner.distillation.engine import KDInputs, output_kd_gradients, teacher_pass
 from pruner.distillation.losses import LossTerms, LossWeights
 from pruner.distillation.progressive import composed_pairs, shrink, stage_chains
 from pruner.distillation.trainer import (
@@ -37,31 +37,19 @@ from pruner.distillation.trainer import (
 )
 from pruner.errors import PrunerError
 from pruner.io import check_output_dir, output_lock
-from pruner.profiles import profile_for
 from pruner.recipe import Recipe, StageSpec, load_recipe
 from pruner.student import ResolvedRecipe, resolve_recipe
-from pruner.unet.load import load_unet
+from pruner.teacher import Teacher
 from pruner.unet.surgery import build_student
 
 __all__ = [
-    "PRECISIONS",
     "DistillOptions",
     "DistillResult",
-    "check_precision",
     "distill_recipe",
-    "noise_scheduler_for",
     "run_fingerprint",
     "stage_steps",
+    "stage_teachers",
 ]
-
-PRECISIONS = ("no", "fp16", "bf16")
-
-
-def check_precision(value: str, name: str = "mixed_precision") -> str:
-    """``value`` if it is a mixed-precision mode accelerate supports here, else a one-line PrunerError."""
-    if value not in PRECISIONS:
-        raise PrunerError(f"{name} {value!r} is not one of {', '.join(PRECISIONS)}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -108,22 +96,17 @@ def stage_steps(stages: list[StageSpec], total: int | None) -> list[int]:
     return scaled
 
 
-def noise_scheduler_for(teacher: str) -> DDPMScheduler:
-    """The teacher's training noise schedule: ``pruner.diffusion.noise_scheduler`` (kept under this name)."""
-    return noise_scheduler(teacher)
-
-
-def _resolve_data(recipe: Recipe, data: str | None) -> Any:
+def _resolve_data(resolved: ResolvedRecipe, data: str | None) -> Any:
     from pruner.distillation.cache import LatentCache
-    from pruner.distillation.data import BUNDLED_DATA
+    from pruner.distillation.data import BUNDLED_DATA, default_data
 
-    profile = profile_for(recipe.teacher.model)
-    source = data or recipe.distill.data
+    teacher = resolved.teacher
+    source = data or resolved.recipe.distill.data
     if source == BUNDLED_DATA:
         source = None
-    if data is None and source is not None and not Path(source).exists() and profile.bundled_data:
+    if data is None and source is not None and not Path(source).exists() and teacher.profile.bundled_data:
         source = None  # a recipe found on another machine: synthesise the teacher's own data here
-    if source is None and (bundled := profile.default_data()) is not None:
+    if source is None and (bundled := default_data(teacher)) is not None:
         source = str(bundled)
     if source is None:
         raise PrunerError("no training data: pass --data CACHE (made with `pruner cache DATA --teacher T --out CACHE`)")
@@ -264,6 +247,12 @@ def _load_finished_stage(student: UNet2DConditionModel, ckpt: Path) -> None:
         raise PrunerError(f"checkpoint {ckpt} cannot be resumed ({first}); delete it or start a new --output") from exc
 
 
+def stage_teachers(resolved: ResolvedRecipe) -> list[Teacher]:
+    """Each stage's teacher, resolved once: the recipe's own, or the stage's (a fine-tune taught in turn)."""
+    named = {s.teacher: Teacher.resolve(s.teacher) for s in resolved.recipe.distill.stages if s.teacher}
+    return [named[s.teacher] if s.teacher else resolved.teacher for s in resolved.recipe.distill.stages]
+
+
 def _train_stages(
     resolved: ResolvedRecipe,
     student: UNet2DConditionModel,
@@ -277,6 +266,7 @@ def _train_stages(
     steps = result.settings["steps"]
     ckpt_dir = out / "checkpoints"
     chains = stage_chains(resolved)
+    teachers = stage_teachers(resolved)
     ckpt, progress = _resume_point(ckpt_dir, opts.resume, result.settings)
     applied = progress["stage"] if ckpt is not None else 0  # stages whose removal the student has
     for j in range(1, applied + 1):
@@ -291,11 +281,11 @@ def _train_stages(
         if k > applied:
             student, applied = shrink(student, stage.remove), k
         acc = _accelerator(out, opts)
-        teacher = frozen_teacher(stage.teacher or recipe.teacher.model, acc)
+        teacher = frozen_teacher(teachers[k], acc)
         pairs = composed_pairs(chains[k], stage.loss.feature_level)
         acc.init_trackers("distill", config={"recipe": recipe.name, "stage": k, "steps": steps[k]})
         d = Distiller(student, teacher, pairs, data, _settings(stage, steps[k], opts, recipe),
-                      noise_scheduler=noise_scheduler_for(stage.teacher or recipe.teacher.model),
+                      noise_scheduler=teachers[k].scheduler(),
                       accelerator=acc, held_out=held_out_rows(data, opts))  # fmt: skip
         if ckpt is not None and k == progress["stage"]:
             d.load_checkpoint(ckpt)
@@ -313,10 +303,10 @@ def _train_stages(
     return student
 
 
-def frozen_teacher(reference: str, acc: Accelerator) -> UNet2DConditionModel:
+def frozen_teacher(teacher: Teacher, acc: Accelerator) -> UNet2DConditionModel:
     """A stage's teacher, read from disk straight into the dtype the Distiller freezes it in (bf16 for a
     half-precision run: SDXL's 5 GB, not a 10 GB fp32 copy on the host first)."""
-    return load_unet(reference, dtype=teacher_dtype(acc.device, acc.mixed_precision))
+    return teacher.load(dtype=teacher_dtype(acc.device, acc.mixed_precision))
 
 
 def kd_gradients(
@@ -336,12 +326,12 @@ def kd_gradients(
 
 def _initial_student(resolved: ResolvedRecipe, data: Any, opts: DistillOptions) -> Any:
     """The recipe's student built from its teacher, feed-forwards narrowed as its plan says."""
-    teacher = load_unet(resolved.recipe.teacher.model, dtype=torch.float32)  # fp32 master weights to train
+    teacher = resolved.teacher.load(dtype=torch.float32)  # fp32 master weights to train
     width = resolved.recipe.plan.width
     if width is None or width.importance != "taylor":
         return build_student(teacher, resolved.plan, importance=width.importance if width else "magnitude")[0]
     n_rows = len(data) - held_out_rows(data, opts)
-    grad_fn = kd_gradients(teacher, data, noise_scheduler_for(resolved.recipe.teacher.model), n_rows, seed=opts.seed)
+    grad_fn = kd_gradients(teacher, data, resolved.teacher.scheduler(), n_rows, seed=opts.seed)
     return build_student(teacher, resolved.plan, importance="taylor", grad_fn=grad_fn)[0]
 
 
@@ -374,7 +364,7 @@ def _distill(resolved: ResolvedRecipe, out: Path, opts: DistillOptions) -> Disti
     result = DistillResult(out, 0, settings=run_fingerprint(resolved, stage_steps(resolved.recipe.distill.stages,
                                                                                  opts.steps), opts))  # fmt: skip
     _resume_point(out / "checkpoints", opts.resume, result.settings)  # a mismatch is refused before any compute
-    data = _resolve_data(resolved.recipe, opts.data)
+    data = _resolve_data(resolved, opts.data)
     torch.manual_seed(opts.seed)
     student = _initial_student(resolved, data, opts)
     student = _train_stages(resolved, student, data, out, opts, result)
@@ -383,8 +373,8 @@ def _distill(resolved: ResolvedRecipe, out: Path, opts: DistillOptions) -> Disti
 
         prompts = held_out_prompts(data, held_out_rows(data, opts))
         resolution = getattr(data, "meta", {}).get("resolution")  # the grid at the size the student trained at
-        write_outputs(student.eval(), trained_recipe(resolved.recipe, result.settings), out, result, prompts,
-                      resolution)  # fmt: skip
+        write_outputs(student.eval(), trained_recipe(resolved.recipe, result.settings), resolved.teacher, out, result,
+                      prompts, resolution)  # fmt: skip
     return result
 
 

@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from pruner.device import teacher_dtype
 from pruner.diffusion import added_cond
 from pruner.distillation.engine import (
     AccelerateRuntime,
@@ -36,7 +37,6 @@ from pruner.distillation.engine import (
     TeacherOut,
     held_out_kd,
     make_optimizer,
-    teacher_dtype,
     teacher_pass,
 )
 from pruner.distillation.hooks import FeatureRecorder

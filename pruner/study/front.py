@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from matplotlib.axes import Axes
@@ -22,17 +22,16 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from rich.table import Table
 
-from pruner.budget import count_scale, format_count
+from pruner.budget import KINDS, kind_of_attr
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, output_lock
 from pruner.recipe import Recipe, save_recipe
 from pruner.unet.plan import compress_names, expand_names
 
 __all__ = [
-    "COST_KEYS",
-    "CostKey",
     "best_quality_trial",
     "constraint_values",
+    "cost_keys",
     "describe_noise_floor",
     "export_front",
     "feasible_trials",
@@ -44,8 +43,6 @@ __all__ = [
     "rung_summary",
 ]
 
-CostKey = Literal["macs", "params", "latency_ms"]
-COST_KEYS: tuple[CostKey, ...] = ("macs", "params", "latency_ms")
 EXPORT_WAIT = 120.0  # seconds a worker waits for another worker of the study to finish writing --out
 NO_FEASIBLE = "no feasible trial finished; raise trials= or loosen budget="
 # Optuna < 5 (``constraints_func``) stored one list under this system attribute; Optuna 5 reads it too.
@@ -61,6 +58,11 @@ _SHORT_NAMES = (
     ("resnets.", "r"),
 )
 _SHORT_NAMES_CAPTION = "removed: d/u/mid = down/up/mid block, a = attention, r = resnet layer, t = transformer layers"
+
+
+def cost_keys() -> tuple[str, ...]:
+    """The trial attributes the front shows costs from: one per budget kind (``pruner.budget.KINDS``)."""
+    return tuple(kind.attr for kind in KINDS.values())
 
 
 # --- which trials ------------------------------------------------------------------------------------------
@@ -173,9 +175,7 @@ def _row(trial: FrozenTrial, names: Sequence[str]) -> dict[str, Any]:
     return {
         "number": trial.number,
         "label": _label(trial),
-        "params": _cost(trial, "params", names),
-        "macs": _cost(trial, "macs", names),
-        "latency_ms": _cost(trial, "latency_ms", names),
+        **{key: _cost(trial, key, names) for key in cost_keys()},
         "proxy_kd": _quality(trial),
         "n_removed": len(removed),
         "removed": ", ".join(compress_names(removed)),
@@ -203,28 +203,21 @@ def _cell(value: float | None, fmt: Callable[[float], str]) -> str:
     return "-" if value is None else fmt(value)
 
 
-_COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("params", "params", lambda v: format_count(v, "params")),
-    ("macs", "MACs", lambda v: format_count(v, "macs")),
-    ("latency_ms", "latency ms", lambda v: f"{v:.1f}"),
-)
-
-
 def front_table(study: optuna.Study, title: str | None = None) -> Table:
     """The Pareto front as a rich table; cost columns no trial measured are left out."""
     rows = front_rows(study)
     if title is None:
         title = f"Pareto front of {study.study_name}: {len(rows)} of {len(feasible_trials(study))} feasible trials"
-    costs = [c for c in _COLUMNS if any(r[c[0]] is not None for r in rows)]
+    costs = [k for k in KINDS.values() if any(r[k.attr] is not None for r in rows)]
     notes = [n for n in (rung_summary(study), describe_noise_floor(study)) if n]
     table = Table(title=title, caption="\n".join([_SHORT_NAMES_CAPTION, *notes]) if rows else None)
     widths = any(r["ff_keep"] for r in rows)
-    headers = ("trial", "seed", *(c[1] for c in costs), "proxy KD", "n removed", *(("FF keep",) if widths else ()))
+    headers = ("trial", "seed", *(k.noun for k in costs), "proxy KD", "n removed", *(("FF keep",) if widths else ()))
     for header in headers:
         table.add_column(header, justify="left" if header in ("seed", "FF keep") else "right", no_wrap=True)
     table.add_column("removed", overflow="fold")
     for r in rows:
-        cost_cells = [_cell(r[key], fmt) for key, _, fmt in costs]
+        cost_cells = [_cell(r[k.attr], k.format) for k in costs]
         quality = _cell(r["proxy_kd"], lambda v: f"{v:.4g}")
         ff = [" ".join(f"L{k}:{v:g}" for k, v in sorted(r["ff_keep"].items())) or "full"] if widths else []
         table.add_row(
@@ -277,15 +270,6 @@ def _points(trials: Sequence[FrozenTrial], x: str, names: Sequence[str]) -> list
     return points
 
 
-def _x_axis(x: str, largest: float) -> tuple[float, str]:
-    """(divisor, label with unit) of the cost axis: MACs in G or T, parameters in M or B, latency in ms."""
-    if x == "latency_ms":
-        return 1.0, "latency per UNet call (ms)"
-    scale, suffix = count_scale(largest, "macs" if x == "macs" else "params")
-    noun = "MACs per UNet call" if x == "macs" else "parameters"
-    return scale, f"{noun} ({suffix})" if suffix else noun
-
-
 def _staircase(front: Sequence[_Point]) -> list[_Point]:
     """The front as seen on this axis: points in cost order that improve quality on every cheaper one."""
     stairs: list[_Point] = []
@@ -327,8 +311,9 @@ def plot_front(study: optuna.Study, path: Path, x: str = "macs") -> Path:
 
     Uses matplotlib's Agg canvas directly (no pyplot), so it changes no global backend in a notebook.
     """
-    if x not in COST_KEYS:
-        raise PrunerError(f"cannot plot against {x!r}; choose one of {', '.join(COST_KEYS)}")
+    kind = kind_of_attr(x)
+    if kind is None:
+        raise PrunerError(f"cannot plot against {x!r}; choose one of {', '.join(cost_keys())}")
     names, feasible = _metric_names(study), feasible_trials(study)
     everyone = _points(feasible, x, names)
     if not everyone:
@@ -336,7 +321,7 @@ def plot_front(study: optuna.Study, path: Path, x: str = "macs") -> Path:
             NO_FEASIBLE if not feasible else f"no feasible trial recorded {x}; plot against macs or params"
         )
     front = _points(_pareto(study), x, names)
-    scale, x_label = _x_axis(x, max(p.x for p in everyone))
+    scale, x_label = kind.axis(max(p.x for p in everyone))
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -358,7 +343,8 @@ def plot_front(study: optuna.Study, path: Path, x: str = "macs") -> Path:
 def _plot_axis(study: optuna.Study, trials: Sequence[FrozenTrial]) -> str:
     """The cost to plot against: the study's first cost objective, else MACs, else parameters."""
     names = _metric_names(study)
-    candidates = [n for n in names[1:] if n in COST_KEYS] + ["macs", "params", "latency_ms"]
+    keys = cost_keys()
+    candidates = [n for n in names[1:] if n in keys] + ["macs", *keys]
     return next((c for c in candidates if any(_cost(t, c, names) is not None for t in trials)), "macs")
 
 

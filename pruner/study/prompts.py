@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pruner.io import read_prompts
+
+if TYPE_CHECKING:
+    from pruner.teacher import Teacher
 
 __all__ = ["prompt_latents"]
 
 
 @torch.no_grad()
 def prompt_latents(
-    teacher: str, prompts_file: Path, n: int, seed: int, steps: int = 20
+    teacher: Teacher, prompts_file: Path, n: int, seed: int, steps: int = 20
 ) -> list[dict[str, torch.Tensor]]:
     """Rows shaped like a latent cache's: the teacher generates one latent per prompt (cycled to ``n``)."""
     from pruner.diffusion import conditioning, generate
-    from pruner.unet.load import load_pipeline
 
     prompts = read_prompts(prompts_file, n)
-    pipe = load_pipeline(teacher)
+    pipe = teacher.pipeline()
     rows: list[dict[str, torch.Tensor]] = []
     for start in range(0, n, 16):
         chunk = prompts[start : start + 16]

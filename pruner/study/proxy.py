@@ -135,7 +135,7 @@ def memory_for_features(device: torch.device) -> int:
 
 def disk_for_features() -> int:
     """What a memory-mapped feature store may take: 40% of the free disk under pruner's cache folder."""
-    from pruner.cost.cache import cache_dir
+    from pruner.io import cache_dir
 
     cache_dir().mkdir(parents=True, exist_ok=True)
     return int(0.4 * shutil.disk_usage(cache_dir()).free)
@@ -164,7 +164,7 @@ def _allocate(plan: CalibrationPlan, shapes: dict[str, torch.Size]) -> tuple[dic
     if not plan.where.startswith("disk"):
         dev = torch.device(plan.where)
         return {n: torch.empty((plan.rows, *s), dtype=plan.dtype, device=dev) for n, s in shapes.items()}, None
-    from pruner.cost.cache import cache_dir
+    from pruner.io import cache_dir
 
     cache_dir().mkdir(parents=True, exist_ok=True)
     backing = tempfile.TemporaryFile(dir=cache_dir())  # noqa: SIM115  (lives as long as the calibration)

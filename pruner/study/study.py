@@ -11,12 +11,15 @@ Every plan is trained on the same rows in the same order (common random numbers)
 twice; after the trials, the found plan is scored again with other seeds and the spread (the noise
 floor) is stored beside the front. Heuristic seeds (the sensitivity one-shot first, then BK-SDM, KOALA,
 SSD-1B and Vega styles) are enqueued first, labelled, and always get past the zero-shot rung.
+
+The rung policy is ``pruner.study.rungs``; the front as recipes, ``pruner.study.export``; the budget's
+kind (its parser, cost function and display), ``pruner.budget``. The teacher comes resolved
+(``pruner.teacher.Teacher``) from the caller and the budget is parsed once, here.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import warnings
 from collections.abc import Callable
@@ -30,31 +33,23 @@ from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
 from pruner import defaults
-from pruner.budget import Budget, format_count, parse_budget
-from pruner.cost.latency_model import LatencyModel
+from pruner.budget import Budget, PlanCost, parse_budget
 from pruner.cost.model import CostModel
-from pruner.distillation.data import data_reference
-from pruner.distillation.engine import (
-    PlainRuntime,
-    Runtime,
-    current_device,
-    resolve_device,
-    slow_half_note,
-    teacher_dtype,
-)
+from pruner.device import current_device, resolve_device, slow_half_note, teacher_dtype
+from pruner.distillation.data import default_data
+from pruner.distillation.engine import PlainRuntime, Runtime
 from pruner.errors import PrunerError, SearchInterrupted
-from pruner.profiles import profile_for
-from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
-from pruner.student import derive_student_spec
+from pruner.study.export import export_study, slug
 from pruner.study.heuristics import seed_plans
 from pruner.study.proxy import Calibration, ProxyRun, build_calibration, proxy_batch, unit_sensitivity
 from pruner.study.repair import repair_to_budget
+from pruner.study.rungs import rung_steps, score_in_rungs
 from pruner.study.sampler import PlanSampler, PlanSpace, scored_plan
 from pruner.study.space import SearchSpace, decode, genome_of, load_space, suggest_genome, width_levels
 from pruner.study.storage import default_storage, storage_of, with_retries
 from pruner.study.storage import open_study as storage_open_study
 from pruner.study.workers import check_settings, claim_plan, claim_slot, counted, plan_key, run_worker, worker_seed
-from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
+from pruner.teacher import Teacher
 from pruner.unet.plan import Plan, compress_names, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology, topology_of
 
@@ -62,19 +57,16 @@ __all__ = [
     "SearchConfig",
     "SearchContext",
     "SearchResult",
+    "check_budget",
     "default_storage",
     "default_study_name",
-    "export_study",
     "finished",
     "run_search",
     "storage_of",
-    "study_recipes",
 ]
 
 OBJECTIVES = {"quality", "macs", "params", "latency"}
 SAMPLERS = ("mutation", "nsga2", "tpe")
-KEEP = (1 / 2, 1 / 3)  # share of plans of similar cost promoted from rung 0 (zero-shot), then from each later rung
-PEER_MACS = 0.15  # plans within this relative MACs distance compete for promotion
 
 
 @dataclass(frozen=True)
@@ -96,7 +88,6 @@ class SearchConfig:
     seed: int = 0
     calibration: int = defaults.CALIBRATION
     held_out: int = defaults.HELD_OUT
-    teacher_model: Any = None  # the teacher already loaded (``teacher`` still names it for recipes)
     progress: bool = True
     device: str | None = None  # None: cuda when available
     mixed_precision: str | None = None  # None: bf16 on a GPU (fp16 where bf16 is missing), no on a CPU
@@ -105,8 +96,7 @@ class SearchConfig:
     @property
     def rungs(self) -> tuple[int, ...]:
         """KD steps at each fidelity: 0 (zero-shot), ``proxy_steps``, ``top_steps`` (dropping empty rungs)."""
-        top = round(self.proxy_steps * 10 / 3) if self.top_steps is None else self.top_steps
-        return tuple(sorted({0, self.proxy_steps, max(self.proxy_steps, top)}))
+        return rung_steps(self.proxy_steps, self.top_steps)
 
 
 @dataclass
@@ -118,10 +108,6 @@ class SearchResult:
     storage: str
     data: str | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
 
 def _allow(space: SearchSpace, kinds: dict[str, str]) -> Callable[[str], bool]:
@@ -136,64 +122,49 @@ class SearchContext:
 
     cfg: SearchConfig
     space: SearchSpace
-    teacher: Any
+    teacher: Any  # the loaded teacher UNet, frozen on the search's device
     topo: Topology
     cost_model: CostModel
     budget: Budget
+    budget_cost: PlanCost  # a plan's cost in the budget's kind (a latency budget: the composed estimate, in ms)
     limit: float
     calib: Calibration
     sens: dict[str, float]
     data_path: str | None
-    latency_model: LatencyModel | None = None
     runtime: Runtime | None = None
     proxy_batch: int = 16
 
     def cost(self, plan: Plan) -> float:
-        """The plan's cost in the budget's metric (latency: the composed estimate, in ms)."""
-        return self._cost(plan)
+        """The plan's cost in the budget's kind and unit."""
+        return self.budget_cost(plan)
 
     def __post_init__(self) -> None:
-        # built once: repair asks both for every candidate
-        self._allow = _allow(self.space, unit_kinds(self.topo))
-        self._cost = _budget_cost(self.budget, self.cost_model, self.latency_model)
+        self._allow = _allow(self.space, unit_kinds(self.topo))  # built once: repair asks for every candidate
 
     def allow(self, name: str) -> bool:
         return self._allow(name)
 
 
-def _budget_cost(budget: Budget, cost: CostModel, latency: LatencyModel | None) -> Callable[[Plan], float]:
-    if budget.metric == "latency":
-        assert latency is not None, "a latency budget needs a latency model"
-        return latency.ms
-    return (lambda p: float(cost.params(p))) if budget.metric == "params" else (lambda p: float(cost.macs(p)))
-
-
-def _shown(value: float, budget: Budget) -> str:
-    return f"{value:.1f} ms" if budget.metric == "latency" else format_count(value, budget.metric)
-
-
-def _check_budget(
-    ctx_cost: Callable[[Plan], float], topo: Topology, budget: Budget, allow: Callable[[str], bool],
+def check_budget(
+    cost: PlanCost, topo: Topology, budget: Budget, allow: Callable[[str], bool],
     narrowest: tuple[tuple[int, float], ...] = (),
 ) -> float:  # fmt: skip
     """The budget's absolute limit, or a one-line error when no student of this space can meet it."""
-    total = ctx_cost(Plan())
+    total, shown = cost(Plan()), budget.kind.format
     limit = budget.limit(total)
     if limit >= total:
-        raise PrunerError(
-            f"budget {budget.describe()} is not below the teacher's {_shown(total, budget)}: nothing to remove"
-        )
+        raise PrunerError(f"budget {budget.describe()} is not below the teacher's {shown(total)}: nothing to remove")
     everything = Plan(frozenset(n for n in unit_kinds(topo) if allow(n)), narrowest)
-    floor = ctx_cost(nearest_expressible(everything, topo, prefer="remove"))
+    floor = cost(nearest_expressible(everything, topo, prefer="remove"))
     if floor > limit:
         raise PrunerError(
             f"budget {budget.describe()} is below the smallest student this search space can express "
-            f"({_shown(floor, budget)}, {100 * floor / total:.1f}% of the teacher); raise the budget or widen --space"
+            f"({shown(floor)}, {100 * floor / total:.1f}% of the teacher); raise the budget or widen --space"
         )
     return limit
 
 
-def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
+def _calibration_data(cfg: SearchConfig, teacher: Teacher) -> tuple[Any, str | None]:
     """The latent cache to calibrate on: --data, teacher-generated latents from --prompts, or the bundled set."""
     from pruner.distillation.cache import LatentCache
 
@@ -202,8 +173,8 @@ def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
     if cfg.prompts:
         from pruner.study.prompts import prompt_latents
 
-        return prompt_latents(cfg.teacher, Path(cfg.prompts), cfg.calibration + cfg.held_out, cfg.seed), None
-    path = profile_for(cfg.teacher).default_data()
+        return prompt_latents(teacher, Path(cfg.prompts), cfg.calibration + cfg.held_out, cfg.seed), None
+    path = default_data(teacher, progress=cfg.progress)
     if path is not None:
         return LatentCache(path), str(path)
     raise PrunerError(
@@ -211,62 +182,65 @@ def _calibration_data(cfg: SearchConfig) -> tuple[Any, str | None]:
     )
 
 
-def search_device(cfg: SearchConfig) -> torch.device:
+def search_device(cfg: SearchConfig, teacher: Teacher) -> torch.device:
     """Where the search runs: ``cfg.device``, else where a given teacher model lives, else cuda when available."""
-    if cfg.teacher_model is not None and not cfg.device:
-        return resolve_device(str(next(cfg.teacher_model.parameters()).device))
+    if teacher.model is not None and not cfg.device:
+        return resolve_device(str(next(teacher.model.parameters()).device))
     return resolve_device(cfg.device)
 
 
-def build_context(
-    cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None, sensitivity: dict[str, float] | None = None
-) -> SearchContext:
-    """Load the teacher, check the budget, build the calibration set and the unit sensitivities (measured,
-    unless ``sensitivity`` already holds every unit's: a study's, recorded by its first worker)."""
-    from pruner.diffusion import noise_scheduler
-    from pruner.inspection import vae_scale_factor
-
-    space = load_space(cfg.space)
-    budget = parse_budget(cfg.budget)
-    device = search_device(cfg)
-    runtime = _runtime(device, cfg.mixed_precision)
-    if cfg.teacher_model is not None:
-        teacher = cfg.teacher_model.to(device)
-    else:
-        teacher = load_unet(cfg.teacher, dtype=teacher_dtype(device, cfg.mixed_precision), device=device)
-    latent = int(unet_config(resolve_model(cfg.teacher)).get("sample_size", 64))
-    cost = CostModel(teacher.config, latent=latent, teacher=teacher)
-    latency = None
-    if budget.metric == "latency":
-        status(f"timing the teacher's modules on {next(teacher.parameters()).device} for the latency budget")
-        latency = LatencyModel(cost, teacher)
-    topo = topology_of(teacher)
-    kinds = unit_kinds(topo)
-    allow = _allow(space, kinds)
-    narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
-    limit = _check_budget(_budget_cost(budget, cost, latency), topo, budget, allow, narrowest)
+def _say_precision(status: Callable[[str], None], device: torch.device, model: Any, runtime: PlainRuntime,
+                   mixed_precision: str | None) -> None:  # fmt: skip
     autocast = str(runtime.dtype).removeprefix("torch.") if runtime.dtype else "off"
-    note = slow_half_note(device, cfg.mixed_precision)
+    note = slow_half_note(device, mixed_precision)
     if note:
         status(f"note: {note}")
     status(
-        f"teacher frozen on {device} in {str(teacher.dtype).removeprefix('torch.')}; students train "
+        f"teacher frozen on {device} in {str(model.dtype).removeprefix('torch.')}; students train "
         f"in fp32, autocast {autocast}; building the calibration set (teacher outputs and features, once)"
     )
-    data, data_path = _calibration_data(cfg)
-    batch = cfg.proxy_batch or proxy_batch(latent)
-    calib = build_calibration(teacher, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
-                              scheduler=noise_scheduler(cfg.teacher), seed=cfg.seed, batch=batch, status=status,
-                              vae_scale=vae_scale_factor(resolve_model(cfg.teacher)),
-                              progress=cfg.progress)  # fmt: skip
+
+
+def _sensitivities(
+    model: Any, topo: Topology, calib: Calibration, batch: int, cfg: SearchConfig,
+    recorded: dict[str, float] | None, status: Callable[[str], None],
+) -> dict[str, float]:  # fmt: skip
+    """Each unit's zero-shot KD when removed alone: the study's, when it recorded every unit's, else measured."""
+    kinds = unit_kinds(topo)
     units = [n for n in kinds if kinds[n] != "stage"]
-    if sensitivity is not None and set(units) <= set(sensitivity):
+    if recorded is not None and set(units) <= set(recorded):
         status("unit sensitivities: the study's (measured once, by its first worker)")
-        sens = {n: sensitivity[n] for n in units}
-    else:
-        status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
-        sens = unit_sensitivity(teacher, topo, calib, units, 2 * batch, progress=cfg.progress)
-    return SearchContext(cfg, space, teacher, topo, cost, budget, limit, calib, sens, data_path, latency, runtime,
+        return {n: recorded[n] for n in units}
+    status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
+    return unit_sensitivity(model, topo, calib, units, 2 * batch, progress=cfg.progress)
+
+
+def build_context(
+    cfg: SearchConfig, teacher: Teacher, budget: Budget, status: Callable[[str], None] = lambda _m: None,
+    sensitivity: dict[str, float] | None = None,
+) -> SearchContext:  # fmt: skip
+    """Load the teacher, check the budget, build the calibration set and the unit sensitivities (measured,
+    unless ``sensitivity`` already holds every unit's: a study's, recorded by its first worker)."""
+    space = load_space(cfg.space)
+    device = search_device(cfg, teacher)
+    runtime = _runtime(device, cfg.mixed_precision)
+    model = teacher.load(dtype=teacher_dtype(device, cfg.mixed_precision), device=device)
+    cost = CostModel(model.config, latent=teacher.latent, teacher=model)
+    if budget.kind.timed:
+        status(f"timing the teacher's modules on {device} for the {budget.kind.noun} budget")
+    budget_cost = budget.kind.cost(cost, model)
+    topo = topology_of(model)
+    allow = _allow(space, unit_kinds(topo))
+    narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
+    limit = check_budget(budget_cost, topo, budget, allow, narrowest)
+    _say_precision(status, device, model, runtime, cfg.mixed_precision)
+    data, data_path = _calibration_data(cfg, teacher)
+    batch = cfg.proxy_batch or proxy_batch(teacher.latent)
+    calib = build_calibration(model, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
+                              scheduler=teacher.scheduler(), seed=cfg.seed, batch=batch, status=status,
+                              vae_scale=teacher.vae_scale, progress=cfg.progress)  # fmt: skip
+    sens = _sensitivities(model, topo, calib, batch, cfg, sensitivity, status)
+    return SearchContext(cfg, space, model, topo, cost, budget, budget_cost, limit, calib, sens, data_path, runtime,
                          batch)  # fmt: skip
 
 
@@ -276,36 +250,6 @@ def _runtime(device: torch.device, mixed_precision: str | None) -> PlainRuntime:
         half = "bf16" if teacher_dtype(device) == torch.bfloat16 else "fp16"
         mixed_precision = half if device.type == "cuda" else "no"
     return PlainRuntime(device, mixed_precision)
-
-
-def _rung_peers(trial: optuna.Trial, steps: int, macs: int) -> list[float]:
-    """Held-out KD at ``steps`` of every other plan of similar cost that reached that rung."""
-    key = str(steps)
-    return [t.user_attrs["rung_kd"][key] for t in trial.study.get_trials(deepcopy=False)
-            if t.number != trial.number and key in (t.user_attrs.get("rung_kd") or {})
-            and not t.user_attrs.get("skipped")
-            and abs(t.user_attrs.get("macs", 0) - macs) <= PEER_MACS * macs]  # fmt: skip
-
-
-def _record_rung(trial: optuna.Trial, steps: int, kd: float) -> None:
-    """The held-out KD after ``steps``: added to ``rung_kd``, and the trial's score so far (``proxy_kd``)."""
-    trial.set_user_attr("rung_kd", {**(trial.user_attrs.get("rung_kd") or {}), str(steps): kd})
-    trial.set_user_attr("rung_steps", steps)
-    trial.set_user_attr("proxy_kd", kd)
-
-
-def promote(trial: optuna.Trial, rung: int, steps: int, kd: float, macs: int, seeded: bool) -> None:
-    """Record the rung's score; stop the trial (PRUNED) unless it is among the best ``KEEP[rung]`` of the
-    plans of similar cost scored at this rung so far (itself included). Seeds always go on from rung 0 (every
-    baseline gets a trained score); higher, they compete like any plan."""
-    _record_rung(trial, steps, kd)
-    if seeded and rung == 0:
-        return
-    peers = sorted([*_rung_peers(trial, steps, macs), kd])
-    keep = math.ceil(len(peers) * KEEP[min(rung, len(KEEP) - 1)])
-    if kd > peers[keep - 1]:
-        trial.set_user_attr("stopped_at", steps)
-        raise optuna.TrialPruned(f"held-out KD {kd:.4g} after {steps} steps is not in the best {keep} of {len(peers)}")
 
 
 def _skip_duplicate_seed(trial: optuna.Trial) -> None:
@@ -365,16 +309,16 @@ def _sampled_plan(trial: optuna.Trial, ctx: SearchContext, genome: dict[str, Any
 def _objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, ...]:
     plan = _trial_plan(trial, ctx)
     params, macs = ctx.cost_model.params(plan), ctx.cost_model.macs(plan)
-    trial.set_constraint("budget", ctx.cost(plan) - ctx.limit)
+    budget_cost = ctx.cost(plan)
+    trial.set_constraint("budget", budget_cost - ctx.limit)
+    trial.set_user_attr(ctx.budget.kind.recorded_as, budget_cost)  # a latency budget's: the estimate
     trial.set_user_attr("removed", compress_names(plan.removed))
     trial.set_user_attr("ff_keep", {str(k): v for k, v in plan.ff_keep})
     trial.set_user_attr("params", params)
     trial.set_user_attr("macs", macs)
-    latency = _latency(ctx, plan) if "latency" in ctx.cfg.objectives or ctx.latency_model else None
+    latency = _latency(ctx, plan) if "latency" in ctx.cfg.objectives or ctx.budget.kind.timed else None
     trial.set_user_attr("latency_ms", latency)
-    if ctx.latency_model is not None:
-        trial.set_user_attr("latency_estimate_ms", ctx.latency_model.ms(plan))
-    kd = _score_in_rungs(trial, ctx, plan, macs)
+    kd = score_in_rungs(trial, _proxy_run(ctx, plan, ctx.cfg.seed), ctx.cfg.rungs, macs)
     values = {"quality": kd, "macs": float(macs), "params": float(params), "latency": latency or 0.0}
     return tuple(values[o] for o in ctx.cfg.objectives)
 
@@ -382,22 +326,6 @@ def _objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, ...]:
 def _proxy_run(ctx: SearchContext, plan: Plan, seed: int) -> ProxyRun:
     return ProxyRun(ctx.teacher, plan, ctx.topo, ctx.calib, seed=seed, importance=ctx.space.width_importance,
                     batch=ctx.proxy_batch, runtime=ctx.runtime)  # fmt: skip
-
-
-def _score_in_rungs(trial: optuna.Trial, ctx: SearchContext, plan: Plan, macs: int) -> float:
-    """Held-out KD at each rung in turn, stopping (PRUNED) where the plan falls behind its peers; every
-    plan trains on the same rows in the same order (the search's seed: common random numbers)."""
-    seeded = trial.user_attrs.get("label") is not None
-    rungs = ctx.cfg.rungs
-    with _proxy_run(ctx, plan, ctx.cfg.seed) as run:
-        kd = run.held_out()
-        trial.set_user_attr("zero_shot_kd", kd)
-        for rung, steps in enumerate(rungs):
-            kd = run.train_to(steps) if steps else kd
-            if rung < len(rungs) - 1:
-                promote(trial, rung, steps, kd, macs, seeded)
-    _record_rung(trial, rungs[-1], kd)
-    return kd
 
 
 def noise_floor(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | None:
@@ -447,12 +375,12 @@ def _enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> None:
     study.set_user_attr("sensitivity", {k: (v if math.isfinite(v) else None) for k, v in ctx.sens.items()})
 
 
-def open_study(cfg: SearchConfig, name: str) -> tuple[optuna.Study, str, Any, int]:
+def open_study(cfg: SearchConfig, name: str, settings: dict[str, Any]) -> tuple[optuna.Study, str, Any, int]:
     """Create or join the study (storage URL and driver checked first), its settings checked against this
     run's, and a sampler seeded for this worker; returns the study, its URL, its storage and the seed."""
     url = cfg.storage or default_storage(name)
     study, storage = storage_open_study(name, url, ["minimize"] * len(cfg.objectives), _sampler(cfg, cfg.seed))
-    check_settings(study, _settings(cfg))
+    check_settings(study, settings)
     seed = with_retries(lambda: worker_seed(study, cfg.seed), "joining the study")
     if seed != cfg.seed:
         study.sampler = _sampler(cfg, seed)
@@ -475,9 +403,9 @@ def _sampler(cfg: SearchConfig, seed: int, ctx: SearchContext | None = None) -> 
     return PlanSampler(plans, seed=seed, parents=max(2, cfg.trials // 6))
 
 
-def _settings(cfg: SearchConfig, ctx: SearchContext | None = None) -> dict[str, Any]:
+def _settings(cfg: SearchConfig, teacher: Teacher, budget: Budget, ctx: SearchContext | None = None) -> dict[str, Any]:
     """What the study records about the search that made it (checked by later runs, read by the export)."""
-    settings: dict[str, Any] = {"teacher": cfg.teacher, "budget": parse_budget(cfg.budget).describe(),
+    settings: dict[str, Any] = {"teacher": teacher.reference, "budget": budget.describe(),
                                 "space": cfg.space, "objectives": list(cfg.objectives), "rungs": list(cfg.rungs),
                                 "sampler": cfg.sampler, "calibration": cfg.calibration, "held_out": cfg.held_out,
                                 "seed": cfg.seed}  # fmt: skip
@@ -503,89 +431,14 @@ def _progress(total: int, done: int, enabled: bool) -> tuple[tqdm, Callable[[opt
     return bar, callback
 
 
-def _distill_spec(teacher: str, data_path: str | None, latent: int) -> DistillSpec:
-    """Distillation defaults for a found recipe, at the teacher profile's scale (SSD-1B's published losses)."""
-    loss = LossSpec(task=1.0, output_kd=0.5, feature_kd=0.5, feature_level="sub_block")
-    profile = profile_for(teacher)
-    stage = StageSpec(steps=profile.steps, learning_rate=profile.learning_rate, loss=loss)
-    return DistillSpec(resolution=profile.resolution or latent * 8, batch_size=profile.batch_size, data=data_path,
-                       stages=[stage])  # fmt: skip
-
-
-def recipe_for_trial(settings: dict[str, Any], teacher_cfg: dict[str, Any], topo: Topology, study_name: str,
-                     trial: optuna.trial.FrozenTrial, inner: dict[str, int] | None = None) -> Recipe:  # fmt: skip
-    """The recipe of one trial: plan, derived student, distillation stages and provenance.
-
-    ``settings`` is what the search stored in the study's ``search`` user attribute (teacher, budget,
-    objectives, data), so a finished study alone suffices (``pruner front --export``). ``inner``: a
-    width-pruned teacher's narrowed feed-forward sizes."""
-    ff_keep = {int(k): float(v) for k, v in (trial.user_attrs.get("ff_keep") or {}).items()}
-    plan = Plan.removing(trial.user_attrs["removed"], ff_keep)
-    width = WidthSpec(ff_keep=ff_keep, importance=settings.get("width_importance", "magnitude")) if ff_keep else None
-    teacher, label = settings["teacher"], trial.user_attrs.get("label")
-    objectives = dict(zip(settings["objectives"], trial.values or [], strict=False))
-    costs = {
-        k: float(trial.user_attrs[k]) for k in ("params", "macs", "latency_ms") if trial.user_attrs.get(k) is not None
-    }
-    style = f", seeded in {label} style" if label else ""
-    return Recipe(
-        schema_version=1,
-        name=f"{_slug(teacher)}-trial-{trial.number}" + (f"-{label}" if label else ""),
-        description=f"Found by `pruner search` ({settings['budget']} budget, trial {trial.number}{style}).",
-        teacher=TeacherSpec(model=teacher, architecture=profile_for(teacher).architecture),
-        plan=PlanSpec(remove=compress_names(plan.removed), width=width),
-        compat=list(settings.get("compat") or []),
-        student=derive_student_spec(teacher_cfg, plan, topo, inner),
-        distill=_distill_spec(teacher, data_reference(teacher, settings.get("data")), int(teacher_cfg["sample_size"])),
-        provenance=Provenance(
-            source="search", study=study_name, trial=trial.number, objectives=objectives, costs=costs
-        ),
-    )
-
-
-def export_study(study: optuna.Study, out: Path) -> dict[str, Path]:
-    """Write a finished study's front as recipes, found.yaml and the plot, from the study alone."""
-    from pruner.study.front import export_front
-    from pruner.unet.surgery import meta_unet
-
-    settings = study.user_attrs.get("search")
-    if not settings:
-        raise PrunerError(f"study {study.study_name} was not made by `pruner search`: it records no search settings")
-    teacher_cfg, inner = unet_config(settings["teacher"]), unet_ff_inner(settings["teacher"])
-    topo = topology_of(meta_unet(teacher_cfg))
-    return export_front(study, out, lambda t: recipe_for_trial(settings, teacher_cfg, topo, study.study_name, t, inner))
-
-
-def study_recipes(study: optuna.Study) -> tuple[Recipe, list[Recipe]]:
-    """A finished study's found recipe (best quality within budget) and its Pareto front's recipes."""
-    from pruner.study.front import NO_FEASIBLE, best_quality_trial, pareto_trials
-    from pruner.unet.surgery import meta_unet
-
-    settings = study.user_attrs.get("search")
-    if not settings:
-        raise PrunerError(f"study {study.study_name} was not made by `pruner search`: it records no search settings")
-    best = best_quality_trial(study)
-    if best is None:
-        raise PrunerError(NO_FEASIBLE)
-    teacher_cfg, inner = unet_config(settings["teacher"]), unet_ff_inner(settings["teacher"])
-    topo = topology_of(meta_unet(teacher_cfg))
-    front = [recipe_for_trial(settings, teacher_cfg, topo, study.study_name, t, inner) for t in pareto_trials(study)]
-    found = next((r for r in front if r.provenance and r.provenance.trial == best.number), None)
-    return found or recipe_for_trial(settings, teacher_cfg, topo, study.study_name, best, inner), front
-
-
 def default_study_name(teacher: str, budget: str, space: str) -> str:
     """The study name a search gets when none is given: teacher, budget and space, slugged."""
-    return f"{_slug(teacher)}-{_slug(budget)}-{_slug(space)}"
+    return f"{slug(teacher)}-{slug(budget)}-{slug(space)}"
 
 
-def study_name(cfg: SearchConfig) -> str:
-    return cfg.study or default_study_name(cfg.teacher, cfg.budget, cfg.space)
-
-
-def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: None) -> SearchResult:
-    """Run (or resume) the study, then write the front's recipes, found.yaml and the plot (none when
-    ``cfg.out`` is None)."""
+def run_search(cfg: SearchConfig, teacher: Teacher, status: Callable[[str], None] = lambda _m: None) -> SearchResult:
+    """Run (or resume) the study on ``teacher`` (resolved from ``cfg.teacher`` by the caller), then write the
+    front's recipes, found.yaml and the plot (none when ``cfg.out`` is None)."""
     from pruner.study.front import describe_noise_floor
 
     if cfg.sampler not in SAMPLERS:
@@ -595,22 +448,24 @@ def run_search(cfg: SearchConfig, status: Callable[[str], None] = lambda _m: Non
         raise PrunerError(
             f"--objectives takes quality plus any of macs, params, latency (got {','.join(cfg.objectives)})"
         )
-    name = study_name(cfg)
-    study, url, storage, seed = open_study(cfg, name)  # the storage and the study's settings first: before any compute
+    budget = parse_budget(cfg.budget)  # parsed once: the settings, the context and the trials read this one
+    name = cfg.study or default_study_name(teacher.reference, cfg.budget, cfg.space)
+    # the storage and the study's settings first: before any compute
+    study, url, storage, seed = open_study(cfg, name, _settings(cfg, teacher, budget))
     if finished(study, cfg):  # a rerun of a finished search: its results, without loading the teacher
         status(f"study {name}: all {cfg.trials} trials and the noise floor are done; nothing to compute")
-        return _result(study, cfg, url, study.user_attrs["search"].get("data"))
+        return _result(study, cfg, teacher, url, study.user_attrs["search"].get("data"))
     torch.manual_seed(cfg.seed)
-    with current_device(search_device(cfg)):  # a worker on cuda:1: anything that asks for "cuda" gets cuda:1
-        ctx = build_context(cfg, status, recorded_sensitivity(study))
+    with current_device(search_device(cfg, teacher)):  # a worker on cuda:1: anything asking for "cuda" gets cuda:1
+        ctx = build_context(cfg, teacher, budget, status, recorded_sensitivity(study))
         study.sampler = _sampler(cfg, seed, ctx)
         _enqueue_seeds(study, ctx)
         if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
-            study.set_user_attr("search", _settings(cfg, ctx))
+            study.set_user_attr("search", _settings(cfg, teacher, budget, ctx))
         _run_trials(study, storage, ctx)
         if noise_floor(study, ctx) is not None:
             status(describe_noise_floor(study) or "")
-    return _result(study, cfg, url, ctx.data_path)
+    return _result(study, cfg, teacher, url, ctx.data_path)
 
 
 def recorded_sensitivity(study: optuna.Study) -> dict[str, float] | None:
@@ -647,13 +502,13 @@ def recorded_noise_floor(study: optuna.Study, best: FrozenTrial, noise_seeds: in
     return None
 
 
-def _result(study: optuna.Study, cfg: SearchConfig, url: str, data: str | None) -> SearchResult:
+def _result(study: optuna.Study, cfg: SearchConfig, teacher: Teacher, url: str, data: str | None) -> SearchResult:
     """The search's result, its files written to ``cfg.out`` (none when it is None)."""
     from pruner.study.front import front_rows
 
     if cfg.out is None:
         return SearchResult(study, None, None, None, url, data, front_rows(study))
-    paths = export_study(study, Path(cfg.out))
+    paths = export_study(study, Path(cfg.out), teacher)
     return SearchResult(study, paths["found"], paths["front_dir"], paths["plot"], url, data, front_rows(study))
 
 

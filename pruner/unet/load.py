@@ -25,7 +25,9 @@ __all__ = [
     "ARCHITECTURES",
     "HUB_ARCHITECTURES",
     "VAE_SCALES",
+    "LocalModel",
     "ModelRef",
+    "NamedModel",
     "architecture_config",
     "bundled_teacher",
     "load_pipeline",
@@ -35,22 +37,40 @@ __all__ = [
     "unet_ff_inner",
 ]
 
-Kind = Literal["architecture", "hub", "pipeline", "unet_folder", "single_file"]
+LocalKind = Literal["pipeline", "unet_folder", "single_file"]
+NamedKind = Literal["architecture", "hub"]
+Kind = LocalKind | NamedKind
 
 
 @dataclass(frozen=True)
-class ModelRef:
-    """A resolved teacher reference: what kind of thing ``target`` names and where it is."""
+class LocalModel:
+    """A model on this machine: a pipeline folder, a UNet folder or a single safetensors file at ``path``."""
 
     target: str
-    kind: Kind
-    path: Path | None = None
+    kind: LocalKind
+    path: Path
 
     @property
     def architecture(self) -> str | None:
-        if self.kind == "architecture":
-            return self.target
-        return HUB_ARCHITECTURES.get(self.target) if self.kind == "hub" else None
+        return None
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model named rather than located: an architecture pruner ships, or a hub id."""
+
+    target: str
+    kind: NamedKind
+    path: None = None
+
+    @property
+    def architecture(self) -> str | None:
+        """The shipped architecture it is (so its config needs no network), if known."""
+        return self.target if self.kind == "architecture" else HUB_ARCHITECTURES.get(self.target)
+
+
+ModelRef = LocalModel | NamedModel
+"""A resolved model reference: what kind of thing ``target`` names, and where it is when it is local."""
 
 
 def _looks_like_path(target: str) -> bool:
@@ -70,17 +90,17 @@ def bundled_teacher() -> Path | None:
 def resolve_model(target: str) -> ModelRef:
     """Classify a teacher reference; a missing local path is an error, anything ``org/name``-shaped a hub id."""
     if target == "tiny-sdxl" and (bundled := bundled_teacher()) is not None:
-        return ModelRef(target, "pipeline", bundled)
+        return LocalModel(target, "pipeline", bundled)
     if target in ARCHITECTURES:
-        return ModelRef(target, "architecture")
+        return NamedModel(target, "architecture")
     path = Path(target).expanduser()
     if path.is_file() and path.suffix == ".safetensors":
-        return ModelRef(target, "single_file", path)
+        return LocalModel(target, "single_file", path)
     if path.is_dir():
         if (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file():
-            return ModelRef(target, "pipeline", path)
+            return LocalModel(target, "pipeline", path)
         if (path / "config.json").is_file():
-            return ModelRef(target, "unet_folder", path)
+            return LocalModel(target, "unet_folder", path)
         raise PrunerError(f"{target} is a folder but holds neither model_index.json nor a UNet config.json")
     if path.exists():
         raise PrunerError(
@@ -90,10 +110,10 @@ def resolve_model(target: str) -> ModelRef:
         raise PrunerError(
             f"path {target} does not exist; give a local model folder, a hub id (org/name) or an architecture name"
         )
-    return ModelRef(target, "hub")
+    return NamedModel(target, "hub")
 
 
-def _hub_config(ref: ModelRef) -> dict[str, Any]:
+def _hub_config(ref: NamedModel) -> dict[str, Any]:
     """A hub UNet's config; hub ids of shipped architectures need no network."""
     if ref.architecture:
         return architecture_config(ref.architecture)
@@ -110,20 +130,20 @@ def unet_config(target: str | ModelRef) -> dict[str, Any]:
     """The teacher's UNet config without loading its weights (offline: known hub ids fall back to the
     shipped config of their architecture). A width-pruned model's config is the stock one its depth
     gives; ``unet_ff_inner`` has its feed-forward widths."""
-    ref = target if isinstance(target, ModelRef) else resolve_model(target)
+    ref = resolve_model(target) if isinstance(target, str) else target
     if ref.kind == "architecture":
         return architecture_config(ref.target)
-    if ref.kind == "single_file":
+    if isinstance(ref, LocalModel) and ref.kind == "single_file":
         from pruner.unet.single_file import single_file_config
 
-        return single_file_config(ref.path)  # type: ignore[arg-type]
+        return single_file_config(ref.path)
     return unmark_width_config(_stored_config(ref))[0]
 
 
 def unet_ff_inner(target: str | ModelRef) -> dict[str, int]:
     """The narrowed feed-forward hidden sizes of a width-pruned UNet by module path (empty for any other
     model), so that it is priced, as a teacher, at the widths it has."""
-    ref = target if isinstance(target, ModelRef) else resolve_model(target)
+    ref = resolve_model(target) if isinstance(target, str) else target
     if ref.kind in ("architecture", "single_file"):
         return {}
     return unmark_width_config(_stored_config(ref))[1]
@@ -131,10 +151,10 @@ def unet_ff_inner(target: str | ModelRef) -> dict[str, int]:
 
 def _stored_config(ref: ModelRef) -> dict[str, Any]:
     """The UNet's config.json as stored (a width-pruned one still marked)."""
-    if ref.kind == "hub":
+    if isinstance(ref, NamedModel):
         return _hub_config(ref)
-    folder = ref.path / "unet" if ref.kind == "pipeline" else ref.path  # type: ignore[operator]
-    return _read_config(folder / "config.json")  # type: ignore[operator]
+    folder = ref.path / "unet" if ref.kind == "pipeline" else ref.path
+    return _read_config(folder / "config.json")
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -218,21 +238,19 @@ def load_unet(
     target: str | ModelRef, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> UNet2DConditionModel:
     """Load the teacher's UNet with its weights, in eval mode."""
-    ref = target if isinstance(target, ModelRef) else resolve_model(target)
-    if ref.kind == "architecture":
-        raise PrunerError(
-            f"{ref.target} names an architecture with no weights; give a hub id, a folder or a .safetensors file"
-        )
-    if ref.kind == "single_file":
+    ref = resolve_model(target) if isinstance(target, str) else target
+    if isinstance(ref, NamedModel):
+        if ref.kind == "architecture":
+            raise PrunerError(
+                f"{ref.target} names an architecture with no weights; give a hub id, a folder or a .safetensors file"
+            )
+        unet = _from_pretrained(ref.target, "unet", dtype)
+    elif ref.kind == "single_file":
         from pruner.unet.single_file import load_single_file
 
-        unet = load_single_file(ref.path, dtype=dtype)  # type: ignore[arg-type]
-    elif ref.kind == "hub":
-        unet = _from_pretrained(ref.target, "unet", dtype)
-    elif ref.kind == "pipeline":
-        unet = _from_pretrained(ref.path, "unet", dtype)  # type: ignore[arg-type]
+        unet = load_single_file(ref.path, dtype=dtype)
     else:
-        unet = _from_pretrained(ref.path, None, dtype)  # type: ignore[arg-type]
+        unet = _from_pretrained(ref.path, "unet" if ref.kind == "pipeline" else None, dtype)
     return unet.to(device).eval()
 
 
@@ -250,15 +268,15 @@ def load_pipeline(
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    ref = target if isinstance(target, ModelRef) else resolve_model(target)
+    ref = resolve_model(target) if isinstance(target, str) else target
     if ref.kind not in ("hub", "pipeline"):
         raise PrunerError(f"{ref.target} is a bare UNet; give a full pipeline (hub id or folder with model_index.json)")
-    source = ref.target if ref.kind == "hub" else str(ref.path)
+    source = ref.target if ref.path is None else str(ref.path)
     extra: dict[str, Any] = {}
     if not with_unet:
         extra["unet"] = None
-    elif ref.kind == "pipeline" and _width_record(ref.path / "unet"):  # type: ignore[operator]
-        extra["unet"] = _load_width_pruned(ref.path / "unet", dtype)  # type: ignore[operator]
+    elif ref.path is not None and _width_record(ref.path / "unet"):
+        extra["unet"] = _load_width_pruned(ref.path / "unet", dtype)
     try:
         with _quiet_torchvision_notice():
             pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **extra)

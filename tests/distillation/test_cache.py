@@ -24,6 +24,7 @@ import pruner.distillation.cache as cache_mod
 from pruner.distillation import CacheSummary, LatentCache, build_cache
 from pruner.distillation.cache import load_image
 from pruner.errors import PrunerError
+from pruner.teacher import Teacher
 from pruner.tiny.synth import write_dataset
 from pruner.tiny.text import build_text_encoders, build_tokenizer
 from pruner.tiny.train import build_vae
@@ -92,7 +93,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sdxl_cache(data: Path, sdxl_teacher: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CacheSummary]:
     out = tmp_path_factory.mktemp("caches") / "sdxl"
-    return out, build_cache(data, sdxl_teacher, out, batch_size=3, shard_size=4, progress=False)
+    return out, build_cache(data, Teacher.resolve(sdxl_teacher), out, batch_size=3, shard_size=4, progress=False)
 
 
 def _metadata(data: Path) -> list[dict[str, Any]]:
@@ -150,7 +151,7 @@ def test_the_cache_never_loads_the_unet(sdxl_cache: tuple[Path, CacheSummary], d
     for f in weights:
         f.unlink()
     out = tmp_path / "cache"
-    summary = build_cache(data, str(teacher), out, batch_size=3, shard_size=4, progress=False)
+    summary = build_cache(data, Teacher.resolve(str(teacher)), out, batch_size=3, shard_size=4, progress=False)
     assert summary.n_written == 10 and json.loads((out / "cache.json").read_text())["resolution"] == 32
     for a, b in zip(_shards(sdxl_cache[0]), _shards(out), strict=True):
         torch.testing.assert_close(a["latents"], b["latents"], atol=1e-5, rtol=1e-4)
@@ -171,7 +172,7 @@ def test_latent_cache_shapes_and_dataloader(sdxl_cache: tuple[Path, CacheSummary
 
 
 def test_sd1_teacher_has_no_pooled_or_time_ids(data: Path, sd_teacher: str, tmp_path: Path) -> None:
-    summary = build_cache(data, sd_teacher, tmp_path / "sd", batch_size=4, progress=False)
+    summary = build_cache(data, Teacher.resolve(sd_teacher), tmp_path / "sd", batch_size=4, progress=False)
     assert (summary.kind, summary.n_written, summary.shards) == ("sd", 10, 1)
     cache = LatentCache(tmp_path / "sd")
     assert set(cache[0]) == {"latents", "prompt_embeds"} and cache[0]["prompt_embeds"].shape == (16, 32)
@@ -216,14 +217,14 @@ def test_interrupted_run_resumes_after_last_complete_shard(
     out = tmp_path / "cache"
     _counting_encoder(monkeypatch, fail_after=2)  # batches of 3 in shards of 4: [3, 1] [dies here]
     with pytest.raises(KeyboardInterrupt):
-        build_cache(data, sdxl_teacher, out, batch_size=3, shard_size=4, progress=False)
+        build_cache(data, Teacher.resolve(sdxl_teacher), out, batch_size=3, shard_size=4, progress=False)
     meta = json.loads((out / "cache.json").read_text())
     assert [s["n"] for s in meta["shards"]] == [4] and not meta["complete"]
     with pytest.raises(PrunerError, match="incomplete"):
         LatentCache(out)
     (out / ".shard-00001.safetensors.tmp").write_bytes(b"half a shard")
     seen = _counting_encoder(monkeypatch)
-    summary = build_cache(data, sdxl_teacher, out, batch_size=3, shard_size=4, progress=False)
+    summary = build_cache(data, Teacher.resolve(sdxl_teacher), out, batch_size=3, shard_size=4, progress=False)
     assert summary.resumed and summary.n_encoded == 6 and summary.n_written == 10
     assert min(seen) > 4  # rows 0-4 (four images, one corrupt) are in shard 0 and were not encoded again
     assert summary.skipped_reasons == {"unreadable": 1, "missing": 1, "no_text": 1}
@@ -235,15 +236,15 @@ def test_deleted_shard_is_rebuilt_and_complete_cache_is_kept(
     data: Path, sdxl_teacher: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out, reference = tmp_path / "cache", tmp_path / "reference"
-    build_cache(data, sdxl_teacher, out, batch_size=3, shard_size=4, progress=False)
+    build_cache(data, Teacher.resolve(sdxl_teacher), out, batch_size=3, shard_size=4, progress=False)
     shutil.copytree(out, reference)
     (out / "shard-00001.safetensors").unlink()
     seen = _counting_encoder(monkeypatch)
-    summary = build_cache(data, sdxl_teacher, out, batch_size=3, shard_size=4, progress=False)
+    summary = build_cache(data, Teacher.resolve(sdxl_teacher), out, batch_size=3, shard_size=4, progress=False)
     assert summary.resumed and sorted(seen) == [6, 7, 8, 9, 10, 11]  # shards 1 and 2 again, shard 0 kept
     _assert_same_cache(out, reference)
     seen.clear()
-    again = build_cache(data, sdxl_teacher, out, batch_size=3, shard_size=4, progress=False)
+    again = build_cache(data, Teacher.resolve(sdxl_teacher), out, batch_size=3, shard_size=4, progress=False)
     assert again.resumed and again.n_encoded == 0 and not seen and again.n_written == 10
 
 
@@ -252,34 +253,34 @@ def test_mismatching_rerun_names_the_difference(
 ) -> None:
     out = sdxl_cache[0]
     with pytest.raises(PrunerError, match=r"made with resolution 32, not 64; .*delete"):
-        build_cache(data, sdxl_teacher, out, resolution=64, progress=False)
+        build_cache(data, Teacher.resolve(sdxl_teacher), out, resolution=64, progress=False)
     with pytest.raises(PrunerError, match="made with teacher"):
-        build_cache(data, sd_teacher, out, progress=False)
+        build_cache(data, Teacher.resolve(sd_teacher), out, progress=False)
     other = tmp_path / "other"
     write_dataset(other, 2, seed=1, progress=False)
     with pytest.raises(PrunerError, match="made with data folder"):
-        build_cache(other, sdxl_teacher, out, progress=False)
+        build_cache(other, Teacher.resolve(sdxl_teacher), out, progress=False)
     assert len(LatentCache(out)) == 10  # untouched
 
 
 def test_float16_storage_keeps_time_ids_exact(sdxl_teacher: str, tmp_path: Path) -> None:
     write_dataset(data := tmp_path / "data", 2, seed=2, progress=False)
-    build_cache(data, sdxl_teacher, tmp_path / "out", dtype="float16", progress=False)
+    build_cache(data, Teacher.resolve(sdxl_teacher), tmp_path / "out", dtype="float16", progress=False)
     item = LatentCache(tmp_path / "out")[1]
     half = torch.float16
     expected = {"latents": half, "prompt_embeds": half, "pooled_prompt_embeds": half, "time_ids": torch.float32}
     assert {k: v.dtype for k, v in item.items()} == expected
     with pytest.raises(PrunerError, match="made with dtype float16, not float32"):
-        build_cache(data, sdxl_teacher, tmp_path / "out", progress=False)
+        build_cache(data, Teacher.resolve(sdxl_teacher), tmp_path / "out", progress=False)
 
 
 def test_changed_metadata_is_refused(sdxl_teacher: str, tmp_path: Path) -> None:
     write_dataset(data := tmp_path / "data", 2, seed=2, progress=False)
-    build_cache(data, sdxl_teacher, tmp_path / "out", progress=False)
+    build_cache(data, Teacher.resolve(sdxl_teacher), tmp_path / "out", progress=False)
     with (data / "metadata.jsonl").open("a") as meta:
         meta.write(json.dumps({"file_name": "00000.png", "text": "a small red circle"}) + "\n")
     with pytest.raises(PrunerError, match=r"metadata\.jsonl changed since the cache"):
-        build_cache(data, sdxl_teacher, tmp_path / "out", progress=False)
+        build_cache(data, Teacher.resolve(sdxl_teacher), tmp_path / "out", progress=False)
 
 
 def test_user_errors(data: Path, sdxl_teacher: str, tmp_path: Path) -> None:
@@ -287,13 +288,13 @@ def test_user_errors(data: Path, sdxl_teacher: str, tmp_path: Path) -> None:
         LatentCache(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(PrunerError, match=r"not empty and holds no cache\.json"):
-        build_cache(data, sdxl_teacher, tmp_path, progress=False)
+        build_cache(data, Teacher.resolve(sdxl_teacher), tmp_path, progress=False)
     with pytest.raises(PrunerError, match=r"has no metadata\.jsonl"):
-        build_cache(tmp_path, sdxl_teacher, tmp_path / "out", progress=False)
+        build_cache(tmp_path, Teacher.resolve(sdxl_teacher), tmp_path / "out", progress=False)
     with pytest.raises(PrunerError, match="does not exist"):
-        build_cache(tmp_path / "nowhere", sdxl_teacher, tmp_path / "out", progress=False)
+        build_cache(tmp_path / "nowhere", Teacher.resolve(sdxl_teacher), tmp_path / "out", progress=False)
     with pytest.raises(PrunerError, match="multiple of the VAE's factor 4"):
-        build_cache(data, sdxl_teacher, tmp_path / "out", resolution=30, progress=False)
+        build_cache(data, Teacher.resolve(sdxl_teacher), tmp_path / "out", resolution=30, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -330,7 +331,7 @@ def test_processes_that_need_the_bundled_set_at_once_build_it_once(monkeypatch: 
 
     def build() -> None:
         try:
-            results.append(data_mod.tiny_sdxl_cache(n=6, progress=False))
+            results.append(data_mod.tiny_sdxl_cache(Teacher.resolve("tiny-sdxl"), n=6, progress=False))
         except BaseException as exc:
             results.append(exc)
 

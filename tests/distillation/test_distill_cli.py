@@ -70,16 +70,16 @@ def test_a_bf16_run_reads_its_teacher_in_bf16_and_trains_an_fp32_student(  # typ
     teacher: 5 GB of host memory, not 10 GB in fp32 before the cast)."""
     from accelerate.state import AcceleratorState
 
-    import pruner.distillation.run
+    from pruner.teacher import Teacher
 
     loads: list[torch.dtype | None] = []
-    load = pruner.distillation.run.load_unet
+    load = Teacher.load
 
-    def spy(ref, dtype=None):  # type: ignore[no-untyped-def]
+    def spy(teacher, *, dtype=None, device="cpu"):  # type: ignore[no-untyped-def]
         loads.append(dtype)
-        return load(ref, dtype=dtype)
+        return load(teacher, dtype=dtype, device=device)
 
-    monkeypatch.setattr(pruner.distillation.run, "load_unet", spy)
+    monkeypatch.setattr(Teacher, "load", spy)
     recipe, cache = setup
     AcceleratorState._reset_state(True)  # accelerate keeps one state a process; this run wants bf16
     try:

@@ -116,7 +116,7 @@ def test_the_proxy_trains_on_features_memory_mapped_on_disk(tiny_sdxl, monkeypat
 
 
 def test_a_bf16_run_freezes_the_teacher_in_bf16_on_any_device() -> None:
-    from pruner.distillation.engine import teacher_dtype
+    from pruner.device import teacher_dtype
 
     cpu = torch.device("cpu")
     assert teacher_dtype(cpu) == torch.float32 and teacher_dtype(cpu, "no") == torch.float32
@@ -145,7 +145,7 @@ def test_a_worker_on_a_numbered_gpu_makes_it_current(monkeypatch: pytest.MonkeyP
     (torch.cuda.device, faked here: this machine has none); a CPU or a bare "cuda" changes nothing."""
     import contextlib
 
-    from pruner.distillation.engine import current_device
+    from pruner.device import current_device
 
     made: list[torch.device] = []
 
@@ -179,7 +179,7 @@ def test_a_small_cache_keeps_a_held_out_share_of_the_calibration() -> None:
 
 
 def test_half_precision_on_a_cpu_without_native_bf16_is_flagged(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pruner.distillation.engine import slow_half_note
+    from pruner.device import slow_half_note
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)

@@ -7,10 +7,11 @@ import torch
 from accelerate import Accelerator
 from conftest import TINY_SDXL
 
+from pruner.diffusion import sdxl_scheduler
 from pruner.distillation.hooks import FeatureRecorder
 from pruner.distillation.losses import LossWeights, distill_loss, feature_kd
-from pruner.distillation.run import noise_scheduler_for
 from pruner.distillation.trainer import Distiller, TrainSettings, latest_checkpoint
+from pruner.teacher import Teacher
 from pruner.unet import Plan, build_student, feature_map, layout_of, topology_of
 
 PLAN = Plan.removing(
@@ -44,7 +45,7 @@ def make(  # type: ignore[no-untyped-def]
         weights=weights or LossWeights(),
         ema_decay=ema,
     )
-    return Distiller(student, teacher, pairs, fake_cache(), settings, noise_scheduler=noise_scheduler_for("sdxl"),
+    return Distiller(student, teacher, pairs, fake_cache(), settings, noise_scheduler=sdxl_scheduler(),
                      accelerator=Accelerator(cpu=True), held_out=held_out)  # fmt: skip
 
 
@@ -151,11 +152,11 @@ def test_an_output_interrupted_while_moving_into_place_does_not_read_as_finished
 
     monkeypatch.setattr(output.os, "replace", replace_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        output.write_outputs(tiny_sdxl, recipe, tmp_path / "out", result, prompts=[])
+        output.write_outputs(tiny_sdxl, recipe, Teacher.of_recipe(recipe.teacher), tmp_path / "out", result, prompts=[])
     assert moved and output.DONE_MARKER not in moved
     assert not (tmp_path / "out" / output.DONE_MARKER).exists()
     monkeypatch.undo()
-    output.write_outputs(tiny_sdxl, recipe, tmp_path / "out", result, prompts=[])
+    output.write_outputs(tiny_sdxl, recipe, Teacher.of_recipe(recipe.teacher), tmp_path / "out", result, prompts=[])
     assert (tmp_path / "out" / output.DONE_MARKER).is_file() and (tmp_path / "out" / "unet").is_dir()
 
 
@@ -172,7 +173,7 @@ def test_a_bf16_distiller_freezes_its_teacher_in_bf16_on_the_cpu(tiny_sdxl) -> N
     AcceleratorState._reset_state(True)  # accelerate keeps one state a process; this test wants another precision
     try:
         d = Distiller(student, teacher, feature_map(layout_of(PLAN, topo), topo, "sub_block"), fake_cache(), settings,
-                      noise_scheduler=noise_scheduler_for("sdxl"), accelerator=Accelerator(cpu=True,
+                      noise_scheduler=sdxl_scheduler(), accelerator=Accelerator(cpu=True,
                       mixed_precision="bf16"), held_out=8)  # fmt: skip
         assert d.teacher.dtype == torch.bfloat16 and student.dtype == torch.float32
         d.run(2)

@@ -191,7 +191,7 @@ def test_plot_front_against_latency_and_a_wide_quality_spread(tmp_path: Path) ->
 
 
 def test_plot_front_rejects_a_cost_it_cannot_plot(study: optuna.Study, tmp_path: Path) -> None:
-    with pytest.raises(PrunerError, match="choose one of macs, params, latency_ms"):
+    with pytest.raises(PrunerError, match="choose one of params, macs, latency_ms"):
         plot_front(study, tmp_path / "x.png", x="watts")
     with pytest.raises(PrunerError, match="no feasible trial recorded latency_ms"):
         plot_front(study, tmp_path / "x.png", x="latency_ms")

@@ -278,7 +278,7 @@ def _rung_trial(study: optuna.Study, kd: dict[str, float], macs: int = 100) -> N
 
 
 def test_a_plan_goes_on_only_among_the_best_of_its_rung() -> None:
-    from pruner.study.study import promote
+    from pruner.study.rungs import promote
 
     study = optuna.create_study(directions=["minimize", "minimize"])
     for kd in (0.1, 0.2, 0.3, 0.4, 0.5):
@@ -357,6 +357,7 @@ def test_with_no_device_flag_the_search_runs_on_the_gpu_when_there_is_one(
 
     from pruner.errors import PrunerError
     from pruner.study import study as study_mod
+    from pruner.teacher import Teacher
     from pruner.unet.load import load_unet
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -365,8 +366,8 @@ def test_with_no_device_flag_the_search_runs_on_the_gpu_when_there_is_one(
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: None)
     where: list[torch.device] = []
 
-    def stop_at_the_load(cfg: study_mod.SearchConfig, *_args: object, **_kw: object) -> None:
-        where.append(study_mod.search_device(cfg))
+    def stop_at_the_load(cfg: study_mod.SearchConfig, teacher: Teacher, *_args: object, **_kw: object) -> None:
+        where.append(study_mod.search_device(cfg, teacher))
         raise PrunerError("stopped before loading the teacher")
 
     monkeypatch.setattr(study_mod, "build_context", stop_at_the_load)
@@ -376,7 +377,7 @@ def test_with_no_device_flag_the_search_runs_on_the_gpu_when_there_is_one(
     assert where == [torch.device("cuda")]
 
     model = load_unet(tiny_sdxl_pipeline)
-    assert study_mod.search_device(study_mod.SearchConfig(teacher_model=model)) == torch.device("cpu")
+    assert study_mod.search_device(study_mod.SearchConfig(), Teacher.resolve(model)) == torch.device("cpu")
     result = runner.invoke(app, [*args, "--device", "cuda:1", "--storage", f"sqlite:///{tmp_path / 'b.db'}"])
     assert result.exit_code == 2 and "device cuda:1 is not available" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -1,0 +1,102 @@
+"""A finished search's plans as recipes: each trial's plan, derived student, distillation defaults and
+provenance, and the front written as ``front/trial-<n>.yaml``, ``found.yaml`` and ``front.png``.
+
+Everything here reads the study alone (its ``search`` user attribute names the teacher, budget, objectives
+and data), so a study from another machine or an earlier run exports the same recipes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from pruner.distillation.data import data_reference
+from pruner.errors import PrunerError
+from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
+from pruner.student import derive_student_spec
+from pruner.study.front import NO_FEASIBLE, best_quality_trial, cost_keys, export_front, pareto_trials
+from pruner.teacher import Teacher
+from pruner.unet.plan import Plan, compress_names
+from pruner.unet.surgery import meta_unet
+from pruner.unet.topology import Topology, topology_of
+
+__all__ = ["export_study", "recipe_for_trial", "slug", "study_recipes"]
+
+
+def slug(text: str) -> str:
+    """``text`` as a name for files and studies: runs of other characters become one dash, lower case."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def _distill_spec(teacher: Teacher, data_path: str | None) -> DistillSpec:
+    """Distillation defaults for a found recipe, at the teacher profile's scale (SSD-1B's published losses)."""
+    loss = LossSpec(task=1.0, output_kd=0.5, feature_kd=0.5, feature_level="sub_block")
+    profile = teacher.profile
+    stage = StageSpec(steps=profile.steps, learning_rate=profile.learning_rate, loss=loss)
+    resolution = profile.resolution or teacher.latent * teacher.vae_scale
+    return DistillSpec(resolution=resolution, batch_size=profile.batch_size, data=data_path, stages=[stage])
+
+
+def recipe_for_trial(settings: dict[str, Any], teacher: Teacher, topo: Topology, study_name: str,
+                     trial: optuna.trial.FrozenTrial) -> Recipe:  # fmt: skip
+    """The recipe of one trial: plan, derived student, distillation stages and provenance.
+
+    ``settings`` is what the search stored in the study's ``search`` user attribute (teacher, budget,
+    objectives, data), so a finished study alone suffices (``pruner front --export``); ``topo`` is the
+    teacher's topology (computed once per export)."""
+    ff_keep = {int(k): float(v) for k, v in (trial.user_attrs.get("ff_keep") or {}).items()}
+    plan = Plan.removing(trial.user_attrs["removed"], ff_keep)
+    width = WidthSpec(ff_keep=ff_keep, importance=settings.get("width_importance", "magnitude")) if ff_keep else None
+    label = trial.user_attrs.get("label")
+    objectives = dict(zip(settings["objectives"], trial.values or [], strict=False))
+    costs = {k: float(trial.user_attrs[k]) for k in cost_keys() if trial.user_attrs.get(k) is not None}
+    style = f", seeded in {label} style" if label else ""
+    return Recipe(
+        schema_version=1,
+        name=f"{slug(teacher.reference)}-trial-{trial.number}" + (f"-{label}" if label else ""),
+        description=f"Found by `pruner search` ({settings['budget']} budget, trial {trial.number}{style}).",
+        teacher=TeacherSpec(model=teacher.reference, architecture=teacher.architecture),
+        plan=PlanSpec(remove=compress_names(plan.removed), width=width),
+        compat=list(settings.get("compat") or []),
+        student=derive_student_spec(teacher.config, plan, topo, teacher.ff_inner),
+        distill=_distill_spec(teacher, data_reference(settings.get("data"))),
+        provenance=Provenance(
+            source="search", study=study_name, trial=trial.number, objectives=objectives, costs=costs
+        ),
+    )
+
+
+def _search_settings(study: optuna.Study) -> dict[str, Any]:
+    settings = study.user_attrs.get("search")
+    if not settings:
+        raise PrunerError(f"study {study.study_name} was not made by `pruner search`: it records no search settings")
+    return dict(settings)
+
+
+def _recipe_maker(study: optuna.Study, teacher: Teacher | None) -> Callable[[optuna.trial.FrozenTrial], Recipe]:
+    """Each trial's recipe, on ``teacher`` (resolved from the study's settings when not given)."""
+    settings = _search_settings(study)
+    teacher = teacher or Teacher.resolve(settings["teacher"])
+    topo = topology_of(meta_unet(teacher.config))
+    return lambda trial: recipe_for_trial(settings, teacher, topo, study.study_name, trial)
+
+
+def export_study(study: optuna.Study, out: Path, teacher: Teacher | None = None) -> dict[str, Path]:
+    """Write a finished study's front as recipes, found.yaml and the plot, from the study alone (``teacher``:
+    the search's own, already resolved, else the one the study names)."""
+    return export_front(study, out, _recipe_maker(study, teacher))
+
+
+def study_recipes(study: optuna.Study, teacher: Teacher | None = None) -> tuple[Recipe, list[Recipe]]:
+    """A finished study's found recipe (best quality within budget) and its Pareto front's recipes."""
+    recipe_of = _recipe_maker(study, teacher)
+    best = best_quality_trial(study)
+    if best is None:
+        raise PrunerError(NO_FEASIBLE)
+    front = [recipe_of(t) for t in pareto_trials(study)]
+    found = next((r for r in front if r.provenance and r.provenance.trial == best.number), None)
+    return found or recipe_of(best), front

@@ -47,6 +47,7 @@ class Teacher:
 
     reference: str
     located: ModelRef | None
+    profile: TeacherProfile  # defaults that depend on the teacher (distillation scale, bundled data)
     architecture: str | None = None  # a shipped architecture to price it by when its weights are absent
     model: UNet2DConditionModel | None = None  # already loaded by the caller
     unresolved: str = ""  # why ``located`` is None
@@ -57,7 +58,8 @@ class Teacher:
         if isinstance(teacher, Teacher):
             return teacher
         if isinstance(teacher, str):
-            return cls(teacher, resolve_model(teacher), profile_for(teacher).architecture)
+            profile = profile_for(teacher)
+            return cls(teacher, resolve_model(teacher), profile, profile.architecture)
         name = str(getattr(teacher.config, "_name_or_path", "") or "")
         try:
             located = resolve_model(name) if name else None
@@ -65,17 +67,19 @@ class Teacher:
             located = None
         if located is None:
             raise PrunerError(UNNAMED)
-        return cls(name, located, profile_for(name).architecture, model=teacher)
+        profile = profile_for(name)
+        return cls(name, located, profile, profile.architecture, model=teacher)
 
     @classmethod
     def of_recipe(cls, spec: TeacherSpec) -> Teacher:
         """A recipe's teacher: its weights where the reference resolves here, else its recorded architecture."""
+        profile = profile_for(spec.model)
         try:
-            return cls(spec.model, resolve_model(spec.model), spec.architecture)
+            return cls(spec.model, resolve_model(spec.model), profile, spec.architecture)
         except PrunerError as exc:
             if not spec.architecture:
                 raise
-            return cls(spec.model, None, spec.architecture, unresolved=str(exc))
+            return cls(spec.model, None, profile, spec.architecture, unresolved=str(exc))
 
     @property
     def ref(self) -> ModelRef:
@@ -83,11 +87,6 @@ class Teacher:
         if self.located is None:
             raise PrunerError(self.unresolved or f"teacher {self.reference} cannot be found here")
         return self.located
-
-    @cached_property
-    def profile(self) -> TeacherProfile:
-        """Defaults that depend on the teacher (distillation scale, bundled data)."""
-        return profile_for(self.reference)
 
     @property
     def has_weights(self) -> bool:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pruner.io import cache_dir
+from pruner.io import cache_dir, output_lock
 
 if TYPE_CHECKING:
     from pruner.teacher import Teacher
@@ -29,6 +27,7 @@ BUNDLED_DATA = "bundled:tiny-sdxl"  # how a recipe names the bundled teacher's s
 # The bundled set (distillation data and search calibration rows): its size and seed live here alone.
 BUNDLED_ROWS = 4096
 BUNDLED_SEED = 0
+BUILD_WAIT_S = 3600.0  # how long a process waits for another that builds the set (about a minute on 2 cores)
 
 
 def default_data(teacher: Teacher, progress: bool = True) -> Path | None:
@@ -44,31 +43,13 @@ def tiny_sdxl_cache(teacher: Teacher, n: int = BUNDLED_ROWS, seed: int = BUNDLED
 
     root = cache_dir() / "data" / f"tiny-sdxl-n{n}-seed{seed}-{_fingerprint()}"
     images, cache = root / "images", root / "cache"
-    with _one_builder(root):
+    # workers started together on the bundled teacher: one builds the set, the others wait, then read it
+    with output_lock(root, "the bundled teacher's data set", wait=BUILD_WAIT_S):
         if not (images / "metadata.jsonl").is_file():
             write_dataset(images, n, seed, progress=progress)
         if not (cache / "cache.json").is_file() or _incomplete(cache):
             build_cache(images, teacher, cache, progress=progress)
     return cache
-
-
-@contextlib.contextmanager
-def _one_builder(root: Path) -> Iterator[None]:
-    """Hold ``root``'s lock file: processes that need the set at once (search workers started together on
-    the bundled teacher) build it once, the others wait and read it, instead of writing the same folders at
-    once. The lock goes with its process, so a killed builder leaves none behind; no lock where fcntl is missing."""
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: each process builds on its own, as before
-        yield
-        return
-    with (root / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @functools.cache

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from pruner.budget import PlanCost
 from pruner.study.repair import repair_to_budget
 from pruner.unet.plan import MID_ATTN, Plan, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology
@@ -51,7 +52,7 @@ def _order(style: str, kinds: dict[str, str], sens: dict[str, float]) -> list[st
     return sorted((n for n, k in kinds.items() if k != "stage"), key=lambda n: sens.get(n, 0.0))
 
 
-def _follow(order: list[str], topo: Topology, cost: Callable[[Plan], float], limit: float) -> Plan:
+def _follow(order: list[str], topo: Topology, cost: PlanCost, limit: float) -> Plan:
     plan = Plan()
     for name in order:
         if cost(plan) <= limit:
@@ -61,7 +62,7 @@ def _follow(order: list[str], topo: Topology, cost: Callable[[Plan], float], lim
 
 
 def seed_plans(
-    topo: Topology, cost: Callable[[Plan], float], limit: float, sens: dict[str, float], allow: Callable[[str], bool]
+    topo: Topology, cost: PlanCost, limit: float, sens: dict[str, float], allow: Callable[[str], bool]
 ) -> dict[str, Plan]:
     """Each heuristic's plan at this budget (repaired to it); styles that cannot reach it are left out."""
     kinds = {n: k for n, k in unit_kinds(topo).items() if allow(n)}

@@ -3,19 +3,19 @@
 Over budget: remove more, one move at a time, choosing the move that costs the least sensitivity per unit
 of cost saved (a move is one unit, with whatever the mid-depth coupling then takes along). Under budget:
 add back the most sensitive removed units while the plan stays within budget. Sensitivities are each
-unit's zero-shot KD loss when removed alone, so the repair follows the same signal the seeds use.
+unit's zero-shot KD loss when removed alone, so the repair follows the same signal the seeds use. The cost
+is the budget kind's (``pruner.budget.KINDS``): the repair works in whatever unit the budget names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from pruner.budget import PlanCost
 from pruner.unet.plan import Plan, implied_by, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology
 
 __all__ = ["repair_to_budget"]
-
-Cost = Callable[[Plan], float]
 
 
 def _candidates(plan: Plan, topo: Topology, kinds: dict[str, str], allow: Callable[[str], bool]) -> list[str]:
@@ -26,7 +26,7 @@ def _candidates(plan: Plan, topo: Topology, kinds: dict[str, str], allow: Callab
 
 
 def _best_removal(
-    plan: Plan, topo: Topology, cost: Cost, sens: dict[str, float], allow: Callable[[str], bool]
+    plan: Plan, topo: Topology, cost: PlanCost, sens: dict[str, float], allow: Callable[[str], bool]
 ) -> Plan | None:
     here = cost(plan)
     best, best_ratio = None, float("inf")
@@ -42,7 +42,7 @@ def _best_removal(
 
 
 def _add_back(
-    plan: Plan, topo: Topology, cost: Cost, limit: float, sens: dict[str, float], stay_removed: frozenset[str]
+    plan: Plan, topo: Topology, cost: PlanCost, limit: float, sens: dict[str, float], stay_removed: frozenset[str]
 ) -> Plan:
     for name in sorted(plan.removed, key=lambda n: -sens.get(n, 0.0)):
         if name not in plan.removed or name in stay_removed:
@@ -56,7 +56,7 @@ def _add_back(
 def repair_to_budget(
     plan: Plan,
     topo: Topology,
-    cost: Cost,
+    cost: PlanCost,
     limit: float,
     sens: dict[str, float],
     allow: Callable[[str], bool] = lambda _n: True,

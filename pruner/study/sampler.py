@@ -30,6 +30,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from pruner.budget import PlanCost
 from pruner.study.repair import repair_to_budget
 from pruner.study.space import SearchSpace, genome_distributions, genome_of, width_levels
 from pruner.unet.plan import Plan, implied_by, nearest_expressible, unit_kinds
@@ -47,7 +48,7 @@ class PlanSpace:
 
     topo: Topology
     space: SearchSpace
-    cost: Callable[[Plan], float]
+    cost: PlanCost
     limit: float
     sens: dict[str, float]
     allow: Callable[[str], bool]

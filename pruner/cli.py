@@ -170,6 +170,8 @@ def inspect(
         out.print(_units_table(report))
         if report.controlnet:
             out.print(report.controlnet, highlight=False)
+        if report.single_file:
+            out.print(report.single_file, highlight=False)
         if report.latency:
             lat = report.latency
             out.print(f"latency: {lat.total_ms:.2f} ms median of {lat.runs} ({lat.device}, {lat.dtype}, "

@@ -11,6 +11,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from pruner.compat.controlnet import controlnet_compatibility
+from pruner.compat.loaders import config_single_file_compatibility
 from pruner.cost.latency import Latency, measure_latency
 from pruner.cost.model import CostModel
 from pruner.errors import PrunerError
@@ -41,6 +42,7 @@ class Inspection:
     unit_latency_ms: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     controlnet: str | None = None  # "ControlNet-compatible: yes/no, why" for a recipe or a student with one
+    single_file: str | None = None  # "Single file: ...": which single-file loaders rebuild it
 
     def as_dict(self) -> dict[str, Any]:
         units = []
@@ -55,7 +57,7 @@ class Inspection:
             "macs_note": "multiply-adds per UNet call, fvcore with attention counted",
             "resolution": self.resolution, "latent": self.latent, "batch": self.batch,
             "latency": self.latency.as_dict() if self.latency else None, "units": units,
-            "controlnet": self.controlnet,
+            "controlnet": self.controlnet, "single_file": self.single_file,
         }  # fmt: skip
 
 
@@ -149,6 +151,7 @@ def inspect_model(
     total = cost.cost(base)
     report = Inspection(target, found.source, total.params, total.macs, resolution, latent, batch, units,
                         config=config, controlnet=found.controlnet)  # fmt: skip
+    report.single_file = config_single_file_compatibility(config, [str(level) for level in widths]).line()
     if latency and real is not None:
         on_status(f"timing on {device}")
         dtype = torch.float16 if device.startswith("cuda") else torch.float32

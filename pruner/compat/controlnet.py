@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pruner.compat.loaders import single_file_compatibility
 from pruner.errors import PrunerError
 from pruner.unet.plan import Plan, compress_names, unit_kinds
 from pruner.unet.topology import Topology, topology_of
@@ -33,7 +34,7 @@ __all__ = [
     "recipe_compatibility",
 ]
 
-COMPAT_TARGETS = ("controlnet",)
+COMPAT_TARGETS = ("controlnet", "single-file")
 CONTROLNET_KINDS = frozenset({"transformer_layer", "mid_attention"})  # unit kinds that keep the skip topology
 
 _WHY = {
@@ -85,6 +86,14 @@ def check_compat(compat: Sequence[str], plan: Plan, topo: Topology) -> None:
             raise PrunerError(
                 f"the plan is not ControlNet-compatible, but compat asks for controlnet: {result.reasons[0]}; "
                 "remove only transformer layers and the mid block's attention, or drop compat: [controlnet]"
+            )
+    if "single-file" in compat:
+        reasons = single_file_compatibility(plan, topo).reasons()
+        if reasons:
+            loader, why = next(iter(reasons.items()))
+            raise PrunerError(
+                f"compat asks for single-file, but {loader} cannot load the student: {why}; remove the same layers "
+                "in every down block and narrow no width, or drop compat: [single-file]"
             )
 
 

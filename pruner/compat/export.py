@@ -6,9 +6,11 @@ metadata records the pruned depths and the full diffusers config (``pruner.unet_
 ``pruner.load_unet`` reads back), so that a loader which cannot infer a pruned architecture from the keys
 can be given it: ``UNet2DConditionModel.from_single_file(FILE, config=STUDENT_DIR)``.
 
-Refused, with the reason: width-pruned students (single-file loaders build feed-forwards at the config's
-width), and students whose down blocks keep different numbers of layers (diffusers' converter maps block
-indices with one ``layers_per_block``).
+Every depth-pruned student is written, whatever number of layers each block keeps: the numbering runs on
+through the student's own blocks, as layer-counting loaders (ComfyUI's model detection) read it.
+``pruner.compat.loaders`` says which loaders take a student (diffusers' converter needs equal layer
+counts). Refused, with the reason: width-pruned students (single-file loaders build feed-forwards at the
+config's width).
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
-from pruner.compat.sgm import sgm_module_names
+from pruner.compat.loaders import SingleFileCompatibility, config_single_file_compatibility
+from pruner.compat.sgm import UNET_PREFIX, sgm_module_names
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_file, output_lock
 from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.single_file import CONFIG_METADATA_KEY
 
-__all__ = ["UNET_PREFIX", "ExportReport", "export_single_file", "sgm_state_dict"]
+__all__ = ["ExportReport", "export_single_file", "sgm_state_dict"]
 
-UNET_PREFIX = "model.diffusion_model."
 DEPTH_FIELDS = ("layers_per_block", "transformer_layers_per_block", "reverse_transformer_layers_per_block",
                 "mid_block_type", "block_out_channels", "down_block_types", "up_block_types")  # fmt: skip
 
@@ -41,13 +43,14 @@ class ExportReport:
     path: Path
     tensors: int
     metadata: dict[str, str]
+    loaders: SingleFileCompatibility
 
     def summary(self) -> str:
         depths = json.loads(self.metadata["pruner.depths"])
         return (
             f"wrote {self.path} ({self.tensors} UNet tensors, SGM layout); layers_per_block "
             f"{depths['layers_per_block']}, transformer_layers_per_block {depths['transformer_layers_per_block']}, "
-            f"mid {depths['mid_block_type']}"
+            f"mid {depths['mid_block_type']}\n{self.loaders.line()}"
         )
 
 
@@ -64,17 +67,11 @@ def sgm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _check_exportable(student: str, config: dict, narrowed: dict[str, int]) -> None:
+def _check_exportable(student: str, compat: SingleFileCompatibility, narrowed: dict[str, int]) -> None:
     if narrowed:
         raise PrunerError(
             f"{student} is width-pruned ({len(narrowed)} narrowed feed-forwards): single-file loaders build "
             "feed-forwards at the config's width and cannot read it; share the folder (pruner.load_unet) instead"
-        )
-    layers = config.get("layers_per_block")
-    if isinstance(layers, list | tuple) and len(set(layers)) > 1:
-        raise PrunerError(
-            f"{student} keeps {list(layers)} layers in its down blocks: diffusers' single-file converter numbers "
-            "blocks with one layers_per_block, so it would misplace them; share the folder instead"
         )
 
 
@@ -104,7 +101,8 @@ def _check_out(out: Path) -> None:
 def export_single_file(
     student: str | Path, out: str | Path, *, unet_only: bool = False, dtype: torch.dtype | None = None
 ) -> ExportReport:
-    """Write a depth-pruned student's UNet as one SGM-layout ``.safetensors`` with its depths in the metadata.
+    """Write a depth-pruned student's UNet as one SGM-layout ``.safetensors`` with its depths in the metadata
+    (any number of layers per block; the report says which loaders take it).
 
     ``student``: a student folder (UNet or pipeline) or anything ``pruner.load_unet`` reads. A pipeline
     needs ``unet_only=True`` for now: its VAE and text encoders are not converted to their original layouts.
@@ -117,8 +115,9 @@ def export_single_file(
             f"{student} is a pipeline, and whole-pipeline single-file export is not supported yet (its VAE and text "
             "encoders are not converted to their original layouts); pass --unet-only to export its UNet"
         )
-    config = unet_config(ref)
-    _check_exportable(str(student), config, unet_ff_inner(ref))
+    narrowed = unet_ff_inner(ref)
+    compat = config_single_file_compatibility(unet_config(ref), list(narrowed))
+    _check_exportable(str(student), compat, narrowed)
     unet: UNet2DConditionModel = load_unet(ref, dtype=dtype)
     state = sgm_state_dict(unet)
     metadata = _metadata(dict(unet.config), str(student))
@@ -126,4 +125,4 @@ def export_single_file(
         _check_out(out)  # again, now that no other run can write it: a run that finished meanwhile is not replaced
         with atomic_path(out, needed=sum(t.nbytes for t in state.values())) as tmp:
             save_file(state, str(tmp), metadata=metadata)
-    return ExportReport(out, len(state), metadata)
+    return ExportReport(out, len(state), metadata, compat)

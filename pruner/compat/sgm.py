@@ -10,9 +10,17 @@ holds for pruned students whose blocks have other depths.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
+
+import torch
 from torch import nn
 
-__all__ = ["sgm_module_names"]
+from pruner.unet.topology import BlockTopology, MidKind, Topology
+
+__all__ = ["UNET_PREFIX", "from_sgm_state_dict", "sgm_module_names", "sgm_topology"]
+
+UNET_PREFIX = "model.diffusion_model."
 
 _TOP = {
     "conv_in": "input_blocks.0.0",
@@ -107,3 +115,77 @@ def sgm_module_names(unet: nn.Module) -> dict[str, str]:
             raise KeyError(path)
         out[path] = name
     return out
+
+
+def from_sgm_state_dict(state: Mapping[str, torch.Tensor], unet: nn.Module) -> dict[str, torch.Tensor]:
+    """SGM-keyed tensors (with or without ``model.diffusion_model.``) under ``unet``'s own diffusers keys.
+
+    The inverse of the export's renaming, numbered from ``unet``'s blocks (any depth per block), so a file
+    whose keys name a module ``unet`` does not have raises ``KeyError`` naming that key.
+    """
+    back = {sgm: path for path, sgm in sgm_module_names(unet).items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        module, _, name = key.removeprefix(UNET_PREFIX).rpartition(".")
+        if module not in back:
+            raise KeyError(key)
+        out[f"{back[module]}.{name}"] = tensor
+    return out
+
+
+def _numbered(keys: Iterable[str], group: str) -> dict[int, set[str]]:
+    """``group.N.rest`` keys as N -> the set of rests, in index order."""
+    out: dict[int, set[str]] = {}
+    for key in keys:
+        head, _, rest = key.removeprefix(UNET_PREFIX).partition(".")
+        index, _, tail = rest.partition(".")
+        if head == group and index.isdigit():
+            out.setdefault(int(index), set()).add(tail)
+    return dict(sorted(out.items()))
+
+
+def _attention_depth(tails: set[str]) -> int | None:
+    """Transformer layers of the attention at ``.1`` of an SGM block (None: the block has no attention)."""
+    if not any(t.startswith("1.proj_in.") for t in tails):
+        return None
+    return len({t.split(".")[2] for t in tails if t.startswith("1.transformer_blocks.")})
+
+
+def _block(depths: list[int | None]) -> BlockTopology:
+    attn = any(d is not None for d in depths)
+    return BlockTopology(attn, tuple(d or 0 for d in depths))
+
+
+def _levels(blocks: dict[int, set[str]], ends_level: str) -> list[BlockTopology]:
+    """Group numbered SGM blocks into levels: a block matching ``ends_level`` (a resampler) closes one."""
+    levels: list[BlockTopology] = []
+    current: list[int | None] = []
+    for tails in blocks.values():
+        resampler = any(re.match(ends_level, t) for t in tails)
+        if any(t.startswith("0.in_layers.") for t in tails):
+            current.append(_attention_depth(tails))
+        if resampler:
+            levels.append(_block(current))
+            current = []
+    return [*levels, _block(current)] if current else levels
+
+
+def sgm_topology(keys: Iterable[str]) -> Topology:
+    """The depths an SGM checkpoint's keys describe, read as a layer-counting loader reads them.
+
+    ComfyUI's model detection and SGM's ``UNetModel`` (``num_res_blocks`` per level) count the layers of each
+    level between downsamplers (``input_blocks.N.0.op``) and upsamplers (``output_blocks.N.{1,2}.conv``), and
+    the transformer layers of each block's attention; no single ``layers_per_block`` is assumed.
+    """
+    keys = list(keys)
+    down = _levels({k: v for k, v in _numbered(keys, "input_blocks").items() if k > 0}, r"0\.op\.")
+    up = _levels(_numbered(keys, "output_blocks"), r"[12]\.conv\.")
+    return Topology(tuple(down), tuple(up), *_mid(keys))
+
+
+def _mid(keys: list[str]) -> tuple[MidKind | None, int]:
+    middle = _numbered(keys, "middle_block")
+    depth = _attention_depth({f"1.{t}" for t in middle.get(1, set())})
+    if depth is not None:
+        return "cross_attn", depth
+    return ("resnet" if middle else None), 0

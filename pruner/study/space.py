@@ -54,10 +54,12 @@ class SearchSpace(BaseModel):
     keep_skip_topology: bool = Field(
         False, description="Never remove layers with skip connections (ControlNet-style adapters stay compatible)."
     )
-    compat: tuple[Literal["controlnet"], ...] = Field(
+    compat: tuple[Literal["controlnet", "single-file"], ...] = Field(
         (),
         description="Compatibilities every plan keeps: controlnet (no layer units, mid block or stage go; implies "
-        "layers: false, mid_block: false and keep_skip_topology: true).",
+        "layers: false, mid_block: false and keep_skip_topology: true); single-file (every down block keeps its "
+        "layers and no width is searched, so diffusers' from_single_file loads the exported student too; implies "
+        "layers: false and width: false).",
     )
     width: bool = Field(False, description="Also search the feed-forward width of each resolution level.")
     width_ratios: tuple[float, ...] = Field(
@@ -70,12 +72,22 @@ class SearchSpace(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _compat(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or "controlnet" not in (data.get("compat") or ()):
+        if not isinstance(data, dict):
             return data
-        clash = [k for k in ("layers", "mid_block") if data.get(k) is True]
-        if clash:
-            raise ValueError(f"compat: [controlnet] keeps every skip and the mid block; drop {', '.join(clash)}: true")
-        return {**data, "layers": False, "mid_block": False, "keep_skip_topology": True}
+        compat = data.get("compat") or ()
+        if "controlnet" in compat:
+            clash = [k for k in ("layers", "mid_block") if data.get(k) is True]
+            if clash:
+                raise ValueError(
+                    f"compat: [controlnet] keeps every skip and the mid block; drop {', '.join(clash)}: true"
+                )
+            data = {**data, "layers": False, "mid_block": False, "keep_skip_topology": True}
+        if "single-file" in compat:
+            clash = [k for k in ("layers", "width") if data.get(k) is True]
+            if clash:
+                raise ValueError(f"compat: [single-file] keeps every layer and width; drop {', '.join(clash)}: true")
+            data = {**data, "layers": False, "width": False}
+        return data
 
     @field_validator("width_ratios")
     @classmethod

@@ -2,13 +2,14 @@
 
 Files in diffusers' own key layout are matched to a ``config.json`` beside them or, failing that, to a
 shipped architecture whose every tensor shape agrees. Files in the original Stable Diffusion layout
-(``model.diffusion_model.*``) go through diffusers' ``from_single_file``.
+(``model.diffusion_model.*``) that ``pruner export`` wrote carry the student's config and are renamed with
+the student's own block numbering (any number of layers per block); other ones go through diffusers'
+``from_single_file``.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def single_file_config(path: Path) -> dict[str, Any]:
     """The UNet config of a single-file checkpoint, read without loading its tensors."""
     shapes = _header_shapes(path)
     if _is_original_layout(shapes):
-        return dict(_original_layout_unet(path, None).config)
+        recorded = _recorded_config(path)
+        return recorded if recorded is not None else dict(_original_layout_unet(path, None).config)
     beside = path.with_name("config.json")
     if beside.is_file():
         return json.loads(beside.read_text())
@@ -68,15 +70,35 @@ def _recorded_config(path: Path) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def _original_layout_unet(path: Path, dtype: torch.dtype | None) -> UNet2DConditionModel:
-    """diffusers' conversion; given the config ``pruner export`` recorded, so pruned depths are read right."""
-    config = _recorded_config(path)
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        if config is None:
-            return UNet2DConditionModel.from_single_file(str(path), dtype=dtype)
-        with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "config.json").write_text(json.dumps(config))
-            return UNet2DConditionModel.from_single_file(str(path), config=folder, dtype=dtype)
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise PrunerError(f"{path} is truncated or corrupt ({exc}); re-download or re-save it") from exc
+
+
+def _recorded_layout_unet(path: Path, config: dict[str, Any]) -> UNet2DConditionModel:
+    """An exported student: built from its recorded config, keys renamed with its own block numbering."""
+    from pruner.compat.sgm import from_sgm_state_dict
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    try:
+        state = from_sgm_state_dict(_read_tensors(path), unet)
+        unet.load_state_dict(state, strict=True, assign=True)
+    except (KeyError, RuntimeError) as exc:
+        raise PrunerError(f"{path} does not match the config it records ({exc}); re-export the student") from exc
+    return unet
+
+
+def _original_layout_unet(path: Path, dtype: torch.dtype | None) -> UNet2DConditionModel:
+    """An exported student through its recorded config; any other SGM file through diffusers' conversion."""
+    config = _recorded_config(path)
+    if config is not None:
+        unet = _recorded_layout_unet(path, config)
+        return unet.to(dtype) if dtype is not None else unet
+    try:
+        return UNet2DConditionModel.from_single_file(str(path), dtype=dtype)
     except Exception as exc:
         raise PrunerError(
             f"diffusers could not convert {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
@@ -89,10 +111,7 @@ def load_single_file(path: Path, *, dtype: torch.dtype | None = None) -> UNet2DC
     if _is_original_layout(shapes):
         return _original_layout_unet(path, dtype)
     unet = UNet2DConditionModel.from_config(single_file_config(path))
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise PrunerError(f"{path} is truncated or corrupt ({exc}); re-download or re-save it") from exc
+    state = _read_tensors(path)
     missing, unexpected = unet.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise PrunerError(

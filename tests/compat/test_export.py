@@ -1,5 +1,6 @@
-"""Single-file export: depth-only students of both fixtures written in the SGM layout load back through
-diffusers' ``from_single_file`` (and ``pruner.load_unet``) and give the student's output."""
+"""Single-file export: depth-pruned students of both fixtures written in the SGM layout load back through
+diffusers' ``from_single_file`` (equal layer counts) and ``pruner.load_unet`` (any), give the student's
+output, and their keys describe the student's depths to a layer-counting loader."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SD15, TINY_SDXL, unet_inputs
+from conftest import TINY_SD15, TINY_SDXL, random_plans, unet_inputs
 from diffusers import UNet2DConditionModel
 from safetensors import safe_open
 from typer.testing import CliRunner
@@ -17,6 +18,8 @@ from typer.testing import CliRunner
 import pruner.unet
 from pruner.cli import app
 from pruner.compat.export import export_single_file
+from pruner.compat.loaders import single_file_compatibility
+from pruner.compat.sgm import sgm_topology
 from pruner.errors import PrunerError
 from pruner.unet import Plan, build_student, nearest_expressible, topology_of, unit_kinds
 from pruner.unet.width import save_unet
@@ -61,15 +64,51 @@ def test_depth_only_students_of_both_topologies_round_trip_through_diffusers_sin
         assert depths["layers_per_block"] == student.config.layers_per_block
         assert report.metadata["pruner.depths"] == json.dumps(depths)
         assert depths["mid_block_type"] == student.config.mid_block_type
+        assert sgm_topology(_keys(file)) == topology_of(student)
 
 
-def test_students_with_uneven_layer_counts_and_width_pruned_students_are_refused_with_the_reason(
-    tiny_sdxl: UNet2DConditionModel, tmp_path: Path
+def _uneven_plans(teacher: UNet2DConditionModel, seed: int, n: int) -> list[Plan]:
+    """Random expressible plans whose down blocks keep different numbers of layers."""
+    topo = topology_of(teacher)
+    plans = [p for p in random_plans(topo, 40, seed) if len(set(single_file_compatibility(p, topo).layers)) > 1]
+    assert len(plans) >= n
+    return plans[:n]
+
+
+def _keys(file: Path) -> list[str]:
+    with safe_open(str(file), framework="pt") as f:
+        return list(f.keys())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_students_with_uneven_layer_counts_round_trip_and_their_keys_describe_their_depths(
+    tiny_unet: UNet2DConditionModel, tmp_path: Path, seed: int
 ) -> None:
-    uneven = build_student(tiny_sdxl, Plan.removing(["down_blocks.1.resnets.1"]))[0]
-    uneven.save_pretrained(tmp_path / "uneven")
-    with pytest.raises(PrunerError, match="one layers_per_block"):
-        export_single_file(tmp_path / "uneven", tmp_path / "uneven.safetensors")
+    name = "sdxl" if tiny_unet.config.addition_embed_type == "text_time" else "sd15"
+    for k, plan in enumerate(_uneven_plans(tiny_unet, seed, 2)):
+        student = build_student(tiny_unet, plan)[0].eval()
+        folder, file = tmp_path / f"student{k}", tmp_path / f"student{k}.safetensors"
+        student.save_pretrained(folder)
+        report = export_single_file(folder, file)
+        back = pruner.unet.load_unet(str(file))
+        torch.testing.assert_close(_out(back, name), _out(student, name), atol=1e-4, rtol=1e-4)
+        assert sgm_topology(_keys(file)) == topology_of(student)  # what a layer-counting loader reads
+        assert "diffusers from_single_file: no" in report.summary() and "pruner.load_unet" in report.summary()
+
+
+def test_the_found_example_student_of_the_bundled_teacher_exports_and_loads_back(tmp_path: Path) -> None:
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "examples" / "tiny-sdxl-50" / "found.yaml"
+    student = pruner.build_student("tiny-sdxl", recipe).eval()
+    student.save_pretrained(tmp_path / "found")
+    export_single_file(tmp_path / "found", tmp_path / "found.safetensors")
+    back = pruner.unet.load_unet(str(tmp_path / "found.safetensors"))
+    args, kwargs = unet_inputs(dict(student.config), 8, batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(back(*args, **kwargs).sample, student(*args, **kwargs).sample, atol=1e-4, rtol=1e-4)
+    assert sgm_topology(_keys(tmp_path / "found.safetensors")) == topology_of(student)
+
+
+def test_width_pruned_students_are_refused_with_the_reason(tiny_sdxl: UNet2DConditionModel, tmp_path: Path) -> None:
     narrow = build_student(tiny_sdxl, Plan(ff_keep=((1, 0.5),)))[0]
     save_unet(narrow, tmp_path / "narrow")
     with pytest.raises(PrunerError, match="width-pruned"):

@@ -1,0 +1,77 @@
+"""Which single-file loaders rebuild a student from its SGM file (``pruner export``), and why not.
+
+Three kinds of loader read a UNet from ``model.diffusion_model.*`` keys:
+
+- ``pruner.load_unet(FILE)`` reads the diffusers config the export records and renames the keys with the
+  student's own numbering: every depth-pruned student.
+- Layer-counting loaders (ComfyUI's model detection, SGM's ``UNetModel`` with ``num_res_blocks`` per level)
+  count each level's layers between resamplers and each attention's transformer layers from the keys
+  (``pruner.compat.sgm.sgm_topology`` reads them the same way): every depth-pruned student.
+- diffusers' ``UNet2DConditionModel.from_single_file(FILE, config=STUDENT)``: its converter
+  (``convert_ldm_unet_checkpoint``, diffusers 0.42) maps ``input_blocks.N`` to a block with the one stride
+  ``layers_per_block + 1`` and fails on a per-block list, so it takes only students whose down blocks keep
+  equal numbers of layers.
+
+No loader builds feed-forwards at widths other than the config's, so width-pruned students have no
+single-file form (the folder loads with ``pruner.load_unet``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pruner.unet.plan import Plan, layout_of
+from pruner.unet.topology import Topology
+
+__all__ = ["LOADERS", "SingleFileCompatibility", "config_single_file_compatibility", "single_file_compatibility"]
+
+LOADERS = ("pruner.load_unet", "layer-counting loaders (ComfyUI-style)", "diffusers from_single_file")
+
+
+@dataclass(frozen=True)
+class SingleFileCompatibility:
+    """A student's down-block layer counts and narrowed feed-forwards, and what that means per loader."""
+
+    layers: tuple[int, ...]
+    narrowed: bool = False
+
+    def reasons(self) -> dict[str, str]:
+        """Loader -> why it cannot rebuild the student (loaders that can are absent)."""
+        if self.narrowed:
+            why = "the student is width-pruned and single-file loaders build feed-forwards at the config's width"
+            return dict.fromkeys(LOADERS, why)
+        if len(set(self.layers)) > 1:
+            return {
+                LOADERS[2]: f"its converter numbers blocks with one layers_per_block and the student keeps "
+                f"{list(self.layers)} layers in its down blocks"
+            }
+        return {}
+
+    @property
+    def ok(self) -> bool:
+        """Every loader takes the student (what ``compat: [single-file]`` asks for)."""
+        return not self.reasons()
+
+    def line(self) -> str:
+        """``Single file: ...``, as ``pruner inspect`` prints it."""
+        reasons = self.reasons()
+        if len(reasons) == len(LOADERS):
+            return f"Single file: no loader takes it ({next(iter(reasons.values()))}); share the folder"
+        takes = ", ".join(name for name in LOADERS if name not in reasons)
+        return "Single file: " + "; ".join([f"{takes}: yes", *(f"{n}: no, {why}" for n, why in reasons.items())])
+
+
+def single_file_compatibility(plan: Plan, topo: Topology) -> SingleFileCompatibility:
+    """A plan on a teacher topology, checked against the single-file loaders."""
+    layers = tuple(len(block) for block in layout_of(plan, topo).down)
+    return SingleFileCompatibility(layers, narrowed=bool(plan.ff_keep))
+
+
+def config_single_file_compatibility(config: dict[str, Any], narrowed: Sequence[str] = ()) -> SingleFileCompatibility:
+    """A saved student's config (and its narrowed feed-forwards, if any) checked against the loaders."""
+    layers = config["layers_per_block"]
+    n = len(config["down_block_types"])
+    counts = tuple(layers) if isinstance(layers, list | tuple) else (int(layers),) * n
+    return SingleFileCompatibility(counts, narrowed=bool(narrowed))

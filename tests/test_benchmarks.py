@@ -44,17 +44,6 @@ def test_latency_model_benchmark_prints_estimate_against_measured() -> None:
 
 
 @pytest.mark.slow
-def test_sdxl_scale_runs_the_user_path_at_tiny_size(tmp_path: Path) -> None:
-    out = run("benchmarks/sdxl_scale.py", "--tiny", "--work", str(tmp_path))
-    stages = ("build pipeline", "synth-data", "cache", "search", "distill", "eval")
-    assert all(stage in out for stage in stages) and "peak host GiB" in out and "s / trial" in out
-    assert "calibration: 8 training rows" in out and "trials: " in out and "median" in out
-    assert "UNet latency at 8x8 latents" in out and "; vega " in out
-    assert (tmp_path / "recipes" / "found.yaml").is_file() and (tmp_path / "student" / "unet").is_dir()
-    assert (tmp_path / "eval.png").is_file()
-
-
-@pytest.mark.slow
 def test_lora_port_benchmark_prints_the_behaviour_table(tmp_path: Path) -> None:
     out = run("benchmarks/lora_port.py", "--out", str(tmp_path), "--lora-steps", "2", "--lora-batch", "4",
               "--distill-steps", "2", "--n-train", "16", "--n-eval", "4", "--steps", "2")  # fmt: skip

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pruner import defaults
+from pruner.budget import KINDS
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.io import check_output_dir, check_output_file, check_storage_path
 from pruner.runtime import configure_threads
@@ -98,21 +99,13 @@ def user_errors(runtime: bool = True) -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _fmt(n: int | None, scales: tuple[tuple[float, str], ...] = ((1e9, "B"), (1e6, "M"), (1e3, "K"))) -> str:
-    """Human-readable count: parameters in B/M/K, MACs (with ``_MACS``) in T/G/M."""
-    if n is None:
-        return "-"
-    for scale, suffix in scales:
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}"
-    return str(n)
-
-
-_MACS = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
+def _fmt(n: int | None, kind: str = "params") -> str:
+    """A count as its budget kind shows it (``pruner.budget.KINDS``): params in K/M/B/T, MACs in K/M/G/T."""
+    return "-" if n is None else KINDS[kind].format(n)
 
 
 def _units_table(report: Inspection) -> Table:
-    table = Table(title=f"{report.target}: {_fmt(report.params)} params, {_fmt(report.macs, _MACS)} MACs "
+    table = Table(title=f"{report.target}: {_fmt(report.params)} params, {_fmt(report.macs, 'macs')} MACs "
                         f"at {report.resolution}px batch {report.batch}")  # fmt: skip
     width = max((len(u.name) for u in report.units), default=4)
     for col in ("unit", "kind", "params", "% params", "MACs", "% MACs"):
@@ -127,7 +120,10 @@ def _units_table(report: Inspection) -> Table:
         table.add_column("% time", justify="right")
     for u in report.units:
         row = [u.name, u.kind, _fmt(u.params), f"{100 * u.params / report.params:.2f}"]
-        row += [_fmt(u.macs, _MACS), f"{100 * u.macs / report.macs:.2f}" if u.macs is not None and report.macs else "-"]
+        row += [
+            _fmt(u.macs, "macs"),
+            f"{100 * u.macs / report.macs:.2f}" if u.macs is not None and report.macs else "-",
+        ]
         if report.unit_latency_ms and report.latency is not None:
             ms = report.unit_latency_ms[u.name]
             row += [f"{ms:.2f}", f"{100 * ms / report.latency.total_ms:.1f}"]

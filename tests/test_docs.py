@@ -45,3 +45,16 @@ def test_the_readme_and_docs_python_blocks_pass_mypy(tmp_path: Path) -> None:
     errors = [line for line in checked.stdout.splitlines() if ": error:" in line]
     assert errors and all(line.startswith(str(tmp_path / "wrong_type.py")) for line in errors), checked.stdout
     assert "arg-type" in errors[0] and "Found 1 error in 1 file" in checked.stdout, checked.stdout
+
+
+def test_the_readme_test_command_and_torch_pin_are_what_ci_runs() -> None:
+    """The README's two commands stay true to .ci/run: the same test command, the same torch pin."""
+    readme, ci = (ROOT / "README.md").read_text(encoding="utf-8"), (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    bash = re.findall(r"```bash\n(.*?)```", readme.split("## Quick start", 1)[1].split("\n## ", 1)[0], re.S)
+    assert len(bash) == 2, "the quick start has two commands: set up and run the main job, and run the tests"
+    setup, tests = (block.strip() for block in bash)
+    test_command = tests.split("&&")[-1].strip()
+    assert test_command in [line.strip() for line in ci.splitlines()], f"{test_command!r} is not a line of .ci/run"
+    pins = set(re.findall(r"torch==[\w.]+", ci))
+    assert pins and pins == set(re.findall(r"torch==[\w.]+", setup)), (pins, setup)
+    assert 'pip install -e ".[dev]"' in setup and 'pip install -q -e ".[dev]"' in ci

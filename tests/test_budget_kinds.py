@@ -16,10 +16,10 @@ from torch import nn
 from pruner.budget import KINDS, BudgetKind, PlanCost, parse_budget
 from pruner.cost.model import CostModel
 from pruner.errors import PrunerError
+from pruner.study.context import check_budget
 from pruner.study.front import front_rows, front_table, plot_front
 from pruner.study.heuristics import seed_plans
 from pruner.study.repair import repair_to_budget
-from pruner.study.study import check_budget
 from pruner.unet.plan import Plan, implied_by, unit_kinds
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

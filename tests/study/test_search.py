@@ -110,7 +110,7 @@ def test_a_short_search_writes_its_front_and_resumes(
         raise AssertionError("the study's recorded sensitivities were measured again")
 
     with monkeypatch.context() as m:  # a resumed (or joining) run takes the study's unit sensitivities
-        m.setattr("pruner.study.study.unit_sensitivity", no_sensitivity)
+        m.setattr("pruner.study.context.unit_sensitivity", no_sensitivity)
         again = runner.invoke(app, [*args[:8], "6", *args[9:]])  # --trials 6: two more
     assert again.exit_code == 0, again.output
     assert sum(counted(t) for t in optuna.load_study(study_name="t", storage=storage).trials) == 6

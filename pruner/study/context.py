@@ -1,0 +1,169 @@
+"""Everything a search's trials read, built once per worker: the teacher loaded on the search's device,
+its topology and cost model, the budget's limit in its kind's unit (checked against what the search space
+can express), the calibration set with the teacher's outputs, and each unit's sensitivity."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pruner.budget import Budget, PlanCost
+from pruner.cost.model import CostModel
+from pruner.device import resolve_device, slow_half_note, teacher_dtype
+from pruner.distillation.data import default_data
+from pruner.distillation.engine import PlainRuntime, Runtime
+from pruner.errors import PrunerError
+from pruner.study.config import SearchConfig
+from pruner.study.proxy import Calibration, build_calibration, proxy_batch, unit_sensitivity
+from pruner.study.space import SearchSpace, load_space, width_levels
+from pruner.teacher import Teacher
+from pruner.unet.plan import Plan, nearest_expressible, unit_kinds
+from pruner.unet.topology import Topology, topology_of
+
+__all__ = ["SearchContext", "build_context", "check_budget", "search_device"]
+
+
+def _allow(space: SearchSpace, kinds: dict[str, str]) -> Callable[[str], bool]:
+    allowed = {"transformer_layer": space.transformer_layers, "layer": space.layers and not space.keep_skip_topology,
+               "mid_attention": space.mid_attention, "mid_block": space.mid_block, "stage": False}  # fmt: skip
+    return lambda name: allowed.get(kinds.get(name, ""), False)
+
+
+@dataclass
+class SearchContext:
+    """Everything a trial reads: teacher, topology, cost model, budget, calibration and sensitivities."""
+
+    cfg: SearchConfig
+    space: SearchSpace
+    teacher: Any  # the loaded teacher UNet, frozen on the search's device
+    topo: Topology
+    cost_model: CostModel
+    budget: Budget
+    budget_cost: PlanCost  # a plan's cost in the budget's kind (a latency budget: the composed estimate, in ms)
+    limit: float
+    calib: Calibration
+    sens: dict[str, float]
+    data_path: str | None
+    runtime: Runtime | None = None
+    proxy_batch: int = 16
+
+    def cost(self, plan: Plan) -> float:
+        """The plan's cost in the budget's kind and unit."""
+        return self.budget_cost(plan)
+
+    def __post_init__(self) -> None:
+        self._allow = _allow(self.space, unit_kinds(self.topo))  # built once: repair asks for every candidate
+
+    def allow(self, name: str) -> bool:
+        return self._allow(name)
+
+
+def check_budget(
+    cost: PlanCost, topo: Topology, budget: Budget, allow: Callable[[str], bool],
+    narrowest: tuple[tuple[int, float], ...] = (),
+) -> float:  # fmt: skip
+    """The budget's absolute limit, or a one-line error when no student of this space can meet it."""
+    total, shown = cost(Plan()), budget.kind.format
+    limit = budget.limit(total)
+    if limit >= total:
+        raise PrunerError(f"budget {budget.describe()} is not below the teacher's {shown(total)}: nothing to remove")
+    everything = Plan(frozenset(n for n in unit_kinds(topo) if allow(n)), narrowest)
+    floor = cost(nearest_expressible(everything, topo, prefer="remove"))
+    if floor > limit:
+        raise PrunerError(
+            f"budget {budget.describe()} is below the smallest student this search space can express "
+            f"({shown(floor)}, {100 * floor / total:.1f}% of the teacher); raise the budget or widen --space"
+        )
+    return limit
+
+
+def _calibration_data(cfg: SearchConfig, teacher: Teacher) -> tuple[Any, str | None]:
+    """The latent cache to calibrate on: --data, teacher-generated latents from --prompts, or the bundled set."""
+    from pruner.distillation.cache import LatentCache
+
+    if cfg.data:
+        return LatentCache(cfg.data), cfg.data
+    if cfg.prompts:
+        from pruner.study.prompts import prompt_latents
+
+        return prompt_latents(teacher, Path(cfg.prompts), cfg.calibration + cfg.held_out, cfg.seed), None
+    path = default_data(teacher, progress=cfg.progress)
+    if path is not None:
+        return LatentCache(path), str(path)
+    raise PrunerError(
+        "no calibration data: pass --data CACHE (from `pruner cache`) or --prompts FILE (one prompt a line)"
+    )
+
+
+def search_device(cfg: SearchConfig, teacher: Teacher) -> torch.device:
+    """Where the search runs: ``cfg.device``, else where a given teacher model lives, else cuda when available."""
+    if teacher.model is not None and not cfg.device:
+        return resolve_device(str(next(teacher.model.parameters()).device))
+    return resolve_device(cfg.device)
+
+
+def _say_precision(status: Callable[[str], None], device: torch.device, model: Any, runtime: PlainRuntime,
+                   mixed_precision: str | None) -> None:  # fmt: skip
+    autocast = str(runtime.dtype).removeprefix("torch.") if runtime.dtype else "off"
+    note = slow_half_note(device, mixed_precision)
+    if note:
+        status(f"note: {note}")
+    status(
+        f"teacher frozen on {device} in {str(model.dtype).removeprefix('torch.')}; students train "
+        f"in fp32, autocast {autocast}; building the calibration set (teacher outputs and features, once)"
+    )
+
+
+def _sensitivities(
+    model: Any, topo: Topology, calib: Calibration, batch: int, cfg: SearchConfig,
+    recorded: dict[str, float] | None, status: Callable[[str], None],
+) -> dict[str, float]:  # fmt: skip
+    """Each unit's zero-shot KD when removed alone: the study's, when it recorded every unit's, else measured."""
+    kinds = unit_kinds(topo)
+    units = [n for n in kinds if kinds[n] != "stage"]
+    if recorded is not None and set(units) <= set(recorded):
+        status("unit sensitivities: the study's (measured once, by its first worker)")
+        return {n: recorded[n] for n in units}
+    status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
+    return unit_sensitivity(model, topo, calib, units, 2 * batch, progress=cfg.progress)
+
+
+def build_context(
+    cfg: SearchConfig, teacher: Teacher, budget: Budget, status: Callable[[str], None] = lambda _m: None,
+    sensitivity: dict[str, float] | None = None,
+) -> SearchContext:  # fmt: skip
+    """Load the teacher, check the budget, build the calibration set and the unit sensitivities (measured,
+    unless ``sensitivity`` already holds every unit's: a study's, recorded by its first worker)."""
+    space = load_space(cfg.space)
+    device = search_device(cfg, teacher)
+    runtime = _runtime(device, cfg.mixed_precision)
+    model = teacher.load(dtype=teacher_dtype(device, cfg.mixed_precision), device=device)
+    cost = CostModel(model.config, latent=teacher.latent, teacher=model)
+    if budget.kind.timed:
+        status(f"timing the teacher's modules on {device} for the {budget.kind.noun} budget")
+    budget_cost = budget.kind.cost(cost, model)
+    topo = topology_of(model)
+    allow = _allow(space, unit_kinds(topo))
+    narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
+    limit = check_budget(budget_cost, topo, budget, allow, narrowest)
+    _say_precision(status, device, model, runtime, cfg.mixed_precision)
+    data, data_path = _calibration_data(cfg, teacher)
+    batch = cfg.proxy_batch or proxy_batch(teacher.latent)
+    calib = build_calibration(model, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
+                              scheduler=teacher.scheduler(), seed=cfg.seed, batch=batch, status=status,
+                              vae_scale=teacher.vae_scale, progress=cfg.progress)  # fmt: skip
+    sens = _sensitivities(model, topo, calib, batch, cfg, sensitivity, status)
+    return SearchContext(cfg, space, model, topo, cost, budget, budget_cost, limit, calib, sens, data_path, runtime,
+                         batch)  # fmt: skip
+
+
+def _runtime(device: torch.device, mixed_precision: str | None) -> PlainRuntime:
+    """Autocast for the proxy's students: bf16 (fp16 where bf16 is missing) on a GPU unless told otherwise."""
+    if mixed_precision is None:
+        half = "bf16" if teacher_dtype(device) == torch.bfloat16 else "fp16"
+        mixed_precision = half if device.type == "cuda" else "no"
+    return PlainRuntime(device, mixed_precision)

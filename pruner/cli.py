@@ -11,9 +11,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
@@ -26,7 +27,19 @@ from pruner.runtime import configure_threads
 if TYPE_CHECKING:
     from pruner.inspection import Inspection
 
+
+class _Commands(typer.core.TyperGroup):
+    """The command group: ``--debug`` is taken after the subcommand too (``pruner search --debug``)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: the click Context typer bundles
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for i, a in enumerate(args) if a != "--debug" or i > end)]
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="pruner",
     help="Find which blocks of an SDXL-class UNet to remove, then distill the student.",
     no_args_is_help=True,
@@ -99,6 +112,12 @@ def user_errors(runtime: bool = True) -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def _table_console() -> Console:
+    """Where tables go: the terminal at its own width; a pipe or file at 120 columns (what a terminal commonly
+    shows; wide columns fold rather than overflow)."""
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
 def _fmt(n: int | None, kind: str = "params") -> str:
     """A count as its budget kind shows it (``pruner.budget.KINDS``): params in K/M/B/T, MACs in K/M/G/T."""
     return "-" if n is None else KINDS[kind].format(n)
@@ -162,7 +181,7 @@ def inspect(
         if as_json:
             sys.stdout.write(json.dumps(report.as_dict()) + "\n")
             return
-        out = Console() if sys.stdout.isatty() else Console(width=200)
+        out = Console() if sys.stdout.isatty() else Console(width=200)  # its unit names need 130 columns with latency
         out.print(_units_table(report))
         if report.controlnet:
             out.print(report.controlnet, highlight=False)
@@ -294,17 +313,24 @@ def search(
             )  # fmt: skip
         except KeyboardInterrupt:  # before the first trial (while loading or calibrating)
             raise SearchInterrupted("interrupted before the first trial; rerun the same command to start") from None
-        Console(width=200).print(front_table(result.study, title=f"Pareto front of {result.study.study_name}"))
+        _table_console().print(front_table(result.study, title=f"Pareto front of {result.study.study_name}"))
         dashboard = result.storage.removeprefix("journal:")
-        found = result.files["found"]
-        err.print(f"found: {found}\nfront: {result.files['front_dir']} and {result.files['plot']}\n"
-                  f"study: {result.storage} (browse it: optuna-dashboard {dashboard})\n"
-                  f"next: pruner distill {found}")  # fmt: skip
+        found, name = result.files["found"], result.study.study_name
+        err.print(
+            f"found: {found}\nfront: {result.files['front_dir']} and {result.files['plot']}\n"
+            f"study: {name} in {result.storage} (show it again: pruner front {result.storage}; browse it: "
+            f"pip install 'pruner[dashboard]', then optuna-dashboard {dashboard})\n"
+            f"next: pruner distill {found}",
+            soft_wrap=True,  # whole commands, to copy
+            markup=False,  # 'pruner[dashboard]' is text, not a style
+        )
 
 
 @app.command()
 def front(
-    study: Annotated[str, typer.Argument(help="Study name (as `pruner search` printed it).")],
+    study: Annotated[
+        str, typer.Argument(help="Study name, or the storage URL `pruner search` printed (when it holds one study).")
+    ],
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL; default sqlite under search/runs/.")] = None,
     export: Annotated[Path | None, typer.Option(help="Write front/*.yaml, found.yaml and front.png here.")] = None,
     plot: Annotated[
@@ -317,15 +343,17 @@ def front(
     with the heuristic seeds marked."""
     from pruner.study.export import export_study
     from pruner.study.front import front_table, plot_front
-    from pruner.study.storage import default_storage, load_existing_study
+    from pruner.study.storage import default_storage, is_storage_url, load_existing_study, only_study
 
     with user_errors():
         if export is not None:
             check_output_dir(export, "--export")
         if plot is not None:
             check_output_file(plot, "--plot")
+        if storage is None and is_storage_url(study):  # `pruner front URL`, as the search printed it
+            storage, study = study, only_study(study)
         loaded = load_existing_study(study, storage or default_storage(study, create=False))
-        Console(width=200).print(front_table(loaded, title=f"Pareto front of {study}"))
+        _table_console().print(front_table(loaded, title=f"Pareto front of {study}"))
         if export is not None:
             paths = export_study(loaded, export)
             err.print(f"recipes: {paths['front_dir']}, {paths['found']}; plot: {paths['plot']}")
@@ -397,14 +425,15 @@ def distill(
         note = slow_half_note(resolve_device(None), mixed_precision)
         if note:
             err.print(f"note: {note}")
-        out = output or Path("outputs") / load_recipe(recipe).name
+        loaded = load_recipe(recipe)
+        out = output or Path("outputs") / loaded.name
         path = pruner.api.distill(
             recipe, out, data=data, steps=steps, checkpoint_every=checkpoint_every, resume=resume,
             batch_size=batch_size, seed=seed, validate_every=validate_every, mixed_precision=mixed_precision,
             grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay,
             eight_bit_adam=adam_8bit,
         )  # fmt: skip
-        err.print(f"student saved in {path}")
+        err.print(f"student saved in {path}\nnext: pruner eval {path} --teacher {loaded.teacher.model}", soft_wrap=True)
 
 
 @app.command("synth-data")

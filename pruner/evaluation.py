@@ -46,6 +46,7 @@ __all__ = [
     "PSNR_CAP",
     "EvalReport",
     "binomial_se",
+    "check_fits",
     "decode_pictures",
     "eval_dtype",
     "eval_prompts",
@@ -238,6 +239,7 @@ def evaluate_student(
     prompts = eval_prompts(n_prompts, seed, ref, prompts_file)
     sampling = {"seed": seed, "steps": steps, "guidance": guidance_scale, "resolution": side}
     with _student_on(student_path, dev, torch_dtype) as student:
+        check_fits(student, pipe.unet, _name(student_path), teacher)
         (t_imgs, s_imgs), kd, (s_ms, t_ms) = _compare(pipe, student, prompts, sampling)
         s_params = sum(p.numel() for p in student.parameters())
     grid = _grid(t_imgs, s_imgs, prompts, grid_path, grid_columns) if grid_path else None
@@ -248,6 +250,23 @@ def evaluate_student(
         str(grid) if grid else None, prompt_accuracy_se=s_se, teacher_prompt_accuracy_se=t_se, resolution=side,
         dtype=str(torch_dtype).removeprefix("torch."),
     )  # fmt: skip
+
+
+# What the teacher's pipeline feeds a UNet and reads back: a student must take and give the same.
+_INTERFACE = ("in_channels", "out_channels", "cross_attention_dim", "addition_embed_type", "addition_time_embed_dim",
+              "projection_class_embeddings_input_dim", "encoder_hid_dim", "class_embed_type")  # fmt: skip
+
+
+def check_fits(student: UNet2DConditionModel, teacher: UNet2DConditionModel, name: str, teacher_name: str) -> None:
+    """Refuse, before any picture is made, a student whose inputs and outputs are not its teacher's (a student
+    of another model): its first differing setting named, and the fix."""
+    for key in _INTERFACE:
+        mine, theirs = student.config.get(key), teacher.config.get(key)
+        if mine != theirs:
+            raise PrunerError(
+                f"student {name} does not fit teacher {teacher_name}: its {key} is {mine}, the teacher's {theirs}; "
+                "give the teacher it was made from (its recipe.yaml names it as teacher.model)"
+            )
 
 
 def _compare(

@@ -207,6 +207,7 @@ def test_a_checkpoint_left_half_written_is_no_dead_end(tiny_cache: Path, tmp_pat
     result = _distill(tiny_cache, out)  # the plain rerun: no complete checkpoint, so it starts again
     assert result.exit_code == 0 and (out / "unet" / "config.json").is_file(), result.output
     assert not partial.exists()
+    assert f"next: pruner eval {out} --teacher tiny-sdxl" in result.output  # what to run next, as search says
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])

@@ -23,6 +23,7 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -123,7 +124,10 @@ def _parse_row(index: int, line: str) -> Row:
         return Row(index, None, None)
     if not isinstance(record, dict):
         return Row(index, None, None)
-    return Row(index, _nonblank_string(record.get("file_name")), _nonblank_string(record.get("text")))
+    text = _nonblank_string(record.get("text"))
+    if text is not None:  # bytes that were not UTF-8 become U+FFFD: a tokenizer takes no lone surrogates
+        text = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    return Row(index, _nonblank_string(record.get("file_name")), text)
 
 
 def _data_folder(data: str | Path) -> Path:
@@ -150,7 +154,8 @@ def read_metadata(data: str | Path) -> tuple[list[Row], str]:
             )
         raise PrunerError(f"{folder} has no {METADATA_FILE}; write one JSON object per image with file_name and text")
     raw = path.read_bytes()
-    lines = [line for line in raw.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    # surrogateescape: a file name in another encoding than UTF-8 keeps its bytes, so the file is found
+    lines = [line for line in raw.decode("utf-8", errors="surrogateescape").splitlines() if line.strip()]
     if not lines:
         raise PrunerError(f"{path} has no rows; write one JSON object per image with file_name and text")
     return [_parse_row(i, line) for i, line in enumerate(lines)], hashlib.sha256(raw).hexdigest()
@@ -250,13 +255,33 @@ def _pipeline_kind(pipe: Any, teacher: str) -> Kind:
 
 
 @torch.no_grad()
+@contextmanager
+def _captions_cut_quietly() -> Iterator[None]:
+    """The pipeline cuts a caption longer than its text encoder reads (77 tokens for SDXL), as SDXL's training
+    scripts do; but diffusers and transformers say so for every such caption, quoting it (a 10,000-character
+    caption: about 20 KB of warnings a row). Their warnings are held back while captions are encoded."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+
+
 def _encode_batch(pipe: Any, kind: Kind, items: list[_Item]) -> dict[str, torch.Tensor]:
     """One batch's cached tensors, computed exactly as the pipeline computes them, returned on the CPU."""
     device = pipe.vae.device
     pixels = torch.stack([item.pixels for item in items]).to(device=device, dtype=pipe.vae.dtype)
     latents = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
     prompts = [item.text for item in items]
-    text = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    with _captions_cut_quietly():
+        text = pipe.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
+                                  do_classifier_free_guidance=False)  # fmt: skip
     batch = {"latents": latents, "prompt_embeds": text[0]}
     if kind == "sdxl":
         batch["pooled_prompt_embeds"] = text[2]

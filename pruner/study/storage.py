@@ -41,7 +41,9 @@ __all__ = [
     "has_native_heartbeat",
     "heartbeat",
     "heartbeat_interval",
+    "is_storage_url",
     "load_existing_study",
+    "only_study",
     "open_storage",
     "open_study",
     "retry_trial",
@@ -283,11 +285,34 @@ def open_study(
         ) from exc
 
 
+def is_storage_url(text: str) -> bool:
+    """Whether ``text`` is a storage URL (``sqlite:///x.db``, ``journal:PATH``, ``postgresql://...``), not a name."""
+    return "://" in text or text.startswith("journal:")
+
+
+def _existing_file(url: str, name: str) -> None:
+    """A file storage's file exists (nothing is created to find out it held no study)."""
+    path = _file_of(url)
+    if path is not None and not path.is_file():
+        raise PrunerError(f"no study {name!r}: {path} does not exist; check storage=")
+
+
+def only_study(url: str) -> str:
+    """The name of the one study ``url`` holds (so a storage URL can stand for its study); one line when it
+    holds none or several."""
+    _existing_file(url, url)
+    names = optuna.get_all_study_names(open_storage(url, repair=False))
+    if len(names) != 1:
+        listed = (
+            f"{len(names)} studies ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else "no study"
+        )
+        raise PrunerError(f"{url} holds {listed}; name the study: pruner front NAME --storage {url}")
+    return names[0]
+
+
 def load_existing_study(name: str, url: str) -> optuna.Study:
     """Load a study that must exist; creates nothing (no empty database file, no tables) when it does not."""
-    for prefix in ("sqlite:///", "journal:"):
-        if url.startswith(prefix) and not Path(url.removeprefix(prefix)).is_file():
-            raise PrunerError(f"no study {name!r}: {url.removeprefix(prefix)} does not exist; check storage=")
+    _existing_file(url, name)
     storage = open_storage(url, repair=False)  # reading changes nothing: Optuna's reader skips a torn last line
     try:
         return optuna.load_study(study_name=name, storage=storage)

@@ -168,7 +168,9 @@ def noise_floor(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | Non
     plan, steps = scored_plan(best), int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
     assert plan is not None
     kd = [float(best.user_attrs["proxy_kd"])]
-    for seed in range(ctx.cfg.seed + 1, ctx.cfg.seed + 1 + ctx.cfg.noise_seeds):
+    seeds = range(ctx.cfg.seed + 1, ctx.cfg.seed + 1 + ctx.cfg.noise_seeds)
+    desc = f"noise floor: trial {best.number} again, other row orders"  # a bar, not a silence after the trials' 100%
+    for seed in tqdm(seeds, desc=desc, unit="order", disable=not ctx.cfg.progress, dynamic_ncols=True):
         with _proxy_run(ctx, plan, seed) as run:
             kd.append(run.train_to(steps) if steps else run.held_out())
     mean = statistics.fmean(kd)

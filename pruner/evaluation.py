@@ -239,7 +239,7 @@ def evaluate_student(
     prompts = eval_prompts(n_prompts, seed, ref, prompts_file)
     sampling = {"seed": seed, "steps": steps, "guidance": guidance_scale, "resolution": side}
     with _student_on(student_path, dev, torch_dtype) as student:
-        check_fits(student, pipe.unet, _name(student_path), teacher)
+        check_fits(student, pipe.unet, _name(student_path), teacher.reference)
         (t_imgs, s_imgs), kd, (s_ms, t_ms) = _compare(pipe, student, prompts, sampling)
         s_params = sum(p.numel() for p in student.parameters())
     grid = _grid(t_imgs, s_imgs, prompts, grid_path, grid_columns) if grid_path else None

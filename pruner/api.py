@@ -1,33 +1,41 @@
-"""pruner's public Python API: search, distill, evaluate, and the objects they pass around.
+"""pruner's public Python API: search, distill, evaluate, cache and build_student.
 
 The CLI is one client of these functions. Each accepts objects as well as references (a
 ``UNet2DConditionModel`` or a hub id / folder / file as the teacher; a :class:`~pruner.recipe.Recipe` or a
-YAML path as the recipe), writes files only where asked, and leaves the caller's global state alone:
-torch's random generators are forked for the call, Optuna's verbosity is restored afterwards, and
-progress bars are off unless ``progress=True``.
+YAML path as the recipe), checks every argument before any compute (a :class:`~pruner.errors.PrunerError`
+naming the parameter), writes files only where asked, and leaves the caller's global state alone: torch's
+random generators are forked for the call, Optuna's verbosity is restored afterwards, and progress bars are
+off unless ``progress=True``. torch's thread count is the caller's too: on a machine with two cores or fewer,
+``with pruner.threads("auto"):`` around the calls runs them as fast as the CLI (:func:`pruner.runtime.threads`).
+
+Each parameter is declared once, here: its type, default and range in the signature, its help in the
+docstring's ``Args:``; the checks, the CLI's options and the settings objects are read from them
+(:mod:`pruner.knobs`). Nothing heavy is imported until a function runs, so the CLI starts at once.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pruner import defaults
+from pruner.budget import parse_budget
+from pruner.errors import PrunerError
 from pruner.io import check_output_dir, check_output_file
-from pruner.recipe import Recipe, load_recipe
+from pruner.knobs import Knob, check_arguments, fields_of, shown, split_list
 from pruner.runtime import out_of_memory_advice
 
 if TYPE_CHECKING:
     import optuna
+    import torch
     from diffusers import UNet2DConditionModel
 
     from pruner.distillation.cache import CacheSummary
     from pruner.evaluation import EvalReport
+    from pruner.recipe import Recipe
     from pruner.unet.plan import Plan
 
 __all__ = ["SearchResult", "build_student", "cache", "distill", "evaluate", "search"]
@@ -76,10 +84,78 @@ class SearchResult:
         return front_rows(self.study)
 
 
+# --- the checks of arguments whose type names a heavy class (imported when a call checks one) -------------
+
+
+def _teacher(value: object) -> None:
+    if isinstance(value, str) and value:
+        return
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(value, UNet2DConditionModel):
+        raise PrunerError(f"teacher= must be a hub id, a model folder or a UNet2DConditionModel, got {shown(value)}")
+
+
+def _student(value: object) -> None:
+    if isinstance(value, str | Path):
+        return
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(value, UNet2DConditionModel):
+        raise PrunerError(f"student= must be a student folder or a UNet2DConditionModel, got {shown(value)}")
+
+
+def _recipe(value: object) -> None:
+    """A path must name a file; a ``Recipe`` is validated again (one changed after loading may not be valid)."""
+    if isinstance(value, str | Path):
+        if not Path(value).is_file():
+            raise PrunerError(f"recipe= {str(value)!r} is not a file: give a recipe YAML (from search) or a Recipe")
+        return
+    from pruner.recipe import Recipe, revalidate
+
+    if not isinstance(value, Recipe):
+        raise PrunerError(f"recipe= must be a Recipe or the path of a recipe YAML, got {shown(value)}")
+    revalidate(value, "recipe=")
+
+
+def _plan(value: object) -> None:
+    if isinstance(value, str | Path) or (isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)):
+        return
+    from pruner.recipe import Recipe, revalidate
+    from pruner.unet.plan import Plan
+
+    if isinstance(value, Recipe):
+        revalidate(value, "plan=")
+    elif not isinstance(value, Plan):
+        raise PrunerError(f"plan= must be a Plan, a Recipe, a recipe YAML or unit names, got {shown(value)}")
+
+
+def _device(value: object) -> None:
+    if value is None or isinstance(value, str):
+        return
+    import torch
+
+    if not isinstance(value, torch.device):
+        raise PrunerError(f"device= must be a device name (cpu, cuda, cuda:1) or a torch.device, got {shown(value)}")
+
+
+def _budget(value: str) -> None:
+    parse_budget(value)  # its message names the budget and the forms it takes
+
+
+def _objectives(value: str | Sequence[str]) -> None:
+    if "quality" not in split_list(value):
+        raise PrunerError(f"objectives= takes quality plus any of macs, params, latency, got {shown(value)}")
+
+
+# --- the API ------------------------------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
 def _caller_state_kept() -> Iterator[None]:
     """Fork torch's generators (CPU and every visible GPU) and restore Optuna's verbosity."""
     import optuna
+    import torch
 
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     verbosity = optuna.logging.get_verbosity()
@@ -90,20 +166,34 @@ def _caller_state_kept() -> Iterator[None]:
             optuna.logging.set_verbosity(verbosity)
 
 
+def _text(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 def cache(
     data: str | Path,
-    output: str | Path,
+    output: Annotated[str | Path, Knob(flag="--out")],
     *,
     teacher: str = defaults.TEACHER,
-    resolution: int | None = None,
-    batch_size: int = 16,
+    resolution: Annotated[int | None, Knob(min=8)] = None,
+    batch_size: Annotated[int, Knob(min=1)] = 16,
     device: str | None = None,
     progress: bool = False,
 ) -> CacheSummary:
-    """Encode an image folder (``metadata.jsonl`` with ``file_name`` and ``text`` a line) with ``teacher``'s
-    VAE and text encoders into a latent cache at ``output``, which :func:`search` and :func:`distill` take as
-    ``data``. ``resolution``: pixels a side (default the teacher's native size; 512 for SDXL on a 24 GB card).
-    Unreadable pictures are skipped and counted; calling again on the same ``output`` resumes."""
+    """Encode an image folder into a latent cache that :func:`search` and :func:`distill` take as ``data``.
+
+    Unreadable pictures are skipped and counted; calling again on the same ``output`` resumes.
+
+    Args:
+        data: Image folder with metadata.jsonl (file_name, text per line).
+        output: Cache folder to create or resume.
+        teacher: Pipeline whose VAE and text encoders encode the data.
+        resolution: Side in pixels; default the teacher's native size (512 for SDXL on a 24 GB card).
+        batch_size: Images encoded per batch.
+        device: cuda, cuda:1 or cpu; default cuda when available.
+        progress: Show a progress bar.
+    """
+    check_arguments(cache, locals())
     from pruner.device import resolve_device
     from pruner.distillation.cache import build_cache
     from pruner.teacher import Teacher
@@ -115,46 +205,74 @@ def cache(
 
 
 def search(
-    teacher: str | UNet2DConditionModel,
-    budget: str = defaults.BUDGET,
+    teacher: Annotated[str | UNet2DConditionModel, Knob(check=_teacher)],
+    budget: Annotated[str, Knob(check=_budget)] = defaults.BUDGET,
     *,
     data: str | Path | None = None,
     prompts: str | Path | None = None,
-    trials: int = defaults.TRIALS,
-    objectives: Sequence[str] = defaults.OBJECTIVES,
+    trials: Annotated[int, Knob(min=1)] = defaults.TRIALS,
+    objectives: Annotated[
+        str | Sequence[str], Knob(choices=defaults.OBJECTIVE_NAMES, check=_objectives)
+    ] = defaults.OBJECTIVES,
     space: str = defaults.SPACE,
-    proxy_steps: int = defaults.PROXY_STEPS,
-    top_steps: int | None = None,
-    sampler: str = defaults.SAMPLER,
-    noise_seeds: int = defaults.NOISE_SEEDS,
-    calibration: int = defaults.CALIBRATION,
-    held_out: int = defaults.HELD_OUT,
+    proxy_steps: Annotated[int, Knob(min=0)] = defaults.PROXY_STEPS,
+    top_steps: Annotated[int | None, Knob(min=0)] = None,
+    sampler: Annotated[str, Knob(choices=defaults.SAMPLERS)] = defaults.SAMPLER,
+    noise_seeds: Annotated[int, Knob(min=0)] = defaults.NOISE_SEEDS,
+    calibration: Annotated[int, Knob(min=4)] = defaults.CALIBRATION,
+    held_out: Annotated[int, Knob(min=2)] = defaults.HELD_OUT,
     storage: str | None = None,
     study: str | None = None,
-    seed: int = 0,
+    seed: Annotated[int, Knob(min=0)] = 0,
     device: str | None = None,
-    mixed_precision: str | None = None,
-    output: str | Path | None = None,
+    mixed_precision: Annotated[str | None, Knob(choices=defaults.PRECISIONS)] = None,
+    output: Annotated[str | Path | None, Knob(flag="--out")] = None,
     progress: bool = False,
     status: Status | None = None,
 ) -> SearchResult:
     """Search which units of ``teacher`` to remove to meet ``budget``.
 
-    An Optuna multi-objective study (``storage``: an RDB URL or ``journal:PATH`` that workers share and a
-    rerun resumes; default in memory) scores each plan by a short layer-level KD fine-tune on ``data`` (a latent
-    cache), or on latents the teacher generates from ``prompts``, and by cost. Budgets name their unit:
-    ``"0.74B"``, ``"45%"``, ``"macs=60%"``, ``"latency=40ms"``.
-    Plans are scored at rising fidelity: zero-shot KD for every plan, ``proxy_steps`` of KD for the better
-    half, ``top_steps`` in all for the best third of those (default 10/3 of ``proxy_steps``: 100 for 30; the found
-    plan is chosen among these). ``sampler``:
-    ``"mutation"`` (mutations and crossovers of the best scored plans, biased by unit sensitivity),
-    ``"nsga2"`` or ``"tpe"`` (multivariate). The found plan is re-scored with ``noise_seeds`` other row
-    orders; the spread is stored as the study's ``noise_floor``.
-    Everything runs on ``device`` (default: where a given teacher model lives, else cuda when available),
-    the teacher frozen in half precision on a GPU (or wherever ``mixed_precision`` is bf16 or fp16) and the
-    proxy's students under ``mixed_precision`` autocast (default bf16 on a GPU). Files (found.yaml,
-    front/*.yaml, front.png) are written only when ``output`` is given.
+    An Optuna multi-objective study scores each plan by a short layer-level KD fine-tune on ``data`` (a latent
+    cache), or on latents the teacher generates from ``prompts``, and by cost. Plans are scored at rising
+    fidelity: zero-shot KD for every plan, ``proxy_steps`` of KD for the better half, ``top_steps`` in all for
+    the best third of those; the found plan is chosen among these and re-scored with ``noise_seeds`` other row
+    orders (the spread is stored as the study's ``noise_floor``). Everything runs on ``device``, the teacher
+    frozen in half precision on a GPU (or wherever ``mixed_precision`` is bf16 or fp16). On a CPU with two
+    cores or fewer, call it inside ``with pruner.threads("auto"):`` (what the CLI does; several times faster).
+
+    Args:
+        teacher: Teacher: hub id, pipeline or UNet folder, or tiny-sdxl (the bundled one); from Python also a
+            UNet2DConditionModel loaded from one of those.
+        budget: Size limit naming its unit: 0.74B, 740M, 45% (of the teacher's params), macs=2.8T, macs=60%,
+            latency=40ms or latency=60% (per UNet call at batch 2, estimated from module times measured once).
+        data: Latent cache (from `pruner cache`) to calibrate on.
+        prompts: No dataset: prompts file; the teacher generates the latents.
+        trials: Trials in the study (a re-run resumes up to this many).
+        objectives: Minimised: quality plus macs, params or latency (a list, or one comma-separated string).
+        space: Search space: a built-in (default, depth-only, depth-width), search/NAME.yaml by name, or a file.
+        proxy_steps: KD steps for the better half of plans (every plan is scored zero-shot first).
+        top_steps: KD steps in all for the best third of those; the found plan is chosen among them (default
+            10/3 of ``proxy_steps``: 100 for 30; at most ``proxy_steps``: two rungs only).
+        sampler: mutation (mutations and crossovers of the best scored plans, biased by unit sensitivity),
+            nsga2 or tpe (multivariate).
+        noise_seeds: Re-score the found plan with this many other row orders: the noise floor.
+        calibration: Calibration rows the proxy trains on.
+        held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
+        storage: Optuna storage: sqlite:///x.db, postgresql://user@host/db or journal:PATH (workers share it;
+            a rerun resumes); default in memory from Python, sqlite under search/runs/ from the CLI.
+        study: Study name; default from teacher, budget and space.
+        seed: Seeds the sampler, calibration noise and proxy training.
+        device: Where the teacher, calibration and proxy run: cuda, cuda:1, cpu; default where a given teacher
+            model lives, else cuda when available. One worker per GPU: ``device`` cuda:k with a shared
+            ``storage``.
+        mixed_precision: Autocast of the proxy's students: no, bf16 or fp16; default bf16 on a GPU. bf16/fp16
+            also freeze the teacher in that precision (on a CPU too: half the memory).
+        output: Where found.yaml, front/*.yaml and front.png go (from Python: nowhere unless given).
+        progress: Show a progress bar.
+        status: Called with a line of news at each stage (loading, calibrating, the noise floor).
     """
+    arguments = dict(locals())
+    check_arguments(search, arguments)
     from pruner.study.export import study_recipes
     from pruner.study.study import SearchConfig, run_search
     from pruner.teacher import Teacher
@@ -162,16 +280,11 @@ def search(
     resolved = Teacher.resolve(teacher)  # once, here: the search, its recipes and its export read this one
     if output is not None:
         check_output_dir(output, "output folder")  # before any compute
-    cfg = SearchConfig(
-        teacher=resolved.reference, budget=budget, objectives=tuple(objectives), trials=trials,
-        proxy_steps=proxy_steps, top_steps=top_steps, sampler=sampler, noise_seeds=noise_seeds,
-        data=None if data is None else str(data),
-        prompts=None if prompts is None else str(prompts), space=space, storage=storage or "memory", study=study,
-        out=None if output is None else Path(output), seed=seed, calibration=calibration, held_out=held_out,
-        device=device, mixed_precision=mixed_precision, progress=progress,
-    )  # fmt: skip
+    settings = {**fields_of(SearchConfig, arguments), "teacher": resolved.reference, "data": _text(data),
+                "prompts": _text(prompts), "objectives": split_list(objectives), "storage": storage or "memory",
+                "out": None if output is None else Path(output)}  # fmt: skip
     with _caller_state_kept(), out_of_memory_advice("searching", SEARCH_MEMORY_FIX):
-        raw = run_search(cfg, resolved, status=status or (lambda _m: None))
+        raw = run_search(SearchConfig(**settings), resolved, status=status or (lambda _m: None))
     found, front = study_recipes(raw.study, resolved)
     written = {"found": raw.found, "front_dir": raw.front_dir, "plot": raw.plot}
     files = {k: v for k, v in written.items() if v is not None}
@@ -179,60 +292,89 @@ def search(
 
 
 def distill(
-    recipe: Recipe | str | Path,
+    recipe: Annotated[Recipe | str | Path, Knob(check=_recipe)],
     output: str | Path,
     *,
     data: str | Path | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    mixed_precision: str = "no",
+    steps: Annotated[int | None, Knob(min=1)] = None,
+    batch_size: Annotated[int | None, Knob(min=1)] = None,
+    mixed_precision: Annotated[str, Knob(choices=defaults.PRECISIONS)] = "no",
     gradient_checkpointing: bool = False,
-    eight_bit_adam: bool = False,
-    grad_accum: int = 1,
-    ema_decay: float | None = None,
-    checkpoint_every: int | None = None,
-    validate_every: int | None = None,
+    eight_bit_adam: Annotated[bool, Knob(flag="--8bit-adam")] = False,
+    grad_accum: Annotated[int, Knob(min=1)] = 1,
+    ema_decay: Annotated[float | None, Knob(min=0, max=1)] = None,
+    checkpoint_every: Annotated[int | None, Knob(min=1)] = None,
+    validate_every: Annotated[int | None, Knob(min=1)] = None,
     resume: bool = False,
-    seed: int = 0,
+    seed: Annotated[int, Knob(min=0)] = 0,
 ) -> Path:
     """Train ``recipe``'s student to convergence (its stages, or ``steps`` in all) and save it in ``output``.
 
     The output is a diffusers folder (``unet/`` with safetensors, plus the teacher's other components when
     the teacher is a pipeline), with the recipe, metrics, a validation grid and TensorBoard logs. Run it
-    under ``accelerate launch`` for many GPUs. Returns ``output``.
+    under ``accelerate launch`` for many GPUs. Returns ``output``. On a CPU with two cores or fewer, call it
+    inside ``with pruner.threads("auto"):`` (what the CLI does; several times faster).
+
+    Args:
+        recipe: Recipe: a YAML file (from `pruner search` or recipes/), or a Recipe.
+        output: Output folder (the CLI's default: outputs/<recipe name>).
+        data: Latent cache from `pruner cache`; optional for tiny-sdxl.
+        steps: Total steps, overriding the recipe's (a quick run).
+        batch_size: Batch size per device; default the recipe's.
+        mixed_precision: Autocast precision: no, fp16 or bf16 (the frozen teacher too; always half on a GPU).
+        gradient_checkpointing: Recompute activations in the backward pass: less memory, slower.
+        eight_bit_adam: bitsandbytes' 8-bit AdamW (less GPU memory; extra 'pruner[gpu]').
+        grad_accum: Gradient accumulation steps.
+        ema_decay: Keep an EMA of the weights (e.g. 0.999); saved at the end.
+        checkpoint_every: Checkpoint every N steps.
+        validate_every: Held-out KD loss every N steps.
+        resume: Continue from the last complete checkpoint.
+        seed: Seeds sampling, noise and caption dropout.
     """
+    arguments = dict(locals())
+    check_arguments(distill, arguments)
     from pruner.distillation.run import DistillOptions, distill_recipe
 
-    opts = DistillOptions(
-        data=None if data is None else str(data), steps=steps, batch_size=batch_size, seed=seed,
-        mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, grad_accum=grad_accum,
-        eight_bit_adam=eight_bit_adam,
-        ema_decay=ema_decay, checkpoint_every=checkpoint_every, validate_every=validate_every, resume=resume,
-    )  # fmt: skip
+    opts = DistillOptions(**{**fields_of(DistillOptions, arguments), "data": _text(data)})
     with _caller_state_kept(), out_of_memory_advice("distilling", DISTILL_MEMORY_FIX):
         return distill_recipe(recipe, Path(output), opts).output
 
 
 def evaluate(
-    student: str | Path | UNet2DConditionModel,
+    student: Annotated[str | Path | UNet2DConditionModel, Knob(check=_student)],
     teacher: str,
     *,
-    n_prompts: int = defaults.EVAL_PROMPTS,
-    steps: int = defaults.EVAL_STEPS,
-    guidance_scale: float = defaults.GUIDANCE,
-    seed: int = 0,
-    prompts_file: str | Path | None = None,
+    n_prompts: Annotated[int, Knob(min=1, flag="--n")] = defaults.EVAL_PROMPTS,
+    steps: Annotated[int, Knob(min=1)] = defaults.EVAL_STEPS,
+    guidance_scale: Annotated[float, Knob(min=0, flag="--guidance")] = defaults.GUIDANCE,
+    seed: Annotated[int, Knob(min=0)] = 0,
+    prompts_file: Annotated[str | Path | None, Knob(flag="--prompts")] = None,
     grid: str | Path | None = None,
     device: str | None = None,
-    resolution: int | None = None,
-    dtype: str = "auto",
+    resolution: Annotated[int | None, Knob(min=8)] = None,
+    dtype: Annotated[str, Knob(choices=defaults.EVAL_DTYPES)] = "auto",
 ) -> EvalReport:
     """Compare a student with its teacher pipeline on held-out prompts: KD loss, PSNR of pictures from the
     same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``.
-    ``resolution``: pixels a side of the pictures and latency inputs (default the teacher's native size;
-    512 makes a quick check of an SDXL student). ``dtype``: what both UNets and the pipeline run in
-    (``auto``: bf16 on a GPU, fp32 on a CPU; or ``fp32``, ``bf16``, ``fp16``); a student given as a model
-    comes back on its own device and dtype."""
+
+    A student given as a model comes back on its own device and dtype.
+
+    Args:
+        student: Student folder (a stock diffusers UNet folder or a pipeline folder), or a UNet2DConditionModel.
+        teacher: Teacher pipeline: hub id, pipeline folder, or tiny-sdxl.
+        n_prompts: Number of prompts (and of pictures per model).
+        steps: Sampling steps per picture.
+        guidance_scale: Classifier-free guidance scale.
+        seed: Seeds the prompts, noise and timesteps.
+        prompts_file: Prompts file, one a line (default for tiny-sdxl: captions not in its data).
+        grid: PNG grid, teacher row above student row (from Python: none unless given).
+        device: cuda, cuda:1 or cpu; default cuda when available.
+        resolution: Side in pixels of pictures and latency inputs; default the teacher's (512 makes a quick
+            check of an SDXL student).
+        dtype: What both UNets and the pipeline run in: auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16 or
+            fp16; the latency row is this dtype's.
+    """
+    check_arguments(evaluate, locals())
     from pruner.evaluation import evaluate_student
     from pruner.teacher import Teacher
 
@@ -247,7 +389,8 @@ def evaluate(
         )  # fmt: skip
 
 
-def _as_plan(plan: Plan | Recipe | Iterable[str] | str | Path) -> Plan:
+def _as_plan(plan: Plan | Recipe | Sequence[str] | str | Path) -> Plan:
+    from pruner.recipe import Recipe, load_recipe
     from pruner.unet.plan import Plan
 
     if isinstance(plan, Plan):
@@ -262,17 +405,22 @@ def _as_plan(plan: Plan | Recipe | Iterable[str] | str | Path) -> Plan:
 
 
 def build_student(
-    teacher: str | UNet2DConditionModel,
-    plan: Plan | Recipe | Iterable[str] | str | Path,
+    teacher: Annotated[str | UNet2DConditionModel, Knob(check=_teacher)],
+    plan: Annotated[Plan | Recipe | Sequence[str] | str | Path, Knob(check=_plan)],
     *,
-    device: str | torch.device | None = None,
+    device: Annotated[str | torch.device | None, Knob(check=_device)] = None,
 ) -> UNet2DConditionModel:
     """The student ``plan`` makes of ``teacher``, initialised from the teacher's weights (untrained).
 
-    ``plan``: a :class:`~pruner.unet.plan.Plan`, a recipe (object or YAML path), or unit names to remove
-    (``down_blocks.2.attentions.0.transformer_blocks.3-9`` names a run). Magnitude-ranked feed-forward
-    channels where the plan narrows widths.
+    Magnitude-ranked feed-forward channels where the plan narrows widths.
+
+    Args:
+        teacher: Hub id, pipeline or UNet folder, tiny-sdxl, or a UNet2DConditionModel.
+        plan: A Plan, a recipe (object or YAML path), or unit names to remove
+            (``down_blocks.2.attentions.0.transformer_blocks.3-9`` names a run).
+        device: Where the student is built; default the teacher's.
     """
+    check_arguments(build_student, locals())
     from pruner.teacher import Teacher
     from pruner.unet.surgery import build_student as build
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
+from inspect import Parameter, Signature, signature
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,16 +18,18 @@ import typer
 import typer.core
 from rich.console import Console
 from rich.table import Table
+from typer.models import ArgumentInfo
 
+import pruner.api
 from pruner import defaults
 from pruner.budget import KINDS
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.io import check_output_dir, check_output_file, check_storage_path
+from pruner.knobs import check_arguments, cli_parameters, flag, params
 from pruner.runtime import configure_threads
 
 if TYPE_CHECKING:
     from pruner.inspection import Inspection
-
 
 class _Commands(typer.core.TyperGroup):
     """The command group: ``--debug`` is taken after the subcommand too (``pruner search --debug``)."""
@@ -47,7 +50,8 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # click's plain help: flags read `--resume`, not `--resume <bool>` (typer 0.29's rich panel)
 )
-_state: dict[str, bool | int | None] = {"debug": False, "threads": None, "configured": False}
+_state: dict[str, Any] = {"debug": False, "threads": None, "configured": False, "flags": {}}
+Knobs = dict[str, Any]  # a command's API arguments, as its options gave them
 err = Console(stderr=True)
 
 
@@ -64,7 +68,7 @@ def main(
     ] = None,
 ) -> None:
     _state["debug"] = debug
-    _state.update(threads=threads, configured=False)  # applied when a command starts its work, not for --help
+    _state.update(threads=threads, configured=False, flags={})  # applied when a command starts working, not for --help
 
 
 def _configure_runtime() -> None:
@@ -85,13 +89,46 @@ def optuna_logging_to_warnings() -> None:
 
 
 _PARAMETER = re.compile(r"\b([a-z][a-z_]*)=(?=[\s,;:)'\"]|$)")
-# API names the CLI spells otherwise
-_FLAGS = {"prompts_file": "--prompts", "n_prompts": "--n", "grid_path": "--grid", "eight_bit_adam": "--8bit-adam"}
+_API = (pruner.api.search, pruner.api.distill, pruner.api.evaluate, pruner.api.cache)
+# API names the CLI spells otherwise: the knobs' declared flags, and the library's own name for --grid
+_FLAGS = {p.name: flag(p) for fn in _API for p in params(fn).values() if p.knob.flag} | {"grid_path": "--grid"}
 
 
-def flag_names(message: str) -> str:
-    """A library message in CLI terms: the API's parameters (``storage=``) become flags (``--storage``)."""
-    return _PARAMETER.sub(lambda m: _FLAGS.get(m.group(1), "--" + m.group(1).replace("_", "-")), message)
+def flag_names(message: str, flags: Mapping[str, str] | None = None) -> str:
+    """A library message in CLI terms: the API's parameters (``storage=``) become flags (``--storage``), as the
+    running command spells them (``flags``), else as the knobs declare them."""
+    names = {**_FLAGS, **(flags if flags is not None else _state["flags"])}
+    return _PARAMETER.sub(lambda m: names.get(m.group(1), "--" + m.group(1).replace("_", "-")), message)
+
+
+def knob_options(
+    api: Callable[..., Any], skip: Collection[str] = (), cli_defaults: Mapping[str, Any] | None = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the knobs of ``api`` as its options (flag, type, default and help from the API's
+    declaration, :mod:`pruner.knobs`), beside the command's own parameters, which replace a knob of the same
+    name. The command receives the knobs' values as ``knobs``, checked first, before anything is imported:
+    a bad value is one line naming its flag."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = [p.replace(kind=Parameter.KEYWORD_ONLY)
+               for p in signature(command, eval_str=True).parameters.values() if p.name != "knobs"]  # fmt: skip
+        generated = cli_parameters(api, skip={*skip, *(p.name for p in own)}, defaults=cli_defaults)
+        flags = {p.name: flag(p) for p in params(api).values()}  # how this command's messages name them
+        flags |= {p.name: p.name.upper() for p in generated if isinstance(p.annotation.__metadata__[0], ArgumentInfo)}
+
+        def run(**values: Any) -> None:
+            knobs = {p.name: values.pop(p.name) for p in generated}
+            _state["flags"] = flags
+            later = {k for k, v in knobs.items() if v is None and k in (cli_defaults or {})}  # the command fills it
+            with user_errors(runtime=False):
+                check_arguments(api, {k: v for k, v in knobs.items() if k not in later})
+            command(**values, knobs=knobs)
+
+        run.__name__, run.__doc__ = command.__name__, command.__doc__
+        run.__signature__ = Signature([*generated, *own])  # type: ignore[attr-defined]
+        return run
+
+    return decorate
 
 
 @contextmanager
@@ -210,105 +247,23 @@ def apply(
 
 
 @app.command()
-def search(
-    budget: Annotated[
-        str,
-        typer.Option(
-            help="Size limit naming its unit: 0.74B, 740M, 45% (of the teacher's params), macs=2.8T, macs=60%, "
-            "latency=40ms or latency=60% (per UNet call at batch 2, estimated from module times measured once)."
-        ),
-    ] = defaults.BUDGET,
-    teacher: Annotated[
-        str, typer.Option(help="Teacher: hub id, pipeline or UNet folder, or tiny-sdxl.")
-    ] = defaults.TEACHER,
-    objectives: Annotated[
-        str, typer.Option(help="Comma-separated, minimised: quality plus macs, params or latency.")
-    ] = ",".join(defaults.OBJECTIVES),
-    trials: Annotated[
-        int, typer.Option(min=1, help="Trials in the study (a re-run resumes up to this many).")
-    ] = defaults.TRIALS,
-    proxy_steps: Annotated[
-        int, typer.Option(min=0, help="KD steps for the better half of plans (every plan is scored zero-shot first).")
-    ] = defaults.PROXY_STEPS,
-    top_steps: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help="KD steps in all for the best third of those; the found plan is chosen among them "
-            "(default 10/3 of --proxy-steps: 100 for 30; <= --proxy-steps: two rungs only).",
-        ),
-    ] = None,
-    sampler: Annotated[
-        str,
-        typer.Option(
-            help="mutation (mutations and crossovers of the best scored plans, biased by unit sensitivity), "
-            "nsga2 or tpe (multivariate)."
-        ),
-    ] = defaults.SAMPLER,
-    noise_seeds: Annotated[
-        int, typer.Option(min=0, help="Re-score the found plan with this many other row orders: the noise floor.")
-    ] = defaults.NOISE_SEEDS,
-    data: Annotated[str | None, typer.Option(help="Latent cache (from `pruner cache`) to calibrate on.")] = None,
-    prompts: Annotated[
-        str | None, typer.Option(help="No dataset: prompts file; the teacher generates the latents.")
-    ] = None,
-    space: Annotated[
-        str,
-        typer.Option(
-            help="Search space: a built-in (default, depth-only, depth-width), search/NAME.yaml by name, or a file."
-        ),
-    ] = defaults.SPACE,
-    storage: Annotated[
-        str | None,
-        typer.Option(
-            help="Optuna storage: sqlite:///x.db, postgresql://user@host/db or "
-            "journal:PATH (workers share it); default sqlite under search/runs/."
-        ),
-    ] = None,
-    study: Annotated[str | None, typer.Option(help="Study name; default from teacher, budget and space.")] = None,
-    out: Annotated[Path, typer.Option(help="Where found.yaml, front/*.yaml and front.png go.")] = Path("recipes"),
-    seed: Annotated[int, typer.Option(help="Seeds the sampler, calibration noise and proxy training.")] = 0,
-    calibration: Annotated[
-        int, typer.Option(min=4, help="Calibration rows the proxy trains on.")
-    ] = defaults.CALIBRATION,
-    held_out: Annotated[
-        int, typer.Option(min=2, help="Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.")
-    ] = defaults.HELD_OUT,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            help="Where the teacher, calibration and proxy run: cuda, cuda:1, cpu; default cuda "
-            "when available. One worker per GPU: --device cuda:k with a shared --storage."
-        ),
-    ] = None,
-    mixed_precision: Annotated[
-        str | None,
-        typer.Option(
-            help="Autocast of the proxy's students: no, bf16 or fp16; default bf16 on a GPU. "
-            "bf16/fp16 also freeze the teacher in that precision (on a CPU too: half the memory)."
-        ),
-    ] = None,
-) -> None:
+@knob_options(pruner.api.search, skip=("progress", "status"),
+              cli_defaults={"teacher": defaults.TEACHER, "output": Path("recipes")})  # fmt: skip
+def search(*, knobs: Knobs) -> None:
     """Search which units to remove: an Optuna multi-objective study scores each plan by a short layer-level KD
     fine-tune and by cost, then writes the Pareto front as recipes (found.yaml: the best quality in budget)."""
-    import pruner.api
     from pruner.study.front import front_table
     from pruner.study.storage import default_storage
     from pruner.study.study import default_study_name
 
     with user_errors():
-        check_output_dir(out, "--out")
-        if storage is not None:
-            check_storage_path(storage, "--storage")
-        name = study or default_study_name(teacher, budget, space)
+        check_output_dir(knobs["output"], "--out")
+        if knobs["storage"] is not None:
+            check_storage_path(knobs["storage"], "--storage")
+        name = knobs["study"] or default_study_name(knobs["teacher"], knobs["budget"], knobs["space"])
         try:
             result = pruner.api.search(
-                teacher, budget, objectives=[o.strip() for o in objectives.split(",")], trials=trials,
-                proxy_steps=proxy_steps, top_steps=top_steps, sampler=sampler, noise_seeds=noise_seeds, data=data,
-                prompts=prompts, space=space,
-                storage=storage or default_storage(name), study=name, output=out, seed=seed,
-                calibration=calibration, held_out=held_out, device=device,
-                mixed_precision=mixed_precision, progress=True,
+                **{**knobs, "study": name, "storage": knobs["storage"] or default_storage(name)}, progress=True,
                 status=lambda message: err.print(f"[dim]{message}[/dim]", soft_wrap=True),  # one line a message
             )  # fmt: skip
         except KeyboardInterrupt:  # before the first trial (while loading or calibrating)
@@ -362,77 +317,32 @@ def front(
 
 
 @app.command()
-def cache(
-    data: Annotated[Path, typer.Argument(help="Image folder with metadata.jsonl (file_name, text per line).")],
-    teacher: Annotated[
-        str, typer.Option(help="Pipeline whose VAE and text encoders encode the data.")
-    ] = defaults.TEACHER,
-    out: Annotated[Path, typer.Option("--out", help="Cache folder to create or resume.")] = Path("cache"),
-    resolution: Annotated[int | None, typer.Option(help="Side in pixels; default the teacher's native size.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images encoded per batch.")] = 16,
-    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default cuda when available.")] = None,
-) -> None:
+@knob_options(pruner.api.cache, skip=("progress",), cli_defaults={"output": Path("cache")})
+def cache(*, knobs: Knobs) -> None:
     """Encode an image folder into shards of VAE latents and text conditioning (safetensors) for
     `pruner distill`. Unreadable images are skipped and counted; re-running resumes."""
-    import pruner.api
-
     with user_errors():
-        summary = pruner.api.cache(data, out, teacher=teacher, resolution=resolution, batch_size=batch_size,
-                                   device=device, progress=True)  # fmt: skip
+        summary = pruner.api.cache(**knobs, progress=True)
         reasons = ", ".join(f"{n} {why}" for why, n in summary.skipped_reasons.items() if n)
         err.print(f"cached {summary.n_written} rows in {summary.out} ({summary.n_skipped} skipped"
                   f"{': ' + reasons if reasons else ''}{', resumed' if summary.resumed else ''})")  # fmt: skip
 
 
 @app.command()
-def distill(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (from `pruner search` or recipes/).")],
-    output: Annotated[Path | None, typer.Option(help="Output folder; default outputs/<recipe name>.")] = None,
-    data: Annotated[str | None, typer.Option(help="Latent cache from `pruner cache`; optional for tiny-sdxl.")] = None,
-    steps: Annotated[
-        int | None, typer.Option(min=1, help="Total steps, overriding the recipe's (a quick run).")
-    ] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Checkpoint every N steps.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last complete checkpoint.")] = False,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size per device; default the recipe's.")] = None,
-    validate_every: Annotated[int | None, typer.Option(min=1, help="Held-out KD loss every N steps.")] = None,
-    mixed_precision: Annotated[
-        str, typer.Option(help="Autocast precision: no, fp16 or bf16 (the frozen teacher too; always half on a GPU).")
-    ] = "no",
-    grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
-    gradient_checkpointing: Annotated[
-        bool,
-        typer.Option(
-            "--gradient-checkpointing", help="Recompute activations in the backward pass: less memory, slower."
-        ),
-    ] = False,
-    adam_8bit: Annotated[
-        bool, typer.Option("--8bit-adam", help="bitsandbytes' 8-bit AdamW (less GPU memory; extra 'pruner[gpu]').")
-    ] = False,
-    ema_decay: Annotated[
-        float | None, typer.Option(help="Keep an EMA of the weights (e.g. 0.999); saved at the end.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seeds sampling, noise and caption dropout.")] = 0,
-) -> None:
+@knob_options(pruner.api.distill, cli_defaults={"output": None})
+def distill(*, knobs: Knobs) -> None:
     """Train a recipe's student with task loss, output KD and layer-level feature KD, stage by stage.
     Many GPUs: `accelerate launch -m pruner distill RECIPE ...`."""
-    import pruner.api
-    from pruner.device import check_precision, resolve_device, slow_half_note
+    from pruner.device import resolve_device, slow_half_note
     from pruner.recipe import load_recipe
 
     with user_errors():
-        check_precision(mixed_precision, "--mixed-precision")
-        note = slow_half_note(resolve_device(None), mixed_precision)
+        note = slow_half_note(resolve_device(None), knobs["mixed_precision"])
         if note:
             err.print(f"note: {note}")
-        loaded = load_recipe(recipe)
-        out = output or Path("outputs") / loaded.name
-        path = pruner.api.distill(
-            recipe, out, data=data, steps=steps, checkpoint_every=checkpoint_every, resume=resume,
-            batch_size=batch_size, seed=seed, validate_every=validate_every, mixed_precision=mixed_precision,
-            grad_accum=grad_accum, gradient_checkpointing=gradient_checkpointing, ema_decay=ema_decay,
-            eight_bit_adam=adam_8bit,
-        )  # fmt: skip
+        loaded = load_recipe(knobs["recipe"])
+        output = knobs["output"] or Path("outputs") / loaded.name
+        path = pruner.api.distill(**{**knobs, "output": output})
         err.print(f"student saved in {path}\nnext: pruner eval {path} --teacher {loaded.teacher.model}", soft_wrap=True)
 
 
@@ -458,52 +368,26 @@ def synth_data(
 
 
 @app.command("eval")
+@knob_options(pruner.api.evaluate, cli_defaults={"teacher": defaults.TEACHER, "grid": Path("outputs/eval-grid.png")})
 def eval_(
-    student: Annotated[str, typer.Argument(help="Student folder: a stock diffusers UNet folder or a pipeline folder.")],
-    teacher: Annotated[
-        str, typer.Option(help="Teacher pipeline: hub id, pipeline folder, or tiny-sdxl.")
-    ] = defaults.TEACHER,
-    prompts: Annotated[
-        Path | None, typer.Option(help="Prompts file, one a line (default for tiny-sdxl: captions not in its data).")
-    ] = None,
-    n: Annotated[
-        int, typer.Option("--n", min=1, help="Number of prompts (and of pictures per model).")
-    ] = defaults.EVAL_PROMPTS,
-    steps: Annotated[int, typer.Option(min=1, help="Sampling steps per picture.")] = defaults.EVAL_STEPS,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = defaults.GUIDANCE,
-    seed: Annotated[int, typer.Option(help="Seeds the prompts, noise and timesteps.")] = 0,
-    grid: Annotated[
-        Path | None, typer.Option(help="PNG grid, teacher row above student row (outputs/ is gitignored).")
-    ] = Path("outputs/eval-grid.png"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default cuda when available.")] = None,
-    resolution: Annotated[
-        int | None, typer.Option(min=8, help="Side in pixels of pictures and latency inputs; default the teacher's.")
-    ] = None,
-    dtype: Annotated[
-        str,
-        typer.Option(
-            help="What both UNets and the pipeline run in: auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16 or "
-            "fp16; the latency row is this dtype's."
-        ),
-    ] = "auto",
+    *,
+    knobs: Knobs,
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
     judge's prompt accuracy ± its standard error (bundled teacher), and UNet latency of both."""
-    import pruner.api
-
     with user_errors():
-        if grid is not None:
-            check_output_file(grid, "--grid")
+        if knobs["grid"] is not None:
+            check_output_file(knobs["grid"], "--grid")
     with user_errors(), err.status("generating and comparing"):
-        report = pruner.api.evaluate(student, teacher, n_prompts=n, steps=steps, guidance_scale=guidance, seed=seed,
-                                     prompts_file=prompts, grid=grid, device=device, resolution=resolution,
-                                     dtype=dtype)  # fmt: skip
+        report = pruner.api.evaluate(**knobs)
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict()) + "\n")
         return
     at = "".join(f", {x}" for x in (f"{report.resolution}px" if report.resolution else None, report.dtype) if x)
-    table = Table(title=f"{student} vs {teacher} ({report.n_prompts} prompts, {report.steps} steps{at})")
+    table = Table(
+        title=f"{knobs['student']} vs {knobs['teacher']} ({report.n_prompts} prompts, {report.steps} steps{at})"
+    )
     table.add_column("metric")
     table.add_column("student", justify="right")
     table.add_column("teacher", justify="right")

@@ -22,3 +22,9 @@ HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder
 EVAL_PROMPTS = 64
 EVAL_STEPS = 20
 GUIDANCE = 5.0
+
+# the names a knob takes (the API's checks and the CLI's help read them here, without importing torch)
+OBJECTIVE_NAMES = ("quality", "macs", "params", "latency")  # quality plus any of the others
+SAMPLERS = ("mutation", "nsga2", "tpe")
+PRECISIONS = ("no", "fp16", "bf16")  # autocast of the student (the frozen teacher too)
+EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")  # what evaluation runs both UNets in; auto: bf16 on a GPU

@@ -202,6 +202,17 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         raise RecipeError(f"{source}:{line}: {field}: {err['msg']}") from exc
 
 
+def revalidate(recipe: Recipe, source: str = "<recipe>") -> Recipe:
+    """``recipe`` checked again: a ``Recipe`` changed after it was made (``model_copy(update=...)``,
+    ``model_construct``) skipped validation, and would train and be saved as a file pruner cannot load."""
+    try:
+        return Recipe.model_validate(recipe.model_dump(warnings=False))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise RecipeError(f"{source} {field}: {err['msg']}; fix that field of the Recipe") from exc
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file."""
     path = Path(path)

@@ -132,17 +132,35 @@ def test_console_script_help() -> None:
 HEAVY = ("torch", "diffusers", "optuna", "transformers", "matplotlib")
 
 
-@pytest.mark.parametrize("argv", [[], ["--help"], ["search", "--help"], ["distill", "--help"], ["eval", "--help"]])
-def test_the_cli_imports_nothing_heavy_for_help(argv: list[str]) -> None:
-    """`import pruner.cli` and every `--help` answer at once: torch, diffusers, optuna, transformers and
-    matplotlib (seconds of imports) load only when a command starts working."""
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        ([], ""),
+        (["--help"], "distill"),
+        (["search", "--help"], "--proxy-steps"),
+        (["distill", "--help"], "--8bit-adam"),
+        (["eval", "--help"], "--dtype"),
+        (["cache", "--help"], "--batch-size"),
+        (["search", "--trials", "0"], "error: --trials must be an integer >= 1, got 0"),
+        (["search", "--budget", "0.5x"], "error: budget '0.5x'"),
+        (["search", "--objectives", "macs"], "error: --objectives takes quality plus"),
+        (["distill", "missing.yaml"], "error: RECIPE 'missing.yaml' is not a file"),
+        (["distill", str(RECIPES / "tiny-sdxl-bk-small.yaml"), "--mixed-precision", "fp8"], "--mixed-precision must"),
+        (["eval", "student/", "--n", "0"], "error: --n must be an integer >= 1, got 0"),
+    ],
+)
+def test_the_cli_imports_nothing_heavy_for_help_or_a_refused_argument(argv: list[str], shown: str) -> None:
+    """`import pruner.cli`, every `--help` and a bad argument answer at once: torch, diffusers, optuna,
+    transformers and matplotlib (seconds of imports) load only when a command starts working."""
     code = (
         "import sys\nfrom typer.testing import CliRunner\nfrom pruner.cli import app\n"
         f"out = CliRunner().invoke(app, {argv!r}).output if {argv!r} else ''\n"
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\nprint(out)"
     )
-    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert shown.strip() == "[]"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "[]" and shown in out, out
+    if shown.startswith("error:"):
+        assert len([line for line in out.splitlines()[1:] if line.strip()]) == 1, out
 
 
 def test_threads_apply_when_a_command_runs(monkeypatch: pytest.MonkeyPatch) -> None:

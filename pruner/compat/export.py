@@ -27,6 +27,7 @@ from pruner.compat.loaders import SingleFileCompatibility, config_single_file_co
 from pruner.compat.sgm import UNET_PREFIX, sgm_module_names
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_file, output_lock
+from pruner.knobs import check_arguments
 from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.single_file import CONFIG_METADATA_KEY
 
@@ -107,6 +108,7 @@ def export_single_file(
     ``student``: a student folder (UNet or pipeline) or anything ``pruner.load_unet`` reads. A pipeline
     needs ``unet_only=True`` for now: its VAE and text encoders are not converted to their original layouts.
     """
+    check_arguments(export_single_file, locals())  # types before any reading: PrunerError naming the parameter
     out = Path(out)
     _check_out(out)
     ref = resolve_model(str(student))

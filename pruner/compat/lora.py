@@ -32,6 +32,7 @@ from pruner.compat.sgm import sgm_module_names
 from pruner.compat.target import PlanTarget, plan_target
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_file, output_lock
+from pruner.knobs import check_arguments
 from pruner.recipe import Recipe
 from pruner.unet.maps import resolve, weight_map
 
@@ -339,6 +340,7 @@ def port_lora(
     recipe file or ``Recipe``. ``out``: a ``.safetensors`` file or a folder (then
     ``pytorch_lora_weights.safetensors`` in it) to write the ported LoRA to, in diffusers' layout.
     """
+    check_arguments(port_lora, locals())  # types before any reading: PrunerError naming the parameter
     path = _check_out(Path(out)) if out is not None else None
     target = plan_target(student=student, recipe=recipe)
     wmap = weight_map(target.layout)

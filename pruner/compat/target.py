@@ -9,7 +9,7 @@ from pathlib import Path
 from diffusers import UNet2DConditionModel
 
 from pruner.errors import PrunerError
-from pruner.recipe import Recipe, load_recipe
+from pruner.recipe import Recipe, load_recipe, revalidate
 from pruner.student import ResolvedRecipe, resolve_recipe
 from pruner.unet.load import resolve_model, unet_config, unet_ff_inner
 from pruner.unet.plan import Layout
@@ -64,7 +64,7 @@ def plan_target(*, student: str | Path | None = None, recipe: Recipe | str | Pat
     if student is not None:
         source, rec = student_recipe(student)
     elif isinstance(recipe, Recipe):
-        source, rec = Path("<recipe>"), recipe
+        source, rec = Path("<recipe>"), revalidate(recipe, "recipe=")
     else:
         source, rec = Path(str(recipe)), load_recipe(str(recipe))
     resolved = resolve_recipe(rec, str(source))

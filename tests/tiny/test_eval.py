@@ -101,7 +101,7 @@ def test_eval_in_bf16_runs_both_unets_in_bf16_and_refuses_an_unknown_dtype(
     assert report["dtype"] == "bfloat16" and timed == ["torch.bfloat16", "torch.bfloat16"]
     assert report["kd_loss"] == 0.0 and report["psnr"] == 100.0  # the same weights in the same dtype
     bad = runner.invoke(app, [*args, "--dtype", "fp8"])
-    assert bad.exit_code == 2 and "dtype 'fp8': use auto, fp32, bf16, fp16" in bad.output
+    assert bad.exit_code == 2 and "--dtype must be one of auto, fp32, bf16, fp16, got 'fp8'" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
 
 

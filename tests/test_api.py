@@ -271,6 +271,17 @@ def test_what_the_hostile_review_passed_is_refused_in_one_line(
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_the_choices_a_knob_declares_are_the_ones_the_library_takes() -> None:
+    """The declaration names the choices without importing torch; the tables that act on them agree."""
+    from pruner import defaults
+    from pruner.device import PRECISIONS
+    from pruner.evaluation import DTYPES
+    from pruner.study.study import OBJECTIVES, SAMPLERS
+
+    assert tuple(PRECISIONS) == defaults.PRECISIONS and set(defaults.EVAL_DTYPES) == {"auto", *DTYPES}
+    assert tuple(SAMPLERS) == defaults.SAMPLERS and set(OBJECTIVES) == set(defaults.OBJECTIVE_NAMES)
+
+
 def test_objectives_as_one_string_are_split_on_commas(monkeypatch: pytest.MonkeyPatch) -> None:
     _stop_at_compute(monkeypatch)
     with pytest.raises(ReachedCompute):

@@ -273,8 +273,9 @@ def search(
     """
     arguments = dict(locals())
     check_arguments(search, arguments)
+    from pruner.study.config import SearchConfig
     from pruner.study.export import study_recipes
-    from pruner.study.study import SearchConfig, run_search
+    from pruner.study.study import run_search
     from pruner.teacher import Teacher
 
     resolved = Teacher.resolve(teacher)  # once, here: the search, its recipes and its export read this one

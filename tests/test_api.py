@@ -131,7 +131,7 @@ def test_every_api_knob_is_a_cli_option_with_its_flag_help_and_default(api: str)
 def test_every_search_and_distill_knob_reaches_its_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The settings objects are built from the checked arguments by name: a knob given to the API arrives."""
     from pruner.distillation.run import DistillOptions
-    from pruner.study.study import SearchConfig
+    from pruner.study.config import SearchConfig
 
     seen: dict[str, object] = {}
 
@@ -276,7 +276,7 @@ def test_the_choices_a_knob_declares_are_the_ones_the_library_takes() -> None:
     from pruner import defaults
     from pruner.device import PRECISIONS
     from pruner.evaluation import DTYPES
-    from pruner.study.study import OBJECTIVES, SAMPLERS
+    from pruner.study.config import OBJECTIVES, SAMPLERS
 
     assert tuple(PRECISIONS) == defaults.PRECISIONS and set(defaults.EVAL_DTYPES) == {"auto", *DTYPES}
     assert tuple(SAMPLERS) == defaults.SAMPLERS and set(OBJECTIVES) == set(defaults.OBJECTIVE_NAMES)

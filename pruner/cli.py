@@ -31,6 +31,7 @@ from pruner.runtime import configure_threads
 if TYPE_CHECKING:
     from pruner.inspection import Inspection
 
+
 class _Commands(typer.core.TyperGroup):
     """The command group: ``--debug`` is taken after the subcommand too (``pruner search --debug``)."""
 

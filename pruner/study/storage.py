@@ -190,6 +190,9 @@ def _root_reason(exc: BaseException) -> str:
 def _local_failure(exc: BaseException, what: str, url: str) -> PrunerError | None:
     """A failure of the storage file itself, which waiting does not cure: a full disk, or a SQLite file that
     is not (or no longer) a database. None for anything else."""
+    said = _pruner_error_in(exc)
+    if said is not None:  # our own journal's one line (a full disk, with its folder), wrapped by Optuna
+        return said
     path = _file_of(url)
     if disk_full_cause(exc) is not None:
         return disk_full_error(path.parent if path else Path.cwd())
@@ -197,6 +200,18 @@ def _local_failure(exc: BaseException, what: str, url: str) -> PrunerError | Non
     if path is not None and any(w in reason for w in ("not a database", "malformed", "unable to open", "readonly")):
         return PrunerError(f"storage {path} failed while {what}: {reason}; check the file is still there and "
                            "writable, or restore it from a backup")  # fmt: skip
+    return None
+
+
+def _pruner_error_in(exc: BaseException) -> PrunerError | None:
+    """The first PrunerError in ``exc``'s chain (Optuna re-raises a storage's error as its own), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PrunerError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None
 
 

@@ -236,3 +236,25 @@ def test_a_full_disk_under_a_study_is_one_line_at_once_and_the_study_continues(s
     study = optuna.load_study(study_name="s", storage=open_storage(url))
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+
+
+def test_a_search_writing_an_out_another_run_holds_waits_then_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+    from test_hostile_cli import _front_study
+
+    import pruner.study.front as front
+    from pruner.recipe import Recipe
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _front_study(url)
+    study = optuna.load_study(study_name="wide", storage=url)
+    recipe = Recipe.model_validate({"schema_version": 1, "name": "r", "teacher": {"model": "tiny-sdxl"},
+                                    "plan": {"remove": []},
+                                    "distill": {"stages": [{"steps": 1, "learning_rate": 1e-4}]}})  # fmt: skip
+    monkeypatch.setattr(front, "EXPORT_WAIT", 0.5)  # a worker of the same study would finish within it
+    with output_lock(tmp_path / "r", "--out"), pytest.raises(OutputInUse, match=f"--out {tmp_path / 'r'} is in use"):
+        front.export_front(study, tmp_path / "r", lambda _trial: recipe)
+    assert not (tmp_path / "r").exists()
+    assert front.export_front(study, tmp_path / "r", lambda _trial: recipe)["found"].is_file()

@@ -308,6 +308,7 @@ def distill(
     validate_every: Annotated[int | None, Knob(min=1)] = None,
     resume: bool = False,
     seed: Annotated[int, Knob(min=0)] = 0,
+    progress: bool = False,
 ) -> Path:
     """Train ``recipe``'s student to convergence (its stages, or ``steps`` in all) and save it in ``output``.
 
@@ -331,6 +332,7 @@ def distill(
         validate_every: Held-out KD loss every N steps.
         resume: Continue from the last complete checkpoint.
         seed: Seeds sampling, noise and caption dropout.
+        progress: Show a progress bar of each stage with its loss terms.
     """
     arguments = dict(locals())
     check_arguments(distill, arguments)

@@ -330,7 +330,7 @@ def cache(*, knobs: Knobs) -> None:
 
 
 @app.command()
-@knob_options(pruner.api.distill, cli_defaults={"output": None})
+@knob_options(pruner.api.distill, skip=("progress",), cli_defaults={"output": None})
 def distill(*, knobs: Knobs) -> None:
     """Train a recipe's student with task loss, output KD and layer-level feature KD, stage by stage.
     Many GPUs: `accelerate launch -m pruner distill RECIPE ...`."""
@@ -343,7 +343,7 @@ def distill(*, knobs: Knobs) -> None:
             err.print(f"note: {note}")
         loaded = load_recipe(knobs["recipe"])
         output = knobs["output"] or Path("outputs") / loaded.name
-        path = pruner.api.distill(**{**knobs, "output": output})
+        path = pruner.api.distill(**{**knobs, "output": output}, progress=True)
         err.print(f"student saved in {path}\nnext: pruner eval {path} --teacher {loaded.teacher.model}", soft_wrap=True)
 
 

@@ -152,7 +152,7 @@ def test_every_search_and_distill_knob_reaches_its_settings(monkeypatch: pytest.
     monkeypatch.setattr("pruner.distillation.run.distill_recipe", lambda _r, _o, opts: caught(opts))
     knobs = {"steps": 2, "batch_size": 3, "mixed_precision": "bf16", "gradient_checkpointing": True,
              "eight_bit_adam": True, "grad_accum": 2, "ema_decay": 0.9, "checkpoint_every": 5, "validate_every": 6,
-             "resume": True, "seed": 7}  # fmt: skip
+             "resume": True, "seed": 7, "progress": True}  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         pruner.distill(RECIPE, tmp_path / "o", data="cache/", **knobs)  # type: ignore[arg-type]
     options = seen["config"]

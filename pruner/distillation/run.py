@@ -71,6 +71,7 @@ class DistillOptions:
     caption_dropout: float = 0.1
     ema_decay: float | None = None
     eight_bit_adam: bool = False
+    progress: bool = True  # a bar per stage (the Python API's default is none)
 
     def __post_init__(self) -> None:
         check_precision(self.mixed_precision)
@@ -121,7 +122,7 @@ def _settings(stage: StageSpec, steps: int, opts: DistillOptions, recipe: Recipe
         weights=weights, seed=opts.seed, grad_accum=opts.grad_accum, caption_dropout=opts.caption_dropout,
         checkpoint_every=opts.checkpoint_every, keep_checkpoints=opts.keep_checkpoints,
         validate_every=opts.validate_every, gradient_checkpointing=opts.gradient_checkpointing,
-        ema_decay=opts.ema_decay, eight_bit_adam=opts.eight_bit_adam,
+        ema_decay=opts.ema_decay, eight_bit_adam=opts.eight_bit_adam, progress=opts.progress,
     )  # fmt: skip
 
 

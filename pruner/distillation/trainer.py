@@ -74,6 +74,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     ema_decay: float | None = None
     eight_bit_adam: bool = False
+    progress: bool = True  # a bar with the loss terms (on the main process)
 
 
 class IndexSampler:
@@ -309,8 +310,9 @@ class Distiller:
     ) -> LossTerms | None:
         """Train until ``step_count == until``, with a progress bar showing the loss terms."""
         terms = None
-        bar = tqdm(total=until, initial=self.step_count, desc=desc, disable=not self.acc.is_local_main_process,
-                   mininterval=1.0, dynamic_ncols=True)  # fmt: skip
+        shown = self.settings.progress and self.acc.is_local_main_process
+        bar = tqdm(total=until, initial=self.step_count, desc=desc, disable=not shown, mininterval=1.0,
+                   dynamic_ncols=True)  # fmt: skip
         while self.step_count < until:
             terms = self.step()
             values = terms.as_floats()

@@ -14,6 +14,7 @@ from test_hostile import one_line_error, runner
 from pruner.cli import app
 from pruner.errors import DiskFull, PrunerError
 from pruner.study.storage import open_storage
+from pruner.study.workers import counted
 
 TORN = b'{"op_code":5,"worker_id":"dead","trial_id":3,"par'
 
@@ -115,3 +116,20 @@ def test_a_sqlite_file_that_is_not_a_sound_database_is_one_line_at_once(
     args = ["front", "s"] if command == "front" else ["search", "--out", str(tmp_path / "r"), "--study", "s"]
     one_line_error(runner.invoke(app, [*args, "--storage", url]), str(path), said)
     assert path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_search_rerun_on_a_journal_a_full_disk_tore_repairs_it_and_finishes(
+    tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "study.log"
+    args = ["search", "--teacher", tiny_sdxl_pipeline, "--data", str(tiny_cache), "--budget", "50%", "--proxy-steps",
+            "1", "--calibration", "8", "--noise-seeds", "0", "--storage", f"journal:{path}", "--study", "t", "--out",
+            str(tmp_path / "r")]  # fmt: skip
+    assert runner.invoke(app, [*args, "--trials", "2"]).exit_code == 0
+    path.write_bytes(path.read_bytes() + TORN)
+    result = runner.invoke(app, [*args, "--trials", "3"])  # the rerun the project recommends
+    assert result.exit_code == 0 and "torn record" in result.output, result.output
+    study = optuna.load_study(study_name="t", storage=open_storage(f"journal:{path}", repair=False))
+    assert sum(counted(t) for t in study.trials) == 3
+    assert runner.invoke(app, ["front", f"journal:{path}"]).exit_code == 0

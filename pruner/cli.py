@@ -406,7 +406,7 @@ def eval_(
         acc(report.teacher_prompt_accuracy, report.teacher_prompt_accuracy_se),
     )
     table.add_row("UNet latency, batch 2 (ms)", f"{report.student_latency_ms:.2f}", f"{report.teacher_latency_ms:.2f}")
-    Console().print(table)
+    _table_console().print(table)  # the title (both model paths) unsqueezed off a terminal
     if report.grid:
         err.print(f"grid: {report.grid}")
 

@@ -44,8 +44,11 @@ _EXPORTS = {
     "PrunerError": "pruner.errors",
     "port_lora": "pruner.compat.lora",
     "export_single_file": "pruner.compat.export",
+    "export_onnx": "pruner.compat.onnx_export",
+    "single_file_compatibility": "pruner.compat.loaders",
     "controlnet_compatibility": "pruner.compat.controlnet",
     "threads": "pruner.runtime",
+    "push": "pruner.hub",
 }
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "controlnet_compatibility",
     "distill",
     "evaluate",
+    "export_onnx",
     "export_single_file",
     "inspect_model",
     "list_units",
@@ -67,8 +71,10 @@ __all__ = [
     "load_unet",
     "parse_budget",
     "port_lora",
+    "push",
     "save_recipe",
     "search",
+    "single_file_compatibility",
     "threads",
 ]
 
@@ -77,10 +83,13 @@ if TYPE_CHECKING:
     from pruner.budget import parse_budget
     from pruner.compat.controlnet import controlnet_compatibility
     from pruner.compat.export import export_single_file
+    from pruner.compat.loaders import single_file_compatibility
     from pruner.compat.lora import port_lora
+    from pruner.compat.onnx_export import export_onnx
     from pruner.cost.model import CostModel
     from pruner.errors import PrunerError
     from pruner.evaluation import EvalReport
+    from pruner.hub import push
     from pruner.inspection import inspect_model
     from pruner.recipe import Recipe, load_recipe, save_recipe
     from pruner.runtime import threads

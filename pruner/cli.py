@@ -437,23 +437,53 @@ def port_lora(
 @app.command("export")
 def export(
     student: Annotated[str, typer.Argument(help="Student folder (UNet or pipeline) to export.")],
-    out: Annotated[Path, typer.Option("--out", help="Single file to write (.safetensors, original SGM key layout).")],
+    out: Annotated[Path, typer.Option("--out", help="File to write: .safetensors (SGM key layout) or .onnx.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="safetensors: one file for UIs; onnx: the UNet for ONNX runtimes.")
+    ] = "safetensors",
     unet_only: Annotated[
         bool, typer.Option("--unet-only", help="Export only the UNet (needed for pipeline folders for now).")
     ] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="onnx: trace a half-precision copy.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check/--no-check", help="onnx: compare onnxruntime's output with PyTorch's.")
+    ] = True,
 ) -> None:
-    """Write a depth-pruned student's UNet as one .safetensors in the original (SGM) key layout single-file
-    loaders read, with its depths and diffusers config in the metadata."""
-    from pruner.compat.export import export_single_file
-
+    """Write a student's UNet as one .safetensors in the original (SGM) key layout single-file loaders read
+    (depths and diffusers config in the metadata), or as an ONNX graph with dynamic batch and resolution."""
     with user_errors(), err.status(f"exporting {student}"):
-        report = export_single_file(student, out, unet_only=unet_only)
-    err.print(report.summary(), highlight=False)
-    err.print(
-        f"load it with UNet2DConditionModel.from_single_file({str(out)!r}, config=<student folder>) "
-        "or pruner.load_unet",
-        highlight=False,
-    )
+        if fmt == "onnx":
+            from pruner.compat.onnx_export import export_onnx
+
+            summary = export_onnx(student, out, fp16=fp16, check=check).summary()
+        elif fmt == "safetensors":
+            from pruner.compat.export import export_single_file
+
+            summary = export_single_file(student, out, unet_only=unet_only).summary()
+        else:
+            raise PrunerError(f"--format {fmt} is not one of safetensors, onnx")
+    err.print(summary, highlight=False)
+
+
+@app.command("push")
+def push(
+    student: Annotated[str, typer.Argument(help="Student folder (the output of pruner distill or apply).")],
+    repo: Annotated[str, typer.Option("--repo", help="Hub repository USER/NAME; created when missing.")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Branch to push to (created from main when missing).")
+    ] = None,
+    license: Annotated[
+        str | None, typer.Option("--license", help="The teacher's license id, when pruner cannot tell it.")
+    ] = None,
+) -> None:
+    """Upload a student's folder to the Hugging Face Hub with a model card (recipe, teacher and its license,
+    metrics, the commands that reproduce it). The token comes from `hf auth login` or HF_TOKEN."""
+    from pruner.hub import push as push_student
+
+    with user_errors(), err.status(f"pushing {student} to {repo}"):
+        result = push_student(student, repo, private=private, revision=revision, license=license)
+    err.print(result.summary(), highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,3 +48,9 @@ def test_lora_port_benchmark_prints_the_behaviour_table(tmp_path: Path) -> None:
     out = run("benchmarks/lora_port.py", "--out", str(tmp_path), "--lora-steps", "2", "--lora-batch", "4",
               "--distill-steps", "2", "--n-train", "16", "--n-eval", "4", "--steps", "2")  # fmt: skip
     assert "student + ported LoRA" in out and "student + LoRA loaded as it is" in out and "carried over" in out
+
+
+@pytest.mark.slow
+def test_onnx_latency_benchmark_prints_both_runtimes_for_teacher_and_student() -> None:
+    out = run("benchmarks/onnx_latency.py", "--runs", "2")
+    assert "| teacher |" in out and "| student |" in out and "student vs teacher speedup" in out

@@ -7,6 +7,7 @@ any (width-pruned ones too).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,7 +76,21 @@ def derive_student_spec(
     layout = check_expressible(plan, topo)
     config = student_config(teacher_config, layout, topo)
     check_width_levels(plan.ff_ratios, topo)
-    return StudentSpec(config=_arch_fields(config), params=CostModel(teacher_config, inner=inner).params(plan))
+    return StudentSpec(config=_arch_fields(config), params=_params_model(teacher_config, inner).params(plan))
+
+
+def _params_model(teacher_config: dict[str, Any], inner: Mapping[str, int] | None) -> CostModel:
+    """One parameter-counting cost model per teacher architecture and widths, shared: a search derives the
+    student section of every recipe it exports, and each new model builds two UNets on the meta device."""
+    key = json.dumps([teacher_config, dict(inner or {})], sort_keys=True, default=repr)
+    if key not in _PARAMS_MODELS:
+        if len(_PARAMS_MODELS) >= 8:  # a few architectures a process at most; keep it bounded anyway
+            del _PARAMS_MODELS[next(iter(_PARAMS_MODELS))]
+        _PARAMS_MODELS[key] = CostModel(teacher_config, inner=inner)
+    return _PARAMS_MODELS[key]
+
+
+_PARAMS_MODELS: dict[str, CostModel] = {}
 
 
 def _check_student(recipe: Recipe, source: str, config: dict[str, Any], params: int) -> None:

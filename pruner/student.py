@@ -125,7 +125,7 @@ def resolve_recipe(recipe: Recipe, source: str = "<recipe>") -> ResolvedRecipe:
     except PrunerError as exc:
         raise RecipeError(f"{source}: {exc}") from exc
     config = student_config(teacher_config, layout, topo)
-    _check_student(recipe, source, config, CostModel(teacher_config, inner=teacher.ff_inner).params(plan))
+    _check_student(recipe, source, config, _params_model(teacher_config, teacher.ff_inner).params(plan))
     return ResolvedRecipe(recipe, teacher, topo, plan, layout, config)
 
 

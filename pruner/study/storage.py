@@ -30,7 +30,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from pruner.errors import PrunerError
+from pruner.errors import DiskFull, PrunerError
 from pruner.io import disk_full_cause, disk_full_error
 from pruner.study.damage import SafeJournalFile, check_journal, check_sqlite
 
@@ -195,7 +195,10 @@ def _local_failure(exc: BaseException, what: str, url: str) -> PrunerError | Non
         return said
     path = _file_of(url)
     if disk_full_cause(exc) is not None:
-        return disk_full_error(path.parent if path else Path.cwd())
+        if path is not None:
+            return disk_full_error(path.parent)
+        return DiskFull(f"disk full while {what}: the study storage's file system has no space left; free space "
+                        "there and rerun the same command")  # fmt: skip
     reason = _root_reason(exc)
     if path is not None and any(w in reason for w in ("not a database", "malformed", "unable to open", "readonly")):
         return PrunerError(f"storage {path} failed while {what}: {reason}; check the file is still there and "

@@ -223,6 +223,8 @@ def inspect(
         out.print(_units_table(report))
         if report.controlnet:
             out.print(report.controlnet, highlight=False)
+        if report.ip_adapter:
+            out.print(report.ip_adapter, highlight=False)
         if report.single_file:
             out.print(report.single_file, highlight=False)
         if report.latency:

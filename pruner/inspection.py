@@ -11,6 +11,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from pruner.compat.controlnet import controlnet_compatibility
+from pruner.compat.ip_adapter import ip_adapter_compatibility
 from pruner.compat.loaders import config_single_file_compatibility
 from pruner.cost.latency import Latency, measure_latency
 from pruner.cost.model import CostModel
@@ -42,6 +43,7 @@ class Inspection:
     unit_latency_ms: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     controlnet: str | None = None  # "ControlNet-compatible: yes/no, why" for a recipe or a student with one
+    ip_adapter: str | None = None  # "IP-Adapter-compatible: yes/no, why" for a recipe or a student with one
     single_file: str | None = None  # "Single file: ...": which single-file loaders rebuild it
 
     def as_dict(self) -> dict[str, Any]:
@@ -57,7 +59,7 @@ class Inspection:
             "macs_note": "multiply-adds per UNet call, fvcore with attention counted",
             "resolution": self.resolution, "latent": self.latent, "batch": self.batch,
             "latency": self.latency.as_dict() if self.latency else None, "units": units,
-            "controlnet": self.controlnet, "single_file": self.single_file,
+            "controlnet": self.controlnet, "ip_adapter": self.ip_adapter, "single_file": self.single_file,
         }  # fmt: skip
 
 
@@ -81,22 +83,26 @@ class _Target:
     model: UNet2DConditionModel | None = None
     widths: dict[int, float] = field(default_factory=dict)
     controlnet: str | None = None
+    ip_adapter: str | None = None
 
 
 def _target(target: str) -> _Target:
     """Resolve the target once: a recipe (its student, priced on the recipe's teacher), else a model reference."""
     if Path(target).suffix in (".yaml", ".yml"):
         resolved = resolve_recipe(load_recipe(target), target)
-        verdict = controlnet_compatibility(resolved.plan, resolved.topology).line()
+        plan, topo = resolved.plan, resolved.topology
+        lines = controlnet_compatibility(plan, topo).line(), ip_adapter_compatibility(plan, topo).line()
         widths = _level_widths(resolved.meta_student())
-        return _Target("recipe", resolved.config, resolved.teacher.vae_scale, None, widths, verdict)
+        return _Target("recipe", resolved.config, resolved.teacher.vae_scale, None, widths, *lines)
     teacher = Teacher.resolve(target)
     kind = teacher.ref.kind
     if kind in ("architecture", "hub"):
         return _Target(kind, teacher.config, teacher.vae_scale)
     model = teacher.load()
-    controlnet = _student_controlnet_line(target) if kind in ("pipeline", "unet_folder") else None
-    return _Target(kind, teacher.config, teacher.vae_scale, model, _level_widths(model), controlnet)
+    verdicts: tuple[str | None, str | None] = (None, None)
+    if kind in ("pipeline", "unet_folder"):
+        verdicts = _student_lines(target)
+    return _Target(kind, teacher.config, teacher.vae_scale, model, _level_widths(model), *verdicts)
 
 
 def _materialised(
@@ -110,15 +116,16 @@ def _materialised(
     return model.to(device).eval()
 
 
-def _student_controlnet_line(target: str) -> str | None:
-    """The ControlNet verdict of a student folder with its recipe.yaml (None for a folder without one)."""
-    from pruner.compat.controlnet import recipe_compatibility
+def _student_lines(target: str) -> tuple[str | None, str | None]:
+    """The ControlNet and IP-Adapter verdicts of a student folder with its recipe.yaml (None without one)."""
     from pruner.compat.target import student_recipe
 
     try:
-        return recipe_compatibility(student_recipe(target)[1]).line()
+        resolved = resolve_recipe(student_recipe(target)[1], target)
     except PrunerError:
-        return None
+        return None, None
+    plan, topo = resolved.plan, resolved.topology
+    return controlnet_compatibility(plan, topo).line(), ip_adapter_compatibility(plan, topo).line()
 
 
 def _unit_latency(units: list[Unit], latency: Latency) -> dict[str, float]:
@@ -150,7 +157,7 @@ def inspect_model(
     units = list_units(cost.topology, cost, base)
     total = cost.cost(base)
     report = Inspection(target, found.source, total.params, total.macs, resolution, latent, batch, units,
-                        config=config, controlnet=found.controlnet)  # fmt: skip
+                        config=config, controlnet=found.controlnet, ip_adapter=found.ip_adapter)  # fmt: skip
     report.single_file = config_single_file_compatibility(config, [str(level) for level in widths]).line()
     if latency and real is not None:
         on_status(f"timing on {device}")

@@ -143,11 +143,12 @@ class Recipe(_Strict):
     description: str = ""
     teacher: TeacherSpec
     plan: PlanSpec
-    compat: list[Literal["controlnet", "single-file"]] = Field(
+    compat: list[Literal["controlnet", "single-file", "ip-adapter"]] = Field(
         default_factory=list,
         description="Compatibilities the plan must keep: controlnet (only transformer layers and the mid block's "
         "attention go, so a teacher's ControlNet still fits); single-file (every down block keeps as many layers "
-        "and no width is narrowed, so every single-file loader, diffusers' from_single_file included, takes it).",
+        "and no width is narrowed, so every single-file loader, diffusers' from_single_file included, takes it); "
+        "ip-adapter (every kept cross-attention processor keeps its position, so a teacher's IP-Adapter loads).",
     )
     student: StudentSpec | None = None
     distill: DistillSpec

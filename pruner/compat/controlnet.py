@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pruner.compat.ip_adapter import ip_adapter_compatibility
 from pruner.compat.loaders import single_file_compatibility
 from pruner.errors import PrunerError
 from pruner.unet.plan import Plan, compress_names, unit_kinds
@@ -34,7 +35,7 @@ __all__ = [
     "recipe_compatibility",
 ]
 
-COMPAT_TARGETS = ("controlnet", "single-file")
+COMPAT_TARGETS = ("controlnet", "single-file", "ip-adapter")
 CONTROLNET_KINDS = frozenset({"transformer_layer", "mid_attention"})  # unit kinds that keep the skip topology
 
 _WHY = {
@@ -94,6 +95,13 @@ def check_compat(compat: Sequence[str], plan: Plan, topo: Topology) -> None:
             raise PrunerError(
                 f"compat asks for single-file, but {loader} cannot load the student: {why}; remove the same layers "
                 "in every down block and narrow no width, or drop compat: [single-file]"
+            )
+    if "ip-adapter" in compat:
+        ip = ip_adapter_compatibility(plan, topo)
+        if not ip.ok:
+            raise PrunerError(
+                f"compat asks for ip-adapter, but {ip.reason()}; keep every transformer layer and attention before "
+                "the mid block, or drop compat: [ip-adapter]"
             )
 
 

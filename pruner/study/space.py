@@ -36,6 +36,13 @@ BUILTIN_SPACES = Path(__file__).resolve().parent / "spaces"  # shipped as packag
 LOCAL_SPACES = Path("search")  # a project's own spaces, by name, beside its recipes/
 
 
+COMPAT_IMPLIES: dict[str, tuple[str, dict[str, bool]]] = {  # what each compat keeps, and the fields it sets
+    "controlnet": ("every skip and the mid block", {"layers": False, "mid_block": False, "keep_skip_topology": True}),
+    "single-file": ("every layer and width", {"layers": False, "width": False}),
+    "ip-adapter": ("every cross-attention layer", {"transformer_layers": False, "layers": False}),
+}
+
+
 class SearchSpace(BaseModel):
     """Which kinds of unit a search may remove, and how kept layers are chosen."""
 
@@ -54,12 +61,14 @@ class SearchSpace(BaseModel):
     keep_skip_topology: bool = Field(
         False, description="Never remove layers with skip connections (ControlNet-style adapters stay compatible)."
     )
-    compat: tuple[Literal["controlnet", "single-file"], ...] = Field(
+    compat: tuple[Literal["controlnet", "single-file", "ip-adapter"], ...] = Field(
         (),
         description="Compatibilities every plan keeps: controlnet (no layer units, mid block or stage go; implies "
         "layers: false, mid_block: false and keep_skip_topology: true); single-file (every down block keeps its "
         "layers and no width is searched, so diffusers' from_single_file loads the exported student too; implies "
-        "layers: false and width: false).",
+        "layers: false and width: false); ip-adapter (no transformer layer or layer unit goes, so every "
+        "cross-attention processor keeps its position; the mid block, last in diffusers' order, may; implies "
+        "transformer_layers: false and layers: false).",
     )
     width: bool = Field(False, description="Also search the feed-forward width of each resolution level.")
     width_ratios: tuple[float, ...] = Field(
@@ -74,19 +83,12 @@ class SearchSpace(BaseModel):
     def _compat(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        compat = data.get("compat") or ()
-        if "controlnet" in compat:
-            clash = [k for k in ("layers", "mid_block") if data.get(k) is True]
+        for target in data.get("compat") or ():
+            keeps, implied = COMPAT_IMPLIES.get(target, ("", {}))
+            clash = [k for k, v in implied.items() if v is False and data.get(k) is True]
             if clash:
-                raise ValueError(
-                    f"compat: [controlnet] keeps every skip and the mid block; drop {', '.join(clash)}: true"
-                )
-            data = {**data, "layers": False, "mid_block": False, "keep_skip_topology": True}
-        if "single-file" in compat:
-            clash = [k for k in ("layers", "width") if data.get(k) is True]
-            if clash:
-                raise ValueError(f"compat: [single-file] keeps every layer and width; drop {', '.join(clash)}: true")
-            data = {**data, "layers": False, "width": False}
+                raise ValueError(f"compat: [{target}] keeps {keeps}; drop {', '.join(clash)}: true")
+            data = {**data, **implied}
         return data
 
     @field_validator("width_ratios")

@@ -43,7 +43,8 @@ def test_the_readme_and_docs_python_blocks_pass_mypy(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     errors = [line for line in checked.stdout.splitlines() if ": error:" in line]
-    assert errors and all(line.startswith(str(tmp_path / "wrong_type.py")) for line in errors), checked.stdout
+    # by file name: mypy's cache may report an unchanged file under the folder it first saw it in
+    assert errors and all(Path(line.split(":")[0]).name == "wrong_type.py" for line in errors), checked.stdout
     assert "arg-type" in errors[0] and "Found 1 error in 1 file" in checked.stdout, checked.stdout
 
 

@@ -49,6 +49,8 @@ _EXPORTS = {
     "controlnet_compatibility": "pruner.compat.controlnet",
     "threads": "pruner.runtime",
     "push": "pruner.hub",
+    "port_ip_adapter": "pruner.compat.ip_adapter",
+    "ip_adapter_compatibility": "pruner.compat.ip_adapter",
 }
 
 __all__ = [
@@ -66,10 +68,12 @@ __all__ = [
     "export_onnx",
     "export_single_file",
     "inspect_model",
+    "ip_adapter_compatibility",
     "list_units",
     "load_recipe",
     "load_unet",
     "parse_budget",
+    "port_ip_adapter",
     "port_lora",
     "push",
     "save_recipe",
@@ -83,6 +87,7 @@ if TYPE_CHECKING:
     from pruner.budget import parse_budget
     from pruner.compat.controlnet import controlnet_compatibility
     from pruner.compat.export import export_single_file
+    from pruner.compat.ip_adapter import ip_adapter_compatibility, port_ip_adapter
     from pruner.compat.loaders import single_file_compatibility
     from pruner.compat.lora import port_lora
     from pruner.compat.onnx_export import export_onnx

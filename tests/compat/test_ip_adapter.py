@@ -20,7 +20,12 @@ from typer.testing import CliRunner
 
 import pruner
 from pruner.cli import app
-from pruner.compat.ip_adapter import cross_attention_processors, ip_adapter_compatibility
+from pruner.compat.ip_adapter import (
+    cross_attention_processors,
+    ip_adapter_compatibility,
+    port_ip_adapter,
+    student_sources,
+)
 from pruner.errors import PrunerError
 from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe
@@ -137,3 +142,29 @@ def test_compat_ip_adapter_refuses_a_plan_that_moves_processors_and_a_space_keep
         assert ip_adapter_compatibility(decode(suggest_genome(study.ask(), space, topo), space, topo, {}), topo).ok
     inspected = CliRunner().invoke(app, ["inspect", str(FOUND), "--no-macs"])
     assert inspected.exit_code == 0 and "IP-Adapter-compatible: no, the student keeps" in inspected.output
+
+
+def test_a_ported_ip_adapter_gives_every_processor_of_any_depth_student_its_own_teachers_entries(
+    tmp_path: Path,
+) -> None:
+    teacher = pruner.load_unet("tiny-sdxl")
+    names = cross_attention_processors(topology_of(teacher))
+    adapter = _ip_adapter(teacher)
+    student = pruner.build_student("tiny-sdxl", FOUND).eval()
+    student.save_pretrained(tmp_path / "found")
+    (tmp_path / "found" / "recipe.yaml").write_text(FOUND.read_text())
+    port_ip_adapter(adapter, student=tmp_path / "found", out=tmp_path / "ip.safetensors")
+    pipe = _pipeline(student)
+    pipe.load_ip_adapter(str(tmp_path), subfolder="", weight_name="ip.safetensors", image_encoder_folder=None)
+    sources = dict(zip(cross_attention_processors(topology_of(student)), _sources(FOUND), strict=True))
+    for name, processor in pipe.unet.attn_processors.items():
+        if name.endswith("attn2.processor"):
+            t = names.index(sources[name.removesuffix(".processor")])
+            torch.testing.assert_close(
+                processor.to_k_ip[0].weight, adapter["ip_adapter"][f"{2 * t + 1}.to_k_ip.weight"]
+            )
+
+
+def _sources(recipe: Path) -> list[str]:
+    resolved = resolve_recipe(load_recipe(recipe), str(recipe))
+    return [source for _, source in student_sources(resolved.layout)]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from pruner.distillation.cache import CacheSummary
     from pruner.evaluation import EvalReport
+    from pruner.metrics.scoring import MetricOptions
     from pruner.recipe import Recipe
     from pruner.unet.plan import Plan
 
@@ -356,6 +357,10 @@ def evaluate(
     device: str | None = None,
     resolution: Annotated[int | None, Knob(min=8)] = None,
     dtype: Annotated[str, Knob(choices=defaults.EVAL_DTYPES)] = "auto",
+    metrics: Annotated[str | Sequence[str] | None, Knob(choices=defaults.FIELD_METRICS)] = None,
+    reference: Annotated[str | Path | None, Knob(check=_reference)] = None,
+    fid_features: Annotated[str, Knob(check=_fid_features)] = "auto",
+    clip_model: str | None = None,
 ) -> EvalReport:
     """Compare a student with its teacher pipeline on held-out prompts: KD loss, PSNR of pictures from the
     same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``.
@@ -376,6 +381,14 @@ def evaluate(
             check of an SDXL student).
         dtype: What both UNets and the pipeline run in: auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16 or
             fp16; the latency row is this dtype's.
+        metrics: Field metrics to add, comma-separated: fid, kid (of the student's pictures against the
+            reference), clip (CLIP score of student and teacher); by torchmetrics, extra 'pruner[metrics]'.
+        reference: FID/KID reference: a folder of pictures (e.g. MS-COCO val2014); default the teacher's own
+            pictures of the same prompts and seeds.
+        fid_features: FID/KID features: inception (torch-fidelity's Inception-v3, the field's), judge (the
+            bundled teacher's judge), an Inception weights file, or auto (judge on tiny-sdxl, else inception).
+        clip_model: CLIP for the CLIP score, hub id or folder; default openai/clip-vit-large-patch14 (tiny-sdxl:
+            its own shape CLIP).
     """
     check_arguments(evaluate, locals())
     from pruner.evaluation import evaluate_student
@@ -389,7 +402,28 @@ def evaluate(
             student, resolved, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
             prompts_file=None if prompts_file is None else Path(prompts_file),
             grid_path=None if grid is None else Path(grid), device=device, resolution=resolution, dtype=dtype,
+            metric_options=_metric_options(metrics, reference, fid_features, clip_model),
         )  # fmt: skip
+
+
+def _reference(value: str | Path | None) -> None:
+    if value is not None and not Path(value).is_dir():
+        raise PrunerError(f"reference= {value} is not a folder; give a folder of pictures, or none for the teacher's")
+
+
+def _fid_features(value: str) -> None:
+    if value not in ("auto", "inception", "judge") and not Path(value).is_file():
+        raise PrunerError(f"fid_features= {value} is none of auto, inception, judge, nor an Inception weights file")
+
+
+def _metric_options(
+    metrics: str | Sequence[str] | None, reference: str | Path | None, fid_features: str, clip_model: str | None
+) -> MetricOptions:
+    from pruner.metrics.scoring import MetricOptions
+
+    return MetricOptions(
+        split_list(metrics or ()), None if reference is None else Path(reference), fid_features, clip_model
+    )
 
 
 def _as_plan(plan: Plan | Recipe | Sequence[str] | str | Path) -> Plan:

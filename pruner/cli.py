@@ -408,9 +408,29 @@ def eval_(
         acc(report.teacher_prompt_accuracy, report.teacher_prompt_accuracy_se),
     )
     table.add_row("UNet latency, batch 2 (ms)", f"{report.student_latency_ms:.2f}", f"{report.teacher_latency_ms:.2f}")
+    for row in _field_metric_rows(report.metrics, report.metric_settings):
+        table.add_row(*row)
     _table_console().print(table)  # the title (both model paths) unsqueezed off a terminal
     if report.grid:
         err.print(f"grid: {report.grid}")
+
+
+def _field_metric_rows(metrics: Mapping[str, float], settings: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """The table rows of ``pruner eval --metrics``: FID and KID (± its standard deviation over subsets) to the
+    reference, CLIP score; the teacher's column where it was scored too."""
+
+    def value(key: str, fmt: str = ".3f") -> str:
+        if key not in metrics:
+            return "-"
+        spread = metrics.get(key + "_std")
+        return f"{metrics[key]:{fmt}}" + ("" if spread is None else f" ± {spread:{fmt}}")
+
+    against = f"to {settings.get('reference')}, {settings.get('features')} features"
+    rows = [(f"FID {against}", value("fid"), value("teacher_fid")) if "fid" in metrics else None,
+            (f"KID {against}", value("kid", ".4f"), value("teacher_kid", ".4f")) if "kid" in metrics else None,
+            (f"CLIP score ({settings.get('clip_model')})", value("clip_score", ".2f"),
+             value("teacher_clip_score", ".2f")) if "clip_score" in metrics else None]  # fmt: skip
+    return [row for row in rows if row is not None]
 
 
 @app.command("port-lora")

@@ -16,6 +16,9 @@
   run in: by default the teacher's frozen dtype on the device (bf16 on a GPU, as users deploy SDXL; fp32 on
   a CPU), so a GPU figure is the latency a user gets, not fp32's.
 - A PNG grid: teacher row above student row, one column per prompt.
+- On request (``metrics=``), the field's metrics by torchmetrics (:mod:`pruner.metrics`): FID and KID of the
+  student's pictures against the teacher's (or a folder of pictures), and the CLIP score of both; their models
+  are loaded before any picture is made, and what scored is recorded beside the scores.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ from pruner.cost.latency import measure_latency
 from pruner.diffusion import conditioning, generate, image_grid
 from pruner.errors import PrunerError
 from pruner.io import read_prompts
+from pruner.metrics.scoring import MetricOptions, load_scorers, score_pictures
 from pruner.teacher import Teacher
 from pruner.unet.load import ModelRef, load_unet
 
@@ -82,6 +86,8 @@ class EvalReport:
     teacher_prompt_accuracy_se: float | None = None
     resolution: int | None = None  # pixels a side of the pictures and of the latency inputs
     dtype: str | None = None  # what both UNets (and the pipeline) ran in: float32, bfloat16 or float16
+    metrics: dict[str, float] = field(default_factory=dict)  # fid, kid, kid_std, clip_score ... as asked
+    metric_settings: dict[str, Any] = field(default_factory=dict)  # which features, reference and CLIP scored
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,10 +227,12 @@ def evaluate_student(
     device: str | None = None,
     resolution: int | None = None,
     dtype: str = "auto",
+    metric_options: MetricOptions | None = None,
 ) -> EvalReport:
     """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available), at
     ``resolution`` pixels a side (default the teacher's native size), both UNets and the pipeline in
-    ``dtype`` (``auto``: bf16 on a GPU, fp32 on a CPU; see ``eval_dtype``); see the module docstring."""
+    ``dtype`` (``auto``: bf16 on a GPU, fp32 on a CPU; see ``eval_dtype``), with the field metrics
+    ``metric_options`` asks for; see the module docstring."""
     from pruner.device import resolve_device
     from pruner.diffusion import default_resolution
     from pruner.distillation.cache import check_resolution
@@ -232,6 +240,7 @@ def evaluate_student(
     dev = resolve_device(device)
     torch_dtype = eval_dtype(dtype, dev)
     ref = teacher.ref
+    scorers = load_scorers(metric_options or MetricOptions(), ref.path)  # a missing model: refused before compute
     pipe = teacher.pipeline(device=dev, dtype=torch_dtype)
     if resolution is not None:
         check_resolution(resolution, pipe)
@@ -248,7 +257,8 @@ def evaluate_student(
         _name(student_path), teacher.reference, kd, _psnr(t_imgs, s_imgs), s_acc, t_acc, s_ms, t_ms,
         s_params, sum(p.numel() for p in pipe.unet.parameters()), len(prompts), steps, guidance_scale,
         str(grid) if grid else None, prompt_accuracy_se=s_se, teacher_prompt_accuracy_se=t_se, resolution=side,
-        dtype=str(torch_dtype).removeprefix("torch."),
+        dtype=str(torch_dtype).removeprefix("torch."), metrics=score_pictures(scorers, s_imgs, t_imgs, prompts),
+        metric_settings=scorers.settings,
     )  # fmt: skip
 
 

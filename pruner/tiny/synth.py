@@ -67,7 +67,7 @@ VOCABULARY: tuple[str, ...] = tuple(
 
 # Random streams: each purpose draws from its own seed space, so evaluation prompts and the
 # judge's data never replay the teacher's training scenes for the same integer seed.
-STREAMS: dict[str, int] = {"dataset": 0, "prompts": 1, "judge_train": 2, "judge_eval": 3}
+STREAMS: dict[str, int] = {"dataset": 0, "prompts": 1, "judge_train": 2, "judge_eval": 3, "clip": 4}
 
 P_SINGLE = 1 / 3  # share of one-object scenes
 HALF_EXTENT = {"small": 0.14, "large": 0.2}  # half the bounding box; a small shape is ~9 px at 32x32,

@@ -1,0 +1,150 @@
+"""FID, KID and CLIP score by torchmetrics, meaningful on the bundled teacher's shape world: FID and KID on
+its judge's features, the CLIP score with its own small CLIP; every missing model refused in one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pruner.errors import PrunerError
+from pruner.metrics.clip import DEFAULT_CLIP, clip_score, load_clip
+from pruner.metrics.distribution import fid, kid
+from pruner.metrics.features import JudgeFeatures, PictureFolder, picture_features, pictures_tensor
+from pruner.tiny.synth import caption, render, sample_scenes
+from pruner.unet import bundled_teacher
+
+TEACHER = bundled_teacher()
+pytestmark = pytest.mark.skipif(TEACHER is None, reason="the bundled teacher is not installed")
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[Image.Image]:
+    """96 rendered shape scenes none of the teacher's or the judge's training drew (the judge's eval stream)."""
+    return [render(s) for s in sample_scenes(96, 11, stream="judge_eval")]
+
+
+@pytest.fixture(scope="module")
+def judge() -> JudgeFeatures:
+    assert TEACHER is not None
+    return JudgeFeatures(TEACHER / "judge")
+
+
+def noisy(pictures: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``pictures`` with seeded Gaussian noise of ``sigma`` (in 0..255 units) added."""
+    noise = torch.randn(pictures.shape, generator=torch.Generator().manual_seed(0)) * sigma
+    return (pictures.float() + noise).clamp(0, 255).to(torch.uint8)
+
+
+def test_fid_of_a_set_against_itself_is_about_zero_and_grows_with_noise(scenes, judge) -> None:  # type: ignore[no-untyped-def]
+    x = pictures_tensor(scenes)
+    scores = [fid(x, x if sigma == 0 else noisy(x, sigma), judge) for sigma in (0, 16, 48, 96)]
+    assert scores[0] < 1e-3 * scores[1]
+    assert scores[0] < scores[1] < scores[2] < scores[3]
+
+
+def test_kid_of_two_samples_of_one_world_is_about_zero_and_grows_with_noise(scenes, judge) -> None:  # type: ignore[no-untyped-def]
+    """KID is unbiased: two disjoint draws of scenes score near 0 (within a few standard deviations over its
+    subsets); noise moves it well above. (One set against itself shares its pictures between the subsets, which
+    the unbiased estimate counts below 0.)"""
+    x, y = pictures_tensor(scenes[:48]), pictures_tensor(scenes[48:])
+    (same, same_std), (some, _), (heavy, heavy_std) = (kid(x, noisy(y, s), judge, subsets=50) for s in (0, 48, 96))
+    assert abs(same) < 2 * same_std
+    assert same < some < heavy and some > 3 * same_std and heavy > 5 * heavy_std
+
+
+def test_a_reference_folder_is_read_in_batches_at_the_generated_size(scenes, judge, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for i, picture in enumerate(scenes[:10]):
+        picture.resize((64, 48)).save(tmp_path / f"{i:03}.png")
+    folder = PictureFolder(tmp_path, side=32, batch=4)
+    batches = list(folder)
+    assert len(folder) == 10 and [len(b) for b in batches] == [4, 4, 2] and batches[0].shape[1:] == (3, 32, 32)
+    assert fid(folder, pictures_tensor(scenes[:10]), judge) < fid(folder, pictures_tensor(scenes[10:20]), judge)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PrunerError, match="holds 0 pictures"):
+        PictureFolder(tmp_path / "empty", 32)
+    with pytest.raises(PrunerError, match="is not a folder"):
+        PictureFolder(tmp_path / "none", 32)
+
+
+def test_the_shape_clip_scores_matched_captions_above_shuffled_ones() -> None:
+    """The shipped stand-in CLIP, on held-out scenes: a picture's own caption scores well above another's
+    (a shuffled caption shares some words: the same background, a shape kind)."""
+    assert TEACHER is not None
+    model = load_clip(TEACHER / "clip")
+    held_out = sample_scenes(64, 5, stream="judge_eval")
+    pictures = pictures_tensor([render(s) for s in held_out])
+    captions = [caption(s) for s in held_out]
+    matched = clip_score(pictures, captions, model)
+    shuffled = clip_score(pictures, captions[1:] + captions[:1], model)
+    assert matched > shuffled + 20, (matched, shuffled)
+
+
+def one_line(exc: pytest.ExceptionInfo[PrunerError]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_a_missing_clip_model_is_one_line_naming_it_and_the_flag() -> None:
+    with pytest.raises(PrunerError) as exc:
+        load_clip(DEFAULT_CLIP)
+    text = one_line(exc)
+    assert DEFAULT_CLIP in text and "clip_model=" in text and "hf download" in text
+
+
+def test_missing_inception_weights_are_one_line_naming_the_file_and_where_torch_fidelity_looks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))  # installed or not
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PrunerError) as exc:
+        picture_features("inception", None)
+    text = one_line(exc)
+    assert "weights-inception-2015-12-05-6726825d.pth" in text and str(tmp_path / "hub" / "checkpoints") in text
+
+
+def test_inception_without_torch_fidelity_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # import fails as when not installed
+    with pytest.raises(PrunerError) as exc:
+        picture_features("inception", None)
+    assert "pruner[metrics]" in one_line(exc)
+
+
+def test_eval_adds_the_field_metrics_asked_for_on_the_bundled_teacher(tmp_path: Path) -> None:
+    """`pruner eval --metrics fid,kid,clip`: the teacher against itself is at FID 0 and scores its own CLIP
+    score; the table names the features, the reference and the CLIP that scored."""
+    from typer.testing import CliRunner
+
+    from pruner.cli import app
+
+    args = [
+        "eval",
+        "tiny-sdxl",
+        "--teacher",
+        "tiny-sdxl",
+        "--n",
+        "4",
+        "--steps",
+        "2",
+        "--grid",
+        str(tmp_path / "g.png"),
+    ]
+    result = CliRunner().invoke(app, [*args, "--metrics", "fid,kid,clip", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    metrics, settings = report["metrics"], report["metric_settings"]
+    assert metrics["fid"] == 0.0 and metrics["clip_score"] == pytest.approx(metrics["teacher_clip_score"])
+    assert {"kid", "kid_std"} <= set(metrics) and "teacher_fid" not in metrics
+    assert TEACHER is not None
+    assert settings == {"features": "judge", "reference": "teacher", "clip_model": str(TEACHER / "clip")}
+    table = CliRunner().invoke(app, [*args, "--metrics", "clip"])
+    assert table.exit_code == 0 and "CLIP score" in table.stdout and "FID" not in table.stdout
+    bad = CliRunner().invoke(app, [*args, "--metrics", "fid,is"])
+    assert bad.exit_code == 2 and "--metrics must be one of fid, kid, clip" in bad.output

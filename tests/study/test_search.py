@@ -309,11 +309,11 @@ def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
     tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pruner
-    import pruner.study.study
+    import pruner.study.context
 
     # 10 training rows: at the default 16 a step, every row order is the same single batch and the noise
     # floor's other orders could only differ by float summation order; 4 a step makes them real orders
-    monkeypatch.setattr(pruner.study.study, "proxy_batch", lambda latent: 4)
+    monkeypatch.setattr(pruner.study.context, "proxy_batch", lambda latent: 4)
     result = pruner.search(tiny_sdxl_pipeline, "50%", data=tiny_cache, trials=10, proxy_steps=2, top_steps=4,
                            calibration=12, held_out=16)  # fmt: skip
     study = result.study

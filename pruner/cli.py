@@ -188,6 +188,22 @@ def _units_table(report: Inspection) -> Table:
     return table
 
 
+@contextmanager
+def elapsed_status(first: str) -> Iterator[Callable[[str], None]]:
+    """A spinner with the seconds spent on the current step: a step that runs for minutes (fvcore tracing
+    SDXL at 1024 px) still shows that it runs and for how long. Yields the function that names a new step."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:  # fmt: skip
+        task = bar.add_task(first, total=None)
+
+        def step(message: str) -> None:
+            bar.reset(task, total=None, description=message)
+
+        yield step
+
+
 @app.command()
 def inspect(
     target: Annotated[
@@ -213,9 +229,9 @@ def inspect(
     from pruner.inspection import inspect_model
 
     with user_errors():
-        with err.status("inspecting") as status:
+        with elapsed_status("inspecting") as status:
             report = inspect_model(target, resolution=resolution, batch=batch, device=device, macs=macs,
-                                   latency=latency, on_status=status.update)  # fmt: skip
+                                   latency=latency, on_status=status)  # fmt: skip
         if as_json:
             sys.stdout.write(json.dumps(report.as_dict()) + "\n")
             return

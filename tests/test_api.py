@@ -78,10 +78,12 @@ def test_the_readme_python_block_runs_and_changes_no_global_state(
     assert isinstance(result.found, Recipe) and result.front  # type: ignore[attr-defined]
     assert result.files == {}  # type: ignore[attr-defined]
     assert (tmp_path / "outputs" / "api-demo" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert pruner.load_recipe(tmp_path / "recipes" / "mine.yaml") == result.found  # type: ignore[attr-defined]
-    # only what the block asked for was written: no study database, no search/ or front files
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs", "recipes"]
-    assert [p.name for p in (tmp_path / "recipes").iterdir()] == ["mine.yaml"]
+    assert pruner.load_recipe(tmp_path / "outputs" / "mine.yaml") == result.found  # type: ignore[attr-defined]
+    # only what the block asked for was written (under outputs/, which git ignores): no study database, no
+    # search/ or front files, nothing left in the project's recipes/
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+    written = sorted(p.name for p in (tmp_path / "outputs").iterdir() if not p.name.startswith("."))
+    assert written == ["api-demo", "mine.yaml"]
     assert torch.equal(torch.random.get_rng_state(), rng)
     assert torch.get_num_threads() == threads and optuna.logging.get_verbosity() == verbosity
     report = namespace["report"]

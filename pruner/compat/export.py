@@ -6,11 +6,10 @@ metadata records the pruned depths and the full diffusers config (``pruner.unet_
 ``pruner.load_unet`` reads back), so that a loader which cannot infer a pruned architecture from the keys
 can be given it: ``UNet2DConditionModel.from_single_file(FILE, config=STUDENT_DIR)``.
 
-Every depth-pruned student is written, whatever number of layers each block keeps: the numbering runs on
-through the student's own blocks, as layer-counting loaders (ComfyUI's model detection) read it.
-``pruner.compat.loaders`` says which loaders take a student (diffusers' converter needs equal layer
-counts). Refused, with the reason: width-pruned students (single-file loaders build feed-forwards at the
-config's width).
+Every student is written, whatever number of layers each block keeps: the numbering runs on through the
+student's own blocks, as layer-counting loaders (ComfyUI's model detection) read it. A width-pruned
+student's narrowed feed-forward sizes go in the metadata too (``pruner.ff_inner``), which only
+``pruner.load_unet`` reads. ``pruner.compat.loaders`` says which loaders take a student.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_file, output_lock
 from pruner.knobs import check_arguments
 from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
-from pruner.unet.single_file import CONFIG_METADATA_KEY
+from pruner.unet.single_file import CONFIG_METADATA_KEY, FF_INNER_METADATA_KEY
 
 __all__ = ["ExportReport", "export_single_file", "sgm_state_dict"]
 
@@ -68,14 +67,6 @@ def sgm_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _check_exportable(student: str, compat: SingleFileCompatibility, narrowed: dict[str, int]) -> None:
-    if narrowed:
-        raise PrunerError(
-            f"{student} is width-pruned ({len(narrowed)} narrowed feed-forwards): single-file loaders build "
-            "feed-forwards at the config's width and cannot read it; share the folder (pruner.load_unet) instead"
-        )
-
-
 def _metadata(config: dict, student: str) -> dict[str, str]:
     meta = {
         "format": "pt",
@@ -102,8 +93,8 @@ def _check_out(out: Path) -> None:
 def export_single_file(
     student: str | Path, out: str | Path, *, unet_only: bool = False, dtype: torch.dtype | None = None
 ) -> ExportReport:
-    """Write a depth-pruned student's UNet as one SGM-layout ``.safetensors`` with its depths in the metadata
-    (any number of layers per block; the report says which loaders take it).
+    """Write a student's UNet as one SGM-layout ``.safetensors`` with its depths in the metadata (any number of
+    layers per block; narrowed feed-forwards recorded too; the report says which loaders take it).
 
     ``student``: a student folder (UNet or pipeline) or anything ``pruner.load_unet`` reads. A pipeline
     needs ``unet_only=True`` for now: its VAE and text encoders are not converted to their original layouts.
@@ -119,10 +110,11 @@ def export_single_file(
         )
     narrowed = unet_ff_inner(ref)
     compat = config_single_file_compatibility(unet_config(ref), list(narrowed))
-    _check_exportable(str(student), compat, narrowed)
     unet: UNet2DConditionModel = load_unet(ref, dtype=dtype)
     state = sgm_state_dict(unet)
     metadata = _metadata(dict(unet.config), str(student))
+    if narrowed:
+        metadata[FF_INNER_METADATA_KEY] = json.dumps(dict(sorted(narrowed.items())))
     with output_lock(out, "--out"):
         _check_out(out)  # again, now that no other run can write it: a run that finished meanwhile is not replaced
         with atomic_path(out, needed=sum(t.nbytes for t in state.values())) as tmp:

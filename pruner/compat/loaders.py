@@ -12,8 +12,8 @@ Three kinds of loader read a UNet from ``model.diffusion_model.*`` keys:
   ``layers_per_block + 1`` and fails on a per-block list, so it takes only students whose down blocks keep
   equal numbers of layers.
 
-No loader builds feed-forwards at widths other than the config's, so width-pruned students have no
-single-file form (the folder loads with ``pruner.load_unet``).
+Of these only ``pruner.load_unet`` reads a width-pruned student's file: the export records the narrowed
+feed-forward sizes in the metadata, and the other loaders build feed-forwards at the width the config implies.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ class SingleFileCompatibility:
     def reasons(self) -> dict[str, str]:
         """Loader -> why it cannot rebuild the student (loaders that can are absent)."""
         if self.narrowed:
-            why = "the student is width-pruned and single-file loaders build feed-forwards at the config's width"
-            return dict.fromkeys(LOADERS, why)
+            why = "the student is width-pruned and it builds feed-forwards at the width the config implies"
+            return dict.fromkeys(LOADERS[1:], why)
         if len(set(self.layers)) > 1:
             return {
                 LOADERS[2]: f"its converter numbers blocks with one layers_per_block and the student keeps "
@@ -57,8 +57,6 @@ class SingleFileCompatibility:
     def line(self) -> str:
         """``Single file: ...``, as ``pruner inspect`` prints it."""
         reasons = self.reasons()
-        if len(reasons) == len(LOADERS):
-            return f"Single file: no loader takes it ({next(iter(reasons.values()))}); share the folder"
         takes = ", ".join(name for name in LOADERS if name not in reasons)
         return "Single file: " + "; ".join([f"{takes}: yes", *(f"{n}: no, {why}" for n, why in reasons.items())])
 

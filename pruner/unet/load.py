@@ -144,7 +144,11 @@ def unet_ff_inner(target: str | ModelRef) -> dict[str, int]:
     """The narrowed feed-forward hidden sizes of a width-pruned UNet by module path (empty for any other
     model), so that it is priced, as a teacher, at the widths it has."""
     ref = resolve_model(target) if isinstance(target, str) else target
-    if ref.kind in ("architecture", "single_file"):
+    if isinstance(ref, LocalModel) and ref.kind == "single_file":
+        from pruner.unet.single_file import single_file_ff_inner
+
+        return single_file_ff_inner(ref.path)
+    if ref.kind == "architecture":
         return {}
     return unmark_width_config(_stored_config(ref))[1]
 

@@ -20,10 +20,13 @@ from safetensors.torch import load_file
 
 from pruner.errors import PrunerError
 from pruner.unet.architectures import ARCHITECTURES, architecture_config
+from pruner.unet.width import reshape_feed_forwards
 
-__all__ = ["CONFIG_METADATA_KEY", "load_single_file", "single_file_config"]
+__all__ = ["CONFIG_METADATA_KEY", "FF_INNER_METADATA_KEY", "load_single_file", "single_file_config",
+           "single_file_ff_inner"]  # fmt: skip
 
 CONFIG_METADATA_KEY = "pruner.unet_config"  # a pruned UNet's diffusers config, written by `pruner export`
+FF_INNER_METADATA_KEY = "pruner.ff_inner"  # a width-pruned UNet's narrowed feed-forward sizes, by module path
 
 
 def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -64,10 +67,19 @@ def single_file_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _recorded_config(path: Path) -> dict[str, Any] | None:
+def _recorded(path: Path, key: str) -> Any:
     with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+        raw = (f.metadata() or {}).get(key)
     return json.loads(raw) if raw else None
+
+
+def _recorded_config(path: Path) -> dict[str, Any] | None:
+    return _recorded(path, CONFIG_METADATA_KEY)
+
+
+def single_file_ff_inner(path: Path) -> dict[str, int]:
+    """The narrowed feed-forward sizes ``pruner export`` recorded for a width-pruned UNet (empty for others)."""
+    return {str(k): int(v) for k, v in (_recorded(path, FF_INNER_METADATA_KEY) or {}).items()}
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -83,6 +95,7 @@ def _recorded_layout_unet(path: Path, config: dict[str, Any]) -> UNet2DCondition
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)
+    reshape_feed_forwards(unet, single_file_ff_inner(path))
     try:
         state = from_sgm_state_dict(_read_tensors(path), unet)
         unet.load_state_dict(state, strict=True, assign=True)

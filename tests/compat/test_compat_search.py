@@ -3,7 +3,9 @@ compatibility keeps, and their recipes carry it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -14,10 +16,13 @@ from pruner.compat.ip_adapter import ip_adapter_compatibility
 from pruner.compat.loaders import single_file_compatibility
 from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe
-from pruner.unet import Plan, architecture_config, meta_unet, topology_of
+from pruner.unet import Plan, Topology, architecture_config, meta_unet, topology_of
 
 runner = CliRunner()
-CHECKS = {"single-file": single_file_compatibility, "ip-adapter": ip_adapter_compatibility}
+CHECKS: dict[str, Callable[[Plan, Topology], Any]] = {
+    "single-file": single_file_compatibility,
+    "ip-adapter": ip_adapter_compatibility,
+}
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ from pruner.cli import app
 from pruner.compat.export import export_single_file
 from pruner.compat.loaders import single_file_compatibility
 from pruner.compat.sgm import sgm_topology
-from pruner.errors import PrunerError
 from pruner.unet import Plan, build_student, nearest_expressible, topology_of, unit_kinds
 from pruner.unet.width import save_unet
 
@@ -108,12 +107,17 @@ def test_the_found_example_student_of_the_bundled_teacher_exports_and_loads_back
     assert sgm_topology(_keys(tmp_path / "found.safetensors")) == topology_of(student)
 
 
-def test_width_pruned_students_are_refused_with_the_reason(tiny_sdxl: UNet2DConditionModel, tmp_path: Path) -> None:
-    narrow = build_student(tiny_sdxl, Plan(ff_keep=((1, 0.5),)))[0]
+def test_width_pruned_students_round_trip_through_pruner_load_unet_only(
+    tiny_sdxl: UNet2DConditionModel, tmp_path: Path
+) -> None:
+    narrow = build_student(tiny_sdxl, Plan.removing(["down_blocks.1.resnets.1"], ff_keep={1: 0.5}))[0].eval()
     save_unet(narrow, tmp_path / "narrow")
-    with pytest.raises(PrunerError, match="width-pruned"):
-        export_single_file(tmp_path / "narrow", tmp_path / "narrow.safetensors")
-    assert not list(tmp_path.glob("*.safetensors"))
+    report = export_single_file(tmp_path / "narrow", tmp_path / "narrow.safetensors")
+    back = pruner.unet.load_unet(str(tmp_path / "narrow.safetensors"))
+    torch.testing.assert_close(_out(back, "sdxl"), _out(narrow, "sdxl"), atol=1e-4, rtol=1e-4)
+    line = report.loaders.line()
+    assert line.startswith("Single file: pruner.load_unet: yes;") and "diffusers from_single_file: no" in line
+    assert pruner.unet.load.unet_ff_inner(str(tmp_path / "narrow.safetensors"))  # priced at its widths as a teacher
 
 
 def test_pruner_export_writes_the_file_and_refuses_a_pipeline_without_unet_only(

@@ -307,6 +307,8 @@ def distill(
     ema_decay: Annotated[float | None, Knob(min=0, max=1)] = None,
     checkpoint_every: Annotated[int | None, Knob(min=1)] = None,
     validate_every: Annotated[int | None, Knob(min=1)] = None,
+    validation_prompts: str | Path | None = None,
+    report_to: Annotated[str | Sequence[str], Knob(choices=defaults.REPORT_TO)] = "tensorboard",
     resume: bool = False,
     seed: Annotated[int, Knob(min=0)] = 0,
     progress: bool = False,
@@ -330,7 +332,11 @@ def distill(
         grad_accum: Gradient accumulation steps.
         ema_decay: Keep an EMA of the weights (e.g. 0.999); saved at the end.
         checkpoint_every: Checkpoint every N steps.
-        validate_every: Held-out KD loss every N steps.
+        validate_every: Held-out KD loss and a teacher | student picture grid (logged to the trackers, kept
+            under validation/) every N steps.
+        validation_prompts: Prompts file for the validation grids, one a line; default captions of held-out rows.
+        report_to: Experiment trackers, comma-separated: tensorboard (logs/), wandb, mlflow, comet_ml, or all
+            (those installed); through accelerate.
         resume: Continue from the last complete checkpoint.
         seed: Seeds sampling, noise and caption dropout.
         progress: Show a progress bar of each stage with its loss terms.
@@ -339,9 +345,27 @@ def distill(
     check_arguments(distill, arguments)
     from pruner.distillation.run import DistillOptions, distill_recipe
 
-    opts = DistillOptions(**{**fields_of(DistillOptions, arguments), "data": _text(data)})
+    opts = DistillOptions(**{**fields_of(DistillOptions, arguments), "data": _text(data),
+                             **_watching(report_to, validation_prompts)})  # fmt: skip
     with _caller_state_kept(), out_of_memory_advice("distilling", DISTILL_MEMORY_FIX):
         return distill_recipe(recipe, Path(output), opts).output
+
+
+def _watching(report_to: str | Sequence[str], prompts_file: str | Path | None) -> dict[str, Any]:
+    """The trackers to start and the validation prompts read, both refused in one line before any compute."""
+    from pruner.distillation.tracking import tracker_names
+    from pruner.io import read_prompts
+
+    prompts = () if prompts_file is None else tuple(read_prompts(prompts_file, _count_prompts(prompts_file)))
+    return {"report_to": tracker_names(report_to), "validation_prompts": prompts}
+
+
+def _count_prompts(path: str | Path) -> int:
+    """How many prompts a file holds (its non-blank lines; read_prompts refuses an unreadable or empty one)."""
+    try:
+        return max(1, sum(1 for line in Path(path).read_text().splitlines() if line.strip()))
+    except (OSError, UnicodeDecodeError):
+        return 1
 
 
 def evaluate(

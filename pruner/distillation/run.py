@@ -3,7 +3,9 @@
 The output folder is laid out as diffusers lays out a pipeline: ``unet/`` always; ``model_index.json``
 and the teacher's other components when the teacher is a full pipeline. Checkpoints go under
 ``checkpoints/``; TensorBoard logs under ``logs/``; a model card (``README.md``), ``recipe.yaml``,
-``metrics.json`` and a teacher | student ``validation.png`` beside them.
+``metrics.json`` and a teacher | student ``validation.png`` beside them. With ``validate_every``, a grid of
+the validation prompts is also logged to the trackers (``report_to``) every so many steps and kept under
+``validation/``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pruner.device import check_precision, teacher_dtype
 from pruner.distillation.engine import KDInputs, output_kd_gradients, teacher_pass
 from pruner.distillation.losses import LossTerms, LossWeights
 from pruner.distillation.progressive import composed_pairs, shrink, stage_chains
+from pruner.distillation.tracking import ValidationGrids, log_picture
 from pruner.distillation.trainer import (
     Distiller,
     TrainSettings,
@@ -72,6 +75,8 @@ class DistillOptions:
     ema_decay: float | None = None
     eight_bit_adam: bool = False
     progress: bool = True  # a bar per stage (the Python API's default is none)
+    report_to: tuple[str, ...] = ("tensorboard",)  # accelerate's trackers (pruner.distillation.tracking)
+    validation_prompts: tuple[str, ...] = ()  # the grids' prompts; none: captions of the held-out rows
 
     def __post_init__(self) -> None:
         check_precision(self.mixed_precision)
@@ -129,7 +134,8 @@ def _settings(stage: StageSpec, steps: int, opts: DistillOptions, recipe: Recipe
 def _accelerator(out: Path, opts: DistillOptions) -> Accelerator:
     project = ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs"))
     return Accelerator(
-        mixed_precision=opts.mixed_precision, gradient_accumulation_steps=opts.grad_accum, log_with="tensorboard",
+        mixed_precision=opts.mixed_precision, gradient_accumulation_steps=opts.grad_accum,
+        log_with=list(opts.report_to) or None,
         project_config=project, cpu=not torch.cuda.is_available(),
     )  # fmt: skip
 
@@ -144,12 +150,19 @@ def held_out_prompts(data: Any, held_out: int, n: int = 8) -> list[str]:
     return [rows[r].text for r in picks if rows[r].text]
 
 
+def validation_prompts(data: Any, opts: DistillOptions) -> list[str]:
+    """The validation grids' prompts: ``--validation-prompts``, else captions of the held-out rows."""
+    return list(opts.validation_prompts) or held_out_prompts(data, held_out_rows(data, opts))
+
+
 class _StageRun:
-    """Runs one stage: checkpoints, validation and logging around ``Distiller.run``."""
+    """Runs one stage: checkpoints, validation (held-out KD, and a picture grid when ``grids``) and logging
+    around ``Distiller.run``."""
 
     def __init__(
-        self, distiller: Distiller, index: int, first_global: int, ckpt_dir: Path, result: DistillResult
-    ) -> None:
+        self, distiller: Distiller, index: int, first_global: int, ckpt_dir: Path, result: DistillResult,
+        grids: ValidationGrids | None = None,
+    ) -> None:  # fmt: skip
         self.d, self.index, self.first_global, self.ckpt_dir, self.result = (
             distiller,
             index,
@@ -157,6 +170,7 @@ class _StageRun:
             ckpt_dir,
             result,
         )
+        self.grids = grids
 
     def progress(self, stage_step: int) -> dict[str, Any]:
         return {"stage": self.index, "stage_step": stage_step, "global_step": self.first_global + stage_step,
@@ -170,6 +184,9 @@ class _StageRun:
             kd = self.d.held_out_kd()
             logs["val/held_out_kd"] = kd
             self.result.held_out_kd.append((self.first_global + step, kd))
+            if self.grids is not None:
+                grid = self.grids.draw(self.d.acc.unwrap_model(self.d.model), self.first_global + step)
+                log_picture(self.d.acc, grid, self.first_global + step)
         self.d.acc.log(logs, step=self.first_global + step)
         if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
             self.d.save_checkpoint(self.ckpt_dir, self.progress(step))
@@ -290,7 +307,7 @@ def _train_stages(
                       accelerator=acc, held_out=held_out_rows(data, opts))  # fmt: skip
         if ckpt is not None and k == progress["stage"]:
             d.load_checkpoint(ckpt)
-        run = _StageRun(d, k, first_global, ckpt_dir, result)
+        run = _StageRun(d, k, first_global, ckpt_dir, result, _grids(teachers[k], d, data, out, opts))
         terms = d.run(steps[k], run.on_step, desc=f"stage {k + 1}/{len(stages)}")
         if terms is not None:
             result.final_losses = terms.as_floats()
@@ -302,6 +319,14 @@ def _train_stages(
         first_global += steps[k]
     result.steps = first_global
     return student
+
+
+def _grids(teacher: Teacher, d: Distiller, data: Any, out: Path, opts: DistillOptions) -> ValidationGrids | None:
+    """A stage's validation grids, drawn on the main process when ``validate_every`` asks for validation."""
+    if not opts.validate_every or not d.acc.is_main_process:
+        return None
+    resolution = getattr(data, "meta", {}).get("resolution")
+    return ValidationGrids(teacher, d.teacher, validation_prompts(data, opts), out / "validation", resolution)
 
 
 def frozen_teacher(teacher: Teacher, acc: Accelerator) -> UNet2DConditionModel:
@@ -372,7 +397,7 @@ def _distill(resolved: ResolvedRecipe, out: Path, opts: DistillOptions) -> Disti
     if Accelerator().is_main_process:
         from pruner.distillation.output import write_outputs
 
-        prompts = held_out_prompts(data, held_out_rows(data, opts))
+        prompts = validation_prompts(data, opts)
         resolution = getattr(data, "meta", {}).get("resolution")  # the grid at the size the student trained at
         write_outputs(student.eval(), trained_recipe(resolved.recipe, result.settings), resolved.teacher, out, result,
                       prompts, resolution)  # fmt: skip

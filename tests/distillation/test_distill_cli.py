@@ -224,3 +224,26 @@ def test_a_width_pruned_student_distills_saves_and_shrinks_further(setup, tmp_pa
         32,
     )
     assert "pruner.load_unet" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_validation_grids_of_the_given_prompts_are_logged_to_tensorboard_while_training(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--validate-every N: a teacher | student grid of the --validation-prompts every N steps, in TensorBoard's
+    event file as an image beside the held-out KD, and kept under validation/."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe, cache = setup
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a small red circle on a white background\na large blue square on a grey background\n")
+    result = distill(recipe, cache, tmp_path / "out", "--steps", "2", "--validate-every", "1",
+                     "--validation-prompts", str(prompts), "--report-to", "tensorboard")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    grids = sorted(p.name for p in (tmp_path / "out" / "validation").iterdir())
+    assert grids == ["step-0000001.png", "step-0000002.png"]
+    cell = 32 * 4  # two prompts: two columns of 4x pictures beside the 70px label column
+    assert Image.open(tmp_path / "out" / "validation" / grids[0]).width == 70 + 2 * cell
+    events = next((tmp_path / "out" / "logs").rglob("events.out.tfevents.*"))
+    board = EventAccumulator(str(events.parent), size_guidance={"images": 0})
+    board.Reload()
+    assert "validation" in board.Tags()["images"] and "val/held_out_kd" in board.Tags()["scalars"]
+    assert [e.step for e in board.Images("validation")] == [1, 2]

@@ -52,7 +52,9 @@ DISTILL_MEMORY_FIX = (
     "turn on gradient_checkpointing= and eight_bit_adam= with mixed_precision= bf16, or lower batch_size= and "
     "raise grad_accum= to keep the batch"
 )
-EVAL_MEMORY_FIX = "evaluate with dtype= bf16, or at a smaller resolution= (512 for SDXL)"
+EVAL_MEMORY_FIX = (
+    "evaluate with dtype= bf16, fewer prompts at once (batch_size= 4), or at a smaller resolution= (512 for SDXL)"
+)
 CACHE_MEMORY_FIX = "encode fewer pictures at once: batch_size= 1"
 
 
@@ -381,6 +383,7 @@ def evaluate(
     device: str | None = None,
     resolution: Annotated[int | None, Knob(min=8)] = None,
     dtype: Annotated[str, Knob(choices=defaults.EVAL_DTYPES)] = "auto",
+    batch_size: Annotated[int, Knob(min=1)] = defaults.EVAL_BATCH,
     metrics: Annotated[str | Sequence[str] | None, Knob(choices=defaults.FIELD_METRICS)] = None,
     reference: Annotated[str | Path | None, Knob(check=_reference)] = None,
     fid_features: Annotated[str, Knob(check=_fid_features)] = "auto",
@@ -405,6 +408,8 @@ def evaluate(
             check of an SDXL student).
         dtype: What both UNets and the pipeline run in: auto (bf16 on a GPU, fp32 on a CPU), fp32, bf16 or
             fp16; the latency row is this dtype's.
+        batch_size: Prompts generated at once (each a classifier-free-guidance pair); the pictures do not
+            depend on it.
         metrics: Field metrics to add, comma-separated: fid, kid (of the student's pictures against the
             reference), clip (CLIP score of student and teacher); by torchmetrics, extra 'pruner[metrics]'.
         reference: FID/KID reference: a folder of pictures (e.g. MS-COCO val2014); default the teacher's own
@@ -426,7 +431,7 @@ def evaluate(
             student, resolved, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
             prompts_file=None if prompts_file is None else Path(prompts_file),
             grid_path=None if grid is None else Path(grid), device=device, resolution=resolution, dtype=dtype,
-            metric_options=_metric_options(metrics, reference, fid_features, clip_model),
+            batch_size=batch_size, metric_options=_metric_options(metrics, reference, fid_features, clip_model),
         )  # fmt: skip
 
 

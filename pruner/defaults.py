@@ -21,6 +21,7 @@ HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder
 # evaluation
 EVAL_PROMPTS = 64
 EVAL_STEPS = 20
+EVAL_BATCH = 16  # prompts evaluation generates at once (each a classifier-free-guidance pair)
 GUIDANCE = 5.0
 
 # the names a knob takes (the API's checks and the CLI's help read them here, without importing torch)

@@ -228,6 +228,7 @@ def evaluate_student(
     resolution: int | None = None,
     dtype: str = "auto",
     metric_options: MetricOptions | None = None,
+    batch_size: int = defaults.EVAL_BATCH,
 ) -> EvalReport:
     """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available), at
     ``resolution`` pixels a side (default the teacher's native size), both UNets and the pipeline in
@@ -249,7 +250,7 @@ def evaluate_student(
     sampling = {"seed": seed, "steps": steps, "guidance": guidance_scale, "resolution": side}
     with _student_on(student_path, dev, torch_dtype) as student:
         check_fits(student, pipe.unet, _name(student_path), teacher.reference)
-        (t_imgs, s_imgs), kd, (s_ms, t_ms) = _compare(pipe, student, prompts, sampling)
+        (t_imgs, s_imgs), kd, (s_ms, t_ms) = _compare(pipe, student, prompts, sampling, batch_size)
         s_params = sum(p.numel() for p in student.parameters())
     grid = _grid(t_imgs, s_imgs, prompts, grid_path, grid_columns) if grid_path else None
     (s_acc, s_se), (t_acc, t_se) = _accuracy(ref, s_imgs, prompts), _accuracy(ref, t_imgs, prompts)
@@ -280,17 +281,31 @@ def check_fits(student: UNet2DConditionModel, teacher: UNet2DConditionModel, nam
 
 
 def _compare(
-    pipe: DiffusionPipeline, student: UNet2DConditionModel, prompts: list[str], sampling: dict[str, Any]
+    pipe: DiffusionPipeline,
+    student: UNet2DConditionModel,
+    prompts: list[str],
+    sampling: dict[str, Any],
+    batch_size: int = defaults.EVAL_BATCH,
 ) -> tuple[tuple[list[Image.Image], list[Image.Image]], float, tuple[float, float]]:
-    """Teacher and student pictures from the same seeds, the held-out KD loss, and both UNets' latency (ms)."""
-    t_out = generate(pipe, prompts, output_type="latent", **sampling).images
-    t_imgs = decode_pictures(pipe, t_out)
-    kd = _kd_loss(pipe, student, t_out, prompts, sampling["seed"] + 1)
-    teacher_unet, pipe.unet = pipe.unet, student
-    try:
-        s_imgs = generate(pipe, prompts, **sampling).images
-    finally:
-        pipe.unet = teacher_unet
+    """Teacher and student pictures from the same seeds, the held-out KD loss, and both UNets' latency (ms).
+
+    The prompts go ``batch_size`` at a time (30,000 MS-COCO captions do not fit one batch); picture ``k`` keeps
+    its seed, ``seed + k``, whatever the batch, and the KD loss is the prompts' mean."""
+    t_imgs: list[Image.Image] = []
+    s_imgs: list[Image.Image] = []
+    kd_total = 0.0
+    teacher_unet = pipe.unet
+    for start in range(0, len(prompts), batch_size):
+        chunk, at = prompts[start : start + batch_size], {**sampling, "seed": sampling["seed"] + start}
+        t_out = generate(pipe, chunk, output_type="latent", **at).images
+        t_imgs += decode_pictures(pipe, t_out)
+        kd_total += _kd_loss(pipe, student, t_out, chunk, at["seed"] + 1) * len(chunk)
+        pipe.unet = student
+        try:
+            s_imgs += generate(pipe, chunk, **at).images
+        finally:
+            pipe.unet = teacher_unet
+    kd = kd_total / len(prompts)
     latent, seq = sampling["resolution"] // int(pipe.vae_scale_factor), _seq_len(pipe)
     s_lat = measure_latency(student, latent, batch=2, seq_len=seq, runs=10)
     t_lat = measure_latency(teacher_unet, latent, batch=2, seq_len=seq, runs=10)

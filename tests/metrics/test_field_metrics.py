@@ -148,3 +148,16 @@ def test_eval_adds_the_field_metrics_asked_for_on_the_bundled_teacher(tmp_path: 
     assert table.exit_code == 0 and "CLIP score" in table.stdout and "FID" not in table.stdout
     bad = CliRunner().invoke(app, [*args, "--metrics", "fid,is"])
     assert bad.exit_code == 2 and "--metrics must be one of fid, kid, clip" in bad.output
+
+
+def test_the_pictures_and_their_scores_do_not_depend_on_how_many_prompts_go_at_once() -> None:
+    """batch_size= splits the prompts (30,000 captions do not fit one batch); each picture keeps its seed."""
+    import pruner
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "tiny-sdxl-bk-small.yaml"
+    student = pruner.build_student("tiny-sdxl", recipe)
+    one, three = (pruner.evaluate(student, "tiny-sdxl", n_prompts=3, steps=2, metrics="clip", batch_size=b,
+                                  device="cpu") for b in (1, 3))  # fmt: skip
+    assert one.psnr == pytest.approx(three.psnr, abs=1e-3)
+    assert one.metrics["clip_score"] == pytest.approx(three.metrics["clip_score"], abs=1e-3)
+    assert one.kd_loss > 0 and three.kd_loss > 0

@@ -30,6 +30,7 @@ _EXPORTS = {
     "evaluate": "pruner.api",
     "build_student": "pruner.api",
     "cache": "pruner.api",
+    "compare": "pruner.api",
     "SearchResult": "pruner.api",
     "EvalReport": "pruner.evaluation",
     "Recipe": "pruner.recipe",
@@ -62,6 +63,7 @@ __all__ = [
     "SearchResult",
     "build_student",
     "cache",
+    "compare",
     "controlnet_compatibility",
     "distill",
     "evaluate",
@@ -83,7 +85,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from pruner.api import SearchResult, build_student, cache, distill, evaluate, search
+    from pruner.api import SearchResult, build_student, cache, compare, distill, evaluate, search
     from pruner.budget import parse_budget
     from pruner.compat.controlnet import controlnet_compatibility
     from pruner.compat.export import export_single_file

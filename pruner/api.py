@@ -33,13 +33,14 @@ if TYPE_CHECKING:
     import torch
     from diffusers import UNet2DConditionModel
 
+    from pruner.comparison import Comparison
     from pruner.distillation.cache import CacheSummary
     from pruner.evaluation import EvalReport
     from pruner.metrics.scoring import MetricOptions
     from pruner.recipe import Recipe
     from pruner.unet.plan import Plan
 
-__all__ = ["SearchResult", "build_student", "cache", "distill", "evaluate", "search"]
+__all__ = ["SearchResult", "build_student", "cache", "compare", "distill", "evaluate", "search"]
 
 Status = Callable[[str], None]
 
@@ -427,12 +428,48 @@ def evaluate(
     if grid is not None:
         check_output_file(grid, "grid file")  # before any compute
     with _caller_state_kept(), out_of_memory_advice("evaluating", EVAL_MEMORY_FIX):
-        return evaluate_student(
-            student, resolved, n_prompts=n_prompts, steps=steps, guidance_scale=guidance_scale, seed=seed,
-            prompts_file=None if prompts_file is None else Path(prompts_file),
-            grid_path=None if grid is None else Path(grid), device=device, resolution=resolution, dtype=dtype,
-            batch_size=batch_size, metric_options=_metric_options(metrics, reference, fid_features, clip_model),
-        )  # fmt: skip
+        return evaluate_student(student, resolved, **_evaluation_settings(locals()))
+
+
+def _evaluation_settings(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``evaluate``'s checked knobs as ``evaluate_student`` takes them (paths as Paths, the field metrics'
+    knobs as one MetricOptions); :func:`compare` passes the same to each student's evaluation."""
+    a = arguments
+    return {
+        "n_prompts": a["n_prompts"], "steps": a["steps"], "guidance_scale": a["guidance_scale"], "seed": a["seed"],
+        "prompts_file": None if a["prompts_file"] is None else Path(a["prompts_file"]),
+        "grid_path": None if a["grid"] is None else Path(a["grid"]), "device": a["device"],
+        "resolution": a["resolution"], "dtype": a["dtype"], "batch_size": a["batch_size"],
+        "metric_options": _metric_options(a["metrics"], a["reference"], a["fid_features"], a["clip_model"]),
+    }  # fmt: skip
+
+
+def compare(
+    students: Sequence[str | Path | UNet2DConditionModel], teacher: str = defaults.TEACHER, **options: Any
+) -> Comparison:
+    """Teacher and several students on the same prompts and seeds: one row each of params, MACs, latency, KD
+    loss, PSNR, prompt accuracy and the field metrics asked for, and (``grid=``) one captioned grid, teacher row
+    above one row per student. ``options`` are :func:`evaluate`'s (checked as it checks them)."""
+    import inspect
+
+    declared = inspect.signature(evaluate).parameters
+    unknown = sorted(set(options) - set(declared) - {"grid"}) or sorted({"student", "teacher"} & set(options))
+    if unknown:
+        raise PrunerError(f"compare takes evaluate's options; {unknown[0]}= is not one of them")
+    if not students:
+        raise PrunerError("students= names no student; give one student folder or more")
+    arguments = {k: p.default for k, p in declared.items() if k not in ("student", "teacher")} | options
+    check_arguments(evaluate, {"teacher": teacher, **arguments})
+    for student in students:
+        check_arguments(evaluate, {"student": student})
+    from pruner.comparison import compare_students
+    from pruner.teacher import Teacher
+
+    resolved = Teacher.resolve(teacher)
+    if arguments["grid"] is not None:
+        check_output_file(arguments["grid"], "grid file")
+    with _caller_state_kept(), out_of_memory_advice("evaluating", EVAL_MEMORY_FIX):
+        return compare_students(list(students), resolved, **_evaluation_settings(arguments))
 
 
 def _reference(value: str | Path | None) -> None:

@@ -24,7 +24,7 @@ import pruner.api
 from pruner import defaults
 from pruner.budget import KINDS
 from pruner.errors import PrunerError, SearchInterrupted
-from pruner.io import check_output_dir, check_output_file, check_storage_path
+from pruner.io import check_output_dir, check_output_file, check_storage_path, write_text
 from pruner.knobs import check_arguments, cli_parameters, flag, params
 from pruner.runtime import configure_threads
 
@@ -429,6 +429,40 @@ def eval_(
     _table_console().print(table)  # the title (both model paths) unsqueezed off a terminal
     if report.grid:
         err.print(f"grid: {report.grid}")
+
+
+@app.command("compare")
+@knob_options(pruner.api.evaluate, skip=("student",),
+              cli_defaults={"teacher": defaults.TEACHER, "grid": Path("outputs/compare-grid.png")})  # fmt: skip
+def compare(
+    students: Annotated[list[str], typer.Argument(help="Student folders to compare with the teacher and each other.")],
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the table as markdown here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    *,
+    knobs: Knobs,
+) -> None:
+    """The teacher and several students on the same prompts and seeds: one table (params, MACs, latency, KD
+    loss, PSNR, prompt accuracy, the --metrics asked for) and one captioned grid, teacher row first."""
+    with user_errors():
+        for path, name in ((knobs["grid"], "--grid"), (markdown, "--markdown")):
+            if path is not None:
+                check_output_file(path, name)
+    with user_errors(), err.status(f"comparing {len(students)} students with {knobs['teacher']}"):
+        result = pruner.api.compare(students, **knobs)
+    if markdown is not None:
+        write_text(markdown, result.markdown())
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_dict()) + "\n")
+        return
+    heads, body = result.table()
+    table = Table(title=f"against {result.teacher}: " + ", ".join(f"{k} {v}" for k, v in result.settings.items()))
+    for i, head in enumerate(heads):
+        table.add_column(head, justify="left" if i == 0 else "right")
+    for row in body:
+        table.add_row(*row)
+    _table_console().print(table)
+    if result.grid:
+        err.print(f"grid: {result.grid}")
 
 
 def _field_metric_rows(metrics: Mapping[str, float], settings: Mapping[str, Any]) -> list[tuple[str, str, str]]:

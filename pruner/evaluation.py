@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,11 +229,13 @@ def evaluate_student(
     dtype: str = "auto",
     metric_options: MetricOptions | None = None,
     batch_size: int = defaults.EVAL_BATCH,
+    on_pictures: Callable[[list[Image.Image], list[Image.Image], list[str]], None] | None = None,
 ) -> EvalReport:
     """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available), at
     ``resolution`` pixels a side (default the teacher's native size), both UNets and the pipeline in
     ``dtype`` (``auto``: bf16 on a GPU, fp32 on a CPU; see ``eval_dtype``), with the field metrics
-    ``metric_options`` asks for; see the module docstring."""
+    ``metric_options`` asks for; ``on_pictures`` receives the teacher's and the student's pictures and the
+    prompts (``pruner compare`` draws one grid of several students); see the module docstring."""
     from pruner.device import resolve_device
     from pruner.diffusion import default_resolution
     from pruner.distillation.cache import check_resolution
@@ -252,6 +254,8 @@ def evaluate_student(
         check_fits(student, pipe.unet, _name(student_path), teacher.reference)
         (t_imgs, s_imgs), kd, (s_ms, t_ms) = _compare(pipe, student, prompts, sampling, batch_size)
         s_params = sum(p.numel() for p in student.parameters())
+    if on_pictures is not None:
+        on_pictures(t_imgs, s_imgs, prompts)
     grid = _grid(t_imgs, s_imgs, prompts, grid_path, grid_columns) if grid_path else None
     (s_acc, s_se), (t_acc, t_se) = _accuracy(ref, s_imgs, prompts), _accuracy(ref, t_imgs, prompts)
     return EvalReport(

@@ -394,7 +394,8 @@ def eval_(
     knobs: Knobs,
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
-    judge's prompt accuracy ± its standard error (bundled teacher), and UNet latency of both."""
+    judge's prompt accuracy ± its standard error (bundled teacher), and UNet latency of both; with --metrics,
+    FID and KID to the teacher's pictures (or --reference) and CLIP score, by torchmetrics."""
     with user_errors():
         if knobs["grid"] is not None:
             check_output_file(knobs["grid"], "--grid")

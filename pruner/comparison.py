@@ -132,7 +132,8 @@ def compare_students(
     if grid_path is not None:
         prompts = rows[0][2][:grid_columns]
         pictures = [rows[0][0][:grid_columns]] + [s[:grid_columns] for _, s, _ in rows]
-        grid = str(image_grid(pictures, grid_path, captions=prompts, row_labels=["teacher", *names]))
+        labels = ["teacher", *(Path(n).name or n for n in names)]  # a folder's name fits the label column
+        grid = str(image_grid(pictures, grid_path, captions=prompts, row_labels=labels))
     said = {"prompts": first.n_prompts, "steps": first.steps, "guidance": first.guidance_scale,
             "seed": settings.get("seed", 0), "resolution": first.resolution, "dtype": first.dtype,
             **first.metric_settings}  # fmt: skip

@@ -421,6 +421,7 @@ def evaluate(
             its own shape CLIP).
     """
     check_arguments(evaluate, locals())
+    _check_enough_pictures(metrics, n_prompts)
     from pruner.evaluation import evaluate_student
     from pruner.teacher import Teacher
 
@@ -460,6 +461,7 @@ def compare(
         raise PrunerError("students= names no student; give one student folder or more")
     arguments = {k: p.default for k, p in declared.items() if k not in ("student", "teacher")} | options
     check_arguments(evaluate, {"teacher": teacher, **arguments})
+    _check_enough_pictures(arguments["metrics"], arguments["n_prompts"])
     for student in students:
         check_arguments(evaluate, {"student": student})
     from pruner.comparison import compare_students
@@ -470,6 +472,16 @@ def compare(
         check_output_file(arguments["grid"], "grid file")
     with _caller_state_kept(), out_of_memory_advice("evaluating", EVAL_MEMORY_FIX):
         return compare_students(list(students), resolved, **_evaluation_settings(arguments))
+
+
+def _check_enough_pictures(metrics: str | Sequence[str] | None, n_prompts: int) -> None:
+    """FID needs two pictures a set, KID four (its subsets are half the smaller set): refused before compute."""
+    asked = split_list(metrics or ())
+    least = 4 if "kid" in asked else 2 if "fid" in asked else 1
+    if n_prompts < least:
+        raise PrunerError(
+            f"n_prompts= {n_prompts} is too few for {'kid' if least == 4 else 'fid'}: use at least {least}"
+        )
 
 
 def _reference(value: str | Path | None) -> None:

@@ -76,3 +76,34 @@ def test_distill_refuses_a_missing_tracker_and_prompts_file_before_any_compute(
     (tmp_path / "p.txt").write_text("a red circle\n\na blue square\n")
     pruner.distill(recipe, tmp_path / "out", validation_prompts=tmp_path / "p.txt", report_to="all")
     assert seen[0].validation_prompts == ("a red circle", "a blue square") and seen[0].report_to == ("tensorboard",)
+
+
+class FakeTracker:
+    """What accelerate's trackers offer, recording the calls."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.calls = name, []  # type: ignore[var-annotated]
+        self.tracker = self  # comet's Experiment is its tracker attribute
+
+    def log_images(self, values: dict[str, Any], step: int, **kwargs: Any) -> None:
+        self.calls.append(("log_images", {k: [getattr(v, "shape", None) for v in vs] for k, vs in values.items()},
+                           step, kwargs))  # fmt: skip
+
+    def log_artifact(self, path: str, artifact_path: str) -> None:
+        self.calls.append(("log_artifact", Path(path).name, artifact_path))
+
+    def log_image(self, path: str, name: str, step: int) -> None:
+        self.calls.append(("log_image", Path(path).name, name, step))
+
+
+def test_each_tracker_gets_the_grid_its_own_way(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (6, 4)).save(tmp_path / "step-0000005.png")
+    trackers = [FakeTracker(n) for n in TRACKERS]
+    tracking.log_picture(SimpleNamespace(is_main_process=True, trackers=trackers), tmp_path / "step-0000005.png", 5)
+    board, wandb, mlflow, comet = (t.calls for t in trackers)
+    assert board == [("log_images", {"validation": [(4, 6, 3)]}, 5, {"dataformats": "NHWC"})]
+    assert wandb == [("log_images", {"validation": [(4, 6, 3)]}, 5, {})]
+    assert mlflow == [("log_artifact", "step-0000005.png", "validation")]
+    assert comet == [("log_image", "step-0000005.png", "validation-0000005", 5)]

@@ -161,3 +161,28 @@ def test_the_pictures_and_their_scores_do_not_depend_on_how_many_prompts_go_at_o
     assert one.psnr == pytest.approx(three.psnr, abs=1e-3)
     assert one.metrics["clip_score"] == pytest.approx(three.metrics["clip_score"], abs=1e-3)
     assert one.kd_loss > 0 and three.kd_loss > 0
+
+
+def test_too_few_prompts_for_fid_or_kid_are_refused_before_any_compute() -> None:
+    import pruner
+
+    with pytest.raises(PrunerError, match=r"^n_prompts= 3 is too few for kid: use at least 4$"):
+        pruner.evaluate("tiny-sdxl", "tiny-sdxl", n_prompts=3, metrics="fid,kid")
+    with pytest.raises(PrunerError, match=r"^n_prompts= 1 is too few for fid: use at least 2$"):
+        pruner.evaluate("tiny-sdxl", "tiny-sdxl", n_prompts=1, metrics=["fid", "clip"])
+
+
+def test_the_shape_clip_trains_and_loads_as_any_clip_folder(tmp_path: Path) -> None:
+    """`python -m pruner.tiny.clip` in miniature: a few steps, saved, read back by load_clip and scored."""
+    from pruner.tiny.clip import train_clip
+
+    assert TEACHER is not None
+    model, processor, figures = train_clip(TEACHER / "tokenizer", steps=2, batch_size=8)
+    assert figures["steps"] == 2 and figures["final_loss"] > 0
+    model.save_pretrained(str(tmp_path / "clip"))
+    processor.save_pretrained(str(tmp_path / "clip"))
+    scenes = sample_scenes(4, 0, stream="judge_eval")
+    score = clip_score(
+        pictures_tensor([render(s) for s in scenes]), [caption(s) for s in scenes], load_clip(tmp_path / "clip")
+    )
+    assert 0 <= score <= 100

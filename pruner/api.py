@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -389,6 +390,7 @@ def evaluate(
     reference: Annotated[str | Path | None, Knob(check=_reference)] = None,
     fid_features: Annotated[str, Knob(check=_fid_features)] = "auto",
     clip_model: str | None = None,
+    keep_pictures: str | Path | None = None,
 ) -> EvalReport:
     """Compare a student with its teacher pipeline on held-out prompts: KD loss, PSNR of pictures from the
     same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``.
@@ -419,17 +421,22 @@ def evaluate(
             bundled teacher's judge), an Inception weights file, or auto (judge on tiny-sdxl, else inception).
         clip_model: CLIP for the CLIP score, hub id or folder; default openai/clip-vit-large-patch14 (tiny-sdxl:
             its own shape CLIP).
+        keep_pictures: Folder to keep the pictures in (teacher/, student/ as 00000.png ..., prompts.txt), so
+            that metrics can be recomputed (e.g. reference= its teacher/).
     """
     check_arguments(evaluate, locals())
     _check_enough_pictures(metrics, n_prompts)
-    from pruner.evaluation import evaluate_student
+    from pruner.evaluation import evaluate_student, save_pictures
     from pruner.teacher import Teacher
 
     resolved = Teacher.resolve(teacher)  # once, here
     if grid is not None:
         check_output_file(grid, "grid file")  # before any compute
+    if keep_pictures is not None:
+        check_output_dir(keep_pictures, "keep_pictures= folder")
+    keep = None if keep_pictures is None else partial(save_pictures, Path(keep_pictures))
     with _caller_state_kept(), out_of_memory_advice("evaluating", EVAL_MEMORY_FIX):
-        return evaluate_student(student, resolved, **_evaluation_settings(locals()))
+        return evaluate_student(student, resolved, on_pictures=keep, **_evaluation_settings(locals()))
 
 
 def _evaluation_settings(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -454,7 +461,9 @@ def compare(
     import inspect
 
     declared = inspect.signature(evaluate).parameters
-    unknown = sorted(set(options) - set(declared) - {"grid"}) or sorted({"student", "teacher"} & set(options))
+    unknown = sorted(set(options) - set(declared) - {"grid"}) or sorted(
+        {"student", "teacher", "keep_pictures"} & set(options)
+    )
     if unknown:
         raise PrunerError(f"compare takes evaluate's options; {unknown[0]}= is not one of them")
     if not students:

@@ -433,7 +433,7 @@ def eval_(
 
 
 @app.command("compare")
-@knob_options(pruner.api.evaluate, skip=("student",),
+@knob_options(pruner.api.evaluate, skip=("student", "keep_pictures"),
               cli_defaults={"teacher": defaults.TEACHER, "grid": Path("outputs/compare-grid.png")})  # fmt: skip
 def compare(
     students: Annotated[list[str], typer.Argument(help="Student folders to compare with the teacher and each other.")],

@@ -56,6 +56,7 @@ __all__ = [
     "eval_prompts",
     "evaluate_student",
     "load_student_unet",
+    "save_pictures",
 ]
 
 PSNR_CAP = 100.0
@@ -229,7 +230,7 @@ def evaluate_student(
     dtype: str = "auto",
     metric_options: MetricOptions | None = None,
     batch_size: int = defaults.EVAL_BATCH,
-    on_pictures: Callable[[list[Image.Image], list[Image.Image], list[str]], None] | None = None,
+    on_pictures: Callable[[list[Image.Image], list[Image.Image], list[str]], object] | None = None,
 ) -> EvalReport:
     """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available), at
     ``resolution`` pixels a side (default the teacher's native size), both UNets and the pipeline in
@@ -265,6 +266,21 @@ def evaluate_student(
         dtype=str(torch_dtype).removeprefix("torch."), metrics=score_pictures(scorers, s_imgs, t_imgs, prompts),
         metric_settings=scorers.settings,
     )  # fmt: skip
+
+
+def save_pictures(folder: Path, teacher: list[Image.Image], student: list[Image.Image], prompts: list[str]) -> Path:
+    """Keep an evaluation's pictures: ``teacher/`` and ``student/`` (``00000.png`` ..., prompt ``k`` as
+    ``k``) and ``prompts.txt``, written beside the folder and renamed into place, so that metrics can be
+    recomputed later (FID against ``teacher/`` as a reference folder)."""
+    from pruner.io import publish_dir, temp_dir_beside
+
+    tmp = temp_dir_beside(folder)
+    for who, pictures in (("teacher", teacher), ("student", student)):
+        (tmp / who).mkdir()
+        for k, picture in enumerate(pictures):
+            picture.save(tmp / who / f"{k:05d}.png")
+    (tmp / "prompts.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
+    return publish_dir(tmp, folder)
 
 
 # What the teacher's pipeline feeds a UNet and reads back: a student must take and give the same.

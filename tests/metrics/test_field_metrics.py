@@ -186,3 +186,18 @@ def test_the_shape_clip_trains_and_loads_as_any_clip_folder(tmp_path: Path) -> N
         pictures_tensor([render(s) for s in scenes]), [caption(s) for s in scenes], load_clip(tmp_path / "clip")
     )
     assert 0 <= score <= 100
+
+
+def test_kept_pictures_serve_as_a_reference_folder_later(tmp_path: Path) -> None:
+    """keep_pictures=: the teacher's and the student's pictures and the prompts, so that metrics can be
+    recomputed; the teacher's folder, given as reference=, scores the teacher at FID 0 against itself."""
+    import pruner
+
+    kept = tmp_path / "pictures"
+    first = pruner.evaluate("tiny-sdxl", "tiny-sdxl", n_prompts=4, steps=2, keep_pictures=kept)
+    assert sorted(p.name for p in (kept / "teacher").iterdir()) == [f"{k:05d}.png" for k in range(4)]
+    assert len((kept / "prompts.txt").read_text().splitlines()) == 4 and first.metrics == {}
+    again = pruner.evaluate("tiny-sdxl", "tiny-sdxl", n_prompts=4, steps=2, metrics="fid", reference=kept / "teacher")
+    assert again.metrics["teacher_fid"] == pytest.approx(0.0, abs=1e-2) and again.metric_settings["reference"] == str(
+        kept / "teacher"
+    )

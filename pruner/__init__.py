@@ -50,7 +50,7 @@ _EXPORTS = {
     "controlnet_compatibility": "pruner.compat.controlnet",
     "threads": "pruner.runtime",
     "push": "pruner.hub",
-    "port_ip_adapter": "pruner.compat.ip_adapter",
+    "port_ip_adapter": "pruner.compat.ip_adapter_port",
     "ip_adapter_compatibility": "pruner.compat.ip_adapter",
 }
 
@@ -89,7 +89,8 @@ if TYPE_CHECKING:
     from pruner.budget import parse_budget
     from pruner.compat.controlnet import controlnet_compatibility
     from pruner.compat.export import export_single_file
-    from pruner.compat.ip_adapter import ip_adapter_compatibility, port_ip_adapter
+    from pruner.compat.ip_adapter import ip_adapter_compatibility
+    from pruner.compat.ip_adapter_port import port_ip_adapter
     from pruner.compat.loaders import single_file_compatibility
     from pruner.compat.lora import port_lora
     from pruner.compat.onnx_export import export_onnx

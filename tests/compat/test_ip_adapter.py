@@ -20,12 +20,8 @@ from typer.testing import CliRunner
 
 import pruner
 from pruner.cli import app
-from pruner.compat.ip_adapter import (
-    cross_attention_processors,
-    ip_adapter_compatibility,
-    port_ip_adapter,
-    student_sources,
-)
+from pruner.compat.ip_adapter import cross_attention_processors, ip_adapter_compatibility, student_sources
+from pruner.compat.ip_adapter_port import port_ip_adapter
 from pruner.errors import PrunerError
 from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe

@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     kinds = args.storages.split(",")
     if args.data is None:  # built once here: workers starting together would each build it
-        from pruner.distillation.data import tiny_sdxl_cache
+        from pruner.data.bundled import tiny_sdxl_cache
         from pruner.teacher import Teacher
 
         args.data = str(tiny_sdxl_cache(Teacher.resolve("tiny-sdxl")))

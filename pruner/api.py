@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from diffusers import UNet2DConditionModel
 
     from pruner.comparison import Comparison
-    from pruner.distillation.cache import CacheSummary
+    from pruner.data.cache import CacheSummary
     from pruner.evaluation import EvalReport
     from pruner.metrics.scoring import MetricOptions
     from pruner.recipe import Recipe
@@ -199,8 +199,8 @@ def cache(
         progress: Show a progress bar.
     """
     check_arguments(cache, locals())
+    from pruner.data.cache import build_cache
     from pruner.device import resolve_device
-    from pruner.distillation.cache import build_cache
     from pruner.teacher import Teacher
 
     resolved = Teacher.resolve(teacher)  # once, here: the cache reads the resolved teacher

@@ -7,7 +7,7 @@
   report the cap, 100 dB), and the judge's prompt accuracy when the teacher is the bundled one, with its
   binomial standard error (a share of n prompts: on 256 prompts near 90%, about 1.9 points).
 - Prompts: from a file, or for the bundled teacher captions held out from its data set: drawn from their
-  own random stream, skipping every caption of the bundled set (``pruner.distillation.data.bundled_captions``)
+  own random stream, skipping every caption of the bundled set (``pruner.data.bundled.bundled_captions``)
   that distillation trains on, its latent cache encodes and the search calibrates on. That set holds
   every one-object caption (216), so the held-out prompts are all two-object scenes; and the teacher's
   own 40,000 training scenes hold nearly every caption the grammar makes: the prompts are new to the
@@ -158,7 +158,7 @@ def eval_prompts(n: int, seed: int, ref: ModelRef, prompts_file: Path | None) ->
         return read_prompts(prompts_file, n)
     if _judge_dir(ref) is None:
         raise PrunerError("this teacher has no built-in prompts; pass prompts_file= (one prompt per line)")
-    from pruner.distillation.data import bundled_captions
+    from pruner.data.bundled import bundled_captions
     from pruner.tiny.synth import sample_prompts
 
     return sample_prompts(n, seed, exclude=bundled_captions())
@@ -237,9 +237,9 @@ def evaluate_student(
     ``dtype`` (``auto``: bf16 on a GPU, fp32 on a CPU; see ``eval_dtype``), with the field metrics
     ``metric_options`` asks for; ``on_pictures`` receives the teacher's and the student's pictures and the
     prompts (``pruner compare`` draws one grid of several students); see the module docstring."""
+    from pruner.data.cache import check_resolution
     from pruner.device import resolve_device
     from pruner.diffusion import default_resolution
-    from pruner.distillation.cache import check_resolution
 
     dev = resolve_device(device)
     torch_dtype = eval_dtype(dtype, dev)

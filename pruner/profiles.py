@@ -24,7 +24,7 @@ class TeacherProfile:
     batch_size: int
     steps: int
     learning_rate: float
-    bundled_data: bool  # pruner can synthesize this teacher's training data itself (pruner.distillation.data)
+    bundled_data: bool  # pruner can synthesize this teacher's training data itself (pruner.data.bundled)
 
 
 TINY_SDXL = TeacherProfile(

@@ -167,7 +167,7 @@ COMPUTE = {  # where each public function's work starts: a call that gets there 
     "search": "pruner.study.study.run_search",
     "distill": "pruner.distillation.run.distill_recipe",
     "evaluate": "pruner.evaluation.evaluate_student",
-    "cache": "pruner.distillation.cache.build_cache",
+    "cache": "pruner.data.cache.build_cache",
     "build_student": "pruner.unet.surgery.build_student",
     "port_lora": "pruner.compat.lora.plan_target",
     "export_single_file": "pruner.compat.export.resolve_model",
@@ -296,7 +296,7 @@ def test_a_latent_cache_is_made_from_python_and_resumes(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from pruner.cli import app
-    from pruner.distillation.cache import LatentCache
+    from pruner.data.cache import LatentCache
 
     made = CliRunner().invoke(app, ["synth-data", "--out", str(tmp_path / "pictures"), "--n", "6"])
     assert made.exit_code == 0, made.output

@@ -189,7 +189,7 @@ OOM = (
             "--8bit-adam",
         ),
         (["eval", "tiny-sdxl"], "pruner.evaluation.evaluate_student", "--dtype bf16"),
-        (["cache", str(RECIPES), "--teacher", "tiny-sdxl"], "pruner.distillation.cache.build_cache", "--batch-size 1"),
+        (["cache", str(RECIPES), "--teacher", "tiny-sdxl"], "pruner.data.cache.build_cache", "--batch-size 1"),
     ],
 )
 def test_a_gpu_out_of_memory_says_what_ran_out_and_which_flags_need_less(

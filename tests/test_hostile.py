@@ -239,7 +239,7 @@ def test_a_400000_by_1_strip_caches_without_gigabytes(tmp_path: Path) -> None:
     Image.new("RGB", (400_000, 1), (200, 30, 30)).save(strip)
     code = (
         "import json, resource, sys\n"
-        "from pruner.distillation.cache import load_image\n"
+        "from pruner.data.cache import load_image\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "pixels, ids = load_image(sys.argv[1], 128)\n"
         "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
@@ -254,7 +254,7 @@ def test_a_400000_by_1_strip_caches_without_gigabytes(tmp_path: Path) -> None:
 def test_a_picture_over_the_pixel_limit_is_skipped_with_a_reason(
     tiny_sdxl_pipeline: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pruner.distillation import cache as cache_module
+    from pruner.data import cache as cache_module
 
     monkeypatch.setattr(cache_module, "MAX_PIXELS", 40 * 40)
     data = _pictures(tmp_path, 3)
@@ -324,7 +324,7 @@ def test_a_recipe_stores_its_data_relative_to_itself(tmp_path: Path) -> None:
 
 
 def test_the_bundled_data_is_named_symbolically(tmp_path: Path) -> None:
-    from pruner.distillation.data import BUNDLED_DATA, data_reference
+    from pruner.data.bundled import BUNDLED_DATA, data_reference
     from pruner.io import cache_dir
 
     bundled = cache_dir() / "data" / "tiny-sdxl-n4096-seed0-abc" / "cache"

@@ -1,10 +1,6 @@
-"""Distillation: the latent/text-conditioning cache (``pruner cache``), and the trainer that reads it.
+"""Distillation: the trainer that reads a latent cache (made by ``pruner cache``, see :mod:`pruner.data`).
 
 The verb is :func:`pruner.distill`; this package is what it runs.
 """
 
 from __future__ import annotations
-
-from pruner.distillation.cache import CacheSummary, LatentCache, build_cache
-
-__all__ = ["CacheSummary", "LatentCache", "build_cache"]

@@ -25,6 +25,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from pruner.data.resolve import resolve_data
 from pruner.device import check_precision, teacher_dtype
 from pruner.distillation.engine import KDInputs, output_kd_gradients, teacher_pass
 from pruner.distillation.losses import LossTerms, LossWeights
@@ -102,23 +103,6 @@ def stage_steps(stages: list[StageSpec], total: int | None) -> list[int]:
     return scaled
 
 
-def _resolve_data(resolved: ResolvedRecipe, data: str | None) -> Any:
-    from pruner.distillation.cache import LatentCache
-    from pruner.distillation.data import BUNDLED_DATA, default_data
-
-    teacher = resolved.teacher
-    source = data or resolved.recipe.distill.data
-    if source == BUNDLED_DATA:
-        source = None
-    if data is None and source is not None and not Path(source).exists() and teacher.profile.bundled_data:
-        source = None  # a recipe found on another machine: synthesise the teacher's own data here
-    if source is None and (bundled := default_data(teacher)) is not None:
-        source = str(bundled)
-    if source is None:
-        raise PrunerError("no training data: pass --data CACHE (made with `pruner cache DATA --teacher T --out CACHE`)")
-    return LatentCache(source)
-
-
 def _settings(stage: StageSpec, steps: int, opts: DistillOptions, recipe: Recipe) -> TrainSettings:
     loss = stage.loss
     weights = LossWeights(loss.task, loss.output_kd, loss.feature_kd, loss.normalize_features, loss.min_snr_gamma)
@@ -142,7 +126,7 @@ def _accelerator(out: Path, opts: DistillOptions) -> Accelerator:
 
 def held_out_prompts(data: Any, held_out: int, n: int = 8) -> list[str]:
     """Captions of the first held-out rows (the validation grid shows pictures the student never trained on)."""
-    from pruner.distillation.cache import read_metadata
+    from pruner.data.cache import read_metadata
 
     rows, _ = read_metadata(data.meta["data"])
     start = len(data) - held_out if held_out else 0
@@ -390,7 +374,7 @@ def _distill(resolved: ResolvedRecipe, out: Path, opts: DistillOptions) -> Disti
     result = DistillResult(out, 0, settings=run_fingerprint(resolved, stage_steps(resolved.recipe.distill.stages,
                                                                                  opts.steps), opts))  # fmt: skip
     _resume_point(out / "checkpoints", opts.resume, result.settings)  # a mismatch is refused before any compute
-    data = _resolve_data(resolved, opts.data)
+    data, _ = resolve_data(resolved.teacher, opts.data, recorded=resolved.recipe.distill.data)
     torch.manual_seed(opts.seed)
     student = _initial_student(resolved, data, opts)
     student = _train_stages(resolved, student, data, out, opts, result)

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from pruner.budget import Budget, PlanCost
 from pruner.cost.model import CostModel
+from pruner.data.resolve import resolve_data
 from pruner.device import resolve_device, slow_half_note, teacher_dtype
-from pruner.distillation.data import default_data
 from pruner.distillation.engine import PlainRuntime, Runtime
 from pruner.errors import PrunerError
 from pruner.study.config import SearchConfig
@@ -81,24 +80,6 @@ def check_budget(
     return limit
 
 
-def _calibration_data(cfg: SearchConfig, teacher: Teacher) -> tuple[Any, str | None]:
-    """The latent cache to calibrate on: --data, teacher-generated latents from --prompts, or the bundled set."""
-    from pruner.distillation.cache import LatentCache
-
-    if cfg.data:
-        return LatentCache(cfg.data), cfg.data
-    if cfg.prompts:
-        from pruner.study.prompts import prompt_latents
-
-        return prompt_latents(teacher, Path(cfg.prompts), cfg.calibration + cfg.held_out, cfg.seed), None
-    path = default_data(teacher, progress=cfg.progress)
-    if path is not None:
-        return LatentCache(path), str(path)
-    raise PrunerError(
-        "no calibration data: pass --data CACHE (from `pruner cache`) or --prompts FILE (one prompt a line)"
-    )
-
-
 def search_device(cfg: SearchConfig, teacher: Teacher) -> torch.device:
     """Where the search runs: ``cfg.device``, else where a given teacher model lives, else cuda when available."""
     if teacher.model is not None and not cfg.device:
@@ -151,7 +132,8 @@ def build_context(
     narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
     limit = check_budget(budget_cost, topo, budget, allow, narrowest)
     _say_precision(status, device, model, runtime, cfg.mixed_precision)
-    data, data_path = _calibration_data(cfg, teacher)
+    data, data_path = resolve_data(teacher, cfg.data, prompts=cfg.prompts, rows=cfg.calibration + cfg.held_out,
+                                   seed=cfg.seed, progress=cfg.progress, offer_prompts=True)  # fmt: skip
     batch = cfg.proxy_batch or proxy_batch(teacher.latent)
     calib = build_calibration(model, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
                               scheduler=teacher.scheduler(), seed=cfg.seed, batch=batch, status=status,

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from pruner.distillation.data import data_reference
+from pruner.data.bundled import data_reference
 from pruner.errors import PrunerError
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
 from pruner.student import derive_student_spec

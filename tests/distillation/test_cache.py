@@ -20,9 +20,9 @@ from diffusers import (
 from PIL import Image
 from safetensors.torch import load_file
 
-import pruner.distillation.cache as cache_mod
-from pruner.distillation import CacheSummary, LatentCache, build_cache
-from pruner.distillation.cache import load_image
+import pruner.data.cache as cache_mod
+from pruner.data import CacheSummary, LatentCache, build_cache
+from pruner.data.cache import load_image
 from pruner.errors import PrunerError
 from pruner.teacher import Teacher
 from pruner.tiny.synth import write_dataset
@@ -316,7 +316,7 @@ def test_processes_that_need_the_bundled_set_at_once_build_it_once(monkeypatch: 
     import threading
     import time
 
-    import pruner.distillation.data as data_mod
+    import pruner.data.bundled as data_mod
     import pruner.tiny.synth as synth
 
     writes: list[Path] = []

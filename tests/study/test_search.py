@@ -338,8 +338,8 @@ def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
 
 
 def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_cache: Path) -> None:
+    from pruner.data.cache import LatentCache
     from pruner.diffusion import sdxl_scheduler
-    from pruner.distillation.cache import LatentCache
     from pruner.study.proxy import ProxyRun, build_calibration
     from pruner.unet.load import load_unet
 

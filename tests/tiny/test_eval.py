@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import pruner.api
 from pruner.cli import app
-from pruner.distillation.data import BUNDLED_ROWS, BUNDLED_SEED, bundled_captions, tiny_sdxl_cache
+from pruner.data.bundled import BUNDLED_ROWS, BUNDLED_SEED, bundled_captions, tiny_sdxl_cache
 from pruner.evaluation import EvalReport, binomial_se, eval_prompts
 from pruner.tiny.synth import caption, sample_prompts, sample_scenes
 from pruner.unet import bundled_teacher

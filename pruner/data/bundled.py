@@ -38,7 +38,7 @@ def default_data(teacher: Teacher, progress: bool = True) -> Path | None:
 def tiny_sdxl_cache(teacher: Teacher, n: int = BUNDLED_ROWS, seed: int = BUNDLED_SEED, progress: bool = True) -> Path:
     """Captioned shape pictures for ``tiny-sdxl``, encoded by ``teacher`` (the bundled one) into a latent
     cache once (resumed if interrupted)."""
-    from pruner.distillation.cache import build_cache
+    from pruner.data.cache import build_cache
     from pruner.tiny.synth import write_dataset
 
     root = cache_dir() / "data" / f"tiny-sdxl-n{n}-seed{seed}-{_fingerprint()}"

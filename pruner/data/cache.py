@@ -18,7 +18,7 @@ prefix that a re-run of the same command resumes from. Unusable rows are skipped
 from __future__ import annotations
 
 import bisect
-import hashlib
+import io
 import itertools
 import json
 from collections import Counter
@@ -36,6 +36,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from pruner import __version__
+from pruner.data.sources import Picture, Source, SourceRow
+from pruner.data.sources.folder import METADATA_FILE, ImageFolder, read_metadata
 from pruner.diffusion import default_resolution
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_dir, output_lock, write_json
@@ -54,7 +56,6 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 CACHE_FILE = "cache.json"
-METADATA_FILE = "metadata.jsonl"
 _TMP = ".tmp"  # suffix of files being written; any left over belongs to an interrupted run
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -92,15 +93,6 @@ class CacheSummary:
 
 
 @dataclass(frozen=True)
-class Row:
-    """One line of metadata.jsonl; ``file_name``/``text`` are None when absent or not usable strings."""
-
-    index: int
-    file_name: str | None
-    text: str | None
-
-
-@dataclass(frozen=True)
 class _Item:
     """A row whose image loaded: pixels in [-1, 1], (C, H, W), and SDXL's size conditioning."""
 
@@ -110,55 +102,7 @@ class _Item:
     time_ids: TimeIds
 
 
-# --------------------------------------------------------------------------- reading the data folder
-
-
-def _nonblank_string(value: Any) -> str | None:
-    return value if isinstance(value, str) and value.strip() else None
-
-
-def _parse_row(index: int, line: str) -> Row:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return Row(index, None, None)
-    if not isinstance(record, dict):
-        return Row(index, None, None)
-    text = _nonblank_string(record.get("text"))
-    if text is not None:  # bytes that were not UTF-8 become U+FFFD: a tokenizer takes no lone surrogates
-        text = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
-    return Row(index, _nonblank_string(record.get("file_name")), text)
-
-
-def _data_folder(data: str | Path) -> Path:
-    """``data`` with its links followed; a link loop (or a path the system cannot follow) is one line."""
-    try:
-        return Path(data).expanduser().resolve()
-    except (OSError, RuntimeError) as exc:
-        raise PrunerError(
-            f"data folder {data} cannot be followed ({exc}); give the folder itself, not a link loop"
-        ) from exc
-
-
-def read_metadata(data: str | Path) -> tuple[list[Row], str]:
-    """The rows of ``data/metadata.jsonl`` and the file's sha256 (which ties a cache to this exact list)."""
-    folder = Path(data)
-    if not folder.is_dir():
-        raise PrunerError(f"data folder {folder} does not exist; give a folder of images with {METADATA_FILE}")
-    path = folder / METADATA_FILE
-    if not path.is_file():
-        if (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file():
-            raise PrunerError(
-                f"{folder} is a `datasets` save_to_disk folder; export it as images plus {METADATA_FILE} "
-                "(file_name, text per line)"
-            )
-        raise PrunerError(f"{folder} has no {METADATA_FILE}; write one JSON object per image with file_name and text")
-    raw = path.read_bytes()
-    # surrogateescape: a file name in another encoding than UTF-8 keeps its bytes, so the file is found
-    lines = [line for line in raw.decode("utf-8", errors="surrogateescape").splitlines() if line.strip()]
-    if not lines:
-        raise PrunerError(f"{path} has no rows; write one JSON object per image with file_name and text")
-    return [_parse_row(i, line) for i, line in enumerate(lines)], hashlib.sha256(raw).hexdigest()
+# --------------------------------------------------------------------------- reading pictures
 
 
 class ImageTooLarge(ValueError):
@@ -171,7 +115,17 @@ def _upright_size(opened: Image.Image) -> tuple[int, int]:
     return (height, width) if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
 
 
-def load_image(path: str | Path, resolution: int) -> tuple[torch.Tensor, TimeIds]:
+@contextmanager
+def _opened(picture: Picture | str) -> Iterator[Image.Image]:
+    """The picture as an open PIL image: a file or bytes is opened lazily (its size read from the header)."""
+    if isinstance(picture, Image.Image):
+        yield picture
+        return
+    with Image.open(io.BytesIO(picture) if isinstance(picture, bytes) else picture) as opened:
+        yield opened
+
+
+def load_image(path: Picture | str, resolution: int) -> tuple[torch.Tensor, TimeIds]:
     """RGB pixels in [-1, 1], shape (3, resolution, resolution), and SDXL's time ids for them.
 
     The shorter side is resized to ``resolution`` (bicubic) and the picture center-cropped, as SDXL's
@@ -181,10 +135,10 @@ def load_image(path: str | Path, resolution: int) -> tuple[torch.Tensor, TimeIds
     400000x1 strip would be gigabytes), JPEGs decode at the smallest scale that still covers the target,
     and pictures over ``MAX_PIXELS`` raise ``ImageTooLarge`` before decoding.
     """
-    with Image.open(path) as opened:
+    with _opened(path) as opened:
         width, height = _upright_size(opened)
         if width * height > MAX_PIXELS:
-            raise ImageTooLarge(f"{path}: {width}x{height} pixels, over the limit of {MAX_PIXELS}")
+            raise ImageTooLarge(f"{width}x{height} pixels, over the limit of {MAX_PIXELS}")
         scale = resolution / min(height, width)
         size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
         opened.draft("RGB", (size[0], size[1]) if (width, height) == opened.size else (size[1], size[0]))
@@ -207,35 +161,35 @@ class _RowReader:
     resumed run restores.
     """
 
-    def __init__(self, data: Path, rows: list[Row], start: int, skipped: dict[str, int], resolution: int) -> None:
-        self.data, self.rows, self.consumed, self.resolution = data, rows, start, resolution
+    def __init__(self, source: Source, start: int, skipped: dict[str, int], resolution: int) -> None:
+        self.source, self.consumed, self.resolution, self.total = source, start, resolution, len(source)
         self.skipped: Counter[str] = Counter(skipped)
 
-    def _load(self, row: Row) -> _Item | str:
+    def _load(self, row: SourceRow) -> _Item | str:
         """The row's item, or the reason it is skipped."""
-        if row.file_name is None:
-            return "bad_row"
-        if row.text is None:
+        if row.skip is not None or row.picture is None:
+            return row.skip or "missing"
+        if row.caption is None:
             return "no_text"
-        path = self.data / row.file_name
-        if not path.is_file():
-            return "missing"
         try:
-            pixels, ids = load_image(path, self.resolution)
+            pixels, ids = load_image(row.picture, self.resolution)
         except ImageTooLarge:
             return "too_large"
         except _IMAGE_ERRORS:
             return "unreadable"
-        return _Item(row.index, row.text, pixels, ids)
+        if row.original_size is not None:
+            ids = (*row.original_size, *ids[2:])
+        return _Item(row.index, row.caption, pixels, ids)
 
     def __iter__(self) -> Iterator[_Item]:
-        while self.consumed < len(self.rows):
-            loaded = self._load(self.rows[self.consumed])
+        for row in self.source.rows(self.consumed, self.total):
+            loaded = self._load(row)
             self.consumed += 1
             if isinstance(loaded, str):
                 self.skipped[loaded] += 1
             else:
                 yield loaded
+        self.consumed = self.total  # a source that held fewer rows than it said is read to its end
 
 
 # --------------------------------------------------------------------------- the teacher
@@ -374,7 +328,7 @@ def _check_same(meta: dict[str, Any], wanted: dict[str, Any], out: Path) -> None
         if key not in wanted or meta.get(key) == wanted[key]:
             continue
         if key == "metadata_sha256":
-            raise PrunerError(f"{wanted['data']}/{METADATA_FILE} changed since the cache in {out} was made; "
+            raise PrunerError(f"the data {wanted['data']} changed since the cache in {out} was made; "
                               f"delete {out} to rebuild it, or give another out folder")  # fmt: skip
         raise PrunerError(
             f"{out} holds a cache made with {what} {meta.get(key)}, not {wanted[key]}; "
@@ -437,7 +391,7 @@ def _record_progress(meta: dict[str, Any], reader: _RowReader) -> None:
     meta["next_row"] = reader.consumed
     meta["skipped"] = dict(sorted(reader.skipped.items()))
     meta["n_skipped"] = sum(reader.skipped.values())
-    meta["complete"] = reader.consumed == len(reader.rows)
+    meta["complete"] = reader.consumed == reader.total
 
 
 def _encode_shards(
@@ -475,7 +429,7 @@ def _check_arguments(batch_size: int, shard_size: int, dtype: str) -> None:
 
 
 def build_cache(
-    data: str | Path,
+    data: str | Path | Source,
     teacher: Teacher,
     out: str | Path,
     *,
@@ -493,10 +447,10 @@ def build_cache(
     refused with a PrunerError. ``dtype`` is how floats are stored; the encoders always run in float32.
     """
     _check_arguments(batch_size, shard_size, dtype)
-    data_dir, out_dir = _data_folder(data), check_output_dir(Path(out).expanduser(), "cache folder")
-    rows, digest = read_metadata(data_dir)
+    out_dir = check_output_dir(Path(out).expanduser(), "cache folder")
+    source = data if isinstance(data, Source) else ImageFolder(data)
     with output_lock(out_dir, "cache folder"):
-        identity: dict[str, Any] = {"data": str(data_dir), "metadata_sha256": digest,
+        identity: dict[str, Any] = {"data": source.description, "metadata_sha256": source.fingerprint,
                                     "teacher_id": teacher.identity, "dtype": dtype}  # fmt: skip
         existing = _existing_meta(out_dir)
         if existing is not None:
@@ -507,13 +461,13 @@ def build_cache(
         identity["resolution"] = resolution or default_resolution(teacher.config, int(pipe.vae_scale_factor))
         check_resolution(identity["resolution"], pipe)
         meta = _start_or_resume(
-            out_dir, existing, identity, lambda: _fresh_meta(identity, teacher.reference, kind, pipe, len(rows))
+            out_dir, existing, identity, lambda: _fresh_meta(identity, teacher.reference, kind, pipe, len(source))
         )
         resumed = existing is not None and meta["next_row"] > 0
-        reader = _RowReader(data_dir, rows, meta["next_row"], meta["skipped"], identity["resolution"])
-        with tqdm(total=len(rows), initial=reader.consumed, desc="cache", unit="img", disable=not progress) as bar:
+        reader = _RowReader(source, meta["next_row"], meta["skipped"], identity["resolution"])
+        with tqdm(total=reader.total, initial=reader.consumed, desc="cache", unit="img", disable=not progress) as bar:
             encoded = _encode_shards(pipe, meta, reader, out_dir, batch_size, shard_size, bar)
-        return CacheSummary(n_written=meta["n"], n_skipped=meta["n_skipped"], n_total=len(rows),
+        return CacheSummary(n_written=meta["n"], n_skipped=meta["n_skipped"], n_total=reader.total,
                             shards=len(meta["shards"]), out=out_dir, resumed=resumed, kind=kind,
                             skipped_reasons=dict(meta["skipped"]), n_encoded=encoded)  # fmt: skip
 

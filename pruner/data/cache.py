@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from pruner import __version__
 from pruner.data.sources import Picture, Source, SourceRow
-from pruner.data.sources.folder import METADATA_FILE, ImageFolder, read_metadata
+from pruner.data.sources.folder import ImageFolder
 from pruner.diffusion import default_resolution
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_dir, output_lock, write_json
@@ -51,7 +51,6 @@ __all__ = [
     "build_cache",
     "check_resolution",
     "load_image",
-    "read_metadata",
 ]
 
 SCHEMA_VERSION = 1

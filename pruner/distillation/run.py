@@ -126,7 +126,7 @@ def _accelerator(out: Path, opts: DistillOptions) -> Accelerator:
 
 def held_out_prompts(data: Any, held_out: int, n: int = 8) -> list[str]:
     """Captions of the first held-out rows (the validation grid shows pictures the student never trained on)."""
-    from pruner.data.cache import read_metadata
+    from pruner.data.sources.folder import read_metadata
 
     rows, _ = read_metadata(data.meta["data"])
     start = len(data) - held_out if held_out else 0

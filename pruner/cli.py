@@ -517,6 +517,14 @@ def export(
     unet_only: Annotated[
         bool, typer.Option("--unet-only", help="Export only the UNet (needed for pipeline folders for now).")
     ] = False,
+    layout: Annotated[
+        str,
+        typer.Option(
+            "--layout",
+            help="safetensors keys: sgm (the original layout UIs read) or diffusers (what from_single_file loads "
+            "unconverted, for students whose down blocks keep different numbers of layers).",
+        ),
+    ] = "sgm",
     fp16: Annotated[bool, typer.Option("--fp16", help="onnx: trace a half-precision copy.")] = False,
     check: Annotated[
         bool, typer.Option("--check/--no-check", help="onnx: compare onnxruntime's output with PyTorch's.")
@@ -532,7 +540,7 @@ def export(
         elif fmt == "safetensors":
             from pruner.compat.export import export_single_file
 
-            summary = export_single_file(student, out, unet_only=unet_only).summary()
+            summary = export_single_file(student, out, unet_only=unet_only, layout=layout).summary()
         else:
             raise PrunerError(f"--format {fmt} is not one of safetensors, onnx")
     err.print(summary, highlight=False)

@@ -10,7 +10,8 @@ Three kinds of loader read a UNet from ``model.diffusion_model.*`` keys:
 - diffusers' ``UNet2DConditionModel.from_single_file(FILE, config=STUDENT)``: its converter
   (``convert_ldm_unet_checkpoint``, diffusers 0.42) maps ``input_blocks.N`` to a block with the one stride
   ``layers_per_block + 1`` and fails on a per-block list, so it takes only students whose down blocks keep
-  equal numbers of layers.
+  equal numbers of layers from an SGM file; ``pruner export --layout diffusers`` writes diffusers' own keys,
+  which it loads unconverted whatever the depths.
 
 Of these only ``pruner.load_unet`` reads a width-pruned student's file: the export records the narrowed
 feed-forward sizes in the metadata, and the other loaders build feed-forwards at the width the config implies.
@@ -36,16 +37,20 @@ class SingleFileCompatibility:
 
     layers: tuple[int, ...]
     narrowed: bool = False
+    layout: str = "sgm"  # the file's keys: "sgm" (original) or "diffusers" (pruner export --layout)
 
     def reasons(self) -> dict[str, str]:
         """Loader -> why it cannot rebuild the student (loaders that can are absent)."""
+        width = "the student is width-pruned and it builds feed-forwards at the width the config implies"
+        if self.layout == "diffusers":
+            why = {LOADERS[1]: "it reads the original SGM keys and this file has diffusers' (export --layout sgm)"}
+            return {**why, LOADERS[2]: width} if self.narrowed else why
         if self.narrowed:
-            why = "the student is width-pruned and it builds feed-forwards at the width the config implies"
-            return dict.fromkeys(LOADERS[1:], why)
+            return dict.fromkeys(LOADERS[1:], width)
         if len(set(self.layers)) > 1:
             return {
                 LOADERS[2]: f"its converter numbers blocks with one layers_per_block and the student keeps "
-                f"{list(self.layers)} layers in its down blocks"
+                f"{list(self.layers)} layers in its down blocks (export --layout diffusers for it)"
             }
         return {}
 
@@ -67,9 +72,12 @@ def single_file_compatibility(plan: Plan, topo: Topology) -> SingleFileCompatibi
     return SingleFileCompatibility(layers, narrowed=bool(plan.ff_keep))
 
 
-def config_single_file_compatibility(config: dict[str, Any], narrowed: Sequence[str] = ()) -> SingleFileCompatibility:
-    """A saved student's config (and its narrowed feed-forwards, if any) checked against the loaders."""
+def config_single_file_compatibility(
+    config: dict[str, Any], narrowed: Sequence[str] = (), *, layout: str = "sgm"
+) -> SingleFileCompatibility:
+    """A saved student's config (and its narrowed feed-forwards, if any) checked against the loaders, for a
+    file in ``layout``."""
     layers = config["layers_per_block"]
     n = len(config["down_block_types"])
     counts = tuple(layers) if isinstance(layers, list | tuple) else (int(layers),) * n
-    return SingleFileCompatibility(counts, narrowed=bool(narrowed))
+    return SingleFileCompatibility(counts, narrowed=bool(narrowed), layout=layout)

@@ -55,9 +55,11 @@ def _matching_architecture(shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]
 def single_file_config(path: Path) -> dict[str, Any]:
     """The UNet config of a single-file checkpoint, read without loading its tensors."""
     shapes = _header_shapes(path)
+    recorded = _recorded_config(path)
     if _is_original_layout(shapes):
-        recorded = _recorded_config(path)
         return recorded if recorded is not None else dict(_original_layout_unet(path, None).config)
+    if recorded is not None:  # pruner export --layout diffusers
+        return recorded
     beside = path.with_name("config.json")
     if beside.is_file():
         return json.loads(beside.read_text())
@@ -124,6 +126,7 @@ def load_single_file(path: Path, *, dtype: torch.dtype | None = None) -> UNet2DC
     if _is_original_layout(shapes):
         return _original_layout_unet(path, dtype)
     unet = UNet2DConditionModel.from_config(single_file_config(path))
+    reshape_feed_forwards(unet, single_file_ff_inner(path))
     state = _read_tensors(path)
     missing, unexpected = unet.load_state_dict(state, strict=False)
     if missing or unexpected:

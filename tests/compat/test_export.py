@@ -1,6 +1,7 @@
 """Single-file export: depth-pruned students of both fixtures written in the SGM layout load back through
 diffusers' ``from_single_file`` (equal layer counts) and ``pruner.load_unet`` (any), give the student's
-output, and their keys describe the student's depths to a layer-counting loader."""
+output, and their keys describe the student's depths to a layer-counting loader; in diffusers' key layout,
+students with uneven layer counts load through ``from_single_file(FILE, config=STUDENT)`` too."""
 
 from __future__ import annotations
 
@@ -95,15 +96,44 @@ def test_students_with_uneven_layer_counts_round_trip_and_their_keys_describe_th
         assert "diffusers from_single_file: no" in report.summary() and "pruner.load_unet" in report.summary()
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_uneven_students_in_diffusers_layout_load_through_from_single_file_with_their_config(
+    tiny_unet: UNet2DConditionModel, tmp_path: Path, seed: int
+) -> None:
+    """diffusers' SGM converter cannot number uneven blocks; the diffusers-key file loads unconverted."""
+    name = "sdxl" if tiny_unet.config.addition_embed_type == "text_time" else "sd15"
+    for k, plan in enumerate(_uneven_plans(tiny_unet, seed, 2)):
+        student = build_student(tiny_unet, plan)[0].eval()
+        folder, file = tmp_path / f"student{k}", tmp_path / f"student{k}.safetensors"
+        student.save_pretrained(folder)
+        report = export_single_file(folder, file, layout="diffusers")
+        expected = _out(student, name)
+        back = UNet2DConditionModel.from_single_file(str(file), config=str(folder)).eval()
+        torch.testing.assert_close(_out(back, name), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(_out(pruner.unet.load_unet(str(file)), name), expected, atol=1e-4, rtol=1e-4)
+        line = report.loaders.line()
+        assert "pruner.load_unet, diffusers from_single_file: yes" in line
+        assert "layer-counting loaders (ComfyUI-style): no" in line and "diffusers layout" in report.summary()
+
+
 def test_the_found_example_student_of_the_bundled_teacher_exports_and_loads_back(tmp_path: Path) -> None:
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "examples" / "tiny-sdxl-50" / "found.yaml"
     student = pruner.build_student("tiny-sdxl", recipe).eval()
     student.save_pretrained(tmp_path / "found")
     export_single_file(tmp_path / "found", tmp_path / "found.safetensors")
-    back = pruner.unet.load_unet(str(tmp_path / "found.safetensors"))
+    export_single_file(tmp_path / "found", tmp_path / "found-diffusers.safetensors", layout="diffusers")
     args, kwargs = unet_inputs(dict(student.config), 8, batch=2)
+    loaded = [
+        pruner.unet.load_unet(str(tmp_path / "found.safetensors")),
+        pruner.unet.load_unet(str(tmp_path / "found-diffusers.safetensors")),
+        UNet2DConditionModel.from_single_file(
+            str(tmp_path / "found-diffusers.safetensors"), config=str(tmp_path / "found")
+        ),
+    ]
     with torch.no_grad():
-        torch.testing.assert_close(back(*args, **kwargs).sample, student(*args, **kwargs).sample, atol=1e-4, rtol=1e-4)
+        expected = student(*args, **kwargs).sample
+        for back in loaded:
+            torch.testing.assert_close(back.eval()(*args, **kwargs).sample, expected, atol=1e-4, rtol=1e-4)
     assert sgm_topology(_keys(tmp_path / "found.safetensors")) == topology_of(student)
 
 

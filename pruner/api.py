@@ -183,29 +183,51 @@ def cache(
     resolution: Annotated[int | None, Knob(min=8)] = None,
     batch_size: Annotated[int, Knob(min=1)] = 16,
     device: str | None = None,
+    image_column: str = "image",
+    caption_column: str = "text",
+    caption_seed: int | None = None,
+    split: str | None = None,
+    revision: str | None = None,
+    config: str | None = None,
+    streaming: bool = False,
+    max_rows: Annotated[int | None, Knob(min=1)] = None,
     progress: bool = False,
 ) -> CacheSummary:
-    """Encode an image folder into a latent cache that :func:`search` and :func:`distill` take as ``data``.
+    """Encode pictures and captions into a latent cache that :func:`search` and :func:`distill` take as ``data``.
 
-    Unreadable pictures are skipped and counted; calling again on the same ``output`` resumes.
+    Unreadable pictures, missing captions and damaged tar members are skipped and counted; calling again on
+    the same ``output`` resumes.
 
     Args:
-        data: Image folder with metadata.jsonl (file_name, text per line).
+        data: Image folder with metadata.jsonl, `datasets` folder/parquet/arrow/Hub id, or tars (shards/{0..9}.tar).
         output: Cache folder to create or resume.
         teacher: Pipeline whose VAE and text encoders encode the data.
         resolution: Side in pixels; default the teacher's native size (512 for SDXL on a 24 GB card).
         batch_size: Images encoded per batch.
         device: cuda, cuda:1 or cpu; default cuda when available.
+        image_column: Column of a `datasets` set holding the pictures.
+        caption_column: Column of a `datasets` set holding the captions (for tars: the KEY.json key when no KEY.txt).
+        caption_seed: With several captions per picture, pick one by this seed (default: the first).
+        split: Split of a `datasets` set (default train).
+        revision: Hub revision (branch, tag or commit) of a Hub dataset.
+        config: Configuration name of a Hub dataset.
+        streaming: Stream a Hub dataset instead of downloading it (needs --max-rows).
+        max_rows: Cache at most this many rows.
         progress: Show a progress bar.
     """
     check_arguments(cache, locals())
     from pruner.data.cache import build_cache
+    from pruner.data.resolve import open_source
+    from pruner.data.sources.hf import HFColumns
     from pruner.device import resolve_device
     from pruner.teacher import Teacher
 
     resolved = Teacher.resolve(teacher)  # once, here: the cache reads the resolved teacher
     with _caller_state_kept(), out_of_memory_advice("encoding the data", CACHE_MEMORY_FIX):
-        return build_cache(data, resolved, output, resolution=resolution, batch_size=batch_size, progress=progress,
+        check_output_dir(Path(output).expanduser(), "cache folder")  # before the data is read: the cheaper mistake
+        source = open_source(data, columns=HFColumns(image_column, caption_column, caption_seed), split=split,
+                             revision=revision, config=config, streaming=streaming, max_rows=max_rows)  # fmt: skip
+        return build_cache(source, resolved, output, resolution=resolution, batch_size=batch_size, progress=progress,
                            device=resolve_device(device))  # fmt: skip
 
 

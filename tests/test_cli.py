@@ -189,7 +189,7 @@ OOM = (
             "--8bit-adam",
         ),
         (["eval", "tiny-sdxl"], "pruner.evaluation.evaluate_student", "--dtype bf16"),
-        (["cache", str(RECIPES), "--teacher", "tiny-sdxl"], "pruner.data.cache.build_cache", "--batch-size 1"),
+        (["cache", "DATA", "--teacher", "tiny-sdxl"], "pruner.data.cache.build_cache", "--batch-size 1"),
     ],
 )
 def test_a_gpu_out_of_memory_says_what_ran_out_and_which_flags_need_less(
@@ -203,6 +203,9 @@ def test_a_gpu_out_of_memory_says_what_ran_out_and_which_flags_need_less(
 
     module, name = target.rsplit(".", 1)
     monkeypatch.setattr(module + "." + name, out_of_memory)
+    (tmp_path / "data").mkdir()  # an image folder's list is read before the encoders run out of memory
+    (tmp_path / "data" / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a red circle"}\n')
+    command = [str(tmp_path / "data") if part == "DATA" else part for part in command]
     where = {"search": ["--out", str(tmp_path / "r")], "distill": ["--output", str(tmp_path / "s")],
              "eval": ["--grid", str(tmp_path / "g.png")], "cache": ["--out", str(tmp_path / "c")]}  # fmt: skip
     result = run(*command, *where[command[0]])

@@ -1,4 +1,5 @@
-"""``resolve_data``: which rows the search calibrates on and the distiller trains on, decided in one place."""
+"""Where data is decided: ``open_source`` turns what a user names into a source for ``pruner cache``;
+``resolve_data`` picks the rows the search calibrates on and the distiller trains on."""
 
 from __future__ import annotations
 
@@ -7,12 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 from pruner.data.bundled import BUNDLED_DATA, default_data
 from pruner.data.cache import LatentCache
+from pruner.data.sources import Source
+from pruner.data.sources.folder import METADATA_FILE, ImageFolder
+from pruner.data.sources.hf import HFColumns, HFDataset, is_saved_dataset, load_hf
+from pruner.data.sources.webdataset import WebDataset, looks_like_shards
 from pruner.errors import PrunerError
 
 if TYPE_CHECKING:
     from pruner.teacher import Teacher
 
-__all__ = ["resolve_data"]
+__all__ = ["open_source", "resolve_data"]
 
 _NO_DATA = "pass --data CACHE (made with `pruner cache DATA --teacher T --out CACHE`)"
 
@@ -49,3 +54,36 @@ def resolve_data(
         return LatentCache(bundled), str(bundled)
     hint = " or --prompts FILE (one prompt a line)" if offer_prompts else ""
     raise PrunerError(f"no data for teacher {teacher.reference}: {_NO_DATA}{hint}")
+
+
+def open_source(
+    data: str | Path | Source, *, columns: HFColumns = HFColumns(), split: str | None = None,
+    revision: str | None = None, config: str | None = None, streaming: bool = False, max_rows: int | None = None,
+) -> Source:  # fmt: skip
+    """The source ``data`` names: a Source as it is; tar shards (a glob or brace pattern); an image folder
+    with metadata.jsonl; else a ``datasets`` set (a save_to_disk folder, parquet/arrow files or a Hub id)."""
+    if isinstance(data, Source):
+        return data
+    text = str(data)
+    path = Path(text).expanduser()
+    if looks_like_shards(text):
+        return WebDataset(text, caption_key=columns.caption if columns.caption != "text" else "caption",
+                          caption_seed=columns.caption_seed)  # fmt: skip
+    if (path / METADATA_FILE).is_file() or (path.is_dir() and not _holds_dataset(path)) or _local_and_absent(text):
+        return ImageFolder(path)
+    loaded = load_hf(text, split=split, revision=revision, config=config, streaming=streaming)
+    where = text if split is None else f"{text} (split {split})"
+    return HFDataset(loaded, where, columns, max_rows=max_rows)
+
+
+def _holds_dataset(path: Path) -> bool:
+    """A folder of a ``datasets`` set: written by save_to_disk, or holding parquet/arrow files."""
+    return is_saved_dataset(path) or any(path.glob("*.parquet")) or any(path.glob("*.arrow"))
+
+
+def _local_and_absent(text: str) -> bool:
+    """A path that names a local folder (absolute, ``./``, ``~`` or deeper than a Hub id's owner/name) that is
+    not there: reported as a missing folder, not sent to the Hub."""
+    path = Path(text).expanduser()
+    local = text.startswith((".", "~", "/")) or text.count("/") > 1
+    return local and not path.exists() and not any(ch in text for ch in "*?[")

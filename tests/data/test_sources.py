@@ -1,0 +1,169 @@
+"""Every source ``pruner cache`` reads gives the same latents and conditioning for the same pictures and
+captions: an image folder, a `datasets` save_to_disk folder and parquet file, and webdataset tars in
+img2dataset's layout. Bad input is a counted skip or one line; a run over a non-folder source resumes."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import pruner
+from pruner.cli import app
+from pruner.data import LatentCache
+from pruner.data.resolve import open_source
+from pruner.data.sources import choose_caption
+from pruner.data.sources.hf import HFColumns, HFDataset
+from pruner.errors import PrunerError
+from pruner.tiny.synth import write_dataset
+
+datasets = pytest.importorskip("datasets")
+N = 5
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("folder") / "images"
+    write_dataset(root, N, seed=3, progress=False)
+    return root
+
+
+def _rows(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+
+
+def _dataset(folder: Path) -> Any:
+    rows = _rows(folder)
+    images = [{"bytes": (folder / r["file_name"]).read_bytes(), "path": None} for r in rows]
+    table = datasets.Dataset.from_dict({"image": images, "text": [r["text"] for r in rows]})
+    return table.cast_column("image", datasets.Image())
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def _shards(folder: Path, out: Path) -> str:
+    """Two tars in img2dataset's layout; the second sample's caption sits in KEY.json instead of KEY.txt."""
+    out.mkdir()
+    for number, chunk in enumerate((_rows(folder)[:3], _rows(folder)[3:])):
+        with tarfile.open(out / f"{number:05d}.tar", "w") as tar:
+            for k, row in enumerate(chunk):
+                key = f"{number:05d}{k:04d}"
+                _add(tar, f"{key}.png", (folder / row["file_name"]).read_bytes())
+                if k == 1:
+                    _add(tar, f"{key}.json", json.dumps({"caption": row["text"]}).encode())
+                else:
+                    _add(tar, f"{key}.txt", row["text"].encode())
+    return str(out / "{00000..00001}.tar")
+
+
+def _items(cache: Path) -> list[dict[str, torch.Tensor]]:
+    data = LatentCache(cache)
+    return [data[i] for i in range(len(data))]
+
+
+def _same(a: Path, b: Path) -> None:
+    left, right = _items(a), _items(b)
+    assert len(left) == len(right) == N
+    for x, y in zip(left, right, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            torch.testing.assert_close(x[key], y[key], atol=1e-5, rtol=1e-4)
+
+
+def test_every_source_caches_the_same_rows_as_the_image_folder(
+    folder: Path, tiny_sdxl_pipeline: str, tmp_path: Path
+) -> None:
+    reference = tmp_path / "folder-cache"
+    pruner.cache(folder, reference, teacher=tiny_sdxl_pipeline, device="cpu")
+    _dataset(folder).save_to_disk(str(tmp_path / "saved"))
+    _dataset(folder).to_parquet(str(tmp_path / "rows.parquet"))
+    for name, data in (("saved", tmp_path / "saved"), ("parquet", tmp_path / "rows.parquet")):
+        summary = pruner.cache(data, tmp_path / f"{name}-cache", teacher=tiny_sdxl_pipeline, device="cpu")
+        assert (summary.n_written, summary.n_skipped) == (N, 0), name
+        _same(reference, tmp_path / f"{name}-cache")
+    pattern = _shards(folder, tmp_path / "shards")
+    result = CliRunner().invoke(app, ["cache", pattern, "--teacher", tiny_sdxl_pipeline, "--out",
+                                      str(tmp_path / "tars"), "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    _same(reference, tmp_path / "tars")
+
+
+def test_bad_tar_members_and_missing_captions_are_counted_skips(
+    folder: Path, tiny_sdxl_pipeline: str, tmp_path: Path
+) -> None:
+    (shards := tmp_path / "shards").mkdir()
+    with tarfile.open(shards / "a.tar", "w") as tar:
+        _add(tar, "k0.png", (folder / "00000.png").read_bytes())
+        _add(tar, "k0.txt", b"a small red circle")
+        _add(tar, "k1.png", b"not a picture")
+        _add(tar, "k1.txt", b"a large blue square")
+        _add(tar, "k2.png", (folder / "00001.png").read_bytes())  # no caption
+    whole = (shards / "a.tar").read_bytes()
+    (shards / "b.tar").write_bytes(whole[:300])  # cut inside the first header: a damaged shard
+    summary = pruner.cache(str(shards / "*.tar"), tmp_path / "out", teacher=tiny_sdxl_pipeline, device="cpu")
+    assert summary.skipped_reasons == {"unreadable": 1, "no_text": 1, "bad_shard": 1}
+    assert summary.n_written == 1
+
+
+def test_a_killed_run_over_a_dataset_resumes(folder: Path, tiny_sdxl_pipeline: str, tmp_path: Path) -> None:
+    _dataset(folder).to_parquet(str(tmp_path / "rows.parquet"))
+    teacher = pruner.teacher.Teacher.resolve(tiny_sdxl_pipeline)
+    source = open_source(tmp_path / "rows.parquet")
+    from pruner.data import build_cache
+
+    build_cache(source, teacher, tmp_path / "out", batch_size=1, shard_size=2, progress=False)
+    meta = json.loads((tmp_path / "out" / "cache.json").read_text())
+    (tmp_path / "out" / meta["shards"][-1]["file"]).unlink()  # as if killed before the last shard
+    again = build_cache(source, teacher, tmp_path / "out", batch_size=1, shard_size=2, progress=False)
+    assert again.resumed and again.n_written == N and again.n_encoded < N
+
+
+def test_columns_splits_and_streams_are_one_line(folder: Path, tmp_path: Path) -> None:
+    _dataset(folder).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(PrunerError, match=r"no column 'caption'; pass caption_column= one of image, text"):
+        open_source(tmp_path / "saved", columns=HFColumns(caption="caption"))
+    datasets.DatasetDict({"train": _dataset(folder)}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(PrunerError, match=r"no split 'test'; pass split= one of train"):
+        open_source(tmp_path / "dict", split="test")
+    empty = datasets.Dataset.from_dict({"image": [], "text": []})  # (datasets cannot load an empty save_to_disk)
+    with pytest.raises(PrunerError, match="pictures has no rows; give another split"):
+        HFDataset(empty, "pictures", HFColumns())
+    with pytest.raises(PrunerError, match="no tar shards match"):
+        open_source(str(tmp_path / "nothing-{000..003}.tar"))
+
+
+def test_a_hub_id_goes_to_load_dataset_with_its_arguments(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def load_dataset(name: str, config: str | None = None, **kwargs: Any) -> Any:
+        seen.update(name=name, config=config, **kwargs)
+        return _dataset(folder).to_iterable_dataset() if kwargs["streaming"] else _dataset(folder)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    source = open_source("someone/pictures", split="validation", revision="v1", config="small")
+    assert seen == {"name": "someone/pictures", "config": "small", "split": "validation", "revision": "v1",
+                    "streaming": False}  # fmt: skip
+    assert len(source) == N
+    with pytest.raises(PrunerError, match="pass max_rows="):
+        open_source("someone/pictures", streaming=True)
+    streamed = open_source("someone/pictures", streaming=True, max_rows=3)
+    assert [row.key for row in streamed.rows(1)] == ["1", "2"]
+
+
+def test_several_captions_give_the_first_or_one_chosen_by_the_seed() -> None:
+    captions = ["one", "two", "three"]
+    assert choose_caption(captions) == "one"
+    picks = {choose_caption(captions, seed=5, index=i) for i in range(30)}
+    assert picks == set(captions)
+    assert choose_caption(captions, seed=5, index=7) == choose_caption(captions, seed=5, index=7)
+    assert choose_caption(["", " "]) is None

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from pruner import __version__
 from pruner.data.sources import Picture, Source, SourceRow
-from pruner.data.sources.folder import ImageFolder
+from pruner.data.sources.folder import ImageFolder, read_metadata
 from pruner.diffusion import default_resolution
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_dir, output_lock, write_json
@@ -265,15 +265,19 @@ def _shard_name(number: int) -> str:
     return f"shard-{number:05d}.safetensors"
 
 
-def _write_shard(out: Path, number: int, parts: list[dict[str, torch.Tensor]], dtype: str, kind: Kind) -> str:
-    """Stack the batches of one shard and write them atomically; floats (except time ids) in ``dtype``."""
+def _write_shard(
+    out: Path, number: int, parts: list[dict[str, torch.Tensor]], dtype: str, kind: Kind, captions: list[str]
+) -> str:
+    """Stack the batches of one shard and write them atomically; floats (except time ids) in ``dtype``. The
+    rows' captions go in the header, so a cache knows its prompts whatever source it came from."""
     tensors = {name: torch.cat([part[name] for part in parts]).contiguous() for name in parts[0]}
     for name in ("latents", "prompt_embeds", "pooled_prompt_embeds"):
         if name in tensors:
             tensors[name] = tensors[name].to(_DTYPES[dtype])
     name = _shard_name(number)
     with atomic_path(out / name, needed=sum(t.nbytes for t in tensors.values())) as tmp:  # temp name ends in _TMP
-        save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION), "kind": kind})
+        save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION), "kind": kind,
+                                                "captions": json.dumps(captions)})  # fmt: skip
     return name
 
 
@@ -400,14 +404,15 @@ def _encode_shards(
     items = iter(reader)
     encoded = 0
     while True:
-        parts = []
+        parts, captions = [], []
         for batch in _batched(itertools.islice(items, shard_size), batch_size):
             parts.append(_encode_batch(pipe, meta["kind"], batch))
+            captions += [item.text for item in batch]
             bar.update(reader.consumed - bar.n)
             bar.set_postfix(skipped=sum(reader.skipped.values()), refresh=False)
         if not parts:
             break
-        name = _write_shard(out, len(meta["shards"]), parts, meta["dtype"], meta["kind"])
+        name = _write_shard(out, len(meta["shards"]), parts, meta["dtype"], meta["kind"], captions)
         rows = sum(len(part["index"]) for part in parts)
         _record_progress(meta, reader)
         meta["shards"].append({"file": name, "n": rows, "end_row": reader.consumed, "skipped": meta["skipped"]})
@@ -520,6 +525,16 @@ class LatentCache(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         handle, row = self._locate(i)
         return {key: handle.get_slice(key)[row : row + 1][0] for key in self.keys}
+
+    def caption(self, i: int) -> str | None:
+        """Item ``i``'s caption, from its shard's header (a cache written before captions were kept there: from
+        its image folder's metadata.jsonl)."""
+        handle, row = self._locate(i)
+        captions = (handle.metadata() or {}).get("captions")
+        if captions:
+            return str(json.loads(captions)[row])
+        rows, _ = read_metadata(self.meta["data"])  # an older cache: its image folder's list
+        return rows[self.source_row(i)].text
 
     def source_row(self, i: int) -> int:
         """Item ``i``'s row number in the data folder's metadata.jsonl."""

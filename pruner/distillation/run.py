@@ -126,12 +126,8 @@ def _accelerator(out: Path, opts: DistillOptions) -> Accelerator:
 
 def held_out_prompts(data: Any, held_out: int, n: int = 8) -> list[str]:
     """Captions of the first held-out rows (the validation grid shows pictures the student never trained on)."""
-    from pruner.data.sources.folder import read_metadata
-
-    rows, _ = read_metadata(data.meta["data"])
     start = len(data) - held_out if held_out else 0
-    picks = [data.source_row(i) for i in range(start, min(len(data), start + n))]
-    return [rows[r].text for r in picks if rows[r].text]
+    return [text for i in range(start, min(len(data), start + n)) if (text := data.caption(i))]
 
 
 def validation_prompts(data: Any, opts: DistillOptions) -> list[str]:

@@ -96,6 +96,8 @@ def test_every_source_caches_the_same_rows_as_the_image_folder(
                                       str(tmp_path / "tars"), "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.output
     _same(reference, tmp_path / "tars")
+    captions = [LatentCache(tmp_path / "tars").caption(i) for i in range(N)]
+    assert captions == [row["text"] for row in _rows(folder)]  # the validation grid's prompts, from any source
 
 
 def test_bad_tar_members_and_missing_captions_are_counted_skips(

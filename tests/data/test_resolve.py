@@ -23,6 +23,7 @@ def test_no_data_names_the_options_each_caller_takes(tiny_sdxl_pipeline: str) ->
 
 def test_a_given_or_recorded_folder_must_be_a_cache(tiny_sdxl_pipeline: str, tmp_path: Path) -> None:
     teacher = Teacher.resolve(tiny_sdxl_pipeline)
-    for given in ({"data": str(tmp_path)}, {"recorded": str(tmp_path)}):
-        with pytest.raises(PrunerError, match="is not a cache made by `pruner cache`"):
-            resolve_data(teacher, **given)
+    with pytest.raises(PrunerError, match="is not a cache made by `pruner cache`"):
+        resolve_data(teacher, str(tmp_path))
+    with pytest.raises(PrunerError, match="is not a cache made by `pruner cache`"):
+        resolve_data(teacher, recorded=str(tmp_path))

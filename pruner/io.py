@@ -35,6 +35,7 @@ from pruner.errors import DiskFull, OutputInUse, PrunerError
 __all__ = [
     "atomic_path",
     "cache_dir",
+    "check_new_file",
     "check_output_dir",
     "check_output_file",
     "check_storage_path",
@@ -166,6 +167,17 @@ def check_output_file(path: str | Path, what: str = "output file") -> Path:
     check_output_dir(path.parent, f"folder of {what} {path}")
     if path.exists() and not os.access(path, os.W_OK):
         raise PrunerError(f"{what} {path} is not writable; choose another path")
+    return path
+
+
+def check_new_file(path: Path, what: str = "--out", *, suffix: str | None = None) -> Path:
+    """Raise a one-line PrunerError unless ``path`` is a writable file name with ``suffix`` that does not exist
+    yet: an export never replaces a file (checked again under its lock, so a run that finished meanwhile is kept)."""
+    if suffix is not None and path.suffix != suffix:
+        raise PrunerError(f"{what} {path} must end in {suffix}")
+    check_output_file(path, what)
+    if path.exists():
+        raise PrunerError(f"{path} already exists; choose another {what} or delete it")
     return path
 
 

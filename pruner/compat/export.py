@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from pruner.compat.loaders import SingleFileCompatibility, config_single_file_compatibility
 from pruner.compat.sgm import UNET_PREFIX, sgm_module_names
 from pruner.errors import PrunerError
-from pruner.io import atomic_path, check_output_file, output_lock
+from pruner.io import atomic_path, check_new_file, output_lock
 from pruner.knobs import Knob, check_arguments
 from pruner.unet.load import load_unet, resolve_model, unet_config, unet_ff_inner
 from pruner.unet.single_file import CONFIG_METADATA_KEY, FF_INNER_METADATA_KEY
@@ -95,14 +95,6 @@ def _metadata(config: dict, student: str) -> dict[str, str]:
     return meta
 
 
-def _check_out(out: Path) -> None:
-    if out.suffix != ".safetensors":
-        raise PrunerError(f"--out {out} must end in .safetensors")
-    check_output_file(out, "--out")
-    if out.exists():
-        raise PrunerError(f"{out} already exists; choose another --out or delete it")
-
-
 def export_single_file(
     student: str | Path,
     out: str | Path,
@@ -122,7 +114,7 @@ def export_single_file(
     """
     check_arguments(export_single_file, locals())  # types before any reading: PrunerError naming the parameter
     out = Path(out)
-    _check_out(out)
+    check_new_file(out, suffix=".safetensors")
     ref = resolve_model(str(student))
     if ref.kind in ("pipeline", "hub") and not unet_only:
         raise PrunerError(
@@ -138,7 +130,7 @@ def export_single_file(
     if narrowed:
         metadata[FF_INNER_METADATA_KEY] = json.dumps(dict(sorted(narrowed.items())))
     with output_lock(out, "--out"):
-        _check_out(out)  # again, now that no other run can write it: a run that finished meanwhile is not replaced
+        check_new_file(out, suffix=".safetensors")  # again under the lock: a run that finished meanwhile is kept
         with atomic_path(out, needed=sum(t.nbytes for t in state.values())) as tmp:
             save_file(state, str(tmp), metadata=metadata)
     return ExportReport(out, len(state), metadata, compat)

@@ -31,7 +31,7 @@ from torch import nn
 from pruner.compat.sgm import sgm_module_names
 from pruner.compat.target import PlanTarget, plan_target
 from pruner.errors import PrunerError
-from pruner.io import atomic_path, check_output_file, output_lock
+from pruner.io import atomic_path, check_new_file, output_lock
 from pruner.knobs import check_arguments
 from pruner.recipe import Recipe
 from pruner.unet.maps import resolve, weight_map
@@ -312,11 +312,7 @@ def _port(parsed: ParsedLora, target: PlanTarget, inverse: Mapping[str, str]) ->
 
 
 def _check_out(out: Path) -> Path:
-    path = out if out.suffix == ".safetensors" else out / "pytorch_lora_weights.safetensors"
-    check_output_file(path, "--out")
-    if path.exists():
-        raise PrunerError(f"{path} already exists; choose another --out or delete it")
-    return path
+    return check_new_file(out if out.suffix == ".safetensors" else out / "pytorch_lora_weights.safetensors")
 
 
 def _write(state: Mapping[str, torch.Tensor], path: Path) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pruner.errors import PrunerError
-from pruner.io import atomic_path, check_output_file, output_lock
+from pruner.io import atomic_path, check_new_file, output_lock
 
 __all__ = ["OnnxReport", "OnnxUNet", "export_onnx", "onnx_inputs", "onnxruntime_session"]
 
@@ -141,14 +141,6 @@ def _check(model: OnnxUNet, path: Path, config: Any, dtype: torch.dtype, step: i
     return {"checked": tuple(checked), "max_abs_diff": diff, "max_abs_output": peak}
 
 
-def _check_out(out: Path) -> None:
-    if out.suffix != ".onnx":
-        raise PrunerError(f"--out {out} must end in .onnx")
-    check_output_file(out, "--out")
-    if out.exists():
-        raise PrunerError(f"{out} already exists; choose another --out or delete it")
-
-
 def export_onnx(
     student: str | Path | nn.Module, out: str | Path, *, fp16: bool = False, check: bool = True, opset: int = 17
 ) -> OnnxReport:
@@ -162,7 +154,7 @@ def export_onnx(
     from pruner.unet.load import load_unet
 
     out = Path(out)
-    _check_out(out)
+    check_new_file(out, suffix=".onnx")
     dtype = torch.float16 if fp16 else torch.float32
     unet = copy.deepcopy(student) if isinstance(student, nn.Module) else load_unet(str(student))  # caller's stays
     config: Any = unet.config
@@ -170,7 +162,7 @@ def export_onnx(
     step = 2 ** (len(config["block_out_channels"]) - 1)  # the latent must divide by every downsampler
     example = onnx_inputs(config, 2, 2 * step, 2 * step, dtype)
     with output_lock(out, "--out"), tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as folder:
-        _check_out(out)
+        check_new_file(out, suffix=".onnx")
         _write(_trace(model, example, Path(folder), opset), out)
     inputs: dict[str, list[str | int]] = {name: ["batch", *t.shape[1:]] for name, t in example.items()}
     inputs["sample"] = ["batch", config["in_channels"], "height", "width"]

@@ -22,10 +22,12 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -120,10 +122,14 @@ def claim(path: Path) -> bool:
     return True
 
 
-def final_of(study: optuna.Study, trial: optuna.trial.FrozenTrial, root: Path, args: argparse.Namespace) -> Final:
+def final_of(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, root: Path, args: argparse.Namespace,
+    scratch: Path | None = None,
+) -> Final:  # fmt: skip
     """Distill and evaluate a trial's plan, or read the result of an earlier run of the same plan.
 
-    Raises ``Claimed`` when another run is distilling it.
+    The student is written under ``root/students``, or under ``scratch`` and deleted once evaluated (so ``root``
+    keeps only small files). Raises ``Claimed`` when another run is distilling it.
     """
     ff = {int(k): float(v) for k, v in (trial.user_attrs.get("ff_keep") or {}).items()}
     key = plan_key(Plan.removing(trial.user_attrs["removed"], ff))
@@ -138,23 +144,32 @@ def final_of(study: optuna.Study, trial: optuna.trial.FrozenTrial, root: Path, a
         teacher = Teacher.resolve(settings["teacher"])
         recipe = recipe_for_trial(settings, teacher, topology_of(meta_unet(teacher.config)), study.study_name, trial)
         path = save_recipe(recipe, root / "plans" / f"{key}.yaml")
+        student = (scratch or root / "students") / key
         start = time.perf_counter()
         opts = DistillOptions(steps=args.final_steps, data=settings["data"], seed=0, batch_size=args.final_batch)
-        distill_recipe(path, root / "students" / key, opts)
+        distill_recipe(path, student, opts)
         seconds = time.perf_counter() - start
-        r = evaluate_student(root / "students" / key, teacher, n_prompts=args.eval_n, grid_path=None)
+        r = evaluate_student(student, teacher, n_prompts=args.eval_n, grid_path=None)
         final = Final(key, args.final_steps, r.kd_loss, r.psnr, r.prompt_accuracy, r.prompt_accuracy_se, seconds)
         done.write_text(json.dumps(asdict(final)))
         return final
     finally:
         lock.unlink(missing_ok=True)
+        if scratch is not None:
+            shutil.rmtree(scratch / key, ignore_errors=True)
 
 
-def search(budget: str, seed: int, root: Path, args: argparse.Namespace) -> tuple[optuna.Study, float]:
-    name = f"svh-{budget.replace('=', '-')}-seed{seed}"
-    cfg = SearchConfig(teacher="tiny-sdxl", budget=budget, trials=args.trials, proxy_steps=args.proxy_steps,
-                       top_steps=args.top_steps, sampler=args.sampler, seed=seed,
-                       storage=f"journal:{root / f'{name}.log'}", study=name, out=None)  # fmt: skip
+def search(
+    budget: str, seed: int, root: Path, args: argparse.Namespace, prefix: str = "svh", **settings: Any
+) -> tuple[optuna.Study, float]:
+    """Run or resume the search ``PREFIX-BUDGET-seedN`` (a journal file in ``root``); ``settings`` override the
+    SearchConfig fields taken from ``args`` (trials, proxy_steps, top_steps, sampler). Returns the study and the
+    seconds its first run took."""
+    name = f"{prefix}-{budget.replace('=', '-')}-seed{seed}"
+    fields = {"trials": args.trials, "proxy_steps": args.proxy_steps, "top_steps": args.top_steps,
+              "sampler": args.sampler, **settings}  # fmt: skip
+    cfg = SearchConfig(teacher="tiny-sdxl", budget=budget, seed=seed, storage=f"journal:{root / f'{name}.log'}",
+                       study=name, out=None, **fields)  # fmt: skip
     start = time.perf_counter()
     result = run_search(cfg, Teacher.resolve(cfg.teacher))
     seconds = time.perf_counter() - start

@@ -1,0 +1,296 @@
+"""How good can a plan be at a budget? An oracle search bounds the optimum, and the default search's regret.
+
+For each budget, in phases that a rerun skips once done (all state in ``--out``, small files only):
+
+1. **default**: the default search (``pruner.defaults``: its trials, rungs and sampler) at each of ``--seeds``;
+2. **oracle**: one search with ``--trials`` (ten times the default) and every plan past the zero-shot rung
+   trained to the top fidelity (``--proxy-steps`` = ``--top-steps``), seed 0, so its proxy scores share the
+   default seed 0's rows;
+3. **picks**: ``--picks`` of the oracle's plans at the top rung: the best by proxy KD, then, among the best
+   ``2 x --picks``, each time the plan farthest (fewest units in common) from those already picked; written
+   once to ``picks-BUDGET.json`` so later runs distill the same plans;
+4. **distill**: each pick, the sensitivity one-shot seed and each default search's found plan, distilled for
+   ``--final-steps`` and evaluated on held-out prompts (``search_vs_heuristics.final_of``: one JSON per plan
+   under ``finals/``, claims so several runs on one ``--out`` share the work; students under ``--scratch``,
+   deleted once evaluated);
+5. **table**: ``table.md`` (every budget done so far) and the best plan at each budget as a recipe,
+   ``--recipes/oracle-BUDGET.yaml``, with its final KD in the description and this benchmark in its provenance.
+
+Reported: the best final KD any plan reached, each default search's regret (its found plan's final KD over
+the best) and the seed's ratio to the best.
+
+    nice -n 19 python benchmarks/search_oracle.py --budgets 30%,50%
+    python benchmarks/search_oracle.py --status      # how far the run got, from the state alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_vs_heuristics import Claimed, Final, final_of, search
+
+from pruner import defaults
+from pruner.recipe import save_recipe
+from pruner.runtime import default_threads
+from pruner.study.export import recipe_for_trial
+from pruner.study.front import best_quality_trial
+from pruner.study.sampler import ranked_plans, scored_plan
+from pruner.teacher import Teacher
+from pruner.unet import meta_unet, topology_of
+
+RESULTS = Path(__file__).resolve().parent / "results" / "search_oracle"
+Trial = optuna.trial.FrozenTrial
+
+
+def tag(budget: str) -> str:
+    """A budget as part of a file name (``macs=50%`` -> ``macs-50%``)."""
+    return budget.replace("=", "-")
+
+
+def journal(name: str, args: argparse.Namespace) -> Path:
+    """The folder holding study ``name``'s journal: ``--out`` while it runs; once done it is packed there as
+    ``NAME.log.gz`` (a journal is about 9 kB a trial, a fourteenth of that packed) and read from a copy
+    unpacked under ``--scratch``."""
+    packed = args.out / f"{name}.log.gz"
+    if not packed.is_file():
+        return args.out
+    unpacked = args.scratch / "studies"
+    if not (unpacked / f"{name}.log").is_file():
+        unpacked.mkdir(parents=True, exist_ok=True)
+        part = unpacked / f"{name}.log.part"
+        part.write_bytes(gzip.decompress(packed.read_bytes()))
+        part.rename(unpacked / f"{name}.log")
+    return unpacked
+
+
+def searched(budget: str, seed: int, args: argparse.Namespace, prefix: str, **settings: Any) -> optuna.Study:
+    """Run, resume or read the search ``PREFIX-BUDGET-seedN``; a search that just finished is packed."""
+    name = f"{prefix}-{tag(budget)}-seed{seed}"
+    root = journal(name, args)
+    study, _ = search(budget, seed, root, args, prefix, **settings)
+    if root == args.out:
+        log = args.out / f"{name}.log"
+        part = args.out / f"{name}.log.gz.part"
+        part.write_bytes(gzip.compress(log.read_bytes()))
+        part.rename(args.out / f"{name}.log.gz")
+        log.unlink()
+        (args.out / f"{name}.log.lock").unlink(missing_ok=True)
+        return searched(budget, seed, args, prefix, **settings)  # read back from the packed journal
+    return study
+
+
+def distance(a: Trial, b: Trial) -> int:
+    """Units one plan removes and the other keeps, plus feed-forward levels narrowed differently."""
+    pa, pb = scored_plan(a), scored_plan(b)
+    assert pa is not None and pb is not None
+    return len(pa.removed ^ pb.removed) + len(set(pa.ff_keep) ^ set(pb.ff_keep))
+
+
+def top_rung(study: optuna.Study) -> list[Trial]:
+    """Completed trials scored at the study's highest fidelity, best proxy KD first, one per plan."""
+    ranked = [t for _, t in ranked_plans(study.get_trials(deepcopy=False)) if t.state.name == "COMPLETE"]
+    if not ranked:
+        return []
+    top = max(int(t.user_attrs.get("rung_steps", 0)) for t in ranked)
+    seen: set[str] = set()
+    plans = []
+    for t in ranked:
+        key = t.user_attrs.get("plan_key") or str(t.number)
+        if int(t.user_attrs.get("rung_steps", 0)) == top and key not in seen:
+            seen.add(key)
+            plans.append(t)
+    return plans
+
+
+def promising_and_diverse(trials: list[Trial], n: int) -> list[Trial]:
+    """The best plan, then (among the best ``2n``) each time the one farthest from those picked (max-min
+    distance, ties to the better proxy KD): the most promising plans that are not neighbours of each other."""
+    pool = trials[: 2 * n]
+    picks = pool[:1]
+    while len(picks) < min(n, len(pool)):
+        rest = [(i, t) for i, t in enumerate(pool) if t not in picks]
+        _, far = max(rest, key=lambda it: (min(distance(it[1], p) for p in picks), -it[0]))
+        picks.append(far)
+    return picks
+
+
+def picks_of(study: optuna.Study, budget: str, args: argparse.Namespace) -> list[int]:
+    """The oracle's picked trial numbers, chosen once and kept in ``picks-BUDGET.json``."""
+    path = args.out / f"picks-{tag(budget)}.json"
+    if path.is_file():
+        return [int(n) for n in json.loads(path.read_text())["trials"]]
+    picks = promising_and_diverse(top_rung(study), args.picks)
+    rows = [{"trial": t.number, "proxy_kd": t.user_attrs["proxy_kd"], "removed": t.user_attrs["removed"],
+             "distance_to_best": distance(t, picks[0])} for t in picks]  # fmt: skip
+    path.write_text(json.dumps({"trials": [t.number for t in picks], "plans": rows}, indent=1))
+    return [t.number for t in picks]
+
+
+def jobs_of(budget: str, oracle: optuna.Study, defaults_: dict[int, optuna.Study], args: argparse.Namespace,
+            ) -> list[tuple[str, optuna.Study, Trial]]:  # fmt: skip
+    """(role, study, trial) of every plan to distill at ``budget``: the oracle's picks, the sensitivity seed
+    and each default search's found plan."""
+    by_number = {t.number: t for t in oracle.get_trials(deepcopy=False)}
+    jobs = [(f"oracle #{i + 1}", oracle, by_number[n]) for i, n in enumerate(picks_of(oracle, budget, args))]
+    seed = next((t for t in oracle.get_trials(deepcopy=False) if t.user_attrs.get("label") == "sensitivity"), None)
+    if seed is not None:
+        jobs.append(("sensitivity seed", oracle, seed))
+    for s, study in defaults_.items():
+        found = best_quality_trial(study)
+        if found is not None:
+            jobs.append((f"default seed {s}", study, found))
+    return jobs
+
+
+def distill_all(jobs: list[tuple[str, optuna.Study, Trial]], args: argparse.Namespace) -> dict[str, Final]:
+    """Each job's plan after ``--final-steps`` (by role), waiting for plans another run has claimed."""
+    finals: dict[str, Final] = {}
+    while len(finals) < len(jobs):
+        waiting = 0
+        for role, study, trial in jobs:
+            if role in finals:
+                continue
+            try:
+                finals[role] = final_of(study, trial, args.out, args, scratch=args.scratch)
+            except Claimed:
+                waiting += 1
+                continue
+            print(f"{role}: trial {trial.number}, final KD {finals[role].kd:.5f}", flush=True)
+        if waiting:
+            time.sleep(10)
+    return finals
+
+
+Job = tuple[str, optuna.Study, Trial]  # role, the study it comes from, its trial
+
+
+def table(budget: str, jobs: list[Job], finals: dict[str, Final]) -> tuple[str, dict[str, Any]]:
+    """The budget's markdown table and summary: best final KD, each default search's regret, the seed's ratio."""
+    best_role = min(finals, key=lambda r: finals[r].kd)
+    best = finals[best_role].kd
+    lines = [f"### {budget}", "", "| plan | trial | params | MACs | proxy KD | final KD | PSNR | prompt accuracy "
+             "| KD / best |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for role, _, t in sorted(jobs, key=lambda j: finals[j[0]].kd):
+        f, u = finals[role], t.user_attrs
+        acc = f"{100 * f.accuracy:.1f}% ± {100 * (f.accuracy_se or 0):.1f}" if f.accuracy is not None else "-"
+        lines.append(f"| {role} | {t.number} | {u['params'] / 1e6:.2f}M | {u['macs'] / 1e6:.1f}M | "
+                     f"{u['proxy_kd']:.5f} | {f.kd:.5f} | {f.psnr:.1f} dB | {acc} | {f.kd / best:.2f}x |")  # fmt: skip
+    regret = {r: finals[r].kd / best for r in finals if r.startswith("default")}
+    seed = finals["sensitivity seed"].kd / best if "sensitivity seed" in finals else None
+    lines += ["", f"Best final KD {best:.5f} ({best_role}). Default search's regret (found / best): "
+              + ", ".join(f"{r.removeprefix('default ')} {v:.2f}x" for r, v in regret.items())
+              + (f". Sensitivity seed / best: {seed:.2f}x." if seed is not None else "."), ""]  # fmt: skip
+    summary = {"budget": budget, "best_kd": best, "best": best_role, "regret": regret, "seed_over_best": seed}
+    return "\n".join(lines), summary
+
+
+def keep_best(budget: str, jobs: list[tuple[str, optuna.Study, Trial]], finals: dict[str, Final],
+              args: argparse.Namespace) -> Path:  # fmt: skip
+    """The plan with the best final KD as ``--recipes/oracle-BUDGET.yaml``, with where it comes from."""
+    role, study, trial = min(jobs, key=lambda j: finals[j[0]].kd)
+    settings = study.user_attrs["search"]
+    teacher = Teacher.resolve(settings["teacher"])
+    recipe = recipe_for_trial(settings, teacher, topology_of(meta_unet(teacher.config)), study.study_name, trial)
+    f = finals[role]
+    assert recipe.provenance is not None
+    recipe = recipe.model_copy(update={
+        "name": f"tiny-sdxl-oracle-{tag(budget).replace('%', '')}",
+        "description": f"The best plan at {budget} of the bundled teacher's parameters found by "
+        f"benchmarks/search_oracle.py ({role}, trial {trial.number} of study {study.study_name}): KD {f.kd:.5f} to "
+        f"the teacher after {f.steps} distillation steps, the lowest of the {len(jobs)} plans distilled there.",
+        "provenance": recipe.provenance.model_copy(update={"reference": "benchmarks/search_oracle.py"}),
+    })  # fmt: skip
+    return save_recipe(recipe, args.recipes / f"oracle-{tag(budget).replace('%', '')}.yaml")
+
+
+def run_budget(budget: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase at one budget (each skipped when its state says it is done); returns the summary."""
+    print(f"== {budget}: phase 1, default searches at seeds {args.seeds}", flush=True)
+    default = {s: searched(budget, s, args, "default", **default_settings(args)) for s in args.seeds}
+    print(f"== {budget}: phase 2, the oracle search ({args.trials} trials)", flush=True)
+    oracle = searched(budget, 0, args, "oracle", calibration=args.calibration, held_out=args.held_out)
+    print(f"== {budget}: phase 3-4, picks and distillation ({args.final_steps} steps each)", flush=True)
+    jobs = jobs_of(budget, oracle, default, args)
+    finals = distill_all(jobs, args)
+    text, summary = table(budget, jobs, finals)
+    print(text, flush=True)
+    summary["recipe"] = str(keep_best(budget, jobs, finals, args))
+    summary["table"] = text
+    (args.out / f"summary-{tag(budget)}.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def default_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The default search's settings (``--default-trials`` and the rung steps of ``pruner.defaults``)."""
+    return {"trials": args.default_trials, "proxy_steps": args.default_proxy_steps, "top_steps": None,
+            "sampler": defaults.SAMPLER, "calibration": args.calibration, "held_out": args.held_out}  # fmt: skip
+
+
+def status(args: argparse.Namespace) -> None:
+    """How far a run got, from its state folder alone: trials per study, picks and distilled plans."""
+    out = args.out
+    names = sorted({p.name.split(".log")[0] for p in out.glob("*.log*") if not p.name.endswith((".lock", ".part"))})
+    for name in names:
+        log = journal(name, args) / f"{name}.log"
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(log)))
+        study = optuna.load_study(study_name=name, storage=storage)
+        done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+        state = "done" if (out / f"{name}.log.gz").is_file() else "running or stopped"
+        print(f"{name}: {done} trials finished, {len(top_rung(study))} plans at the top rung ({state})")
+    print(f"picks: {sorted(p.name for p in out.glob('picks-*.json'))}")
+    finals, claims = len(list(out.glob("finals/*.json"))), len(list(out.glob("finals/*.claim")))
+    summaries = sorted(p.name for p in out.glob("summary-*"))
+    print(f"distilled plans: {finals}, being distilled: {claims}; summaries: {summaries}")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", default="30%,50%", help="comma-separated budgets")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the default search")
+    p.add_argument("--trials", type=int, default=10 * defaults.TRIALS, help="the oracle search's trials")
+    p.add_argument("--proxy-steps", type=int, default=100, help="the oracle's KD steps past the zero-shot rung")
+    p.add_argument("--top-steps", type=int, default=100, help="the oracle's top rung (= --proxy-steps: one rung)")
+    p.add_argument("--default-trials", type=int, default=defaults.TRIALS)
+    p.add_argument("--default-proxy-steps", type=int, default=defaults.PROXY_STEPS)
+    p.add_argument("--calibration", type=int, default=defaults.CALIBRATION)
+    p.add_argument("--held-out", type=int, default=defaults.HELD_OUT)
+    p.add_argument("--picks", type=int, default=8, help="oracle plans distilled per budget")
+    p.add_argument("--final-steps", type=int, default=1000, help="distillation steps per plan")
+    p.add_argument("--final-batch", type=int, default=16, help="distillation batch (the recipe's is 64)")
+    p.add_argument("--eval-n", type=int, default=256, help="held-out prompts per evaluation")
+    p.add_argument("--out", type=Path, default=RESULTS, help="the state folder (small files only)")
+    p.add_argument("--scratch", type=Path, default=Path("/tmp/pruner-search-oracle"), help="students, deleted")
+    p.add_argument("--recipes", type=Path, default=Path(__file__).resolve().parents[1] / "recipes")
+    p.add_argument("--status", action="store_true", help="print how far the run in --out got, and stop")
+    args = p.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.sampler = defaults.SAMPLER
+    return args
+
+
+def main() -> None:
+    args = parse()
+    if args.status:
+        status(args)
+        return
+    torch.set_num_threads(default_threads())
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.recipes.mkdir(parents=True, exist_ok=True)
+    summaries = [run_budget(budget, args) for budget in args.budgets.split(",")]
+    command = f"python benchmarks/search_oracle.py {' '.join(sys.argv[1:])}".strip()
+    header = f"`{command}`: {args.final_steps} distillation steps at batch {args.final_batch}, {args.eval_n} prompts.\n"
+    (args.out / "table.md").write_text(header + "\n" + "\n".join(str(s["table"]) for s in summaries))
+
+
+if __name__ == "__main__":
+    main()

@@ -413,6 +413,9 @@ def evaluate(
     fid_features: Annotated[str, Knob(check=_fid_features)] = "auto",
     clip_model: str | None = None,
     keep_pictures: str | Path | None = None,
+    pickscore_model: str | None = None,
+    imagereward_model: str | None = None,
+    hpsv2_model: str | None = None,
 ) -> EvalReport:
     """Compare a student with its teacher pipeline on held-out prompts: KD loss, PSNR of pictures from the
     same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``.
@@ -436,7 +439,8 @@ def evaluate(
         batch_size: Prompts generated at once (each a classifier-free-guidance pair); the pictures do not
             depend on it.
         metrics: Field metrics to add, comma-separated: fid, kid (of the student's pictures against the
-            reference), clip (CLIP score of student and teacher); by torchmetrics, extra 'pruner[metrics]'.
+            reference), clip (CLIP score of student and teacher), by torchmetrics, extra 'pruner[metrics]'; the
+            preference scores pickscore (transformers), imagereward and hpsv2 (extra 'pruner[preference]').
         reference: FID/KID reference: a folder of pictures (e.g. MS-COCO val2014); default the teacher's own
             pictures of the same prompts and seeds.
         fid_features: FID/KID features: inception (torch-fidelity's Inception-v3, the field's), judge (the
@@ -445,6 +449,11 @@ def evaluate(
             its own shape CLIP).
         keep_pictures: Folder to keep the pictures in (teacher/, student/ as 00000.png ..., prompts.txt), so
             that metrics can be recomputed (e.g. reference= its teacher/).
+        pickscore_model: PickScore's CLIP, hub id or folder; default yuvalkirstain/PickScore_v1 with the processor
+            of laion/CLIP-ViT-H-14-laion2B-s32B-b79K (tiny-sdxl: its own shape CLIP).
+        imagereward_model: ImageReward's weights: ImageReward-v1.0 (downloaded), or an ImageReward.pt file or
+            folder with med_config.json beside it.
+        hpsv2_model: HPSv2's weights: v2.1 (default) or v2.0 from the Hub's xswu/HPSv2, or a checkpoint file.
     """
     check_arguments(evaluate, locals())
     _check_enough_pictures(metrics, n_prompts)
@@ -470,7 +479,7 @@ def _evaluation_settings(arguments: dict[str, Any]) -> dict[str, Any]:
         "prompts_file": None if a["prompts_file"] is None else Path(a["prompts_file"]),
         "grid_path": None if a["grid"] is None else Path(a["grid"]), "device": a["device"],
         "resolution": a["resolution"], "dtype": a["dtype"], "batch_size": a["batch_size"],
-        "metric_options": _metric_options(a["metrics"], a["reference"], a["fid_features"], a["clip_model"]),
+        "metric_options": _metric_options(a),
     }  # fmt: skip
 
 
@@ -525,14 +534,14 @@ def _fid_features(value: str) -> None:
         raise PrunerError(f"fid_features= {value} is none of auto, inception, judge, nor an Inception weights file")
 
 
-def _metric_options(
-    metrics: str | Sequence[str] | None, reference: str | Path | None, fid_features: str, clip_model: str | None
-) -> MetricOptions:
+def _metric_options(a: dict[str, Any]) -> MetricOptions:
+    """The field metrics' knobs of ``evaluate`` as one MetricOptions."""
+    from pruner.metrics.preference import PREFERENCE
     from pruner.metrics.scoring import MetricOptions
 
-    return MetricOptions(
-        split_list(metrics or ()), None if reference is None else Path(reference), fid_features, clip_model
-    )
+    reference = None if a["reference"] is None else Path(a["reference"])
+    models = {m: a[f"{m}_model"] for m in PREFERENCE}
+    return MetricOptions(split_list(a["metrics"] or ()), reference, a["fid_features"], a["clip_model"], models)
 
 
 def _as_plan(plan: Plan | Recipe | Sequence[str] | str | Path) -> Plan:

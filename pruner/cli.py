@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.models import ArgumentInfo
 
@@ -141,12 +142,13 @@ def user_errors(runtime: bool = True) -> Iterator[None]:
             _configure_runtime()
         yield
     except SearchInterrupted as exc:
-        err.print(str(exc), highlight=False, soft_wrap=True)
+        err.print(escape(str(exc)), highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except PrunerError as exc:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/red] {flag_names(str(exc))}", highlight=False, soft_wrap=True)
+        # escaped: "pip install 'pruner[metrics]'" is text, not rich markup (which would drop "[metrics]")
+        err.print(f"[red]error:[/red] {escape(flag_names(str(exc)))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -395,7 +397,8 @@ def eval_(
 ) -> None:
     """Compare a student with its teacher: held-out KD loss, PSNR of pictures from the same seeds, the
     judge's prompt accuracy ± its standard error (bundled teacher), and UNet latency of both; with --metrics,
-    FID and KID to the teacher's pictures (or --reference) and CLIP score, by torchmetrics."""
+    FID and KID to the teacher's pictures (or --reference) and CLIP score, by torchmetrics, and the preference
+    scores PickScore, ImageReward and HPSv2."""
     with user_errors():
         if knobs["grid"] is not None:
             check_output_file(knobs["grid"], "--grid")
@@ -468,7 +471,9 @@ def compare(
 
 def _field_metric_rows(metrics: Mapping[str, float], settings: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """The table rows of ``pruner eval --metrics``: FID and KID (± its standard deviation over subsets) to the
-    reference, CLIP score; the teacher's column where it was scored too."""
+    reference, CLIP score, the preference scores; the teacher's column where it was scored too."""
+    from pruner.comparison import METRIC_HEADINGS
+    from pruner.metrics.preference import PREFERENCE
 
     def value(key: str, fmt: str = ".3f") -> str:
         if key not in metrics:
@@ -481,6 +486,8 @@ def _field_metric_rows(metrics: Mapping[str, float], settings: Mapping[str, Any]
             (f"KID {against}", value("kid", ".4f"), value("teacher_kid", ".4f")) if "kid" in metrics else None,
             (f"CLIP score ({settings.get('clip_model')})", value("clip_score", ".2f"),
              value("teacher_clip_score", ".2f")) if "clip_score" in metrics else None]  # fmt: skip
+    rows += [(f"{METRIC_HEADINGS[key]} ({settings.get(key + '_model')})", value(key), value("teacher_" + key))
+             for key in PREFERENCE if key in metrics]  # fmt: skip
     return [row for row in rows if row is not None]
 
 

@@ -43,7 +43,9 @@ COLUMNS = (
     ("params", "params", "count"), ("macs", "MACs", "macs"), ("latency_ms", "UNet ms", ".2f"),
     ("kd_loss", "held-out KD", ".5f"), ("psnr", "PSNR dB", ".2f"), ("prompt_accuracy", "prompt acc.", "%"),
 )  # fmt: skip
-METRIC_HEADINGS = {"fid": "FID", "kid": "KID", "clip_score": "CLIP score"}
+METRIC_HEADINGS = {"fid": "FID", "kid": "KID", "clip_score": "CLIP score", "pickscore": "PickScore",
+                   "imagereward": "ImageReward", "hpsv2": "HPSv2"}  # fmt: skip
+METRIC_FORMATS = {"clip_score": ".2f", "pickscore": ".3f", "imagereward": ".3f"}  # else .4f
 
 
 @dataclass
@@ -77,7 +79,7 @@ class Comparison:
         heads = [heading for _, heading, _ in COLUMNS] + [METRIC_HEADINGS[k] for k in keys]
         body = [
             [r.name, *(cell(getattr(r, key), fmt) for key, _, fmt in COLUMNS),
-             *(cell(r.metrics.get(k), ".2f" if k == "clip_score" else ".4f") for k in keys)]
+             *(cell(r.metrics.get(k), METRIC_FORMATS.get(k, ".4f")) for k in keys)]
             for r in self.rows
         ]  # fmt: skip
         return ["model", *heads], body
@@ -134,7 +136,4 @@ def compare_students(
         pictures = [rows[0][0][:grid_columns]] + [s[:grid_columns] for _, s, _ in rows]
         labels = ["teacher", *(Path(n).name or n for n in names)]  # a folder's name fits the label column
         grid = str(image_grid(pictures, grid_path, captions=prompts, row_labels=labels))
-    said = {"prompts": first.n_prompts, "steps": first.steps, "guidance": first.guidance_scale,
-            "seed": settings.get("seed", 0), "resolution": first.resolution, "dtype": first.dtype,
-            **first.metric_settings}  # fmt: skip
-    return Comparison(teacher.reference, table, said, grid)
+    return Comparison(teacher.reference, table, first.protocol(), grid)

@@ -30,5 +30,6 @@ SAMPLERS = ("mutation", "nsga2", "tpe")
 PRECISIONS = ("no", "fp16", "bf16")  # autocast of the student (the frozen teacher too)
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml")  # what distill(report_to=) starts through accelerate
 REPORT_TO = (*TRACKERS, "all")
-FIELD_METRICS = ("fid", "kid", "clip")  # what evaluate(metrics=) adds to its own; pruner.metrics computes them
+# what evaluate(metrics=) adds to its own; pruner.metrics computes them (the last three: pruner.metrics.preference)
+FIELD_METRICS = ("fid", "kid", "clip", "pickscore", "imagereward", "hpsv2")
 EVAL_DTYPES = ("auto", "fp32", "bf16", "fp16")  # what evaluation runs both UNets in; auto: bf16 on a GPU

@@ -11,7 +11,14 @@ __all__ = [
     "RecipeError",
     "SearchInterrupted",
     "UnknownUnitError",
+    "first_line",
 ]
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line (its name when it says nothing): what a one-line message quotes of a library's."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class PrunerError(Exception):

@@ -88,10 +88,21 @@ class EvalReport:
     resolution: int | None = None  # pixels a side of the pictures and of the latency inputs
     dtype: str | None = None  # what both UNets (and the pipeline) ran in: float32, bfloat16 or float16
     metrics: dict[str, float] = field(default_factory=dict)  # fid, kid, kid_std, clip_score ... as asked
-    metric_settings: dict[str, Any] = field(default_factory=dict)  # which features, reference and CLIP scored
+    metric_settings: dict[str, Any] = field(default_factory=dict)  # which features, reference and models scored
+    seed: int | None = None  # picture k drew from seed + k
+    prompts_file: str | None = None  # None: the bundled teacher's held-out captions
+
+    def protocol(self) -> dict[str, Any]:
+        """The settings the numbers were measured under, what a reader needs to measure them again: the
+        prompts, how many, resolution, steps, guidance, seed, dtype, and each field metric's reference and model."""
+        prompts = self.prompts_file or f"{self.teacher}'s held-out captions"
+        return {"prompts": prompts, "n": self.n_prompts, "resolution": self.resolution, "steps": self.steps,
+                "guidance": self.guidance_scale, "seed": self.seed, "dtype": self.dtype,
+                **self.metric_settings}  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, and the protocol beside them (``--json``; ``pruner push`` reads it into the card)."""
+        return asdict(self) | {"protocol": self.protocol()}
 
 
 def load_student_unet(path: str | Path, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:
@@ -264,7 +275,7 @@ def evaluate_student(
         s_params, sum(p.numel() for p in pipe.unet.parameters()), len(prompts), steps, guidance_scale,
         str(grid) if grid else None, prompt_accuracy_se=s_se, teacher_prompt_accuracy_se=t_se, resolution=side,
         dtype=str(torch_dtype).removeprefix("torch."), metrics=score_pictures(scorers, s_imgs, t_imgs, prompts),
-        metric_settings=scorers.settings,
+        metric_settings=scorers.settings, seed=seed, prompts_file=None if prompts_file is None else str(prompts_file),
     )  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pruner.errors import PrunerError
+from pruner.errors import PrunerError, first_line
 from pruner.metrics.features import offline
 
 __all__ = ["DEFAULT_CLIP", "clip_score", "load_clip"]
@@ -23,23 +23,31 @@ __all__ = ["DEFAULT_CLIP", "clip_score", "load_clip"]
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
 
-def load_clip(name_or_path: str | Path) -> tuple[Any, Any]:
-    """A transformers ``CLIPModel`` and its ``CLIPProcessor`` from a hub id or a folder (both saved there); a
-    model that is neither here nor downloadable is one line saying how to provide it."""
+def load_clip(
+    name_or_path: str | Path, processor: str | Path | None = None, knob: str = "clip_model"
+) -> tuple[Any, Any]:
+    """A transformers ``CLIPModel`` and its ``CLIPProcessor`` from a hub id or a folder (both saved there, or the
+    processor from ``processor``); one that is neither here nor downloadable is one line saying how to provide
+    it, through the option ``knob`` (the CLIP score's ``clip_model=``, PickScore's ``pickscore_model=``)."""
     from transformers import CLIPModel, CLIPProcessor
 
     where = str(name_or_path)
+    model = _pretrained(CLIPModel, where, "CLIP model", knob)
+    return _Embeddings(model.eval()), _pretrained(CLIPProcessor, str(processor or where), "CLIP processor", knob)
+
+
+def _pretrained(cls: Any, where: str, what: str, knob: str) -> Any:
+    """``cls.from_pretrained(where)``; a missing or unreadable one is one line naming it and the fix."""
     try:
-        return _Embeddings(CLIPModel.from_pretrained(where).eval()), CLIPProcessor.from_pretrained(where)
+        return cls.from_pretrained(where)
     except (OSError, ValueError) as exc:
+        said = first_line(exc)
         if Path(where).exists():
-            raise PrunerError(
-                f"clip_model= {where} is not a CLIP folder (config, weights and processor): {exc}"
-            ) from None
-        how = "downloads are off (HF_HUB_OFFLINE=1)" if offline() else f"it could not be fetched ({exc})"
+            raise PrunerError(f"{knob}= {where} is not a CLIP folder (config, weights and processor): {said}") from None
+        how = "downloads are off (HF_HUB_OFFLINE=1)" if offline() else f"it could not be fetched ({said})"
         raise PrunerError(
-            f"CLIP model {where} is not on this machine and {how}: run `hf download {where}` where the Hub is "
-            "reachable, or pass clip_model= a local CLIP folder"
+            f"{what} {where} is not on this machine and {how}: run `hf download {where}` where the Hub is "
+            f"reachable, or pass {knob}= a local CLIP folder"
         ) from None
 
 

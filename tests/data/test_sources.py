@@ -21,6 +21,7 @@ from pruner.data.resolve import open_source
 from pruner.data.sources import choose_caption
 from pruner.data.sources.hf import HFColumns, HFDataset
 from pruner.errors import PrunerError
+from pruner.recipe import load_recipe
 from pruner.tiny.synth import write_dataset
 
 datasets = pytest.importorskip("datasets")
@@ -80,24 +81,60 @@ def _same(a: Path, b: Path) -> None:
             torch.testing.assert_close(x[key], y[key], atol=1e-5, rtol=1e-4)
 
 
-def test_every_source_caches_the_same_rows_as_the_image_folder(
-    folder: Path, tiny_sdxl_pipeline: str, tmp_path: Path
-) -> None:
-    reference = tmp_path / "folder-cache"
-    pruner.cache(folder, reference, teacher=tiny_sdxl_pipeline, device="cpu")
-    _dataset(folder).save_to_disk(str(tmp_path / "saved"))
-    _dataset(folder).to_parquet(str(tmp_path / "rows.parquet"))
-    for name, data in (("saved", tmp_path / "saved"), ("parquet", tmp_path / "rows.parquet")):
-        summary = pruner.cache(data, tmp_path / f"{name}-cache", teacher=tiny_sdxl_pipeline, device="cpu")
+@pytest.fixture(scope="module")
+def caches(folder: Path, tiny_sdxl_pipeline: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same pictures and captions as an image folder, a save_to_disk folder, a parquet file and webdataset
+    tars (through the CLI), each cached once for this module's tests."""
+    root = tmp_path_factory.mktemp("sources")
+    _dataset(folder).save_to_disk(str(root / "saved"))
+    _dataset(folder).to_parquet(str(root / "rows.parquet"))
+    made = {}
+    for name, data in (("folder", folder), ("saved", root / "saved"), ("parquet", root / "rows.parquet")):
+        summary = pruner.cache(data, root / f"{name}-cache", teacher=tiny_sdxl_pipeline, device="cpu")
         assert (summary.n_written, summary.n_skipped) == (N, 0), name
-        _same(reference, tmp_path / f"{name}-cache")
-    pattern = _shards(folder, tmp_path / "shards")
+        made[name] = root / f"{name}-cache"
+    pattern = _shards(folder, root / "shards")
     result = CliRunner().invoke(app, ["cache", pattern, "--teacher", tiny_sdxl_pipeline, "--out",
-                                      str(tmp_path / "tars"), "--device", "cpu"])  # fmt: skip
+                                      str(root / "tars"), "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    _same(reference, tmp_path / "tars")
-    captions = [LatentCache(tmp_path / "tars").caption(i) for i in range(N)]
+    return made | {"tars": root / "tars"}
+
+
+def test_every_source_caches_the_same_rows_as_the_image_folder(folder: Path, caches: dict[str, Path]) -> None:
+    for name in ("saved", "parquet", "tars"):
+        _same(caches["folder"], caches[name])
+    captions = [LatentCache(caches["tars"]).caption(i) for i in range(N)]
     assert captions == [row["text"] for row in _rows(folder)]  # the validation grid's prompts, from any source
+
+
+@pytest.mark.slow
+def test_search_and_distill_run_on_a_cache_of_every_source(
+    caches: dict[str, Path], tiny_sdxl_pipeline: str, tmp_path: Path
+) -> None:
+    """`pruner search` then `pruner distill` of its found recipe on the cache of each non-folder source (the
+    folder's path is every other test's): the same rows, so the same found plan and the same trained loss."""
+    found, losses = {}, {}
+    for name in ("saved", "parquet", "tars"):
+        out = tmp_path / name
+        search = ["search", "--teacher", tiny_sdxl_pipeline, "--data", str(caches[name]), "--trials", "1",
+                  "--proxy-steps", "1", "--top-steps", "1", "--noise-seeds", "0", "--calibration", "4",
+                  "--held-out", "2", "--storage", f"sqlite:///{out / 'study.db'}", "--out", str(out / "r"),
+                  "--device", "cpu"]  # fmt: skip
+        out.mkdir()
+        result = CliRunner().invoke(app, search)
+        assert result.exit_code == 0, result.output
+        recipe = load_recipe(out / "r" / "found.yaml")
+        assert recipe.distill.data == str(caches[name])
+        found[name] = recipe.plan_obj()
+        distill = ["distill", str(out / "r" / "found.yaml"), "--output", str(out / "student"), "--steps", "1",
+                   "--batch-size", "2"]  # fmt: skip
+        result = CliRunner().invoke(app, distill)  # the recipe's own data: the cache it was searched on
+        assert result.exit_code == 0, result.output
+        assert (out / "student" / "unet" / "config.json").is_file()
+        losses[name] = json.loads((out / "student" / "metrics.json").read_text())["final_losses"]["total"]
+    assert found["saved"] == found["parquet"] == found["tars"]
+    assert losses["parquet"] == pytest.approx(losses["saved"], rel=1e-3)
+    assert losses["tars"] == pytest.approx(losses["saved"], rel=1e-3)
 
 
 def test_bad_tar_members_and_missing_captions_are_counted_skips(
@@ -160,6 +197,31 @@ def test_a_hub_id_goes_to_load_dataset_with_its_arguments(folder: Path, monkeypa
         open_source("someone/pictures", streaming=True)
     streamed = open_source("someone/pictures", streaming=True, max_rows=3)
     assert [row.key for row in streamed.rows(1)] == ["1", "2"]
+
+
+def test_an_unreachable_or_unknown_hub_id_is_one_line_naming_the_fix(
+    tiny_sdxl_pipeline: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    args = ["cache", "some-user/some-set", "--teacher", tiny_sdxl_pipeline, "--out", str(tmp_path / "c")]
+    result = CliRunner().invoke(app, args)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output and said.startswith("error:"), result.output
+    assert "could not reach the Hugging Face Hub for dataset 'some-user/some-set'" in said
+    assert "(offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)" in said
+    assert "hf download some-user/some-set --repo-type dataset" in said and "save_to_disk folder or parquet" in said
+
+    def not_there(name: str, *_a: Any, **_k: Any) -> Any:  # what the Hub answers for a typo'd id
+        missing = f"Dataset '{name}' doesn't exist on the Hub or cannot be accessed."
+        raise datasets.exceptions.DatasetNotFoundError(missing)
+
+    monkeypatch.setattr(datasets, "load_dataset", not_there)
+    result = CliRunner().invoke(app, [*args[:1], "some-user/some-sett", *args[2:]])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "error: Dataset 'some-user/some-sett' doesn't exist on the Hub or cannot be accessed: check the id" in said
+    assert "--revision" in said and "hf auth login" in said
 
 
 def test_several_captions_give_the_first_or_one_chosen_by_the_seed() -> None:

@@ -4,6 +4,7 @@ Hub id (optionally streamed). Needs the ``data`` extra (``pip install 'pruner[da
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -66,8 +67,41 @@ def load_hf(
     if len(kinds) == 1:
         chosen = [str(f) for f in files if f.suffix in DATA_FILE_KINDS]
         return datasets.load_dataset(kinds.pop(), data_files=chosen, split=split or "train", streaming=streaming)
-    loaded = datasets.load_dataset(data, config, split=split or "train", revision=revision, streaming=streaming)
-    return _one_split(loaded, split, data)
+    return _one_split(_from_hub(datasets, data, config, split, revision, streaming), split, data)
+
+
+def _offline() -> bool:
+    """Whether the Hub is switched off (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE), read now, not at import."""
+    values = (os.environ.get(name, "").strip().lower() for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(value in ("1", "true", "yes", "on") for value in values)
+
+
+def _from_hub(
+    datasets: Any, name: str, config: str | None, split: str | None, revision: str | None, streaming: bool
+) -> Any:
+    """``datasets.load_dataset`` of a Hub id; a Hub that cannot be reached, or an id it does not hold, is one
+    line naming the id and how to give the set instead (a download first, or local files)."""
+    local = "or pass a local save_to_disk folder or parquet files"
+    try:
+        return datasets.load_dataset(name, config, split=split or "train", revision=revision, streaming=streaming)
+    except ConnectionError:
+        why = "offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set" if _offline() else "no network or Hub"
+        here = "" if Path(name).expanduser().exists() else f"no local file or folder {name!r}, and "
+        raise PrunerError(
+            f"{here}could not reach the Hugging Face Hub for dataset {name!r} ({why}); download it first where the Hub "
+            f"is reachable (`hf download {name} --repo-type dataset`, then run again with the same id), {local}"
+        ) from None
+    except datasets.exceptions.DatasetNotFoundError as exc:  # no such id, revision, or no access to it
+        said = " ".join(str(exc).split()).rstrip(".")
+        raise PrunerError(
+            f"{said}: check the id (owner/name) and revision=, log in with `hf auth login` for a private or gated "
+            f"set, {local}"
+        ) from None
+    except FileNotFoundError:
+        raise PrunerError(
+            f"{name!r} is neither a local file or folder nor a dataset on the Hugging Face Hub; give an image "
+            "folder, a save_to_disk folder, parquet or arrow files, tar shards or a Hub id (owner/name)"
+        ) from None
 
 
 def _picture(value: Any) -> Picture | None:

@@ -3,8 +3,9 @@
 ``push`` creates the repository (``create_repo(exist_ok=True)``: an existing one is reused), the branch when a
 revision is named, uploads the student's folder (``upload_folder``) and then the card as ``README.md``. The
 card (huggingface_hub's ``ModelCard``) carries the recipe, the teacher and its license, the metrics the
-distillation measured (``metrics.json``, and ``eval.json`` when ``pruner eval --json`` wrote one there), the
-tags ``diffusers``, ``text-to-image``, ``stable-diffusion-xl``, ``pruner``, and the commands that reproduce it.
+distillation measured (``metrics.json``), an Evaluation section when ``pruner eval --json`` wrote an ``eval.json``
+there (student and teacher side by side, every field metric, and the protocol that measured them), the tags
+``diffusers``, ``text-to-image``, ``stable-diffusion-xl``, ``pruner``, and the commands that reproduce it.
 """
 
 from __future__ import annotations
@@ -80,9 +81,56 @@ def _metrics_lines(metrics: dict[str, dict[str, Any]]) -> list[str]:
     train = metrics.get("metrics", {})
     lines = [f"| {key} | {train[key]} |" for key in ("params", "steps", "held_out_kd") if train.get(key) is not None]
     lines += [f"| final {k} loss | {v:.4g} |" for k, v in (train.get("final_losses") or {}).items()]
-    scalars = {k: v for k, v in metrics.get("eval", {}).items() if isinstance(v, int | float)}
-    lines += [f"| eval {k} | {v:.4g} |" for k, v in scalars.items()]
     return ["| metric | value |", "|---|---|", *lines] if lines else ["No metrics were recorded with this student."]
+
+
+# The Evaluation table's rows from eval.json: heading, the student's key, the teacher's key, format.
+_EVAL_ROWS = (
+    ("parameters", "student_params", "teacher_params", ","), ("held-out KD loss (MSE)", "kd_loss", None, ".5f"),
+    ("PSNR to the teacher (dB)", "psnr", None, ".2f"),
+    ("prompt accuracy", "prompt_accuracy", "teacher_prompt_accuracy", ".1%"),
+    ("UNet latency, batch 2 (ms)", "student_latency_ms", "teacher_latency_ms", ".2f"),
+)  # fmt: skip
+
+
+def _evaluation_lines(report: dict[str, Any]) -> list[str]:
+    """The card's Evaluation section from ``eval.json``: student and teacher side by side (each field metric
+    too), then the protocol that measured them (prompts, n, resolution, steps, guidance, seed, each metric's
+    reference and model), so that a reader can measure again; nothing without an evaluation."""
+    from pruner.comparison import METRIC_HEADINGS
+
+    if not report:
+        return []
+
+    def cell(value: Any, fmt: str) -> str:
+        return "-" if not isinstance(value, int | float) else f"{value:{fmt}}"
+
+    rows = [(head, report.get(mine), report.get(theirs) if theirs else None, fmt)
+            for head, mine, theirs, fmt in _EVAL_ROWS if report.get(mine) is not None]  # fmt: skip
+    measured = report.get("metrics") or {}
+    rows += [(METRIC_HEADINGS.get(k, k), v, measured.get(f"teacher_{k}"), ".4g") for k, v in measured.items()
+             if not k.startswith("teacher_") and not k.endswith("_std")]  # fmt: skip
+    protocol = report.get("protocol") or {k: report[k] for k in ("n_prompts", "steps", "guidance_scale") if k in report}
+    return [
+        "## Evaluation", "", f"`pruner eval` against the teacher `{report.get('teacher')}`:", "",
+        "| metric | student | teacher |", "|---|---|---|",
+        *(f"| {head} | {cell(mine, fmt)} | {cell(theirs, fmt)} |" for head, mine, theirs, fmt in rows), "",
+        "Measured with:", "", *(f"- {k}: `{v}`" for k, v in protocol.items()), "",
+    ]  # fmt: skip
+
+
+def _eval_flags(report: dict[str, Any]) -> str:
+    """The flags of ``pruner eval`` that measure again what ``eval.json`` holds: its protocol, its metrics."""
+    protocol = report.get("protocol") or {}
+    own = {"n": "--n", "resolution": "--resolution", "steps": "--steps", "guidance": "--guidance", "seed": "--seed",
+           "features": "--fid-features", "reference": "--reference"}  # fmt: skip
+    flags = [f"{own[k]} {v}" for k, v in protocol.items() if k in own and v is not None and v != "teacher"]
+    flags += [f"--{k.replace('_', '-')} {v}" for k, v in protocol.items() if k.endswith("_model")]
+    if report.get("prompts_file"):
+        flags.insert(0, f"--prompts {report['prompts_file']}")
+    asked = {"clip_score": "clip"}
+    names = [asked.get(k, k) for k in report.get("metrics") or {} if not k.startswith("teacher_") and "_std" not in k]
+    return "".join(f" {f}" for f in [*flags, *([f"--metrics {','.join(names)}"] if names else [])])
 
 
 def _commands(recipe: Recipe, metrics: dict[str, dict[str, Any]], repo_id: str) -> str:
@@ -92,7 +140,7 @@ def _commands(recipe: Recipe, metrics: dict[str, dict[str, Any]], repo_id: str) 
         "pip install pruner",
         "pruner apply recipe.yaml --out student-init          # the untrained student, from the teacher's weights",
         f"pruner distill recipe.yaml --data CACHE --output OUT{f' --steps {steps}' if steps else ''}",
-        f"pruner eval OUT --teacher {teacher}",
+        f"pruner eval OUT --teacher {teacher}{_eval_flags(metrics.get('eval', {}))}",
         f"pruner push OUT --repo {repo_id}",
     ])  # fmt: skip
 
@@ -110,7 +158,7 @@ def student_card(recipe: Recipe, metrics: dict[str, dict[str, Any]], license: st
         f"A block-pruned, distilled student of `{teacher}` made with pruner, under the "
         f"teacher's license ({license}). It loads with stock diffusers.", "",
         "## Recipe", "", "```yaml", dump_recipe(recipe).rstrip(), "```", "",
-        "## Metrics", "", *_metrics_lines(metrics), "",
+        "## Metrics", "", *_metrics_lines(metrics), "", *_evaluation_lines(metrics.get("eval", {})),
         "## Reproduce", "", "```", _commands(recipe, metrics, repo_id), "```", "",
     ])  # fmt: skip
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

@@ -115,3 +115,28 @@ def test_a_missing_token_offline_mode_and_an_unknown_license_are_one_line(
     (other / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.raises(PrunerError, match="license"):
         pruner.push(other, "me/s")
+
+
+@pytest.mark.slow
+def test_the_card_carries_the_evaluation_and_the_protocol_that_measured_it(
+    hub: type[FakeHub], student: Path, tmp_path: Path
+) -> None:
+    """`pruner eval --json > OUT/eval.json`, then push: the card's Evaluation section has student and teacher
+    side by side with each field metric, the settings it was measured under, and the eval command with them."""
+    import shutil
+
+    evaluated = tmp_path / "student"
+    shutil.copytree(student, evaluated)
+    args = ["eval", str(evaluated), "--teacher", "tiny-sdxl", "--n", "2", "--steps", "2", "--seed", "3",
+            "--metrics", "clip,pickscore", "--grid", str(tmp_path / "g.png"), "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (evaluated / "eval.json").write_text(result.stdout)
+    report = json.loads(result.stdout)
+    text = ModelCard(pruner.push(evaluated, "me/evaluated").card).text
+    evaluation = text.split("## Evaluation")[1].split("## Reproduce")[0]
+    pick, teacher_pick = report["metrics"]["pickscore"], report["metrics"]["teacher_pickscore"]
+    assert f"| PickScore | {pick:.4g} | {teacher_pick:.4g} |" in evaluation
+    assert f"| held-out KD loss (MSE) | {report['kd_loss']:.5f} | - |" in evaluation
+    assert "- seed: `3`" in evaluation and "- n: `2`" in evaluation and "- pickscore_model: `" in evaluation
+    assert "--n 2 --resolution 32 --steps 2 --guidance 5.0 --seed 3" in text and "--metrics clip,pickscore" in text

@@ -90,8 +90,7 @@ def chosen(study: optuna.Study, extra: int) -> list[tuple[str, optuna.trial.Froz
     if best is not None:
         picks.append(("found", best))
     seeds = {t.user_attrs.get("label"): t for t in ranked if t.user_attrs.get("label")}
-    if "sensitivity" in seeds:
-        picks.append(("sensitivity", seeds["sensitivity"]))
+    picks += [(label, seeds[label]) for label in ("sensitivity", "sensitivity-modules") if label in seeds]
     hand = next((t for t in ranked if t.user_attrs.get("label") in HAND), None)
     if hand is not None:
         picks.append((f"hand:{hand.user_attrs['label']}", hand))
@@ -237,13 +236,18 @@ def main() -> None:
     p.add_argument("--extra", type=int, default=2, help="next best searched plans distilled per search")
     p.add_argument("--eval-n", type=int, default=256, help="held-out prompts per evaluation")
     p.add_argument("--out", type=Path, default=Path("/tmp/pruner-search-vs-heuristics"))
+    p.add_argument("--refill", action="store_true", help="the search's refill move (issue #31)")
+    p.add_argument("--module-sensitivity", action="store_true", help="the search's module sensitivities")
     args = p.parse_args()
     torch.set_num_threads(default_threads())
     args.out.mkdir(parents=True, exist_ok=True)
     summaries = []
     for budget in args.budgets.split(","):
         seeds = [int(s) for s in args.seeds.split(",")]
-        searched = {seed: search(budget, seed, args.out, args) for seed in seeds}  # every search before any distill
+        moves = {"refill": args.refill, "module_sensitivity": args.module_sensitivity}
+        prefix = "svh" + "".join(f"-{k.replace('_', '-')}" for k, on in moves.items() if on)  # its own studies
+        # every search before any distillation
+        searched = {seed: search(budget, seed, args.out, args, prefix, **moves) for seed in seeds}
         jobs = [(seed, role, trial) for seed in seeds for role, trial in chosen(searched[seed][0], args.extra)]
         finals: dict[tuple[int, str], Final] = {}
         while len(finals) < len(jobs):

@@ -248,6 +248,8 @@ def search(
     noise_seeds: Annotated[int, Knob(min=0)] = defaults.NOISE_SEEDS,
     calibration: Annotated[int, Knob(min=4)] = defaults.CALIBRATION,
     held_out: Annotated[int, Knob(min=2)] = defaults.HELD_OUT,
+    refill: bool = defaults.REFILL,
+    module_sensitivity: bool = defaults.MODULE_SENSITIVITY,
     storage: str | None = None,
     study: str | None = None,
     seed: Annotated[int, Knob(min=0)] = 0,
@@ -285,6 +287,10 @@ def search(
         noise_seeds: Re-score the found plan with this many other row orders: the noise floor.
         calibration: Calibration rows the proxy trains on.
         held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
+        refill: The mutation sampler may also return one layer to an attention module the plan empties (a
+            move the one-shot seed cannot make; off until a benchmark shows it helps).
+        module_sensitivity: Also measure each attention module's sensitivity (its layers removed together):
+            adds the sensitivity-modules seed and weights the refill move.
         storage: Optuna storage: sqlite:///x.db, postgresql://user@host/db or journal:PATH (workers share it;
             a rerun resumes); default in memory from Python, sqlite under search/runs/ from the CLI.
         study: Study name; default from teacher, budget and space.

@@ -17,6 +17,8 @@ NOISE_SEEDS = 2  # the found plan scored again with this many other row orders: 
 SPACE = "default"
 CALIBRATION = 96  # rows the proxy trains on (384 ranked no better at 20%: README, proxy fidelity)
 HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder close plans)
+REFILL = False  # the plan sampler's move that returns a layer to an emptied attention module (issue #31: unproven)
+MODULE_SENSITIVITY = False  # each attention module's sensitivity too: a seed and the refill move's weights
 
 # evaluation
 EVAL_PROMPTS = 64

@@ -35,6 +35,8 @@ class SearchConfig:
     seed: int = 0
     calibration: int = defaults.CALIBRATION
     held_out: int = defaults.HELD_OUT
+    refill: bool = defaults.REFILL  # the sampler may return a layer to an emptied attention module
+    module_sensitivity: bool = defaults.MODULE_SENSITIVITY  # measure each attention module's sensitivity too
     progress: bool = True
     device: str | None = None  # None: cuda when available
     mixed_precision: str | None = None  # None: bf16 on a GPU (fp16 where bf16 is missing), no on a CPU

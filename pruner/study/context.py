@@ -5,7 +5,7 @@ can express), the calibration set with the teacher's outputs, and each unit's se
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,7 +17,8 @@ from pruner.device import resolve_device, slow_half_note, teacher_dtype
 from pruner.distillation.engine import PlainRuntime, Runtime
 from pruner.errors import PrunerError
 from pruner.study.config import SearchConfig
-from pruner.study.proxy import Calibration, build_calibration, proxy_batch, unit_sensitivity
+from pruner.study.heuristics import attention_modules
+from pruner.study.proxy import Calibration, build_calibration, group_sensitivity, proxy_batch, unit_sensitivity
 from pruner.study.space import SearchSpace, load_space, width_levels
 from pruner.teacher import Teacher
 from pruner.unet.plan import Plan, nearest_expressible, unit_kinds
@@ -49,6 +50,7 @@ class SearchContext:
     data_path: str | None
     runtime: Runtime | None = None
     proxy_batch: int = 16
+    module_sens: dict[str, float] = field(default_factory=dict)  # attention module -> its layers removed together
 
     def cost(self, plan: Plan) -> float:
         """The plan's cost in the budget's kind and unit."""
@@ -139,8 +141,20 @@ def build_context(
                               scheduler=teacher.scheduler(), seed=cfg.seed, batch=batch, status=status,
                               vae_scale=teacher.vae_scale, progress=cfg.progress)  # fmt: skip
     sens = _sensitivities(model, topo, calib, batch, cfg, sensitivity, status)
+    module_sens = _module_sensitivities(model, topo, calib, batch, cfg, allow, status)
     return SearchContext(cfg, space, model, topo, cost, budget, budget_cost, limit, calib, sens, data_path, runtime,
-                         batch)  # fmt: skip
+                         batch, module_sens)  # fmt: skip
+
+
+def _module_sensitivities(
+    model: Any, topo: Topology, calib: Calibration, batch: int, cfg: SearchConfig, allow: Callable[[str], bool],
+    status: Callable[[str], None],
+) -> dict[str, float]:  # fmt: skip
+    """Each attention module's zero-shot KD with its layers removed together, when ``cfg.module_sensitivity``."""
+    if not cfg.module_sensitivity:
+        return {}
+    status("measuring each attention module's sensitivity (zero-shot KD with its layers removed together)")
+    return group_sensitivity(model, calib, attention_modules(topo, allow), 2 * batch, progress=cfg.progress)
 
 
 def _runtime(device: torch.device, mixed_precision: str | None) -> PlainRuntime:

@@ -5,19 +5,26 @@ at any budget: BK-SDM drops the second layer of each block, then the mid block; 
 block, then the innermost transformer layers; SSD-1B drops the mid block's attention, then the innermost
 stage's deepest layers; Segmind-Vega drops the mid block's attention, then transformer layers everywhere
 from the last. ``sensitivity`` removes the least sensitive units first (LAPTOP-Diff's one-shot criterion).
+
+Each unit's sensitivity is measured alone, so the one-shot criterion never sees what emptying a whole
+attention module costs (a module is a stack of transformer layers): it happily removes every layer of a
+module whose layers each cost little. Given each module's sensitivity (its layers removed together),
+``sensitivity-modules`` follows the same order but prices the layer that would empty a module at what the
+module's emptying adds beyond its other layers' scores; the plan sampler's *refill* move returns a layer to
+an emptied module (``emptied_modules``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pruner.budget import PlanCost
 from pruner.study.repair import repair_to_budget
-from pruner.unet.plan import MID_ATTN, Plan, nearest_expressible, unit_kinds
+from pruner.unet.plan import MID_ATTN, Plan, implied_by, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology
 
-__all__ = ["SEEDS", "seed_plans"]
+__all__ = ["SEEDS", "attention_modules", "emptied_modules", "module_aware_plan", "seed_plans"]
 
 SEEDS = ("sensitivity", "bk", "koala", "ssd", "vega")  # the one-shot criterion first: the bar to beat
 
@@ -61,14 +68,72 @@ def _follow(order: list[str], topo: Topology, cost: PlanCost, limit: float) -> P
     return plan
 
 
+def attention_modules(topo: Topology, allow: Callable[[str], bool]) -> dict[str, list[str]]:
+    """Each attention module (a stack of transformer layers) whose layers a plan may all remove: its path ->
+    its layer units, in order."""
+    modules: dict[str, list[str]] = {}
+    for name, kind in unit_kinds(topo).items():
+        if kind == "transformer_layer":
+            modules.setdefault(name.rsplit(".transformer_blocks.", 1)[0], []).append(name)
+    return {m: layers for m, layers in modules.items() if all(allow(n) for n in layers)}
+
+
+def emptied_modules(plan: Plan, topo: Topology, allow: Callable[[str], bool]) -> dict[str, list[str]]:
+    """The attention modules ``plan`` empties: every layer removed, the module itself kept (not removed with
+    its block or the mid block's attention)."""
+    return {m: layers for m, layers in attention_modules(topo, allow).items()
+            if all(n in plan.removed for n in layers) and not implied_by(layers[0], plan.removed, topo)}  # fmt: skip
+
+
+def _marginal(name: str, removed: frozenset[str], sens: Mapping[str, float], modules: dict[str, list[str]],
+              module_sens: Mapping[str, float]) -> float:  # fmt: skip
+    """What removing ``name`` costs: its own sensitivity, or, when it is the last layer of its module, what
+    the module's emptying adds beyond its other layers' sensitivities (never below its own)."""
+    own = sens.get(name, 0.0)
+    module = name.rsplit(".transformer_blocks.", 1)[0]
+    if module not in modules or module not in module_sens:
+        return own
+    others = [n for n in modules[module] if n != name]
+    if not all(n in removed for n in others):
+        return own
+    return max(own, module_sens[module] - sum(sens.get(n, 0.0) for n in others))
+
+
+def module_aware_plan(
+    topo: Topology, cost: PlanCost, limit: float, sens: Mapping[str, float], module_sens: Mapping[str, float],
+    allow: Callable[[str], bool],
+) -> Plan:  # fmt: skip
+    """The sensitivity order followed greedily to the budget, each step removing the unit whose removal
+    costs least given what is removed already (``_marginal``: emptying a module costs the module's score)."""
+    units = [n for n, k in unit_kinds(topo).items() if k != "stage" and allow(n)]
+    modules = attention_modules(topo, allow)
+    plan, refused = Plan(), set[str]()
+    while cost(plan) > limit:
+        gone = plan.removed | refused
+        left = [n for n in units if n not in gone and not implied_by(n, plan.removed, topo)]
+        if not left:
+            break
+        name = min(left, key=lambda n: _marginal(n, plan.removed, sens, modules, module_sens))
+        step = nearest_expressible(plan.plus({name}), topo, prefer="remove")
+        if step == plan:
+            refused.add(name)  # not removable here (the repair put it back): the next one
+        plan = step
+    return plan
+
+
 def seed_plans(
-    topo: Topology, cost: PlanCost, limit: float, sens: dict[str, float], allow: Callable[[str], bool]
-) -> dict[str, Plan]:
-    """Each heuristic's plan at this budget (repaired to it); styles that cannot reach it are left out."""
+    topo: Topology, cost: PlanCost, limit: float, sens: dict[str, float], allow: Callable[[str], bool],
+    module_sens: Mapping[str, float] | None = None,
+) -> dict[str, Plan]:  # fmt: skip
+    """Each heuristic's plan at this budget (repaired to it); styles that cannot reach it are left out. Given
+    ``module_sens`` (each attention module's sensitivity), ``sensitivity-modules`` comes second."""
     kinds = {n: k for n, k in unit_kinds(topo).items() if allow(n)}
+    starts = {style: _follow(_order(style, kinds, sens), topo, cost, limit) for style in SEEDS}
+    if module_sens:
+        aware = module_aware_plan(topo, cost, limit, sens, module_sens, allow)
+        starts = {"sensitivity": starts.pop("sensitivity"), "sensitivity-modules": aware, **starts}
     plans: dict[str, Plan] = {}
-    for style in SEEDS:
-        start = _follow(_order(style, kinds, sens), topo, cost, limit)
+    for style, start in starts.items():
         plan = repair_to_budget(start, topo, cost, limit, sens, allow)
         if plan is not None and plan not in plans.values():
             plans[style] = plan

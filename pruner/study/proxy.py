@@ -13,7 +13,7 @@ import itertools
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "ProxyScore",
     "build_calibration",
     "calibration_gradients",
+    "group_sensitivity",
     "proxy_batch",
     "proxy_score",
     "split_rows",
@@ -341,15 +342,10 @@ def unit_sensitivity(
     built as students. A unit that cannot be removed alone gets +inf. ``progress``: a bar over the units
     (SDXL has 78, each a pass over the held-out rows).
     """
-    modules = dict(teacher.named_modules())
     scores: dict[str, float] = {}
     for name in tqdm(names, desc="sensitivity", unit="unit", dynamic_ncols=True, disable=not progress):
         if ".transformer_blocks." in name:
-            handle = modules[name].register_forward_hook(_skip_block)
-            try:
-                scores[name] = held_out_kd(teacher, calib.held_out_batches(batch))
-            finally:
-                handle.remove()
+            scores[name] = _skipped_kd(teacher, calib, [name], batch)
             continue
         try:
             student, _ = build_student(teacher, Plan(frozenset({name})))
@@ -358,3 +354,29 @@ def unit_sensitivity(
             continue
         scores[name] = held_out_kd(student, calib.held_out_batches(batch))
     return scores
+
+
+def _skipped_kd(teacher: UNet2DConditionModel, calib: Calibration, layers: Sequence[str], batch: int) -> float:
+    """Held-out KD of the teacher with the transformer ``layers`` skipped in place, together."""
+    modules = dict(teacher.named_modules())
+    handles = [modules[name].register_forward_hook(_skip_block) for name in layers]
+    try:
+        return held_out_kd(teacher, calib.held_out_batches(batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def group_sensitivity(
+    teacher: UNet2DConditionModel,
+    calib: Calibration,
+    groups: Mapping[str, Sequence[str]],
+    batch: int = 32,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Zero-shot KD of the teacher with each group's transformer layers removed together (skipped in place,
+    exact): an attention module's cost when it is emptied, which the per-unit scores, each measured alone,
+    do not add up to."""
+    bar = tqdm(groups.items(), desc="module sensitivity", unit="module", dynamic_ncols=True, disable=not progress)
+    return {name: _skipped_kd(teacher, calib, layers, batch) for name, layers in bar}

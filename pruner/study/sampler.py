@@ -8,6 +8,9 @@ every trial, at the highest multi-fidelity rung each reached), and proposes a ch
 - *remove* a kept unit, low-sensitivity units likelier;
 - *return* a removed unit, high-sensitivity units likelier;
 - *swap* which layers of one module are kept (return one, remove a sibling);
+- *refill* an emptied attention module with one layer (``PlanSpace.refill``, off by default): the move the
+  one-shot seed cannot make, since it scores each layer alone; modules of higher module sensitivity
+  (``PlanSpace.module_sens``, their layers removed together) likelier;
 - *widen or narrow* one level's feed-forwards by one ratio step (width spaces);
 - *cross* two parents, unit by unit where they differ.
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from pruner.budget import PlanCost
+from pruner.study.heuristics import emptied_modules
 from pruner.study.repair import repair_to_budget
 from pruner.study.space import SearchSpace, genome_distributions, genome_of, width_levels
 from pruner.unet.plan import Plan, implied_by, nearest_expressible, unit_kinds
@@ -44,7 +48,8 @@ MAX_DRAWS = 32  # children drawn before accepting one already scored (a nearly e
 @dataclass(frozen=True)
 class PlanSpace:
     """What a child plan must satisfy: the teacher's topology, the search space, the budget and the unit
-    sensitivities that bias the moves and drive the repair."""
+    sensitivities that bias the moves and drive the repair; ``refill`` adds the move that returns a layer to
+    an emptied attention module, ``module_sens`` (attention module -> sensitivity) weights which one."""
 
     topo: Topology
     space: SearchSpace
@@ -52,6 +57,8 @@ class PlanSpace:
     limit: float
     sens: dict[str, float]
     allow: Callable[[str], bool]
+    refill: bool = False
+    module_sens: dict[str, float] = field(default_factory=dict)
 
     def units(self) -> list[str]:
         """Units a plan may remove (stages excluded: whole-stage removal is a search space of its own)."""
@@ -190,8 +197,13 @@ class PlanSampler(optuna.samplers.BaseSampler):
         return nearest_expressible(Plan(frozenset(removed), tuple(sorted(widths.items()))), self.plans.topo)
 
     def _mutate(self, plan: Plan) -> tuple[Plan, str]:
-        moves = ["remove", "return", "swap"]
+        moves = ["remove", "return", "swap", *(["refill"] if self.plans.refill else [])]
         move = moves[int(self._rng.integers(len(moves)))]
+        if move == "refill":
+            child, made = self.refill(plan)
+            if made:
+                return child, made
+            move = "return"  # no module is empty: return a unit instead
         sens = self.plans.sens
         removed = [n for n in self._units if n in plan.removed]
         kept = [n for n in self._units if n not in plan.removed and not implied_by(n, plan.removed, self.plans.topo)]
@@ -218,6 +230,20 @@ class PlanSampler(optuna.samplers.BaseSampler):
             return plan, ""
         back, out = pairs[int(self._rng.integers(len(pairs)))]
         return nearest_expressible(plan.without([back]).plus({out}), self.plans.topo), f"+{back} -{out}"
+
+    def refill(self, plan: Plan) -> tuple[Plan, str]:
+        """Return one layer (a more sensitive one likelier) to one attention module ``plan`` empties (a more
+        sensitive module likelier: its ``module_sens``, else the sum of its layers'); the plan unchanged and
+        no move when it empties none. The child may exceed the budget: ``_propose`` repairs it, keeping the
+        returned layer."""
+        emptied = emptied_modules(plan, self.plans.topo, self.plans.allow)
+        if not emptied:
+            return plan, ""
+        sens, module_sens = self.plans.sens, self.plans.module_sens
+        weight = lambda m: module_sens.get(m, sum(sens.get(n, 0.0) for n in emptied[m]))  # noqa: E731
+        module = self._pick(sorted(emptied), lambda m: -weight(m))
+        layer = self._pick(emptied[module], lambda n: -sens.get(n, 0.0))
+        return nearest_expressible(plan.without([layer]), self.plans.topo), f"+{layer} (refills {module})"
 
     def _width(self, plan: Plan) -> tuple[Plan, str]:
         levels = width_levels(self.plans.topo)

@@ -192,7 +192,7 @@ def _enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> None:
     """Heuristic plans first, labelled, once per study."""
     if study.user_attrs.get("seeded"):
         return
-    seeds = list(seed_plans(ctx.topo, ctx.cost, ctx.limit, ctx.sens, ctx.allow).items())
+    seeds = list(seed_plans(ctx.topo, ctx.cost, ctx.limit, ctx.sens, ctx.allow, ctx.module_sens).items())
     for label, plan in seeds[: ctx.cfg.trials]:
         params = genome_of(plan, ctx.space, ctx.topo)
         # skip_if_exists: a second worker on the same storage does not enqueue the seeds again
@@ -227,7 +227,7 @@ def _sampler(cfg: SearchConfig, seed: int, ctx: SearchContext | None = None) -> 
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(20, cfg.trials // 2)))
     if ctx is None:
         return optuna.samplers.RandomSampler(seed=seed)
-    plans = PlanSpace(ctx.topo, ctx.space, ctx.cost, ctx.limit, ctx.sens, ctx.allow)
+    plans = PlanSpace(ctx.topo, ctx.space, ctx.cost, ctx.limit, ctx.sens, ctx.allow, cfg.refill, ctx.module_sens)
     return PlanSampler(plans, seed=seed, parents=max(2, cfg.trials // 6))
 
 

@@ -190,3 +190,25 @@ def test_half_precision_on_a_cpu_without_native_bf16_is_flagged(monkeypatch: pyt
     assert slow_half_note(torch.device("cuda"), "bf16") is None
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
     assert slow_half_note(cpu, "bf16") is None
+
+
+def test_a_module_sensitivity_is_the_zero_shot_kd_of_its_layers_removed_together(tiny_sdxl) -> None:  # type: ignore[no-untyped-def]
+    """Skipping a module's layers in place together scores what a student built without them scores; and
+    not what its layers' own scores add up to (the interaction the per-unit criterion misses)."""
+    from pruner.distillation.engine import held_out_kd
+    from pruner.study.heuristics import attention_modules
+    from pruner.unet import Plan
+
+    topo = topology_of(tiny_sdxl)
+    calib = proxy.build_calibration(tiny_sdxl, fake_cache(), topo, n_train=4, n_held_out=8, level="sub_block",
+                                    scheduler=sdxl_scheduler())  # fmt: skip
+    modules = attention_modules(topo, lambda _n: True)
+    module = "up_blocks.0.attentions.1"
+    sens = proxy.group_sensitivity(tiny_sdxl, calib, {module: modules[module]}, batch=4)
+    student, _ = build_student(tiny_sdxl, Plan(frozenset(modules[module])))
+    built = held_out_kd(student, calib.held_out_batches(4))
+    assert sens[module] == pytest.approx(built, rel=1e-4)
+    alone = proxy.unit_sensitivity(tiny_sdxl, topo, calib, modules[module], batch=4)
+    assert sens[module] > 0 and sens[module] != pytest.approx(sum(alone.values()), rel=1e-3)
+    one = modules[module][0]
+    assert proxy.group_sensitivity(tiny_sdxl, calib, {one: [one]}, batch=4)[one] == pytest.approx(alone[one])

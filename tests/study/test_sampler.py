@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import optuna
 import pytest
 
 from pruner.cost import CostModel
+from pruner.study.heuristics import attention_modules, emptied_modules, seed_plans
 from pruner.study.sampler import PlanSampler, PlanSpace, ranked_plans
 from pruner.study.space import SearchSpace, genome_distributions, genome_of, suggest_genome
 from pruner.study.workers import plan_key
@@ -127,3 +130,50 @@ def test_in_a_width_space_children_also_narrow_or_widen_levels(plan_space: PlanS
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
     assert any(child.ff_keep for child in children)
     assert all(widths.cost(child) <= widths.limit for child in children)
+
+
+MODULE = "up_blocks.0.attentions.1"  # six layers on tiny-sdxl, coupled to no other module
+
+
+def test_refill_returns_exactly_one_layer_to_an_emptied_module_and_the_repair_keeps_it(plan_space: PlanSpace) -> None:
+    layers = attention_modules(plan_space.topo, plan_space.allow)[MODULE]
+    emptied = Plan(frozenset(layers))
+    space = dataclasses.replace(plan_space, limit=plan_space.cost(emptied), refill=True)  # the plan is at budget
+    assert emptied_modules(emptied, space.topo, space.allow) == {MODULE: layers}
+    for seed in range(5):
+        child, move = PlanSampler(space, seed=seed).refill(emptied)
+        back = emptied.removed - child.removed
+        assert len(back) == 1 and back <= set(layers) and child.removed <= emptied.removed
+        assert MODULE in move and not emptied_modules(child, space.topo, space.allow)
+        assert space.cost(child) > space.limit  # one layer more than the budget allows: the repair's to fix
+        repaired = space.repair(child, emptied)
+        assert repaired is not None and space.cost(repaired) <= space.limit
+        check_expressible(repaired, space.topo)
+        assert back.isdisjoint(repaired.removed)  # the repair kept the returned layer (it may return more)
+
+
+def test_refill_is_a_move_only_when_asked_and_only_where_a_module_is_empty(plan_space: PlanSpace) -> None:
+    layers = attention_modules(plan_space.topo, plan_space.allow)[MODULE]
+    emptied = Plan(frozenset(layers))
+    moves = lambda space: {PlanSampler(space, seed=s)._mutate(emptied)[1] for s in range(40)}  # noqa: E731
+    assert any("refills" in m for m in moves(dataclasses.replace(plan_space, refill=True)))
+    assert not any("refills" in m for m in moves(plan_space))
+    assert PlanSampler(dataclasses.replace(plan_space, refill=True)).refill(Plan()) == (Plan(), "")
+
+
+def test_the_module_sensitivity_seed_does_not_empty_a_module_that_costs_much_together(plan_space: PlanSpace) -> None:
+    kinds = unit_kinds(plan_space.topo)  # transformer layers cheapest one by one: the per-unit seed empties modules
+    sens = {n: 1e-6 * k if kinds[n] == "transformer_layer" else 1.0 for k, n in enumerate(kinds)}
+    space = dataclasses.replace(plan_space, sens=sens)
+    plain = seed_plans(space.topo, space.cost, space.limit, space.sens, space.allow)["sensitivity"]
+    costly = sorted(emptied_modules(plain, space.topo, space.allow))
+    assert costly, "the per-unit seed empties some module at half the parameters"
+    modules = attention_modules(space.topo, space.allow)
+    module_sens = {m: sum(space.sens[n] for n in layers) for m, layers in modules.items()}
+    module_sens |= {m: 1e3 for m in costly}  # emptying these costs far more than their layers alone
+    seeds = seed_plans(space.topo, space.cost, space.limit, space.sens, space.allow, module_sens)
+    aware = seeds["sensitivity-modules"]
+    assert list(seeds)[:2] == ["sensitivity", "sensitivity-modules"]
+    assert space.cost(aware) <= space.limit
+    check_expressible(aware, space.topo)
+    assert not set(costly) & set(emptied_modules(aware, space.topo, space.allow))

@@ -196,7 +196,8 @@ def cache(
     """Encode pictures and captions into a latent cache that :func:`search` and :func:`distill` take as ``data``.
 
     Unreadable pictures, missing captions and damaged tar members are skipped and counted; calling again on
-    the same ``output`` resumes.
+    the same ``output`` resumes. Under ``accelerate launch`` (or torchrun) each process encodes its own row
+    range of the source on its own device, and the last to finish writes the cache's one index.
 
     Args:
         data: Image folder with metadata.jsonl, `datasets` folder/parquet/arrow/Hub id, or tars (shards/{0..9}.tar).
@@ -219,6 +220,7 @@ def cache(
     from pruner.data.cache import build_cache
     from pruner.data.resolve import open_source
     from pruner.data.sources.hf import HFColumns
+    from pruner.data.world import current_world
     from pruner.device import resolve_device
     from pruner.teacher import Teacher
 
@@ -227,8 +229,9 @@ def cache(
         check_output_dir(Path(output).expanduser(), "cache folder")  # before the data is read: the cheaper mistake
         source = open_source(data, columns=HFColumns(image_column, caption_column, caption_seed), split=split,
                              revision=revision, config=config, streaming=streaming, max_rows=max_rows)  # fmt: skip
+        on = resolve_device(device)
         return build_cache(source, resolved, output, resolution=resolution, batch_size=batch_size, progress=progress,
-                           device=resolve_device(device))  # fmt: skip
+                           device=on, world=current_world(cpu=on.type == "cpu"))  # fmt: skip
 
 
 def search(

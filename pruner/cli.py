@@ -340,13 +340,17 @@ def front(
 @app.command()
 @knob_options(pruner.api.cache, skip=("progress",), cli_defaults={"output": Path("cache")})
 def cache(*, knobs: Knobs) -> None:
-    """Encode an image folder into shards of VAE latents and text conditioning (safetensors) for
-    `pruner distill`. Unreadable images are skipped and counted; re-running resumes."""
+    """Encode pictures and captions into shards of VAE latents and text conditioning (safetensors) for
+    `pruner search` and `pruner distill`. Unreadable images are skipped and counted; re-running resumes.
+    Many processes or machines: `accelerate launch -m pruner cache DATA --out CACHE ...`."""
     with user_errors():
         summary = pruner.api.cache(**knobs, progress=True)
         reasons = ", ".join(f"{n} {why}" for why, n in summary.skipped_reasons.items() if n)
-        err.print(f"cached {summary.n_written} rows in {summary.out} ({summary.n_skipped} skipped"
-                  f"{': ' + reasons if reasons else ''}{', resumed' if summary.resumed else ''})")  # fmt: skip
+        what = f"{summary.n_written} rows" + (" (this process's share)" if summary.waiting else "")
+        left = f"; {summary.waiting} part(s) still running: the last to finish writes the index"
+        then = left if summary.waiting else ""
+        err.print(f"cached {what} in {summary.out} ({summary.n_skipped} skipped"
+                  f"{': ' + reasons if reasons else ''}{', resumed' if summary.resumed else ''}){then}")  # fmt: skip
 
 
 @app.command()

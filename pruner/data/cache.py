@@ -13,6 +13,11 @@ the layout of diffusers' imagefolder). Output, a folder of::
 metadata.jsonl (its position among the non-blank lines). Every file is written under a temporary name and
 renamed into place, and ``cache.json`` is rewritten after each shard, so an interrupted run leaves a valid
 prefix that a re-run of the same command resumes from. Unusable rows are skipped and counted by reason.
+
+Several processes (``accelerate launch -m pruner cache ...``): the source's rows are cut into one contiguous
+range per process, a *part*, written like a one-process cache in ``part-0000K-of-0000N/`` (its own
+``cache.json``, shards and resume). The last process to finish, seen on disk, writes the top ``cache.json``:
+one index listing every part's shards in row order, so the rows do not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import bisect
 import io
 import itertools
 import json
+import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +43,10 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from pruner import __version__
+from pruner.data.prefetch import prefetched
 from pruner.data.sources import Picture, Source, SourceRow
 from pruner.data.sources.folder import ImageFolder, read_metadata
+from pruner.data.world import World, row_range
 from pruner.diffusion import default_resolution
 from pruner.errors import PrunerError
 from pruner.io import atomic_path, check_output_dir, output_lock, write_json
@@ -67,6 +76,8 @@ _IDENTITY = {
     "resolution": "resolution",
     "dtype": "dtype",
 }
+_PART = re.compile(r"part-(\d{5})-of-(\d{5})")  # the folder of one process's row range
+INDEX_WAIT_S = 600.0  # how long a finishing process waits for another that is writing the index
 Kind = Literal["sdxl", "sd"]
 TimeIds = tuple[int, int, int, int, int, int]
 
@@ -75,9 +86,12 @@ TimeIds = tuple[int, int, int, int, int, int]
 class CacheSummary:
     """What ``build_cache`` left in ``out``: counts over the whole cache, not only this call's share.
 
-    ``n_written`` rows are in ``shards`` shard files, ``n_skipped`` rows of metadata.jsonl's ``n_total`` were
+    ``n_written`` rows are in ``shards`` shard files, ``n_skipped`` rows of the source's ``n_total`` were
     unusable (``skipped_reasons`` says why); ``resumed`` is true when existing shards were kept, and
-    ``n_encoded`` counts the rows this call encoded itself.
+    ``n_encoded`` counts the rows this call encoded itself, in ``seconds`` of reading and encoding of which
+    ``encoder_seconds`` in the VAE and text encoders. With several processes, ``waiting`` counts the parts
+    others are still writing when this one finished: the counts are then this process's share, and the
+    last process to finish writes the index.
     """
 
     n_written: int
@@ -89,16 +103,22 @@ class CacheSummary:
     kind: Kind
     skipped_reasons: dict[str, int] = field(default_factory=dict)
     n_encoded: int = 0
+    seconds: float = 0.0
+    encoder_seconds: float = 0.0
+    waiting: int = 0
 
 
 @dataclass(frozen=True)
 class _Item:
-    """A row whose image loaded: pixels in [-1, 1], (C, H, W), and SDXL's size conditioning."""
+    """A row whose image loaded: pixels in [-1, 1], (C, H, W), and SDXL's size conditioning; ``consumed`` and
+    ``skipped`` are the reader's progress once it was read (what a shard ending with it records)."""
 
     index: int
     text: str
     pixels: torch.Tensor
     time_ids: TimeIds
+    consumed: int
+    skipped: dict[str, int]
 
 
 # --------------------------------------------------------------------------- reading pictures
@@ -154,18 +174,19 @@ def load_image(path: Picture | str, resolution: int) -> tuple[torch.Tensor, Time
 
 
 class _RowReader:
-    """Yields loadable rows in order, tallying the rest; ``consumed`` counts rows looked at so far.
+    """Yields the loadable rows of ``[start, stop)`` in order, tallying the rest; ``consumed`` counts the source
+    rows looked at so far (an absolute row number).
 
     Why a class: a shard records how far the reader got and what it skipped up to there, which is what a
     resumed run restores.
     """
 
-    def __init__(self, source: Source, start: int, skipped: dict[str, int], resolution: int) -> None:
-        self.source, self.consumed, self.resolution, self.total = source, start, resolution, len(source)
+    def __init__(self, source: Source, start: int, stop: int, skipped: dict[str, int], resolution: int) -> None:
+        self.source, self.consumed, self.stop, self.resolution = source, start, stop, resolution
         self.skipped: Counter[str] = Counter(skipped)
 
-    def _load(self, row: SourceRow) -> _Item | str:
-        """The row's item, or the reason it is skipped."""
+    def _load(self, row: SourceRow) -> tuple[str, torch.Tensor, TimeIds] | str:
+        """The row's caption, pixels and time ids, or the reason it is skipped."""
         if row.skip is not None or row.picture is None:
             return row.skip or "missing"
         if row.caption is None:
@@ -178,17 +199,17 @@ class _RowReader:
             return "unreadable"
         if row.original_size is not None:
             ids = (*row.original_size, *ids[2:])
-        return _Item(row.index, row.caption, pixels, ids)
+        return row.caption, pixels, ids
 
     def __iter__(self) -> Iterator[_Item]:
-        for row in self.source.rows(self.consumed, self.total):
+        for row in self.source.rows(self.consumed, self.stop):
             loaded = self._load(row)
             self.consumed += 1
             if isinstance(loaded, str):
                 self.skipped[loaded] += 1
             else:
-                yield loaded
-        self.consumed = self.total  # a source that held fewer rows than it said is read to its end
+                yield _Item(row.index, *loaded, consumed=self.consumed, skipped=dict(self.skipped))
+        self.consumed = self.stop  # a source that held fewer rows than it said is read to its end
 
 
 # --------------------------------------------------------------------------- the teacher
@@ -339,7 +360,10 @@ def _check_same(meta: dict[str, Any], wanted: dict[str, Any], out: Path) -> None
         )
 
 
-def _fresh_meta(identity: dict[str, Any], teacher: str, kind: Kind, pipe: Any, n_rows: int) -> dict[str, Any]:
+def _fresh_meta(
+    identity: dict[str, Any], teacher: str, kind: Kind, pipe: Any, n_rows: int, rows: tuple[int, int]
+) -> dict[str, Any]:
+    """A new cache.json for rows ``rows`` (all ``n_rows`` of the source for a one-process cache)."""
     factor = int(pipe.vae_scale_factor)
     side = identity["resolution"] // factor
     keys = ["latents", "prompt_embeds", *(["pooled_prompt_embeds", "time_ids"] if kind == "sdxl" else []), "index"]
@@ -347,7 +371,8 @@ def _fresh_meta(identity: dict[str, Any], teacher: str, kind: Kind, pipe: Any, n
             "teacher": teacher, "kind": kind, **identity, "n_rows": n_rows,
             "latent_shape": [int(pipe.vae.config.latent_channels), side, side],
             "scaling_factor": float(pipe.vae.config.scaling_factor), "keys": keys,
-            "n": 0, "next_row": 0, "complete": False, "skipped": {}, "n_skipped": 0, "shards": []}  # fmt: skip
+            "start_row": rows[0], "stop_row": rows[1], "n": 0, "next_row": rows[0], "complete": False,
+            "skipped": {}, "n_skipped": 0, "shards": []}  # fmt: skip
 
 
 def _resumable(meta: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -356,7 +381,7 @@ def _resumable(meta: dict[str, Any], out: Path) -> dict[str, Any]:
     _remove_strays(out, kept)
     if len(kept) == len(meta["shards"]) and meta["complete"]:
         return meta
-    last: dict[str, Any] = kept[-1] if kept else {"end_row": 0, "skipped": {}}
+    last: dict[str, Any] = kept[-1] if kept else {"end_row": meta.get("start_row", 0), "skipped": {}}
     skipped: dict[str, int] = dict(last["skipped"])
     return {**meta, "shards": kept, "n": sum(record["n"] for record in kept), "next_row": last["end_row"],
             "skipped": skipped, "n_skipped": sum(skipped.values()), "complete": False}  # fmt: skip
@@ -384,45 +409,85 @@ def check_resolution(resolution: int, pipe: Any) -> None:
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What writing any part of one cache needs: the source, the loaded encoders and the run's settings."""
+
+    source: Source
+    pipe: Any
+    kind: Kind
+    identity: dict[str, Any]
+    teacher: str
+    batch_size: int
+    shard_size: int
+    progress: bool
+    position: int  # the progress bar's line: the process's rank, so that several bars do not overwrite
+
+
+@dataclass
+class _Work:
+    """What this call did: rows encoded, seconds spent reading and encoding, the part of them in the encoders."""
+
+    encoded: int = 0
+    seconds: float = 0.0
+    encoder_seconds: float = 0.0
+    resumed: bool = False
+    kind: Kind | None = None  # the teacher's, once its pipeline is loaded
+
+
 def _batched(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
     iterator = iter(items)
     while batch := list(itertools.islice(iterator, size)):
         yield batch
 
 
-def _record_progress(meta: dict[str, Any], reader: _RowReader) -> None:
-    meta["next_row"] = reader.consumed
-    meta["skipped"] = dict(sorted(reader.skipped.items()))
-    meta["n_skipped"] = sum(reader.skipped.values())
-    meta["complete"] = reader.consumed == reader.total
+def _record_progress(meta: dict[str, Any], consumed: int, skipped: dict[str, int]) -> None:
+    meta["next_row"] = consumed
+    meta["skipped"] = dict(sorted(skipped.items()))
+    meta["n_skipped"] = sum(skipped.values())
+    meta["complete"] = consumed == meta.get("stop_row", meta["n_rows"])
 
 
-def _encode_shards(
-    pipe: Any, meta: dict[str, Any], reader: _RowReader, out: Path, batch_size: int, shard_size: int, bar: tqdm
-) -> int:
-    """Encode the reader's rows shard by shard, recording each shard in cache.json once it is on disk."""
-    items = iter(reader)
-    encoded = 0
-    while True:
-        parts, captions = [], []
-        for batch in _batched(itertools.islice(items, shard_size), batch_size):
-            parts.append(_encode_batch(pipe, meta["kind"], batch))
-            captions += [item.text for item in batch]
-            bar.update(reader.consumed - bar.n)
-            bar.set_postfix(skipped=sum(reader.skipped.values()), refresh=False)
-        if not parts:
-            break
-        name = _write_shard(out, len(meta["shards"]), parts, meta["dtype"], meta["kind"], captions)
-        rows = sum(len(part["index"]) for part in parts)
-        _record_progress(meta, reader)
-        meta["shards"].append({"file": name, "n": rows, "end_row": reader.consumed, "skipped": meta["skipped"]})
-        meta["n"] += rows
-        encoded += rows
-        _write_meta(out, meta)
-    _record_progress(meta, reader)
+def _encode_shards(job: _Job, meta: dict[str, Any], reader: _RowReader, out: Path, bar: tqdm, work: _Work) -> None:
+    """Encode the reader's rows shard by shard, recording each shard in cache.json once it is on disk. Rows are
+    read and decoded a few batches ahead in a thread, while the encoders work on the current batch."""
+    started, first = time.perf_counter(), meta.get("start_row", 0)
+    with closing(prefetched(iter(reader), depth=2 * job.batch_size)) as items:
+        while True:
+            parts, captions, last = [], [], None
+            for batch in _batched(itertools.islice(items, job.shard_size), job.batch_size):
+                before = time.perf_counter()
+                parts.append(_encode_batch(job.pipe, job.kind, batch))
+                work.encoder_seconds += time.perf_counter() - before
+                captions += [item.text for item in batch]
+                last = batch[-1]
+                bar.update(last.consumed - first - bar.n)
+                bar.set_postfix(skipped=sum(last.skipped.values()), refresh=False)
+            if last is None:
+                break
+            name = _write_shard(out, len(meta["shards"]), parts, meta["dtype"], job.kind, captions)
+            rows = sum(len(part["index"]) for part in parts)
+            _record_progress(meta, last.consumed, last.skipped)
+            meta["shards"].append({"file": name, "n": rows, "end_row": last.consumed, "skipped": meta["skipped"]})
+            meta["n"] += rows
+            work.encoded += rows
+            _write_meta(out, meta)
+    _record_progress(meta, reader.consumed, reader.skipped)
     _write_meta(out, meta)
-    bar.update(reader.consumed - bar.n)
-    return encoded
+    bar.update(reader.consumed - first - bar.n)
+    work.seconds += time.perf_counter() - started
+
+
+def _write_part(job: _Job, folder: Path, rows: tuple[int, int], existing: dict[str, Any] | None, work: _Work) -> None:
+    """Write, or resume, the cache of the source's rows ``rows`` in ``folder``."""
+    meta = _start_or_resume(folder, existing, job.identity, lambda: _fresh_meta(
+        job.identity, job.teacher, job.kind, job.pipe, len(job.source), rows))  # fmt: skip
+    work.resumed |= existing is not None and meta["next_row"] > rows[0]
+    reader = _RowReader(job.source, meta["next_row"], rows[1], meta["skipped"], job.identity["resolution"])
+    desc = f"cache {folder.name}" if _PART.fullmatch(folder.name) else "cache"
+    with tqdm(total=rows[1] - rows[0], initial=meta["next_row"] - rows[0], desc=desc, unit="img",
+              disable=not job.progress, position=job.position) as bar:  # fmt: skip
+        _encode_shards(job, meta, reader, folder, bar, work)
 
 
 def _check_arguments(batch_size: int, shard_size: int, dtype: str) -> None:
@@ -430,6 +495,27 @@ def _check_arguments(batch_size: int, shard_size: int, dtype: str) -> None:
         raise PrunerError(f"batch_size and shard_size must be at least 1, got {batch_size} and {shard_size}")
     if dtype not in _DTYPES:
         raise PrunerError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+
+
+def _process_device(device: str | torch.device, world: World) -> str | torch.device:
+    """The accelerator accelerate gave this process when ``device`` names only a kind (``cuda``): with several
+    processes on one machine, each encodes on its own GPU."""
+    if world.device is not None and torch.device(device).index is None and torch.device(device).type == "cuda":
+        return world.device
+    return device
+
+
+def _load_job(
+    source: Source, teacher: Teacher, identity: dict[str, Any], resolution: int | None, device: str | torch.device,
+    sizes: tuple[int, int], progress: bool, world: World,
+) -> _Job:  # fmt: skip
+    """Load the teacher's VAE and text encoders on this process's device; settle the resolution."""
+    pipe = teacher.pipeline(dtype=torch.float32, device=_process_device(device, world), with_unet=False)
+    kind = _pipeline_kind(pipe, teacher.reference)
+    # the UNet's config (the pipeline is loaded without it) at the VAE's scale
+    identity["resolution"] = resolution or default_resolution(teacher.config, int(pipe.vae_scale_factor))
+    check_resolution(identity["resolution"], pipe)
+    return _Job(source, pipe, kind, identity, teacher.reference, *sizes, progress, world.rank)
 
 
 def build_cache(
@@ -443,37 +529,141 @@ def build_cache(
     progress: bool = True,
     dtype: str = "float32",
     device: str | torch.device = "cpu",
+    world: World | None = None,
 ) -> CacheSummary:
     """Encode every usable row of ``data`` with ``teacher``'s VAE and text encoder(s) into shards in ``out``.
 
     ``resolution`` defaults to the pipeline's default image size. Re-running the same call on the same
     ``out`` resumes after the last complete shard; a cache of other data, teacher, resolution or dtype is
     refused with a PrunerError. ``dtype`` is how floats are stored; the encoders always run in float32.
+
+    ``world`` is this process's place in a launch (:func:`pruner.data.world.current_world`; default: one
+    process). A cache is written in as many parts (row ranges) as the run that started it had processes,
+    and process ``rank`` writes parts ``rank``, ``rank + size``, ...: a resumed run may have any number.
     """
     _check_arguments(batch_size, shard_size, dtype)
     out_dir = check_output_dir(Path(out).expanduser(), "cache folder")
     source = data if isinstance(data, Source) else ImageFolder(data)
-    with output_lock(out_dir, "cache folder"):
-        identity: dict[str, Any] = {"data": source.description, "metadata_sha256": source.fingerprint,
-                                    "teacher_id": teacher.identity, "dtype": dtype}  # fmt: skip
-        existing = _existing_meta(out_dir)
-        if existing is not None:
-            _check_same(existing, identity, out_dir)
-        pipe = teacher.pipeline(dtype=torch.float32, device=device, with_unet=False)
-        kind = _pipeline_kind(pipe, teacher.reference)
-        # the UNet's config (the pipeline is loaded without it) at the VAE's scale
-        identity["resolution"] = resolution or default_resolution(teacher.config, int(pipe.vae_scale_factor))
-        check_resolution(identity["resolution"], pipe)
-        meta = _start_or_resume(
-            out_dir, existing, identity, lambda: _fresh_meta(identity, teacher.reference, kind, pipe, len(source))
-        )
-        resumed = existing is not None and meta["next_row"] > 0
-        reader = _RowReader(source, meta["next_row"], meta["skipped"], identity["resolution"])
-        with tqdm(total=reader.total, initial=reader.consumed, desc="cache", unit="img", disable=not progress) as bar:
-            encoded = _encode_shards(pipe, meta, reader, out_dir, batch_size, shard_size, bar)
-        return CacheSummary(n_written=meta["n"], n_skipped=meta["n_skipped"], n_total=reader.total,
-                            shards=len(meta["shards"]), out=out_dir, resumed=resumed, kind=kind,
-                            skipped_reasons=dict(meta["skipped"]), n_encoded=encoded)  # fmt: skip
+    world = world or World()
+    identity: dict[str, Any] = {"data": source.description, "metadata_sha256": source.fingerprint,
+                                "teacher_id": teacher.identity, "dtype": dtype,
+                                **({"resolution": resolution} if resolution else {})}  # fmt: skip
+    parts = _part_count(out_dir, world.size)
+    if parts > 1 and _finished_index(out_dir, identity) is not None:
+        return _summary(out_dir, parts, [], _Work())
+    mine, work = list(range(world.rank, parts, world.size)), _Work()
+    folders = [_part_folder(out_dir, part, parts) for part in mine]
+    with ExitStack() as locks:
+        for folder in folders:
+            locks.enter_context(output_lock(folder, "cache folder"))
+        existing = [_existing_meta(folder) for folder in folders]
+        for folder, meta in zip(folders, existing, strict=True):
+            if meta is not None:
+                _check_same(meta, identity, folder)
+        job = _load_job(source, teacher, identity, resolution, device, (batch_size, shard_size), progress, world)
+        work.kind = job.kind
+        for part, folder, meta in zip(mine, folders, existing, strict=True):
+            _write_part(job, folder, row_range(len(source), part, parts), meta, work)
+    return _summary(out_dir, parts, mine, work)
+
+
+# --------------------------------------------------------------------------- parts written by several processes
+
+
+def _part_folder(out: Path, part: int, parts: int) -> Path:
+    """Where part ``part`` of ``parts`` is written: ``out`` itself for a one-process cache."""
+    return out if parts == 1 else out / f"part-{part:05d}-of-{parts:05d}"
+
+
+def _part_count(out: Path, processes: int) -> int:
+    """In how many parts the cache in ``out`` is written: as its index or part folders say (a resumed cache
+    keeps its parts, whatever the number of processes now), else one per process. A folder holding other
+    things than a cache is refused."""
+    if (out / CACHE_FILE).is_file():
+        return int(_read_meta(out / CACHE_FILE).get("parts", 1))
+    entries = [path for path in out.iterdir() if not path.name.startswith(".")] if out.is_dir() else []
+    counts = {int(match.group(2)) for path in entries if (match := _PART.fullmatch(path.name)) and path.is_dir()}
+    if len(counts) > 1:
+        raise PrunerError(f"{out} holds parts of caches cut {sorted(counts)} ways; delete {out} and rebuild")
+    if counts and len(entries) > sum(1 for path in entries if _PART.fullmatch(path.name)):
+        counts = set()  # other things beside the parts: refused below
+    if counts:
+        return counts.pop()
+    if entries and any(not path.name.endswith(_TMP) for path in entries):
+        raise PrunerError(f"{out} is not empty and holds no {CACHE_FILE}; give a new or empty folder for the cache")
+    return processes
+
+
+def _intact_index(out: Path) -> dict[str, Any] | None:
+    """The index in ``out`` when it is complete and every shard it lists holds its rows; else None."""
+    if not (out / CACHE_FILE).is_file():
+        return None
+    meta = _read_meta(out / CACHE_FILE)
+    return meta if meta["complete"] and _intact_prefix(out, meta["shards"]) == meta["shards"] else None
+
+
+def _finished_index(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The index of a finished cache of several parts made from this run's inputs (None: work is left)."""
+    if (out / CACHE_FILE).is_file():
+        _check_same(_read_meta(out / CACHE_FILE), identity, out)
+    return _intact_index(out)
+
+
+def _part_metas(out: Path, parts: int) -> list[dict[str, Any] | None]:
+    """Each part's cache.json as it is on disk (None for a part not started)."""
+    paths = [_part_folder(out, part, parts) / CACHE_FILE for part in range(parts)]
+    return [_read_meta(path) if path.is_file() else None for path in paths]
+
+
+def _merged(metas: list[dict[str, Any]], parts: int) -> dict[str, Any]:
+    """One index for the complete parts ``metas``: their shards in row order (each record's skips counted
+    from the first row, as a one-process cache counts them), their rows and skips added up."""
+    shards, skipped = [], Counter[str]()
+    for part, meta in enumerate(metas):
+        folder = _part_folder(Path(), part, parts).name
+        for record in meta["shards"]:
+            upto = dict(sorted((skipped + Counter(record["skipped"])).items()))
+            shards.append({**record, "file": f"{folder}/{record['file']}", "skipped": upto})
+        skipped += Counter(meta["skipped"])
+    first = metas[0]
+    return {**first, "parts": parts, "start_row": 0, "stop_row": first["n_rows"], "next_row": first["n_rows"],
+            "n": sum(meta["n"] for meta in metas), "skipped": dict(sorted(skipped.items())),
+            "n_skipped": sum(skipped.values()), "complete": True, "shards": shards}  # fmt: skip
+
+
+def _write_index(out: Path, parts: int) -> dict[str, Any] | None:
+    """Write the index once every part is complete, and return it (None while parts are left).
+
+    Every process calls this when its parts are done, under a lock: the last to finish sees every part
+    complete (each wrote its own cache.json before asking) and writes the index; one that comes later finds it.
+    Nothing waits on the others through the process group, so parts that end hours apart are fine."""
+    with output_lock(out / CACHE_FILE, "cache index", wait=INDEX_WAIT_S):
+        if (index := _intact_index(out)) is not None:
+            return index
+        metas = _part_metas(out, parts)
+        complete = [meta for meta in metas if meta is not None and meta["complete"]]
+        if len(complete) < parts:
+            return None
+        index = _merged(complete, parts)
+        _write_meta(out, index)
+        return index
+
+
+def _summary(out: Path, parts: int, mine: list[int], work: _Work) -> CacheSummary:
+    """What ``out`` holds once this process is done: the whole cache when its index is written, else this
+    process's parts, with the number of parts that others are still writing."""
+    index = _write_index(out, parts) if parts > 1 else _intact_index(out)
+    on_disk = _part_metas(out, parts)
+    own = [index] if index is not None else [meta for part in mine if (meta := on_disk[part]) is not None]
+    waiting = 0 if index is not None else sum(meta is None or not meta["complete"] for meta in on_disk)
+    skipped = sum((Counter(meta["skipped"]) for meta in own), Counter[str]())
+    return CacheSummary(
+        n_written=sum(meta["n"] for meta in own), n_skipped=sum(skipped.values()),
+        n_total=sum(meta.get("stop_row", meta["n_rows"]) - meta.get("start_row", 0) for meta in own),
+        shards=sum(len(meta["shards"]) for meta in own), out=out, resumed=work.resumed,
+        kind=work.kind or own[0]["kind"], skipped_reasons=dict(sorted(skipped.items())),
+        n_encoded=work.encoded, seconds=work.seconds, encoder_seconds=work.encoder_seconds, waiting=waiting,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- reading a cache

@@ -90,7 +90,7 @@ def optuna_logging_to_warnings() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-_PARAMETER = re.compile(r"\b([a-z][a-z_]*)=(?=[\s,;:)'\"]|$)")
+_PARAMETER = re.compile(r"\b([a-z][a-z0-9_]*)=(?=[\s,;:)'\"]|$)")  # hpsv2_model= too
 _API = (pruner.api.search, pruner.api.distill, pruner.api.evaluate, pruner.api.cache)
 # API names the CLI spells otherwise: the knobs' declared flags, and the library's own name for --grid
 _FLAGS = {p.name: flag(p) for fn in _API for p in params(fn).values() if p.knob.flag} | {"grid_path": "--grid"}

@@ -207,8 +207,9 @@ def _hps_checkpoint(where: str) -> Path:
         try:
             checkpoint = Path(hf_hub_download("xswu/HPSv2", HPS_VERSIONS[where]))
         except Exception as exc:  # offline, unreachable, not found: huggingface_hub raises several kinds
+            why = "downloads are off" if offline() else first_line(exc)
             raise PrunerError(
-                f"HPSv2 {where} weights are not on this machine ({first_line(exc)}): run `hf download xswu/HPSv2 "
+                f"HPSv2 {where} weights are not on this machine ({why}): run `hf download xswu/HPSv2 "
                 f"{HPS_VERSIONS[where]}` where the Hub is reachable, or pass hpsv2_model= that file"
             ) from None
     if offline() and not isinstance(try_to_load_from_cache(*HPS_BASE), str):

@@ -112,6 +112,8 @@ def test_missing_hpsv2_weights_offline_are_one_line_naming_the_file(
     with pytest.raises(PrunerError) as exc:  # the checkpoint is here, the CLIP-H it builds on is not
         load_preference("hpsv2", str(tmp_path / "hps.pt"))
     assert "laion/CLIP-ViT-H-14-laion2B-s32B-b79K open_clip_pytorch_model.bin" in one_line(exc)
+    result = runner.invoke(app, evaluate(tmp_path, "--metrics", "hpsv2"))
+    assert result.exit_code == 2 and "downloads are off" in result.output and "--hpsv2-model" in result.output
 
 
 class FakeReward:

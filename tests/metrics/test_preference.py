@@ -9,7 +9,9 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -174,3 +176,45 @@ def test_eval_and_compare_report_pickscore_of_student_and_teacher_with_its_model
     assert teacher["metrics"]["pickscore"] == pytest.approx(metrics["teacher_pickscore"], abs=1e-4)
     assert student["metrics"]["pickscore"] == pytest.approx(metrics["pickscore"], abs=1e-4)
     assert "| PickScore |" in (tmp_path / "c.md").read_text() and json.loads(compared.stdout)["settings"] == protocol
+
+
+class FakeHps(torch.nn.Module):
+    """Stands in for hpsv2's open_clip ViT-H-14: features of a picture and of a prompt, normalised, in a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image, self.text = torch.nn.Linear(3, 4), torch.nn.Embedding(128, 4)
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        image = torch.nn.functional.normalize(self.image(images.mean((2, 3))), dim=-1)
+        return {
+            "image_features": image,
+            "text_features": torch.nn.functional.normalize(self.text(texts).mean(1), dim=-1),
+        }
+
+
+def test_hpsv2_reads_its_checkpoint_once_into_the_packages_model_and_scores_each_pair(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Through a stand-in of the hpsv2 package (its model, preprocessing and tokenizer): the checkpoint's weights
+    are what score, and each picture scores its own prompt as hpsv2.score does (image · text features)."""
+    trained = FakeHps()
+    torch.save({"state_dict": trained.state_dict()}, tmp_path / "hps.pt")
+    img_score = types.SimpleNamespace(model_dict={}, device="cpu")
+    img_score.initialize_model = lambda: img_score.model_dict.update(
+        model=FakeHps(), preprocess_val=lambda p: torch.tensor(np.asarray(p), dtype=torch.float32).permute(2, 0, 1)
+    )
+    tokenize = lambda texts: torch.tensor([[ord(c) % 128 for c in t[:4].ljust(4)] for t in texts])  # noqa: E731
+    open_clip = types.SimpleNamespace(get_tokenizer=lambda name: tokenize)
+    for name, module in (("hpsv2", types.SimpleNamespace(img_score=img_score)), ("hpsv2.img_score", img_score),
+                         ("hpsv2.src", types.SimpleNamespace()), ("hpsv2.src.open_clip", open_clip)):  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: "cached")  # the CLIP-H it builds on
+    scorer = load_preference("hpsv2", str(tmp_path / "hps.pt"))
+    pictures = [Image.new("RGB", (8, 8), color) for color in ("red", "green", "blue")]
+    prompts = ["a red one", "green", "blue sky"]
+    with torch.no_grad():
+        out = trained(torch.stack([img_score.model_dict["preprocess_val"](p) for p in pictures]), tokenize(prompts))
+    expected = (out["image_features"] @ out["text_features"].T).diagonal()
+    assert scorer.score(pictures, prompts) == pytest.approx(expected.tolist(), abs=1e-6)
+    assert scorer.model == str(tmp_path / "hps.pt")

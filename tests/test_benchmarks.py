@@ -54,3 +54,12 @@ def test_lora_port_benchmark_prints_the_behaviour_table(tmp_path: Path) -> None:
 def test_onnx_latency_benchmark_prints_both_runtimes_for_teacher_and_student() -> None:
     out = run("benchmarks/onnx_latency.py", "--runs", "2")
     assert "| teacher |" in out and "| student |" in out and "student vs teacher speedup" in out
+
+
+def test_cache_throughput_benchmark_prints_its_table(tmp_path: Path) -> None:
+    out = run("benchmarks/cache_throughput.py", "--rows", "8", "--sources", "folder", "--processes", "1",
+              "--markdown", str(tmp_path / "table.md"))  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| folder |")]
+    assert len(rows) == 1 and "| 1 | 1 | 8 |" in rows[0]  # one process, one torch thread, 8 rows
+    assert "encoders' share" in out and "lowest encoders' share" in out
+    assert (tmp_path / "table.md").read_text().strip() == out.strip()

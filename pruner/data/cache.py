@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from pruner import __version__
-from pruner.data.prefetch import prefetched
+from pruner.data.prefetch import decode_threads, ordered_map, prefetched
 from pruner.data.sources import Picture, Source, SourceRow
 from pruner.data.sources.folder import ImageFolder, read_metadata
 from pruner.data.world import World, row_range
@@ -181,9 +181,12 @@ class _RowReader:
     resumed run restores.
     """
 
-    def __init__(self, source: Source, start: int, stop: int, skipped: dict[str, int], resolution: int) -> None:
+    def __init__(
+        self, source: Source, start: int, stop: int, skipped: dict[str, int], resolution: int, threads: int = 1
+    ) -> None:
         self.source, self.consumed, self.stop, self.resolution = source, start, stop, resolution
         self.skipped: Counter[str] = Counter(skipped)
+        self.threads = threads  # pictures decoded at once
 
     def _load(self, row: SourceRow) -> tuple[str, torch.Tensor, TimeIds] | str:
         """The row's caption, pixels and time ids, or the reason it is skipped."""
@@ -202,8 +205,7 @@ class _RowReader:
         return row.caption, pixels, ids
 
     def __iter__(self) -> Iterator[_Item]:
-        for row in self.source.rows(self.consumed, self.stop):
-            loaded = self._load(row)
+        for row, loaded in ordered_map(self._load, self.source.rows(self.consumed, self.stop), self.threads):
             self.consumed += 1
             if isinstance(loaded, str):
                 self.skipped[loaded] += 1
@@ -422,6 +424,7 @@ class _Job:
     shard_size: int
     progress: bool
     position: int  # the progress bar's line: the process's rank, so that several bars do not overwrite
+    threads: int  # pictures decoded at once
 
 
 @dataclass
@@ -483,7 +486,7 @@ def _write_part(job: _Job, folder: Path, rows: tuple[int, int], existing: dict[s
     meta = _start_or_resume(folder, existing, job.identity, lambda: _fresh_meta(
         job.identity, job.teacher, job.kind, job.pipe, len(job.source), rows))  # fmt: skip
     work.resumed |= existing is not None and meta["next_row"] > rows[0]
-    reader = _RowReader(job.source, meta["next_row"], rows[1], meta["skipped"], job.identity["resolution"])
+    reader = _RowReader(job.source, meta["next_row"], rows[1], meta["skipped"], job.identity["resolution"], job.threads)
     desc = f"cache {folder.name}" if _PART.fullmatch(folder.name) else "cache"
     with tqdm(total=rows[1] - rows[0], initial=meta["next_row"] - rows[0], desc=desc, unit="img",
               disable=not job.progress, position=job.position) as bar:  # fmt: skip
@@ -515,7 +518,8 @@ def _load_job(
     # the UNet's config (the pipeline is loaded without it) at the VAE's scale
     identity["resolution"] = resolution or default_resolution(teacher.config, int(pipe.vae_scale_factor))
     check_resolution(identity["resolution"], pipe)
-    return _Job(source, pipe, kind, identity, teacher.reference, *sizes, progress, world.rank)
+    threads = decode_threads(world.here)
+    return _Job(source, pipe, kind, identity, teacher.reference, *sizes, progress, world.rank, threads)
 
 
 def build_cache(

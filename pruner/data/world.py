@@ -20,12 +20,13 @@ _SIZE_VARIABLES = ["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_W
 
 @dataclass(frozen=True)
 class World:
-    """Process ``rank`` of ``size``; ``device`` is the accelerator accelerate assigned this process
-    (``cuda:LOCAL_RANK``), None on the CPU or with one process."""
+    """Process ``rank`` of ``size``, one of ``here`` on this machine; ``device`` is the accelerator accelerate
+    assigned this process (``cuda:LOCAL_RANK``), None on the CPU or with one process."""
 
     rank: int = 0
     size: int = 1
     device: str | None = None
+    here: int = 1
 
 
 def launched() -> bool:
@@ -43,10 +44,12 @@ def current_world(cpu: bool = False) -> World:
     if not launched():
         return World()
     from accelerate import PartialState
+    from accelerate.utils import get_int_from_env
 
     state = PartialState(cpu=cpu)
     device = state.device if state.device is not None and state.device.type != "cpu" else None
-    return World(state.process_index, state.num_processes, None if device is None else str(device))
+    here = get_int_from_env(["LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"], state.num_processes)
+    return World(state.process_index, state.num_processes, None if device is None else str(device), here)
 
 
 def row_range(n_rows: int, part: int, parts: int) -> tuple[int, int]:

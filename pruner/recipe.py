@@ -135,6 +135,14 @@ class Provenance(_Strict):
     trial: int | None = None
     objectives: dict[str, float] | None = None
     costs: dict[str, float] | None = None
+    choice: str | None = Field(
+        None,
+        description="Why the search's found.yaml names this plan (a sampled plan over the sensitivity seed "
+        "only when its lead is clear of the noise).",
+    )
+    ties: list[int] | None = Field(
+        None, description="Trials of the same front whose proxy KD is within the search's noise of this one's."
+    )
 
 
 class Recipe(_Strict):

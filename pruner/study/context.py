@@ -18,7 +18,14 @@ from pruner.distillation.engine import PlainRuntime, Runtime
 from pruner.errors import PrunerError
 from pruner.study.config import SearchConfig
 from pruner.study.heuristics import attention_modules
-from pruner.study.proxy import Calibration, build_calibration, group_sensitivity, proxy_batch, unit_sensitivity
+from pruner.study.proxy import (
+    Calibration,
+    ProxyRun,
+    build_calibration,
+    group_sensitivity,
+    proxy_batch,
+    unit_sensitivity,
+)
 from pruner.study.space import SearchSpace, load_space, width_levels
 from pruner.teacher import Teacher
 from pruner.unet.plan import Plan, nearest_expressible, unit_kinds
@@ -61,6 +68,13 @@ class SearchContext:
 
     def allow(self, name: str) -> bool:
         return self._allow(name)
+
+    def proxy_run(self, plan: Plan, seed: int, calib: Calibration | None = None) -> ProxyRun:
+        """The proxy fine-tune of ``plan`` with rows in the order ``seed`` gives, on ``calib`` (default: the
+        search's calibration), as every trial runs it."""
+        width = self.space.width_importance
+        return ProxyRun(self.teacher, plan, self.topo, calib or self.calib, seed=seed, importance=width,
+                        batch=self.proxy_batch, runtime=self.runtime)  # fmt: skip
 
 
 def check_budget(

@@ -18,7 +18,7 @@ from pruner.data.bundled import data_reference
 from pruner.errors import PrunerError
 from pruner.recipe import DistillSpec, LossSpec, PlanSpec, Provenance, Recipe, StageSpec, TeacherSpec, WidthSpec
 from pruner.student import derive_student_spec
-from pruner.study.front import NO_FEASIBLE, best_quality_trial, cost_keys, export_front, pareto_trials
+from pruner.study.front import cost_keys, export_front, front_recipes
 from pruner.teacher import Teacher
 from pruner.unet.plan import Plan, compress_names
 from pruner.unet.surgery import meta_unet
@@ -92,11 +92,7 @@ def export_study(study: optuna.Study, out: Path, teacher: Teacher | None = None)
 
 
 def study_recipes(study: optuna.Study, teacher: Teacher | None = None) -> tuple[Recipe, list[Recipe]]:
-    """A finished study's found recipe (best quality within budget) and its Pareto front's recipes."""
-    recipe_of = _recipe_maker(study, teacher)
-    best = best_quality_trial(study)
-    if best is None:
-        raise PrunerError(NO_FEASIBLE)
-    front = [recipe_of(t) for t in pareto_trials(study)]
-    found = next((r for r in front if r.provenance and r.provenance.trial == best.number), None)
-    return found or recipe_of(best), front
+    """A finished study's found recipe (``found_trial``: best quality within budget, or the sensitivity seed
+    where the best plan's lead over it is within noise) and its Pareto front's recipes, cheapest first."""
+    found, front = front_recipes(study, _recipe_maker(study, teacher))
+    return found, list(front.values())

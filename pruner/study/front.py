@@ -32,15 +32,19 @@ __all__ = [
     "best_quality_trial",
     "constraint_values",
     "cost_keys",
+    "describe_choice",
     "describe_noise_floor",
     "export_front",
     "feasible_trials",
+    "found_trial",
+    "front_recipes",
     "front_rows",
     "front_table",
     "is_feasible",
     "pareto_trials",
     "plot_front",
     "rung_summary",
+    "tied_trials",
 ]
 
 EXPORT_WAIT = 120.0  # seconds a worker waits for another worker of the study to finish writing --out
@@ -125,6 +129,36 @@ def best_quality_trial(study: optuna.Study) -> FrozenTrial | None:
     return _best(study, feasible_trials(study))
 
 
+def _choice_for(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
+    """The search's ``found_choice`` when it was made for ``best`` (later trials may have changed the best)."""
+    choice = study.user_attrs.get("found_choice") or {}
+    valid = best is not None and choice.get("candidate") == best.number and choice.get("chosen") is not None
+    return dict(choice) if valid else {}
+
+
+def _chosen(study: optuna.Study, best: FrozenTrial | None) -> FrozenTrial | None:
+    """The trial the search's ``found_choice`` names when it was made for ``best``, else ``best``."""
+    choice = _choice_for(study, best)
+    return study.get_trials(deepcopy=False)[int(choice["chosen"])] if choice else best
+
+
+def found_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The trial found.yaml names: the best quality, or the sensitivity seed where the search found the best
+    plan's lead over it within noise (its ``found_choice``, ``pruner.study.choice``)."""
+    return _chosen(study, best_quality_trial(study))
+
+
+def tied_trials(study: optuna.Study, trials: Sequence[FrozenTrial]) -> dict[int, list[int]]:
+    """For each of ``trials``, the others whose proxy KD is within the study's noise of its own (the
+    ``tie_margin`` its found choice recorded, a share of the better score): leads too small to count."""
+    margin = _choice_for(study, best_quality_trial(study)).get("tie_margin")
+    scores = {t.number: q for t in trials if (q := _quality(t)) is not None}
+    if not margin:
+        return {}
+    return {a: [b for b, kb in scores.items() if b != a and abs(ka - kb) <= margin * min(ka, kb)]
+            for a, ka in scores.items()}  # fmt: skip
+
+
 # --- what each trial found ---------------------------------------------------------------------------------
 
 
@@ -185,9 +219,11 @@ def _row(trial: FrozenTrial, names: Sequence[str]) -> dict[str, Any]:
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One dict per Pareto trial, cheapest first; ``removed`` is the recipe's folded form, comma-separated."""
-    names = _metric_names(study)
-    return [_row(t, names) for t in pareto_trials(study)]
+    """One dict per Pareto trial, cheapest first; ``removed`` is the recipe's folded form, comma-separated, and
+    ``ties`` the other front trials whose proxy KD is within noise of this one's (``tied_trials``)."""
+    names, front = _metric_names(study), pareto_trials(study)
+    ties = tied_trials(study, front)
+    return [{**_row(t, names), "ties": ties.get(t.number, [])} for t in front]
 
 
 # --- table -------------------------------------------------------------------------------------------------
@@ -209,20 +245,21 @@ def front_table(study: optuna.Study, title: str | None = None) -> Table:
     if title is None:
         title = f"Pareto front of {study.study_name}: {len(rows)} of {len(feasible_trials(study))} feasible trials"
     costs = [k for k in KINDS.values() if any(r[k.attr] is not None for r in rows)]
-    notes = [n for n in (rung_summary(study), describe_noise_floor(study)) if n]
+    notes = [n for n in (rung_summary(study), describe_noise_floor(study), describe_choice(study)) if n]
     table = Table(title=title, caption="\n".join([_SHORT_NAMES_CAPTION, *notes]) if rows else None)
-    widths = any(r["ff_keep"] for r in rows)
-    headers = ("trial", "seed", *(k.noun for k in costs), "proxy KD", "n removed", *(("FF keep",) if widths else ()))
+    widths, ties = any(r["ff_keep"] for r in rows), any(r["ties"] for r in rows)
+    headers = ("trial", "seed", *(k.noun for k in costs), "proxy KD", *(("ties",) if ties else ()), "n removed",
+               *(("FF keep",) if widths else ()))  # fmt: skip
     for header in headers:
-        table.add_column(header, justify="left" if header in ("seed", "FF keep") else "right", no_wrap=True)
+        table.add_column(header, justify="left" if header in ("seed", "FF keep", "ties") else "right", no_wrap=True)
     table.add_column("removed", overflow="fold")
     for r in rows:
         cost_cells = [_cell(r[k.attr], k.format) for k in costs]
         quality = _cell(r["proxy_kd"], lambda v: f"{v:.4g}")
+        tie = ["=" + ",".join(map(str, r["ties"])) if r["ties"] else ""] if ties else []
         ff = [" ".join(f"L{k}:{v:g}" for k, v in sorted(r["ff_keep"].items())) or "full"] if widths else []
-        table.add_row(
-            str(r["number"]), r["label"] or "", *cost_cells, quality, str(r["n_removed"]), *ff, _short(r["removed"])
-        )
+        table.add_row(str(r["number"]), r["label"] or "", *cost_cells, quality, *tie, str(r["n_removed"]), *ff,
+                      _short(r["removed"]))  # fmt: skip
     return table
 
 
@@ -250,6 +287,16 @@ def describe_noise_floor(study: optuna.Study) -> str | None:
     )
 
 
+def describe_choice(study: optuna.Study) -> str | None:
+    """Why found.yaml names the plan it names (the search's ``found_choice``), or None before it was made."""
+    choice = _choice_for(study, best_quality_trial(study))
+    if not choice:
+        return None
+    margin = choice.get("tie_margin")
+    ties = f"; front plans within {100 * margin:.1f}% of each other are ties" if margin else ""
+    return f"found: {choice['reason']}{ties}"
+
+
 # --- plot --------------------------------------------------------------------------------------------------
 
 
@@ -258,6 +305,7 @@ class _Point:
     x: float
     y: float
     label: str | None
+    number: int = -1
 
 
 def _points(trials: Sequence[FrozenTrial], x: str, names: Sequence[str]) -> list[_Point]:
@@ -266,7 +314,7 @@ def _points(trials: Sequence[FrozenTrial], x: str, names: Sequence[str]) -> list
     for trial in trials:
         cost, quality = _cost(trial, x, names), _quality(trial)
         if cost is not None and quality is not None:
-            points.append(_Point(cost, quality, _label(trial)))
+            points.append(_Point(cost, quality, _label(trial), trial.number))
     return points
 
 
@@ -292,6 +340,15 @@ def _draw(ax: Axes, everyone: Sequence[_Point], front: Sequence[_Point], scale: 
         ax.annotate(
             p.label or "", (p.x / scale, p.y), xytext=(6, 4), textcoords="offset points", fontsize=8, color="C3"
         )
+
+
+def _draw_ties(ax: Axes, front: Sequence[_Point], ties: dict[int, list[int]], scale: float) -> None:
+    """A dotted line between front plans whose proxy KD is within noise of each other."""
+    at = {p.number: p for p in front}
+    pairs = {(a, b) for a, others in ties.items() for b in others if a < b and a in at and b in at}
+    for k, (a, b) in enumerate(sorted(pairs)):
+        ax.plot([at[a].x / scale, at[b].x / scale], [at[a].y, at[b].y], linestyle=":", color="C1", linewidth=1.2,
+                zorder=2, label="ties (within noise)" if k == 0 else None)  # fmt: skip
 
 
 def _use_log_scale(points: Sequence[_Point]) -> bool:
@@ -320,12 +377,14 @@ def plot_front(study: optuna.Study, path: Path, x: str = "macs") -> Path:
         raise PrunerError(
             NO_FEASIBLE if not feasible else f"no feasible trial recorded {x}; plot against macs or params"
         )
-    front = _points(_pareto(study), x, names)
+    pareto = _pareto(study)
+    front = _points(pareto, x, names)
     scale, x_label = kind.axis(max(p.x for p in everyone))
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     _draw(ax, everyone, front, scale)
+    _draw_ties(ax, front, tied_trials(study, pareto), scale)
     if _use_log_scale(everyone):
         ax.set_yscale("log")
     ax.set_xlabel(x_label)
@@ -360,23 +419,37 @@ def _write_front(front_dir: Path, recipes: dict[int, Recipe]) -> None:
             old.unlink()
 
 
+def _with_provenance(recipe: Recipe, **fields: Any) -> Recipe:
+    """``recipe`` with provenance ``fields`` set (those given as None left as they are)."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    return recipe.model_copy(update={"provenance": recipe.provenance.model_copy(update=given)}) if given else recipe
+
+
+def front_recipes(study: optuna.Study, recipe_of: Callable[[FrozenTrial], Recipe]) -> tuple[Recipe, dict[int, Recipe]]:
+    """The found recipe (``found_trial``'s, saying why it was chosen) and each Pareto trial's (naming its ties),
+    by trial number."""
+    best = _best(study, feasible_trials(study))
+    found = _chosen(study, best)
+    if found is None:
+        raise PrunerError(NO_FEASIBLE)
+    front = _pareto(study)
+    ties = tied_trials(study, front)
+    recipes = {t.number: _with_provenance(recipe_of(t), ties=ties.get(t.number) or None) for t in front}
+    choice = _choice_for(study, best).get("reason")
+    return _with_provenance(recipes.get(found.number) or recipe_of(found), choice=choice), recipes
+
+
 def export_front(study: optuna.Study, out_dir: Path, recipe_of: Callable[[FrozenTrial], Recipe]) -> dict[str, Path]:
-    """Write ``front/trial-<n>.yaml`` per Pareto trial, ``found.yaml`` (best quality) and ``front.png``.
+    """Write ``front/trial-<n>.yaml`` per Pareto trial, ``found.yaml`` and ``front.png`` (``front_recipes``).
 
     Every recipe is built before any file is written, so a failing ``recipe_of`` leaves an earlier export whole.
     """
     out_dir = Path(out_dir)
-    feasible = feasible_trials(study)
-    best = _best(study, feasible)
-    if best is None:
-        raise PrunerError(NO_FEASIBLE)
-    front = _pareto(study)
-    recipes = {t.number: recipe_of(t) for t in front}
-    found_recipe = recipes[best.number] if best.number in recipes else recipe_of(best)
+    found_recipe, recipes = front_recipes(study, recipe_of)
     front_dir = out_dir / "front"
     with output_lock(out_dir, "--out", wait=EXPORT_WAIT):  # workers of one study end together: one at a time
         front_dir.mkdir(parents=True, exist_ok=True)
         _write_front(front_dir, recipes)
         found = save_recipe(found_recipe, out_dir / "found.yaml")
-        plot = plot_front(study, out_dir / "front.png", x=_plot_axis(study, feasible))
+        plot = plot_front(study, out_dir / "front.png", x=_plot_axis(study, feasible_trials(study)))
     return {"found": found, "front_dir": front_dir, "plot": plot}

@@ -24,9 +24,10 @@ from pruner.study.repair import repair_to_budget
 from pruner.unet.plan import MID_ATTN, Plan, implied_by, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology
 
-__all__ = ["SEEDS", "attention_modules", "emptied_modules", "module_aware_plan", "seed_plans"]
+__all__ = ["ANCHOR", "SEEDS", "attention_modules", "emptied_modules", "module_aware_plan", "seed_plans"]
 
 SEEDS = ("sensitivity", "bk", "koala", "ssd", "vega")  # the one-shot criterion first: the bar to beat
+ANCHOR = SEEDS[0]  # the seed found.yaml falls back to when no sampled plan clearly beats it (pruner.study.choice)
 
 
 def _depth_key(name: str) -> tuple[int, int]:

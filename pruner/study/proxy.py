@@ -118,6 +118,35 @@ class Calibration:
         for chunk in self.held_out.split(batch):
             yield self.inputs.rows(chunk), self.teacher_pred[chunk]
 
+    @torch.no_grad()
+    def renoised(self, teacher: nn.Module, seed: int) -> Calibration:
+        """The same rows with the training rows noised afresh (noise and timesteps drawn from ``seed``) and the
+        teacher's predictions and features on them recomputed; the held-out rows, what plans are scored on, stay.
+
+        Where every training row fits one proxy batch, another row order is the same batch and trains the same
+        student: this is the draw that still varies between repeats. It costs one teacher pass over the
+        training rows (at most one batch in that case)."""
+        train, held = torch.arange(self.n_train), self.held_out
+        rows = self.inputs.rows(train)
+        g = torch.Generator().manual_seed(seed)
+        fresh = KDInputs.noised(self.scheduler, rows.latents, rows.embeds, rows.added, g)
+        with FeatureRecorder(teacher.eval(), list(self.teacher_features)) as rec:
+            out = teacher_pass(teacher, fresh, rec)
+        inputs = _joined(fresh, self.inputs.rows(held))
+        pred = torch.cat([out.pred.to(self.teacher_pred.dtype), self.teacher_pred[held.to(self.teacher_pred.device)]])
+        store = self.teacher_features
+        features = {n: f.to(store[n].device, store[n].dtype) for n, f in out.features.items()}
+        return Calibration(inputs, pred, features, self.n_train, self.level, self.scheduler)
+
+
+def _joined(first: KDInputs, second: KDInputs) -> KDInputs:
+    """The rows of ``first`` then those of ``second``."""
+    cat = lambda x, y: torch.cat([x, y])  # noqa: E731
+    added = {k: cat(v, second.added[k]) for k, v in first.added.items()} if first.added and second.added else None
+    return KDInputs(cat(first.noisy, second.noisy), cat(first.timesteps, second.timesteps),
+                    cat(first.noise, second.noise), cat(first.embeds, second.embeds), added,
+                    cat(first.latents, second.latents))  # fmt: skip
+
 
 def _stack_rows(data: Any, rows: Sequence[int]) -> dict[str, torch.Tensor]:
     items = [data[i] for i in rows]

@@ -4,7 +4,8 @@ Successive halving inside the trial, with ASHA's asynchronous rule: every plan i
 better half of the plans of similar cost (within ``PEER_MACS`` of its MACs) get ``proxy_steps`` of KD,
 the best third of those get ``top_steps`` in all. A trial that falls behind is stopped (PRUNED) with the
 scores it reached (user attribute ``rung_kd``: held-out KD by steps), so completed trials are all at the
-top fidelity. Heuristic seeds always get past the zero-shot rung, so every baseline gets a trained score.
+top fidelity. Heuristic seeds always get past the zero-shot rung, so every baseline gets a trained score, and
+the sensitivity seed (``ANCHOR``) reaches the top rung: it is the bar the found plan is held to there.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 
 import optuna
 
+from pruner.study.heuristics import ANCHOR
 from pruner.study.proxy import ProxyRun
 
 __all__ = ["KEEP", "PEER_MACS", "promote", "record_rung", "rung_steps", "score_in_rungs"]
@@ -62,13 +64,17 @@ def promote(trial: optuna.Trial, rung: int, steps: int, kd: float, macs: int, se
 def score_in_rungs(trial: optuna.Trial, run: ProxyRun, rungs: Sequence[int], macs: int) -> float:
     """Held-out KD of ``run``'s plan at each rung in turn, stopping (PRUNED) where the plan falls behind its
     peers; the run trains on the same rows in the same order for every plan (common random numbers)."""
-    seeded = trial.user_attrs.get("label") is not None
+    label = trial.user_attrs.get("label")
     with run:
         kd = run.held_out()
         trial.set_user_attr("zero_shot_kd", kd)
         for rung, steps in enumerate(rungs):
             kd = run.train_to(steps) if steps else kd
-            if rung < len(rungs) - 1:
-                promote(trial, rung, steps, kd, macs, seeded)
+            if rung == len(rungs) - 1:
+                break
+            if label == ANCHOR:  # the bar to beat at the top rung: never stopped on the way
+                record_rung(trial, steps, kd)
+            else:
+                promote(trial, rung, steps, kd, macs, seeded=label is not None)
     record_rung(trial, rungs[-1], kd)
     return kd

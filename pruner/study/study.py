@@ -8,11 +8,12 @@ of layer-level KD for the better half of plans of similar cost, ``top_steps`` fo
 those. A trial stopped at a lower rung is PRUNED with the scores it reached (user attributes
 ``rung_kd``), so the completed trials, the front and the found plan are all at the highest fidelity.
 Every plan is trained on the same rows in the same order (common random numbers) and no plan is scored
-twice; after the trials, the found plan is scored again with other seeds and the spread (the noise
-floor) is stored beside the front. Heuristic seeds (the sensitivity one-shot first, then BK-SDM, KOALA,
+twice; after the trials, the best plan is scored again with other row orders and the spread (the noise
+floor) is stored beside the front, and found.yaml names it over the sensitivity seed only when its lead
+is clear (``pruner.study.choice``). Heuristic seeds (the sensitivity one-shot first, then BK-SDM, KOALA,
 SSD-1B and Vega styles) are enqueued first, labelled, and always get past the zero-shot rung.
 
-Here: the study (open or join it, its trials, the noise floor, the result). Its settings are
+Here: the study (open or join it, its trials, the result). Its settings are
 ``pruner.study.config``; what the trials read, built once, ``pruner.study.context``; the rung policy,
 ``pruner.study.rungs``; the front as recipes, ``pruner.study.export``; the budget's kind (parser, cost
 function, display), ``pruner.budget``. The teacher comes resolved (``pruner.teacher.Teacher``) from the
@@ -22,7 +23,6 @@ caller, and the budget is parsed once, here.
 from __future__ import annotations
 
 import math
-import statistics
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,14 +37,14 @@ from tqdm import tqdm
 from pruner.budget import Budget, parse_budget
 from pruner.device import current_device
 from pruner.errors import PrunerError, SearchInterrupted
+from pruner.study.choice import choose_found, noise_floor, recorded_choice, recorded_noise_floor
 from pruner.study.config import OBJECTIVES, SAMPLERS, SearchConfig
 from pruner.study.context import SearchContext, build_context, search_device
 from pruner.study.export import export_study, slug
 from pruner.study.heuristics import seed_plans
-from pruner.study.proxy import ProxyRun
 from pruner.study.repair import repair_to_budget
 from pruner.study.rungs import score_in_rungs
-from pruner.study.sampler import PlanSampler, PlanSpace, scored_plan
+from pruner.study.sampler import PlanSampler, PlanSpace
 from pruner.study.space import decode, genome_of, suggest_genome
 from pruner.study.storage import default_storage, storage_of, with_retries
 from pruner.study.storage import open_study as storage_open_study
@@ -144,40 +144,9 @@ def _objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, ...]:
     trial.set_user_attr("macs", macs)
     latency = _latency(ctx, plan) if "latency" in ctx.cfg.objectives or ctx.budget.kind.timed else None
     trial.set_user_attr("latency_ms", latency)
-    kd = score_in_rungs(trial, _proxy_run(ctx, plan, ctx.cfg.seed), ctx.cfg.rungs, macs)
+    kd = score_in_rungs(trial, ctx.proxy_run(plan, ctx.cfg.seed), ctx.cfg.rungs, macs)
     values = {"quality": kd, "macs": float(macs), "params": float(params), "latency": latency or 0.0}
     return tuple(values[o] for o in ctx.cfg.objectives)
-
-
-def _proxy_run(ctx: SearchContext, plan: Plan, seed: int) -> ProxyRun:
-    return ProxyRun(ctx.teacher, plan, ctx.topo, ctx.calib, seed=seed, importance=ctx.space.width_importance,
-                    batch=ctx.proxy_batch, runtime=ctx.runtime)  # fmt: skip
-
-
-def noise_floor(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | None:
-    """Score the found plan again at the top rung with ``noise_seeds`` other row orders and store the
-    spread as the study's ``noise_floor`` attribute: gaps between plans smaller than it are noise."""
-    from pruner.study.front import best_quality_trial
-
-    best = best_quality_trial(study)
-    if best is None or ctx.cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
-        return None
-    recorded = recorded_noise_floor(study, best, ctx.cfg.noise_seeds)
-    if recorded is not None:
-        return recorded
-    plan, steps = scored_plan(best), int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
-    assert plan is not None
-    kd = [float(best.user_attrs["proxy_kd"])]
-    seeds = range(ctx.cfg.seed + 1, ctx.cfg.seed + 1 + ctx.cfg.noise_seeds)
-    desc = f"noise floor: trial {best.number} again, other row orders"  # a bar, not a silence after the trials' 100%
-    for seed in tqdm(seeds, desc=desc, unit="order", disable=not ctx.cfg.progress, dynamic_ncols=True):
-        with _proxy_run(ctx, plan, seed) as run:
-            kd.append(run.train_to(steps) if steps else run.held_out())
-    mean = statistics.fmean(kd)
-    floor = {"trial": best.number, "steps": steps, "kd": kd, "mean": mean, "std": statistics.stdev(kd),
-             "spread": max(kd) / min(kd) - 1}  # fmt: skip
-    study.set_user_attr("noise_floor", floor)
-    return floor
 
 
 def _latency(ctx: SearchContext, plan: Plan) -> float:
@@ -291,8 +260,10 @@ def run_search(cfg: SearchConfig, teacher: Teacher, status: Callable[[str], None
         if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
             study.set_user_attr("search", _settings(cfg, teacher, budget, ctx))
         _run_trials(study, storage, ctx)
-        if noise_floor(study, ctx) is not None:
+        floor = noise_floor(study, ctx)
+        if floor is not None:
             status(describe_noise_floor(study) or "")
+        choose_found(study, ctx, floor, status)
     return _result(study, cfg, teacher, url, ctx.data_path)
 
 
@@ -307,8 +278,8 @@ def recorded_sensitivity(study: optuna.Study) -> dict[str, float] | None:
 
 
 def finished(study: optuna.Study, cfg: SearchConfig) -> bool:
-    """Nothing left for a run of ``cfg`` to compute: its trials are done, none is running, and the found plan's
-    noise floor is recorded (or not asked for)."""
+    """Nothing left for a run of ``cfg`` to compute: its trials are done, none is running, and the best plan's
+    noise floor and the found plan's choice are recorded (or not asked for)."""
     from pruner.study.front import best_quality_trial
 
     trials = study.get_trials(deepcopy=False)
@@ -319,15 +290,7 @@ def finished(study: optuna.Study, cfg: SearchConfig) -> bool:
     best = best_quality_trial(study)
     if best is None or cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
         return True
-    return recorded_noise_floor(study, best, cfg.noise_seeds) is not None
-
-
-def recorded_noise_floor(study: optuna.Study, best: FrozenTrial, noise_seeds: int) -> dict[str, Any] | None:
-    """The study's noise floor when it was measured on ``best`` with at least ``noise_seeds`` other row orders."""
-    recorded = study.user_attrs.get("noise_floor")
-    if recorded and recorded.get("trial") == best.number and len(recorded.get("kd", ())) >= 1 + noise_seeds:
-        return dict(recorded)
-    return None
+    return recorded_noise_floor(study, best, cfg.noise_seeds) is not None and recorded_choice(study, best) is not None
 
 
 def _result(study: optuna.Study, cfg: SearchConfig, teacher: Teacher, url: str, data: str | None) -> SearchResult:

@@ -306,14 +306,13 @@ def test_a_plan_goes_on_only_among_the_best_of_its_rung() -> None:
 
 @pytest.mark.slow
 def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
-    tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_sdxl_pipeline: str, tiny_cache: Path, tmp_path: Path
 ) -> None:
     import pruner
-    import pruner.study.context
+    from pruner.study.front import best_quality_trial
 
-    # 10 training rows: at the default 16 a step, every row order is the same single batch and the noise
-    # floor's other orders could only differ by float summation order; 4 a step makes them real orders
-    monkeypatch.setattr(pruner.study.context, "proxy_batch", lambda latent: 4)
+    # 10 training rows, 16 a step: every row order is the same single batch, so the repeats noise the training
+    # rows afresh (Calibration.renoised), and the noise floor and the found plan's choice see a real spread
     result = pruner.search(tiny_sdxl_pipeline, "50%", data=tiny_cache, trials=10, proxy_steps=2, top_steps=4,
                            calibration=12, held_out=16)  # fmt: skip
     study = result.study
@@ -331,16 +330,27 @@ def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
     seeds = [t for t in finished if t.user_attrs.get("label")]
     assert all("2" in t.user_attrs["rung_kd"] for t in seeds)  # every baseline gets a trained score
     assert seeds[0].user_attrs["label"] == "sensitivity" and seeds[0].state.name == "COMPLETE"  # the bar to beat
+    best = best_quality_trial(study)
+    assert best is not None
     floor = study.user_attrs["noise_floor"]
-    assert floor["trial"] == result.found.provenance.trial and len(floor["kd"]) == 3 and floor["steps"] == 4
-    assert floor["kd"][0] == study.trials[floor["trial"]].user_attrs["proxy_kd"]
+    assert floor["trial"] == best.number and len(floor["kd"]) == 3 and floor["steps"] == 4
+    assert floor["kd"][0] == best.user_attrs["proxy_kd"]
     assert len(set(floor["kd"])) == 3  # other row orders, other scores: the spread is real
+    made = study.user_attrs["found_choice"]  # which plan found.yaml names, and why
+    assert made["candidate"] == best.number and made["candidate_kd"] == floor["kd"]
+    assert made["chosen"] in (best.number, seeds[0].number) and result.found.provenance.trial == made["chosen"]
+    assert result.found.provenance.choice == made["reason"]
+    if best.number != seeds[0].number and made["paired"]:
+        assert len(made["seed_kd"]) == 3 and made["seed_kd"][0] == seeds[0].user_attrs["proxy_kd"]
+        assert (made["chosen"] == best.number) == (made["lead"] > 2 * made["se"])
 
 
 def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_cache: Path) -> None:
+    import torch
+
     from pruner.data.cache import LatentCache
     from pruner.diffusion import sdxl_scheduler
-    from pruner.study.proxy import ProxyRun, build_calibration
+    from pruner.study.proxy import Calibration, ProxyRun, build_calibration
     from pruner.unet.load import load_unet
 
     teacher = load_unet(tiny_sdxl_pipeline)
@@ -355,6 +365,16 @@ def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_ca
 
     assert score(0) == score(0)  # the same plan scores the same: rows, order, noise and init are fixed
     assert score(0) != score(1)  # another row order moves it: what the noise floor measures
+
+    def one_batch(seed: int, on: Calibration) -> float:  # all 8 training rows in each step of 16
+        with ProxyRun(teacher, plan, topo, on, batch=16, seed=seed) as run:
+            return run.train_to(3)
+
+    assert one_batch(1, calib) == pytest.approx(one_batch(0, calib), rel=1e-5)  # another order: the same batch
+    fresh = calib.renoised(teacher, 1)
+    assert torch.equal(fresh.teacher_pred[fresh.held_out], calib.teacher_pred[calib.held_out])  # scored alike
+    assert not torch.equal(fresh.inputs.noise[:8], calib.inputs.noise[:8])
+    assert one_batch(1, fresh) != pytest.approx(one_batch(0, calib), rel=1e-3)  # the training rows noised afresh
 
 
 def test_with_no_device_flag_the_search_runs_on_the_gpu_when_there_is_one(

@@ -1,0 +1,223 @@
+"""After the trials: the found plan's noise floor, and which plan ``found.yaml`` names.
+
+The search names a sampled plan over the sensitivity one-shot seed (the plan a user gets for free) only when
+its lead at the top rung is clear: both plans are scored with the same few row orders (common random
+numbers, so each order gives one paired difference) and the lead counts when its mean exceeds twice its
+standard error (:data:`LEAD_SE`). Otherwise ``found.yaml`` names the seed and says why. Plans whose proxy
+scores differ by less than the same noise are ties (``pruner.study.front.tied_trials``).
+
+A repeat trains the plan through the rungs a trial went through (each a cosine segment), on the training
+rows in another order. Where every training row fits one proxy batch, another order is the same single
+batch, so a repeat also noises the training rows afresh (``Calibration.renoised``): then the spread is real.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from tqdm import tqdm
+
+from pruner.study.context import SearchContext
+from pruner.study.front import best_quality_trial
+from pruner.study.heuristics import ANCHOR
+from pruner.study.proxy import Calibration
+from pruner.study.sampler import scored_plan
+from pruner.unet.plan import Plan
+
+__all__ = [
+    "LEAD_SE",
+    "Lead",
+    "choose_found",
+    "noise_floor",
+    "paired_lead",
+    "recorded_choice",
+    "recorded_noise_floor",
+    "screened_lead",
+    "tie_margin",
+    "top_rung_kd",
+]
+
+LEAD_SE = 2.0
+"""A lead counts when it exceeds this many standard errors (about 95% one-sided with many orders; with the
+default three, a t-test's 2 degrees of freedom make it about 91%: erring toward the seed, which costs nothing)."""
+
+
+@dataclass(frozen=True)
+class Lead:
+    """A sampled plan's lead over the seed in held-out KD (seed minus candidate: positive when the candidate
+    is better), its standard error, and over how many row orders it was measured."""
+
+    mean: float
+    se: float
+    orders: int
+    paired: bool  # False: one order and an upper bound on its error (the screen)
+
+    @property
+    def clear(self) -> bool:
+        """Whether the lead exceeds :data:`LEAD_SE` standard errors; a lead whose error is unmeasured (one
+        order, or every order giving the same difference: the repeats did not vary) is never clear."""
+        return self.se > 0 and math.isfinite(self.se) and self.mean > LEAD_SE * self.se
+
+
+def paired_lead(candidate: Sequence[float], seed: Sequence[float]) -> Lead:
+    """The candidate's lead over the seed from scores under the same row orders (``candidate[k]`` and
+    ``seed[k]`` trained on order k): the mean paired difference and its standard error."""
+    if len(candidate) != len(seed) or not candidate:
+        raise ValueError("paired scores need the same row orders for both plans, at least one")
+    diffs = [s - c for c, s in zip(candidate, seed, strict=True)]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else math.nan
+    return Lead(statistics.fmean(diffs), se, len(diffs), paired=True)
+
+
+def screened_lead(candidate: Sequence[float], seed_first: float) -> Lead:
+    """The candidate's lead over the seed at the first row order, with an upper bound on its error measured
+    from the candidate's own repeats alone: the difference of two scores has at most the sum of their standard
+    deviations, taken as twice the candidate's (the seed's repeats, not run yet, are assumed no noisier).
+    A lead that clears even this bound is clear without scoring the seed again."""
+    sd = statistics.stdev(candidate) if len(candidate) > 1 else math.nan
+    return Lead(seed_first - candidate[0], 2 * sd, 1, paired=False)
+
+
+def tie_margin(candidate: Sequence[float], seed: Sequence[float] | None = None) -> float | None:
+    """How far apart two plans' top-rung scores (one row order each, the same for both) must be, as a share of
+    the better one's, for the lead to count: :data:`LEAD_SE` times the standard deviation of a one-order gap.
+    That deviation is the paired differences' when the seed was scored under the same orders, else twice the
+    candidate's own (the screen's bound). None when nothing varied or fewer than two orders were scored."""
+    if seed is not None and len(seed) == len(candidate) > 1:
+        sd = statistics.stdev([s - c for c, s in zip(candidate, seed, strict=True)])
+    elif len(candidate) > 1:
+        sd = 2 * statistics.stdev(candidate)
+    else:
+        return None
+    return LEAD_SE * sd / statistics.fmean(candidate) if sd > 0 else None
+
+
+# --- scoring repeats ---------------------------------------------------------------------------------------
+
+
+def _order_calibration(ctx: SearchContext, seed: int) -> Calibration:
+    """The calibration a repeat under ``seed`` trains on: the search's own, with training rows noised afresh
+    when they all fit one batch (then the order alone changes nothing)."""
+    if seed == ctx.cfg.seed or ctx.calib.n_train > ctx.proxy_batch:
+        return ctx.calib
+    return ctx.calib.renoised(ctx.teacher, seed)
+
+
+def top_rung_kd(ctx: SearchContext, plan: Plan, seed: int, steps: int) -> float:
+    """The plan's held-out KD trained as a trial trains it (each rung up to ``steps`` a cosine segment), on the
+    rows in the order ``seed`` gives (freshly noised when they all fit one batch)."""
+    with ctx.proxy_run(plan, seed, _order_calibration(ctx, seed)) as run:
+        kd = run.held_out()
+        for rung in (r for r in ctx.cfg.rungs if 0 < r <= steps):
+            kd = run.train_to(rung)
+    return kd
+
+
+def _repeats(ctx: SearchContext, trial: FrozenTrial, steps: int, desc: str) -> list[float]:
+    """The trial's top-rung score (trained on the search's own order) and its scores under ``noise_seeds``
+    other orders; the first is scored here only when the trial stopped before ``steps``."""
+    plan = scored_plan(trial)
+    assert plan is not None
+    reached = trial.user_attrs.get("rung_kd") or {}
+    first = reached.get(str(steps))
+    seeds = [] if first is not None else [ctx.cfg.seed]
+    seeds += list(range(ctx.cfg.seed + 1, ctx.cfg.seed + 1 + ctx.cfg.noise_seeds))
+    bar = tqdm(seeds, desc=desc, unit="order", disable=not ctx.cfg.progress, dynamic_ncols=True)
+    scores = [top_rung_kd(ctx, plan, seed, steps) for seed in bar]
+    return [float(first), *scores] if first is not None else scores
+
+
+# --- the noise floor and the choice ------------------------------------------------------------------------
+
+
+def recorded_noise_floor(study: optuna.Study, best: FrozenTrial, noise_seeds: int) -> dict[str, Any] | None:
+    """The study's noise floor when it was measured on ``best`` with at least ``noise_seeds`` other row orders."""
+    recorded = study.user_attrs.get("noise_floor")
+    if recorded and recorded.get("trial") == best.number and len(recorded.get("kd", ())) >= 1 + noise_seeds:
+        return dict(recorded)
+    return None
+
+
+def noise_floor(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | None:
+    """Score the best plan again at the top rung with ``noise_seeds`` other row orders and store the spread as
+    the study's ``noise_floor`` attribute: gaps between plans smaller than it are noise."""
+    best = best_quality_trial(study)
+    if best is None or ctx.cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
+        return None
+    recorded = recorded_noise_floor(study, best, ctx.cfg.noise_seeds)
+    if recorded is not None:
+        return recorded
+    steps = int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
+    # a bar, not a silence after the trials' 100%
+    kd = _repeats(ctx, best, steps, f"noise floor: trial {best.number} again, other row orders")
+    floor = {"trial": best.number, "steps": steps, "kd": kd, "mean": statistics.fmean(kd),
+             "std": statistics.stdev(kd), "spread": max(kd) / min(kd) - 1}  # fmt: skip
+    study.set_user_attr("noise_floor", floor)
+    return floor
+
+
+def _anchor(study: optuna.Study) -> FrozenTrial | None:
+    """The sensitivity seed's trial (the one that ran it, not a duplicate that stepped aside), if any."""
+    return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("label") == ANCHOR
+                 and scored_plan(t) is not None and "rung_kd" in t.user_attrs), None)  # fmt: skip
+
+
+def recorded_choice(study: optuna.Study, best: FrozenTrial) -> dict[str, Any] | None:
+    """The study's ``found_choice`` when it was made for ``best`` (a later trial may have changed the best)."""
+    recorded = study.user_attrs.get("found_choice")
+    return dict(recorded) if recorded and recorded.get("candidate") == best.number else None
+
+
+def _percent(lead: Lead, base: float) -> str:
+    error = "" if not math.isfinite(lead.se) else f" ± {100 * lead.se / base:.1f}%"
+    return f"{100 * lead.mean / base:+.1f}%{error}"
+
+
+def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequence[float]) -> tuple[int, str]:
+    """The chosen trial and the line that says why."""
+    base = statistics.fmean(seed_kd)
+    how = f"over {lead.orders} row orders (paired)" if lead.paired else "at one row order (its error bounded)"
+    said = f"trial {best.number} leads the sensitivity seed (trial {anchor.number}) by {_percent(lead, base)} {how}"
+    if lead.clear:
+        return best.number, f"{said}: more than {LEAD_SE:g} standard errors, so found.yaml names trial {best.number}"
+    return anchor.number, f"{said}: within {LEAD_SE:g} standard errors (noise), so found.yaml names the seed"
+
+
+def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] | None,
+                 status: Callable[[str], None] = lambda _m: None) -> dict[str, Any] | None:  # fmt: skip
+    """Decide which plan ``found.yaml`` names and store why as the study's ``found_choice``: the best sampled
+    plan when its lead over the sensitivity seed is clear (first against a bound from its noise floor alone,
+    then, if that does not settle it, paired with the seed's scores under the same orders), else the seed."""
+    best = best_quality_trial(study)
+    if best is None or floor is None or floor.get("trial") != best.number:
+        return None
+    recorded = recorded_choice(study, best)
+    if recorded is not None:
+        return recorded
+    anchor, steps, kd = _anchor(study), int(floor["steps"]), list(floor["kd"])[: 1 + ctx.cfg.noise_seeds]
+    choice: dict[str, Any] = {"candidate": best.number, "steps": steps, "candidate_kd": kd,
+                              "rule": f"lead > {LEAD_SE:g} SE"}  # fmt: skip
+    if anchor is None or anchor.number == best.number:
+        why = "the sensitivity seed scored best" if anchor else "the study has no sensitivity seed to compare with"
+        choice |= {"chosen": best.number, "reason": why}
+    else:
+        first = (anchor.user_attrs.get("rung_kd") or {}).get(str(steps))
+        lead = screened_lead(kd, first) if first is not None else None
+        seed_kd = [float(first)] if first is not None else []
+        if lead is None or not lead.clear:
+            seed_kd = _repeats(ctx, anchor, steps, f"the found plan against the seed: trial {anchor.number}")
+            lead = paired_lead(kd, seed_kd)
+        chosen, why = _decide(best, anchor, lead, seed_kd)
+        se = lead.se if math.isfinite(lead.se) else None  # JSON has no NaN
+        choice |= {"seed": anchor.number, "seed_kd": seed_kd, "lead": lead.mean, "se": se,
+                   "paired": lead.paired, "chosen": chosen, "reason": why}  # fmt: skip
+    choice["tie_margin"] = tie_margin(kd, choice.get("seed_kd") if choice.get("paired") else None)
+    study.set_user_attr("found_choice", choice)
+    status(f"found: {choice['reason']}")
+    return choice

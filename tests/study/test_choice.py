@@ -1,0 +1,132 @@
+"""Which plan found.yaml names: a sampled plan over the sensitivity seed only when its lead is clear of the noise.
+
+The rule on fixed scores (no training): the paired lead, the screen, the choice a study records, the found
+trial and recipe that follow from it, and the front's ties.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any, cast
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from pruner.recipe import Recipe
+from pruner.study import choice
+from pruner.study.choice import choose_found, paired_lead, screened_lead, tie_margin
+from pruner.study.config import SearchConfig
+from pruner.study.context import SearchContext
+from pruner.study.front import found_trial, front_recipes, front_rows, tied_trials
+from pruner.unet import Plan
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SEED_PLAN = ["down_blocks.2.attentions.0.transformer_blocks.0-9"]
+SAMPLED_PLAN = ["down_blocks.2.attentions.1.transformer_blocks.0-9"]
+
+
+def test_a_lead_within_twice_its_standard_error_is_not_clear() -> None:
+    lead = paired_lead([0.00200, 0.00210, 0.00195], [0.00201, 0.00205, 0.00204])  # 1% ahead, 2% apart between orders
+    assert lead.paired and lead.orders == 3 and lead.mean > 0 and not lead.clear
+
+
+def test_a_lead_many_standard_errors_wide_is_clear() -> None:
+    lead = paired_lead([0.00150, 0.00160, 0.00155], [0.00200, 0.00212, 0.00203])  # 30% ahead at every order
+    assert lead.clear and lead.mean == pytest.approx(0.0005, rel=0.05)
+
+
+def test_a_lead_whose_error_is_unmeasured_is_never_clear() -> None:
+    assert not paired_lead([0.001], [0.002]).clear  # one order: no standard error
+    assert not paired_lead([0.001, 0.001], [0.002, 0.002]).clear  # the repeats did not vary: no measure of noise
+    assert not paired_lead([0.002, 0.003, 0.0025], [0.001, 0.002, 0.0015]).clear  # behind: never clear
+    with pytest.raises(ValueError, match="same row orders"):
+        paired_lead([0.001, 0.002], [0.002])
+
+
+def test_the_screen_bounds_the_error_by_the_candidates_own_spread() -> None:
+    assert screened_lead([0.0010, 0.00102, 0.00098], 0.0016).clear  # 60% ahead, 2% spread: clear at once
+    close = screened_lead([0.0020, 0.0021, 0.0019], 0.00205)
+    assert not close.paired and close.se == pytest.approx(2 * 0.0001) and not close.clear
+
+
+def test_the_tie_margin_is_twice_the_spread_of_a_one_order_gap() -> None:
+    assert tie_margin([0.002, 0.002]) is None  # nothing varied: no margin
+    assert tie_margin([0.001]) is None
+    unpaired = tie_margin([0.0019, 0.0020, 0.0021])
+    assert unpaired == pytest.approx(2 * 2 * 0.0001 / 0.002)
+    paired = tie_margin([0.0019, 0.0020, 0.0021], [0.00195, 0.00204, 0.00216])  # the orders move both alike
+    assert paired is not None and unpaired is not None and paired < unpaired / 5
+
+
+def _trial(kd: float, removed: list[str], label: str | None = None, macs: float = 100.0) -> optuna.trial.FrozenTrial:
+    attrs = {"removed": removed, "ff_keep": {}, "proxy_kd": kd, "rung_kd": {"0": 3 * kd, "100": kd},
+             "rung_steps": 100, "macs": macs, "params": 10, "label": label}  # fmt: skip
+    return create_trial(state=TrialState.COMPLETE, values=[kd, macs], user_attrs=attrs)
+
+
+def _study(seed_kd: float, sampled_kd: float) -> optuna.Study:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.add_trials([_trial(seed_kd, SEED_PLAN, "sensitivity", macs=90.0), _trial(0.01, [], "bk", macs=150.0),
+                      _trial(sampled_kd, SAMPLED_PLAN)])  # fmt: skip
+    return study
+
+
+def _choose(study: optuna.Study, scores: dict[tuple[str, int], float], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run the choice with the repeats' scores fixed: ``scores[plan, seed]`` (plan 'seed' or 'sampled')."""
+    ran: list[tuple[str, int]] = []
+
+    def fixed(_ctx: SearchContext, plan: Plan, seed: int, steps: int) -> float:
+        assert steps == 100
+        which = "seed" if plan == Plan.removing(SEED_PLAN) else "sampled"
+        ran.append((which, seed))
+        return scores[which, seed]
+
+    monkeypatch.setattr(choice, "top_rung_kd", fixed)
+    ctx = cast(SearchContext, SimpleNamespace(cfg=SearchConfig(progress=False, noise_seeds=2)))
+    floor = choice.noise_floor(study, ctx)
+    return choose_found(study, ctx, floor), ran
+
+
+def test_the_study_names_the_seed_when_the_sampled_plans_lead_is_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = _study(seed_kd=0.00201, sampled_kd=0.00200)  # the 30% benchmark's seed 0: 0.5% ahead
+    scores = {("sampled", 1): 0.00212, ("sampled", 2): 0.00190, ("seed", 1): 0.00210, ("seed", 2): 0.00193}
+    made, ran = _choose(study, scores, monkeypatch)
+    assert sorted(ran) == [("sampled", 1), ("sampled", 2), ("seed", 1), ("seed", 2)]  # same orders for both
+    assert made["candidate"] == 2 and made["seed"] == 0 and made["chosen"] == 0 and made["paired"]
+    assert made["seed_kd"] == [0.00201, 0.00210, 0.00193] and "names the seed" in made["reason"]
+    assert study.user_attrs["found_choice"] == made
+    assert found_trial(study).number == 0  # type: ignore[union-attr]
+    found, front = front_recipes(study, _recipe)
+    assert found.provenance.trial == 0 and found.provenance.choice == made["reason"]
+    assert list(front) == [0, 2] and front[0].provenance.ties == [2] and front[2].provenance.ties == [0]
+    assert [r["ties"] for r in front_rows(study)] == [[2], [0]]  # 0.5% apart: within the noise, a tie
+    assert tied_trials(study, study.trials[1:]) == {1: [], 2: []}  # the BK plan is 5x worse: no tie
+    assert choice.recorded_choice(study, study.trials[2]) == made  # a rerun finds it made
+
+
+def test_the_study_names_the_sampled_plan_when_its_lead_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = _study(seed_kd=0.00143, sampled_kd=0.00089)  # the 50% benchmark's seed 0: 60% ahead
+    scores = {("sampled", 1): 0.00091, ("sampled", 2): 0.00090}
+    made, ran = _choose(study, scores, monkeypatch)
+    assert ran == [("sampled", 1), ("sampled", 2)]  # clear against the screen's bound: the seed is not run again
+    assert made["chosen"] == 2 and not made["paired"] and "names trial 2" in made["reason"]
+    assert found_trial(study).number == 2  # type: ignore[union-attr]
+    assert front_recipes(study, _recipe)[0].provenance.trial == 2
+
+
+def test_a_close_lead_that_holds_at_every_order_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    study = _study(seed_kd=0.00233, sampled_kd=0.00220)  # the 30% benchmark's seed 1: 6% ahead, within the screen
+    scores = {("sampled", 1): 0.00240, ("sampled", 2): 0.00205, ("seed", 1): 0.00255, ("seed", 2): 0.00218}
+    made, _ran = _choose(study, scores, monkeypatch)
+    assert made["paired"] and made["chosen"] == 2, made["reason"]
+    assert made["lead"] == pytest.approx(0.00013, rel=0.1) and made["se"] < made["lead"] / 2
+    assert not math.isnan(made["tie_margin"])
+
+
+def _recipe(trial: optuna.trial.FrozenTrial) -> Recipe:
+    return Recipe.model_validate({"schema_version": 1, "name": f"trial-{trial.number}",
+                                  "teacher": {"model": "tiny-sdxl"}, "plan": {"remove": trial.user_attrs["removed"]},
+                                  "distill": {"stages": [{"steps": 10, "learning_rate": 1e-4}]},
+                                  "provenance": {"source": "search", "trial": trial.number}})  # fmt: skip

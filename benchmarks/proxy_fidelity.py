@@ -8,8 +8,17 @@ held-out set of 32 or 128 rows (fixed noise and timesteps), trained on 96 or mor
 Prints Kendall tau against the distilled ranking, each plan's score, and seconds a plan. No distillation
 is repeated, so a variant costs one trial's time per plan.
 
+``--orders K ...`` compares instead two ways to tell close plans apart at the search's top rung, each plan
+trained as a trial is (a cosine segment per rung: ``--proxy-steps``, then 100 in all): (a) the top-rung score
+averaged over K row orders (order k trains every plan on the same rows in the same order: common random
+numbers), and (b) the plan trained on through a further rung to each of ``--top`` steps (what the search
+would give its last few candidates). One run per plan and order reaches every ``--top`` in turn, so each
+variant's score and CPU seconds come from the same runs. Kendall tau over all plans and over the best half
+(by final KD, as ``search_vs_heuristics.py`` reports it) per variant, and seconds a plan.
+
     python benchmarks/proxy_fidelity.py /tmp/pruner-search-vs-heuristics/results-30%.json
     python benchmarks/proxy_fidelity.py RESULTS --held-out 128 --calibration 96 384 --variants 100:cosine
+    python benchmarks/proxy_fidelity.py RESULTS --orders 1 2 3 --top 100 200 300
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from search_vs_heuristics import kendall_tau
 from pruner.budget import parse_budget
 from pruner.recipe import load_recipe
 from pruner.runtime import default_threads
+from pruner.study.context import SearchContext
 from pruner.study.proxy import proxy_score
 from pruner.study.study import SearchConfig, build_context
 from pruner.teacher import Teacher
@@ -42,6 +52,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, nargs="+", default=[3e-4], help="the proxy fine-tune's peak learning rates")
     p.add_argument("--variants", nargs="+", default=[f"{n}:{s}" for n, s in VARIANTS], help="STEPS:SCHEDULE")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--orders", type=int, nargs="+", default=[], help="top-rung variants: row orders averaged")
+    p.add_argument("--top", type=int, nargs="+", default=[100], help="top-rung variants: steps in all (a rung more)")
+    p.add_argument("--proxy-steps", type=int, default=30, help="top-rung variants: the first rung's steps")
     args = p.parse_args()
     torch.set_num_threads(default_threads())  # one thread on a 2-core machine: two are far slower there
     found = json.loads(args.results.read_text())
@@ -51,6 +64,11 @@ def main() -> None:
     budget, steps = found["rows"][0]["budget"], found["rows"][0]["final"]["steps"]
     print(f"{len(plans)} plans at {budget}, ranked after {steps} distillation steps")
     print("final KD: " + ", ".join(f"{k[:8]} {v:.5f}" for k, v in zip(finals, final, strict=True)))
+    if args.orders:
+        cfg = SearchConfig(budget=budget, held_out=args.held_out[0], calibration=args.calibration[0], seed=args.seed)
+        ctx = build_context(cfg, Teacher.resolve(cfg.teacher), parse_budget(cfg.budget))
+        top_rung_variants(ctx, plans, final, args)
+        return
     head = f"{'calibration':>11}{'held-out':>9}{'lr':>8}{'steps':>6}{'schedule':>9}{'Kendall tau':>12}{'s / plan':>9}"
     print(f"{head}  scores")
     variants = [(int(n), sched) for n, sched in (v.split(":") for v in args.variants)]
@@ -66,6 +84,37 @@ def main() -> None:
                 shown = ", ".join(f"{v:.5f}" for v in scores)
                 print(f"{calibration:>11}{held:>9}{lr:>8.0e}{steps:>6}{schedule if steps else '-':>9}"
                       f"{kendall_tau(scores, final):>12.2f}{seconds:>9.1f}  {shown}", flush=True)  # fmt: skip
+
+
+def best_half_tau(scores: list[float], final: list[float]) -> float:
+    """Kendall tau over the plans in the better half by final KD (at least two), as search_vs_heuristics.py."""
+    half = sorted(range(len(final)), key=lambda i: final[i])[: max(2, len(final) // 2)]
+    return kendall_tau([scores[i] for i in half], [final[i] for i in half])
+
+
+def scores_by_top(ctx: SearchContext, plan: Plan, seed: int, rungs: list[int]) -> list[tuple[float, float]]:
+    """(held-out KD, seconds since the run began) after each rung in turn, rows in the order ``seed`` gives."""
+    start, out = time.perf_counter(), []
+    with ctx.proxy_run(plan, seed) as run:
+        for steps in rungs:
+            kd = run.train_to(steps)
+            out.append((kd, time.perf_counter() - start))
+    return out
+
+
+def top_rung_variants(ctx: SearchContext, plans: list[Plan], final: list[float], args: argparse.Namespace) -> None:
+    """(a) K row orders averaged at the top rung against (b) one order trained on through a further rung."""
+    tops = sorted(set(args.top))
+    rungs = sorted({args.proxy_steps, *tops})
+    runs = [[scores_by_top(ctx, plan, args.seed + k, rungs) for k in range(max(args.orders))] for plan in plans]
+    print(f"{'top steps':>9}{'orders':>7}{'tau all':>8}{'tau best half':>14}{'s / plan':>9}  scores", flush=True)
+    for top, orders in itertools.product(tops, sorted(set(args.orders))):
+        at = rungs.index(top)
+        scores = [sum(r[k][at][0] for k in range(orders)) / orders for r in runs]
+        seconds = sum(r[k][at][1] for r in runs for k in range(orders)) / len(plans)
+        shown = ", ".join(f"{v:.5f}" for v in scores)
+        print(f"{top:>9}{orders:>7}{kendall_tau(scores, final):>8.2f}{best_half_tau(scores, final):>14.2f}"
+              f"{seconds:>9.1f}  {shown}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from pruner.evaluation import evaluate_student
 from pruner.recipe import save_recipe
 from pruner.runtime import default_threads
 from pruner.study.export import recipe_for_trial
-from pruner.study.front import best_quality_trial
+from pruner.study.front import found_trial
 from pruner.study.sampler import ranked_plans
 from pruner.study.study import SearchConfig, run_search
 from pruner.study.workers import plan_key
@@ -83,8 +83,9 @@ class Row:
 
 
 def chosen(study: optuna.Study, extra: int) -> list[tuple[str, optuna.trial.FrozenTrial]]:
-    """(role, trial): the found plan, the sensitivity seed, the best hand style and ``extra`` next best."""
-    best = best_quality_trial(study)
+    """(role, trial): the found plan (what found.yaml names), the sensitivity seed, the best hand style and
+    ``extra`` next best."""
+    best = found_trial(study)
     ranked = [t for _, t in ranked_plans(study.get_trials(deepcopy=False))]
     picks: list[tuple[str, optuna.trial.FrozenTrial]] = []
     if best is not None:

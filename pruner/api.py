@@ -267,8 +267,10 @@ def search(
     An Optuna multi-objective study scores each plan by a short layer-level KD fine-tune on ``data`` (a latent
     cache), or on latents the teacher generates from ``prompts``, and by cost. Plans are scored at rising
     fidelity: zero-shot KD for every plan, ``proxy_steps`` of KD for the better half, ``top_steps`` in all for
-    the best third of those; the found plan is chosen among these and re-scored with ``noise_seeds`` other row
-    orders (the spread is stored as the study's ``noise_floor``). Everything runs on ``device``, the teacher
+    the best third of those; the best plan among these is re-scored with ``noise_seeds`` other row orders (the
+    spread is stored as the study's ``noise_floor``), and the found plan is it only when its lead over the
+    sensitivity one-shot seed, scored with the same orders, exceeds twice its standard error; else the seed (why:
+    the study's ``found_choice``, the recipe's ``provenance.choice``). Everything runs on ``device``, the teacher
     frozen in half precision on a GPU (or wherever ``mixed_precision`` is bf16 or fp16). On a CPU with two
     cores or fewer, call it inside ``with pruner.threads("auto"):`` (what the CLI does; several times faster).
 
@@ -287,7 +289,8 @@ def search(
             10/3 of ``proxy_steps``: 100 for 30; at most ``proxy_steps``: two rungs only).
         sampler: mutation (mutations and crossovers of the best scored plans, biased by unit sensitivity),
             nsga2 or tpe (multivariate).
-        noise_seeds: Re-score the found plan with this many other row orders: the noise floor.
+        noise_seeds: Re-score the best plan (and the seed, where its lead is close) with this many other row
+            orders: the noise floor, and whether the lead over the seed is clear (0: the best plan, unchecked).
         calibration: Calibration rows the proxy trains on.
         held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
         refill: The mutation sampler may also return one layer to an attention module the plan empties (a

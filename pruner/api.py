@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -421,13 +420,15 @@ def evaluate(
     dtype: Annotated[str, Knob(choices=defaults.EVAL_DTYPES)] = "auto",
     batch_size: Annotated[int, Knob(min=1)] = defaults.EVAL_BATCH,
     metrics: Annotated[str | Sequence[str] | None, Knob(choices=defaults.FIELD_METRICS)] = None,
-    reference: Annotated[str | Path | None, Knob(check=_reference)] = None,
+    reference: str | Path | None = None,
     fid_features: Annotated[str, Knob(check=_fid_features)] = "auto",
     clip_model: str | None = None,
     keep_pictures: str | Path | None = None,
     pickscore_model: str | None = None,
     imagereward_model: str | None = None,
     hpsv2_model: str | None = None,
+    reference_split: str | None = None,
+    reference_n: Annotated[int | None, Knob(min=2)] = None,
 ) -> EvalReport:
     """Compare a student with its teacher pipeline on held-out prompts: KD loss, PSNR of pictures from the
     same seeds, prompt accuracy (bundled teacher), latency of both; a teacher | student grid if ``grid``.
@@ -453,8 +454,9 @@ def evaluate(
         metrics: Field metrics to add, comma-separated: fid, kid (of the student's pictures against the
             reference), clip (CLIP score of student and teacher), by torchmetrics, extra 'pruner[metrics]'; the
             preference scores pickscore (transformers), imagereward and hpsv2 (extra 'pruner[preference]').
-        reference: FID/KID reference: a folder of pictures (e.g. MS-COCO val2014); default the teacher's own
-            pictures of the same prompts and seeds.
+        reference: FID/KID reference, read as `pruner cache` reads data: a folder of pictures (e.g. MS-COCO
+            val2014), a `datasets` save_to_disk folder, parquet files or Hub id, or tar shards (shards/{0..9}.tar);
+            default the teacher's own pictures of the same prompts and seeds.
         fid_features: FID/KID features: inception (torch-fidelity's Inception-v3, the field's), judge (the
             bundled teacher's judge), an Inception weights file, or auto (judge on tiny-sdxl, else inception).
         clip_model: CLIP for the CLIP score, hub id or folder; default openai/clip-vit-large-patch14 (tiny-sdxl:
@@ -466,10 +468,12 @@ def evaluate(
         imagereward_model: ImageReward's weights: ImageReward-v1.0 (downloaded), or an ImageReward.pt file or
             folder with med_config.json beside it.
         hpsv2_model: HPSv2's weights: v2.1 (default) or v2.0 from the Hub's xswu/HPSv2, or a checkpoint file.
+        reference_split: Split of a `datasets` reference (default train).
+        reference_n: Read at most this many reference pictures (default all).
     """
     check_arguments(evaluate, locals())
     _check_enough_pictures(metrics, n_prompts)
-    from pruner.evaluation import evaluate_student, save_pictures
+    from pruner.evaluation import evaluate_student, kept_pictures
     from pruner.teacher import Teacher
 
     resolved = Teacher.resolve(teacher)  # once, here
@@ -477,9 +481,13 @@ def evaluate(
         check_output_file(grid, "grid file")  # before any compute
     if keep_pictures is not None:
         check_output_dir(keep_pictures, "keep_pictures= folder")
-    keep = None if keep_pictures is None else partial(save_pictures, Path(keep_pictures))
-    with _caller_state_kept(), out_of_memory_advice("evaluating", EVAL_MEMORY_FIX):
-        return evaluate_student(student, resolved, on_pictures=keep, **_evaluation_settings(locals()))
+    settings = _evaluation_settings(locals())
+    with (
+        _caller_state_kept(),
+        out_of_memory_advice("evaluating", EVAL_MEMORY_FIX),
+        kept_pictures(keep_pictures) as keep,
+    ):
+        return evaluate_student(student, resolved, on_pictures=keep, **settings)
 
 
 def _evaluation_settings(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -536,11 +544,6 @@ def _check_enough_pictures(metrics: str | Sequence[str] | None, n_prompts: int) 
         )
 
 
-def _reference(value: str | Path | None) -> None:
-    if value is not None and not Path(value).is_dir():
-        raise PrunerError(f"reference= {value} is not a folder; give a folder of pictures, or none for the teacher's")
-
-
 def _fid_features(value: str) -> None:
     if value not in ("auto", "inception", "judge") and not Path(value).is_file():
         raise PrunerError(f"fid_features= {value} is none of auto, inception, judge, nor an Inception weights file")
@@ -551,9 +554,10 @@ def _metric_options(a: dict[str, Any]) -> MetricOptions:
     from pruner.metrics.preference import PREFERENCE
     from pruner.metrics.scoring import MetricOptions
 
-    reference = None if a["reference"] is None else Path(a["reference"])
+    reference = None if a["reference"] is None else str(a["reference"])
     models = {m: a[f"{m}_model"] for m in PREFERENCE}
-    return MetricOptions(split_list(a["metrics"] or ()), reference, a["fid_features"], a["clip_model"], models)
+    return MetricOptions(split_list(a["metrics"] or ()), reference, a["fid_features"], a["clip_model"], models,
+                         a["reference_split"], a["reference_n"])  # fmt: skip
 
 
 def _as_plan(plan: Plan | Recipe | Sequence[str] | str | Path) -> Plan:

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from diffusers import UNet2DConditionModel
-from PIL import Image
 
 from pruner.diffusion import image_grid
-from pruner.evaluation import EvalReport, evaluate_student
+from pruner.evaluation import EvalReport, FirstPictures, evaluate_student
 from pruner.teacher import Teacher
 
 __all__ = ["COLUMNS", "Comparison", "ComparisonRow", "compare_students"]
@@ -121,19 +120,18 @@ def compare_students(
 ) -> Comparison:  # fmt: skip
     """Evaluate each student against ``teacher`` with the same ``settings`` (``evaluate_student``'s), then one
     table and one grid (teacher row above a row per student, each prompt under its column)."""
-    rows: list[tuple[list[Image.Image], list[Image.Image], list[str]]] = []
+    shown = [FirstPictures(grid_columns if grid_path is not None else 0) for _ in students]
     names = [str(s) if not isinstance(s, UNet2DConditionModel) else f"student {i + 1}" for i, s in enumerate(students)]
-    reports = []
-    for student in students:
-        reports.append(evaluate_student(student, teacher, on_pictures=lambda t, s, p: rows.append((t, s, p)),
-                                        **settings))  # fmt: skip
+    reports = [
+        evaluate_student(s, teacher, on_pictures=first, **settings) for s, first in zip(students, shown, strict=True)
+    ]
     first = reports[0]
     table = [_row(f"{teacher.reference} (teacher)", first, _macs(teacher.reference, first.resolution), True)]
     table += [_row(n, r, _macs(s, r.resolution), False) for n, r, s in zip(names, reports, students, strict=True)]
     grid = None
     if grid_path is not None:
-        prompts = rows[0][2][:grid_columns]
-        pictures = [rows[0][0][:grid_columns]] + [s[:grid_columns] for _, s, _ in rows]
+        prompts = shown[0].prompts
+        pictures = [shown[0].teacher] + [first.student for first in shown]
         labels = ["teacher", *(Path(n).name or n for n in names)]  # a folder's name fits the label column
         grid = str(image_grid(pictures, grid_path, captions=prompts, row_labels=labels))
     return Comparison(teacher.reference, table, first.protocol(), grid)

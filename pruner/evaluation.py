@@ -17,8 +17,12 @@
   a CPU), so a GPU figure is the latency a user gets, not fp32's.
 - A PNG grid: teacher row above student row, one column per prompt.
 - On request (``metrics=``), the field's metrics by torchmetrics (:mod:`pruner.metrics`): FID and KID of the
-  student's pictures against the teacher's (or a folder of pictures), and the CLIP score of both; their models
-  are loaded before any picture is made, and what scored is recorded beside the scores.
+  student's pictures against the teacher's (or a reference set: a folder of pictures, a ``datasets`` set or tar
+  shards), the CLIP score and preference scores of both; their models are loaded before any picture is made,
+  and what scored is recorded beside the scores.
+
+The prompts go a batch at a time: each batch's pictures are scored (PSNR, the judge, the metrics' running
+states), written when kept (``keep_pictures``) and dropped, so memory does not grow with the number of prompts.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +46,7 @@ from pruner.cost.latency import measure_latency
 from pruner.diffusion import conditioning, generate, image_grid
 from pruner.errors import PrunerError
 from pruner.io import read_prompts
-from pruner.metrics.scoring import MetricOptions, load_scorers, score_pictures
+from pruner.metrics.scoring import MetricOptions, ScoreStream, load_scorers
 from pruner.teacher import Teacher
 from pruner.unet.load import ModelRef, load_unet
 
@@ -49,14 +54,16 @@ __all__ = [
     "DTYPES",
     "PSNR_CAP",
     "EvalReport",
+    "FirstPictures",
+    "PictureKeeper",
     "binomial_se",
     "check_fits",
     "decode_pictures",
     "eval_dtype",
     "eval_prompts",
     "evaluate_student",
+    "kept_pictures",
     "load_student_unet",
-    "save_pictures",
 ]
 
 PSNR_CAP = 100.0
@@ -185,13 +192,6 @@ def binomial_se(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
-def _psnr(a: list[Image.Image], b: list[Image.Image]) -> float:
-    x = np.stack([np.asarray(i, dtype=np.float64) / 255 for i in a])
-    y = np.stack([np.asarray(i, dtype=np.float64) / 255 for i in b])
-    mse = float(np.mean((x - y) ** 2))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(1.0 / mse))
-
-
 @torch.no_grad()
 def _kd_loss(
     pipe: DiffusionPipeline, student: UNet2DConditionModel, latents: torch.Tensor, prompts: list[str], seed: int
@@ -207,21 +207,70 @@ def _kd_loss(
     return held_out_kd(student, [(batch, teacher_pass(pipe.unet, batch).pred)])
 
 
-def _grid(teacher: list[Image.Image], student: list[Image.Image], prompts: list[str], path: Path, n: int) -> Path:
-    """Teacher row above student row, each prompt under its column."""
-    return image_grid([teacher[:n], student[:n]], path, captions=prompts[:n], row_labels=["teacher", "student"])
+Pictures = Callable[[list[Image.Image], list[Image.Image], list[str]], object]  # teacher's, student's, prompts
 
 
-def _accuracy(ref: ModelRef, images: list[Image.Image], prompts: list[str]) -> tuple[float | None, float | None]:
-    """The judge's prompt accuracy and its standard error over the judged prompts; (None, None) without one."""
-    judge_dir = _judge_dir(ref)
-    if judge_dir is None:
-        return None, None
-    from pruner.tiny.judge import Judge
+class FirstPictures:
+    """The first ``n`` pictures of an evaluation, gathered from its batches (an ``on_pictures``): what a grid
+    shows, not the whole set."""
 
-    score = Judge.load(judge_dir).score(images, prompts)
-    accuracy = float(score["prompt_accuracy"])
-    return accuracy, binomial_se(accuracy, int(score["n"]))
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.teacher: list[Image.Image] = []
+        self.student: list[Image.Image] = []
+        self.prompts: list[str] = []
+
+    def __call__(self, teacher: list[Image.Image], student: list[Image.Image], prompts: list[str]) -> None:
+        room = max(0, self.n - len(self.prompts))
+        self.teacher += teacher[:room]
+        self.student += student[:room]
+        self.prompts += prompts[:room]
+
+    def grid(self, path: Path) -> Path:
+        """Teacher row above student row, each prompt under its column."""
+        return image_grid([self.teacher, self.student], path, captions=self.prompts, row_labels=["teacher", "student"])
+
+
+class _Running:
+    """What an evaluation keeps across its batches of pictures: sums (PSNR's squared error, the judge's hits,
+    the field metrics' states) and the grid's first ``columns`` pictures, never the whole set: the teacher's and
+    the student's pictures of 30,000 prompts at 1024 pixels are 190 GB in memory. Each batch also goes to
+    ``on_pictures`` (kept on disk, a comparison's grid), then is dropped."""
+
+    def __init__(self, scores: ScoreStream, judge_dir: Path | None, columns: int, on_pictures: Pictures | None) -> None:
+        from pruner.tiny.judge import Judge
+
+        self.scores, self.on_pictures = scores, on_pictures
+        self.judge = None if judge_dir is None else Judge.load(judge_dir)
+        self.squared, self.values = 0.0, 0  # PSNR's sum of squared differences (pixels in [0, 1]) and their count
+        self.hits, self.n = [0, 0], 0  # prompts the judge found drawn right: the student's, the teacher's
+        self.shown = FirstPictures(columns)
+
+    def add(self, teacher: list[Image.Image], student: list[Image.Image], prompts: list[str]) -> None:
+        x = np.stack([np.asarray(i, dtype=np.float64) / 255 for i in teacher])
+        y = np.stack([np.asarray(i, dtype=np.float64) / 255 for i in student])
+        self.squared, self.values = self.squared + float(((x - y) ** 2).sum()), self.values + x.size
+        if self.judge is not None:
+            for k, pictures in enumerate((student, teacher)):
+                score = self.judge.score(pictures, prompts)
+                self.hits[k] += round(float(score["prompt_accuracy"]) * int(score["n"]))
+        self.n += len(prompts)
+        self.shown(teacher, student, prompts)
+        self.scores.add(student, teacher, prompts)
+        if self.on_pictures is not None:
+            self.on_pictures(teacher, student, prompts)
+
+    def psnr(self) -> float:
+        mse = self.squared / self.values
+        return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(1.0 / mse))
+
+    def accuracy(self, who: int) -> tuple[float | None, float | None]:
+        """The judge's prompt accuracy of the student's (0) or the teacher's (1) pictures and its standard error;
+        (None, None) without a judge."""
+        if self.judge is None:
+            return None, None
+        accuracy = self.hits[who] / self.n
+        return accuracy, binomial_se(accuracy, self.n)
 
 
 @torch.no_grad()
@@ -241,13 +290,14 @@ def evaluate_student(
     dtype: str = "auto",
     metric_options: MetricOptions | None = None,
     batch_size: int = defaults.EVAL_BATCH,
-    on_pictures: Callable[[list[Image.Image], list[Image.Image], list[str]], object] | None = None,
+    on_pictures: Pictures | None = None,
 ) -> EvalReport:
     """Compare a student with its teacher on held-out prompts (on ``device``: default cuda when available), at
     ``resolution`` pixels a side (default the teacher's native size), both UNets and the pipeline in
     ``dtype`` (``auto``: bf16 on a GPU, fp32 on a CPU; see ``eval_dtype``), with the field metrics
-    ``metric_options`` asks for; ``on_pictures`` receives the teacher's and the student's pictures and the
-    prompts (``pruner compare`` draws one grid of several students); see the module docstring."""
+    ``metric_options`` asks for; ``on_pictures`` receives each batch of the teacher's and the student's
+    pictures and their prompts, in prompt order (``keep_pictures`` writes them; ``pruner compare`` draws one
+    grid of several students). Pictures are scored batch by batch and dropped; see the module docstring."""
     from pruner.data.cache import check_resolution
     from pruner.device import resolve_device
     from pruner.diffusion import default_resolution
@@ -262,36 +312,72 @@ def evaluate_student(
     side = resolution or default_resolution(dict(pipe.unet.config), int(pipe.vae_scale_factor))
     prompts = eval_prompts(n_prompts, seed, ref, prompts_file)
     sampling = {"seed": seed, "steps": steps, "guidance": guidance_scale, "resolution": side}
+    running = _Running(ScoreStream(scorers), _judge_dir(ref), grid_columns if grid_path else 0, on_pictures)
     with _student_on(student_path, dev, torch_dtype) as student:
         check_fits(student, pipe.unet, _name(student_path), teacher.reference)
-        (t_imgs, s_imgs), kd, (s_ms, t_ms) = _compare(pipe, student, prompts, sampling, batch_size)
+        kd, (s_ms, t_ms) = _compare(pipe, student, prompts, sampling, running.add, batch_size)
         s_params = sum(p.numel() for p in student.parameters())
-    if on_pictures is not None:
-        on_pictures(t_imgs, s_imgs, prompts)
-    grid = _grid(t_imgs, s_imgs, prompts, grid_path, grid_columns) if grid_path else None
-    (s_acc, s_se), (t_acc, t_se) = _accuracy(ref, s_imgs, prompts), _accuracy(ref, t_imgs, prompts)
+    grid = running.shown.grid(grid_path) if grid_path else None
+    (s_acc, s_se), (t_acc, t_se) = running.accuracy(0), running.accuracy(1)
     return EvalReport(
-        _name(student_path), teacher.reference, kd, _psnr(t_imgs, s_imgs), s_acc, t_acc, s_ms, t_ms,
+        _name(student_path), teacher.reference, kd, running.psnr(), s_acc, t_acc, s_ms, t_ms,
         s_params, sum(p.numel() for p in pipe.unet.parameters()), len(prompts), steps, guidance_scale,
         str(grid) if grid else None, prompt_accuracy_se=s_se, teacher_prompt_accuracy_se=t_se, resolution=side,
-        dtype=str(torch_dtype).removeprefix("torch."), metrics=score_pictures(scorers, s_imgs, t_imgs, prompts),
+        dtype=str(torch_dtype).removeprefix("torch."), metrics=running.scores.result(),
         metric_settings=scorers.settings, seed=seed, prompts_file=None if prompts_file is None else str(prompts_file),
     )  # fmt: skip
 
 
-def save_pictures(folder: Path, teacher: list[Image.Image], student: list[Image.Image], prompts: list[str]) -> Path:
-    """Keep an evaluation's pictures: ``teacher/`` and ``student/`` (``00000.png`` ..., prompt ``k`` as
-    ``k``) and ``prompts.txt``, written beside the folder and renamed into place, so that metrics can be
-    recomputed later (FID against ``teacher/`` as a reference folder)."""
-    from pruner.io import publish_dir, temp_dir_beside
+class PictureKeeper:
+    """Keeps an evaluation's pictures as they are made (``add``, an ``on_pictures``): ``teacher/`` and
+    ``student/`` (``00000.png`` ..., prompt ``k`` as ``k``) and ``prompts.txt``, written batch by batch in a
+    folder beside ``folder`` and renamed into place by ``publish``, so that metrics can be recomputed later
+    (FID against ``teacher/`` as a reference); ``discard`` removes an unfinished one."""
 
-    tmp = temp_dir_beside(folder)
-    for who, pictures in (("teacher", teacher), ("student", student)):
-        (tmp / who).mkdir()
-        for k, picture in enumerate(pictures):
-            picture.save(tmp / who / f"{k:05d}.png")
-    (tmp / "prompts.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
-    return publish_dir(tmp, folder)
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.n = folder, 0
+        self.tmp: Path | None = None
+
+    def add(self, teacher: list[Image.Image], student: list[Image.Image], prompts: list[str]) -> None:
+        from pruner.io import temp_dir_beside
+
+        if self.tmp is None:
+            self.tmp = temp_dir_beside(self.folder)
+            (self.tmp / "teacher").mkdir()
+            (self.tmp / "student").mkdir()
+        for k, (mine, theirs) in enumerate(zip(student, teacher, strict=True), self.n):
+            theirs.save(self.tmp / "teacher" / f"{k:05d}.png")
+            mine.save(self.tmp / "student" / f"{k:05d}.png")
+        with (self.tmp / "prompts.txt").open("a", encoding="utf-8") as listing:
+            listing.write("".join(p.replace("\n", " ") + "\n" for p in prompts))
+        self.n += len(prompts)
+
+    def publish(self) -> Path:
+        from pruner.io import publish_dir
+
+        if self.tmp is None:
+            raise PrunerError(f"no pictures were made to keep in {self.folder}")
+        return publish_dir(self.tmp, self.folder)
+
+    def discard(self) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def kept_pictures(folder: str | Path | None) -> Iterator[Pictures | None]:
+    """The ``on_pictures`` that keeps an evaluation's pictures in ``folder`` (None: none kept), published when
+    the evaluation finishes and removed when it fails."""
+    if folder is None:
+        yield None
+        return
+    keeper = PictureKeeper(Path(folder))
+    try:
+        yield keeper.add
+    except BaseException:
+        keeper.discard()
+        raise
+    keeper.publish()
 
 
 # What the teacher's pipeline feeds a UNet and reads back: a student must take and give the same.
@@ -316,31 +402,32 @@ def _compare(
     student: UNet2DConditionModel,
     prompts: list[str],
     sampling: dict[str, Any],
+    sink: Pictures,
     batch_size: int = defaults.EVAL_BATCH,
-) -> tuple[tuple[list[Image.Image], list[Image.Image]], float, tuple[float, float]]:
-    """Teacher and student pictures from the same seeds, the held-out KD loss, and both UNets' latency (ms).
+) -> tuple[float, tuple[float, float]]:
+    """Teacher and student pictures from the same seeds, handed to ``sink`` a batch at a time (then dropped),
+    the held-out KD loss, and both UNets' latency (ms).
 
-    The prompts go ``batch_size`` at a time (30,000 MS-COCO captions do not fit one batch); picture ``k`` keeps
-    its seed, ``seed + k``, whatever the batch, and the KD loss is the prompts' mean."""
-    t_imgs: list[Image.Image] = []
-    s_imgs: list[Image.Image] = []
+    The prompts go ``batch_size`` at a time (30,000 MS-COCO captions do not fit one batch, nor their pictures
+    memory); picture ``k`` keeps its seed, ``seed + k``, whatever the batch, and the KD loss is the prompts' mean."""
     kd_total = 0.0
     teacher_unet = pipe.unet
     for start in range(0, len(prompts), batch_size):
         chunk, at = prompts[start : start + batch_size], {**sampling, "seed": sampling["seed"] + start}
         t_out = generate(pipe, chunk, output_type="latent", **at).images
-        t_imgs += decode_pictures(pipe, t_out)
         kd_total += _kd_loss(pipe, student, t_out, chunk, at["seed"] + 1) * len(chunk)
+        t_imgs = decode_pictures(pipe, t_out)
         pipe.unet = student
         try:
-            s_imgs += generate(pipe, chunk, **at).images
+            s_imgs = generate(pipe, chunk, **at).images
         finally:
             pipe.unet = teacher_unet
+        sink(t_imgs, s_imgs, chunk)
     kd = kd_total / len(prompts)
     latent, seq = sampling["resolution"] // int(pipe.vae_scale_factor), _seq_len(pipe)
     s_lat = measure_latency(student, latent, batch=2, seq_len=seq, runs=10)
     t_lat = measure_latency(teacher_unet, latent, batch=2, seq_len=seq, runs=10)
-    return (t_imgs, s_imgs), kd, (s_lat.total_ms, t_lat.total_ms)
+    return kd, (s_lat.total_ms, t_lat.total_ms)
 
 
 def _name(student: str | Path | UNet2DConditionModel) -> str:

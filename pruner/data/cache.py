@@ -54,6 +54,7 @@ from pruner.teacher import Teacher
 
 __all__ = [
     "CACHE_FILE",
+    "IMAGE_ERRORS",
     "SCHEMA_VERSION",
     "CacheSummary",
     "LatentCache",
@@ -66,7 +67,7 @@ SCHEMA_VERSION = 1
 CACHE_FILE = "cache.json"
 _TMP = ".tmp"  # suffix of files being written; any left over belongs to an interrupted run
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # a picture that cannot be read
 MAX_PIXELS = 1 << 26  # 67 M pixels (8192x8192): larger pictures are skipped as too_large, never decoded
 # Fields that must match between a cache folder and a re-run that resumes it: (cache.json key, what to call it).
 _IDENTITY = {
@@ -198,7 +199,7 @@ class _RowReader:
             pixels, ids = load_image(row.picture, self.resolution)
         except ImageTooLarge:
             return "too_large"
-        except _IMAGE_ERRORS:
+        except IMAGE_ERRORS:
             return "unreadable"
         if row.original_size is not None:
             ids = (*row.original_size, *ids[2:])

@@ -1,5 +1,6 @@
 """Where data is decided: ``open_source`` turns what a user names into a source for ``pruner cache``;
-``resolve_data`` picks the rows the search calibrates on and the distiller trains on."""
+``open_pictures`` does the same for a FID/KID reference set (pictures alone); ``resolve_data`` picks the rows
+the search calibrates on and the distiller trains on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pruner.data.bundled import BUNDLED_DATA, default_data
 from pruner.data.cache import LatentCache
 from pruner.data.sources import Source
-from pruner.data.sources.folder import METADATA_FILE, ImageFolder
+from pruner.data.sources.folder import METADATA_FILE, ImageFolder, PictureFiles
 from pruner.data.sources.hf import HFColumns, HFDataset, is_saved_dataset, load_hf
 from pruner.data.sources.webdataset import WebDataset, looks_like_shards
 from pruner.errors import PrunerError
@@ -17,7 +18,7 @@ from pruner.errors import PrunerError
 if TYPE_CHECKING:
     from pruner.teacher import Teacher
 
-__all__ = ["open_source", "resolve_data"]
+__all__ = ["open_pictures", "open_source", "resolve_data"]
 
 _NO_DATA = "pass --data CACHE (made with `pruner cache DATA --teacher T --out CACHE`)"
 
@@ -67,13 +68,30 @@ def open_source(
     text = str(data)
     path = Path(text).expanduser()
     if looks_like_shards(text):
-        return WebDataset(text, caption_key=columns.caption if columns.caption != "text" else "caption",
-                          caption_seed=columns.caption_seed)  # fmt: skip
+        key = columns.caption if columns.caption not in ("text", None) else "caption"
+        return WebDataset(text, caption_key=key, caption_seed=columns.caption_seed)
     if (path / METADATA_FILE).is_file() or (path.is_dir() and not _holds_dataset(path)) or _local_and_absent(text):
         return ImageFolder(path)
     loaded = load_hf(text, split=split, revision=revision, config=config, streaming=streaming)
     where = text if split is None else f"{text} (split {split})"
     return HFDataset(loaded, where, columns, max_rows=max_rows)
+
+
+def open_pictures(
+    data: str | Path, *, split: str | None = None, image_column: str = "image", max_rows: int | None = None
+) -> Source:
+    """The pictures ``data`` names, captions not needed (a FID/KID reference set), read by the same sources as
+    ``pruner cache``: a folder of pictures with or without metadata.jsonl, tar shards, or a ``datasets`` set
+    (its ``split``, capped at ``max_rows``); a local path that is not there is one line."""
+    text = str(data)
+    path = Path(text).expanduser()
+    if not looks_like_shards(text) and _local_and_absent(text):
+        raise PrunerError(f"reference= {text} does not exist; give a folder of pictures, a save_to_disk folder, "
+                          "parquet files, tar shards or a Hub dataset id")  # fmt: skip
+    if path.is_dir() and not (path / METADATA_FILE).is_file() and not _holds_dataset(path):
+        return PictureFiles(path)
+    columns = HFColumns(image=image_column, caption=None)
+    return open_source(text, columns=columns, split=split, max_rows=max_rows)
 
 
 def _holds_dataset(path: Path) -> bool:

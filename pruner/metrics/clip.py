@@ -18,7 +18,7 @@ import torch
 from pruner.errors import PrunerError, first_line
 from pruner.metrics.features import offline
 
-__all__ = ["DEFAULT_CLIP", "clip_score", "load_clip"]
+__all__ = ["DEFAULT_CLIP", "ClipScore", "clip_score", "load_clip"]
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
@@ -71,17 +71,34 @@ class _Embeddings(torch.nn.Module):
         return self._tensor(self.clip.get_text_features(*args, **kwargs))
 
 
-@torch.no_grad()
+class ClipScore:
+    """The CLIP score of pictures fed batch by batch (``add``, torchmetrics' ``update``), as they are made:
+    its running sum is kept, not the pictures; ``result()`` is the mean over every picture fed."""
+
+    def __init__(self, model: tuple[Any, Any]) -> None:
+        from torchmetrics.multimodal.clip_score import CLIPScore
+
+        self.metric = CLIPScore(model_name_or_path=lambda: model)
+
+    @torch.no_grad()
+    def add(self, pictures: torch.Tensor, prompts: Sequence[str]) -> None:
+        """uint8 ``pictures`` (N, 3, H, W) and their prompts, one each."""
+        if len(pictures) != len(prompts):
+            raise ValueError(f"{len(pictures)} pictures for {len(prompts)} prompts")
+        with warnings.catch_warnings():  # torchmetrics pads to the longest prompt, and truncates itself
+            warnings.filterwarnings("ignore", message=".*max_length. is ignored")
+            self.metric.update(pictures, list(prompts))
+
+    def result(self) -> float:
+        return float(self.metric.compute())
+
+
 def clip_score(pictures: torch.Tensor, prompts: Sequence[str], model: tuple[Any, Any], batch: int = 64) -> float:
     """Mean CLIP score (100 x cosine, floored at 0 as torchmetrics does) of uint8 ``pictures`` (N, 3, H, W)
     against ``prompts``, one each."""
-    from torchmetrics.multimodal.clip_score import CLIPScore
-
     if len(pictures) != len(prompts):
         raise ValueError(f"{len(pictures)} pictures for {len(prompts)} prompts")
-    metric = CLIPScore(model_name_or_path=lambda: model)
-    with warnings.catch_warnings():  # torchmetrics pads to the longest prompt, and truncates itself
-        warnings.filterwarnings("ignore", message=".*max_length. is ignored")
-        for start in range(0, len(prompts), batch):
-            metric.update(pictures[start : start + batch], list(prompts[start : start + batch]))
-    return float(metric.compute())
+    score = ClipScore(model)
+    for start in range(0, len(prompts), batch):
+        score.add(pictures[start : start + batch], prompts[start : start + batch])
+    return score.result()

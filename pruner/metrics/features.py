@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,10 +19,13 @@ from torch.nn import functional as F
 
 from pruner.errors import PrunerError
 
+if TYPE_CHECKING:
+    from pruner.data.sources import Source, SourceRow
+
 __all__ = [
     "INCEPTION_URL",
     "JudgeFeatures",
-    "PictureFolder",
+    "SourcePictures",
     "inception_weights",
     "missing_inception",
     "offline",
@@ -33,7 +37,6 @@ __all__ = [
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
-_PICTURES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def offline() -> bool:
@@ -57,29 +60,53 @@ def pictures_tensor(images: Sequence[Image.Image], side: int | None = None) -> t
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-class PictureFolder:
-    """A reference set on disk (its pictures sorted by name, in sub-folders too), read in uint8 batches
-    at ``side`` pixels as FID and KID consume them, so that 30,000 pictures never sit in memory at once;
-    ``len`` is its number of pictures."""
+class SourcePictures:
+    """A reference set read through the data room's sources (``pruner.data.resolve.open_pictures``: a folder of
+    pictures, a ``datasets`` set or tar shards), at most ``limit`` rows, in uint8 batches as FID and KID consume
+    them, so that 30,000 pictures never sit in memory at once. Each picture is resized and cropped as ``pruner
+    cache`` does it (shorter side to the generated side, centre crop, bicubic); a row without a picture, or
+    whose bytes do not decode, is counted in ``skipped`` and passed over."""
 
-    def __init__(self, folder: Path, side: int, batch: int = 64) -> None:
-        if not folder.is_dir():
-            raise PrunerError(f"reference= {folder} is not a folder; give a folder of pictures (png, jpg, webp)")
-        self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in _PICTURES)
-        if len(self.files) < 2:
-            raise PrunerError(f"reference= {folder} holds {len(self.files)} pictures; FID and KID need at least 2")
-        self.folder, self.side, self.batch = folder, side, batch
+    def __init__(self, source: Source, limit: int | None = None, batch: int = 64) -> None:
+        self.source, self.batch = source, batch
+        self.stop = len(source) if limit is None else min(limit, len(source))
+        if self.stop < 2:
+            raise PrunerError(
+                f"reference= {source.description} holds {self.stop} pictures; FID and KID need at least 2"
+            )
+        self.skipped = 0
 
     def __len__(self) -> int:
-        return len(self.files)
+        """Rows to read: the number of pictures, less those that turn out unreadable."""
+        return self.stop
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        for start in range(0, len(self.files), self.batch):
-            pictures = []
-            for path in self.files[start : start + self.batch]:
-                with Image.open(path) as image:
-                    pictures.append(image.convert("RGB"))
-            yield pictures_tensor(pictures, self.side)
+    def batches(self, side: int) -> Iterator[torch.Tensor]:
+        """The pictures at ``side`` pixels, ``batch`` at a time."""
+        pictures: list[torch.Tensor] = []
+        for row in self.source.rows(0, self.stop):
+            picture = self._read(row, side)
+            if picture is None:
+                self.skipped += 1
+                continue
+            pictures.append(picture)
+            if len(pictures) == self.batch:
+                yield torch.stack(pictures)
+                pictures = []
+        if pictures:
+            yield torch.stack(pictures)
+
+    @staticmethod
+    def _read(row: SourceRow, side: int) -> torch.Tensor | None:
+        """The row's picture as uint8 (3, side, side); None without one (a caption is not needed here)."""
+        from pruner.data.cache import IMAGE_ERRORS, load_image
+
+        if row.picture is None or row.skip not in (None, "no_text"):
+            return None
+        try:
+            pixels, _ = load_image(row.picture, side)
+        except IMAGE_ERRORS:
+            return None
+        return ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 class JudgeFeatures(nn.Module):

@@ -12,17 +12,19 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 import pruner
 from pruner.cli import app
 from pruner.data import LatentCache
-from pruner.data.resolve import open_source
+from pruner.data.resolve import open_pictures, open_source
 from pruner.data.sources import choose_caption
 from pruner.data.sources.hf import HFColumns, HFDataset
 from pruner.errors import PrunerError
 from pruner.recipe import load_recipe
 from pruner.tiny.synth import write_dataset
+from pruner.unet import bundled_teacher
 
 datasets = pytest.importorskip("datasets")
 N = 5
@@ -82,22 +84,29 @@ def _same(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def caches(folder: Path, tiny_sdxl_pipeline: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def sources(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """The same pictures and captions as an image folder, a save_to_disk folder, a parquet file and webdataset
-    tars (through the CLI), each cached once for this module's tests."""
+    tars in img2dataset's layout (a brace pattern)."""
     root = tmp_path_factory.mktemp("sources")
     _dataset(folder).save_to_disk(str(root / "saved"))
     _dataset(folder).to_parquet(str(root / "rows.parquet"))
-    made = {}
-    for name, data in (("folder", folder), ("saved", root / "saved"), ("parquet", root / "rows.parquet")):
-        summary = pruner.cache(data, root / f"{name}-cache", teacher=tiny_sdxl_pipeline, device="cpu")
+    return {"folder": str(folder), "saved": str(root / "saved"), "parquet": str(root / "rows.parquet"),
+            "tars": _shards(folder, root / "shards")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def caches(
+    sources: dict[str, str], tiny_sdxl_pipeline: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Each source cached once for this module's tests (the tars through the CLI)."""
+    root = tmp_path_factory.mktemp("caches")
+    for name in ("folder", "saved", "parquet"):
+        summary = pruner.cache(sources[name], root / name, teacher=tiny_sdxl_pipeline, device="cpu")
         assert (summary.n_written, summary.n_skipped) == (N, 0), name
-        made[name] = root / f"{name}-cache"
-    pattern = _shards(folder, root / "shards")
-    result = CliRunner().invoke(app, ["cache", pattern, "--teacher", tiny_sdxl_pipeline, "--out",
+    result = CliRunner().invoke(app, ["cache", sources["tars"], "--teacher", tiny_sdxl_pipeline, "--out",
                                       str(root / "tars"), "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    return made | {"tars": root / "tars"}
+    return {name: root / name for name in sources}
 
 
 def test_every_source_caches_the_same_rows_as_the_image_folder(folder: Path, caches: dict[str, Path]) -> None:
@@ -135,6 +144,66 @@ def test_search_and_distill_run_on_a_cache_of_every_source(
     assert found["saved"] == found["parquet"] == found["tars"]
     assert losses["parquet"] == pytest.approx(losses["saved"], rel=1e-3)
     assert losses["tars"] == pytest.approx(losses["saved"], rel=1e-3)
+
+
+def test_a_fid_reference_reads_every_source_alike(
+    sources: dict[str, str], folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--reference` goes through the cache's own sources: the same pictures as a folder with or without
+    metadata.jsonl, a save_to_disk folder, a parquet file or tars give the same reference pixels, so FID between
+    any two is 0; a Hub id takes its split and cap, and needs no caption column."""
+    from pruner.metrics.distribution import fid
+    from pruner.metrics.features import JudgeFeatures, SourcePictures
+
+    teacher = bundled_teacher()
+    if teacher is None:
+        pytest.skip("the bundled teacher (its judge's features) is not installed")
+    (plain := tmp_path / "plain").mkdir()
+    for row in _rows(folder):
+        (plain / row["file_name"]).write_bytes((folder / row["file_name"]).read_bytes())
+    read = {name: torch.cat(list(SourcePictures(open_pictures(data)).batches(32)))
+            for name, data in {**sources, "plain": str(plain)}.items()}  # fmt: skip
+    assert all(torch.equal(pictures, read["plain"]) for pictures in read.values()) and len(read["plain"]) == N
+    judge = JudgeFeatures(teacher / "judge")
+    noisy = read["plain"].float() + 64 * torch.randn(read["plain"].shape, generator=torch.Generator().manual_seed(0))
+    far = fid(read["plain"], noisy.clamp(0, 255).to(torch.uint8), judge)
+    assert fid(SourcePictures(open_pictures(sources["parquet"])).batches(32), read["tars"], judge) < 1e-3 * far
+    seen: dict[str, Any] = {}
+
+    def load_dataset(name: str, config: str | None = None, **kwargs: Any) -> Any:
+        seen.update(name=name, **kwargs)
+        return _dataset(folder).remove_columns("text")  # pictures alone, as a reference set may be
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    hub = SourcePictures(open_pictures("someone/coco-val", split="validation", max_rows=3), limit=3)
+    assert seen["split"] == "validation" and len(hub) == 3
+    assert torch.equal(torch.cat(list(hub.batches(32))), read["plain"][:3])
+
+
+def test_eval_scores_against_a_reference_from_a_dataset(sources: dict[str, str], tmp_path: Path) -> None:
+    """`pruner eval --metrics fid --reference PARQUET --reference-n 4`: the student's and the teacher's FID to
+    the first 4 rows of the set, as FID of the kept pictures against those rows says; the cap recorded."""
+    from pruner.metrics.distribution import fid
+    from pruner.metrics.features import JudgeFeatures, SourcePictures, pictures_tensor
+
+    teacher = bundled_teacher()
+    if teacher is None:
+        pytest.skip("the bundled teacher is not installed")
+    kept = tmp_path / "kept"
+    args = ["eval", "tiny-sdxl", "--teacher", "tiny-sdxl", "--n", "4", "--steps", "2", "--metrics", "fid", "--json",
+            "--reference", sources["parquet"], "--reference-n", "4", "--keep-pictures", str(kept)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    settings = report["metric_settings"]
+    assert (
+        settings["reference"] == sources["parquet"] and settings["reference_n"] == settings["reference_pictures"] == 4
+    )
+    pictures = pictures_tensor([Image.open(p).convert("RGB") for p in sorted((kept / "teacher").iterdir())])
+    rows = SourcePictures(open_pictures(sources["parquet"]), limit=4).batches(32)
+    expected = fid(rows, pictures, JudgeFeatures(teacher / "judge"))
+    assert report["metrics"]["teacher_fid"] == pytest.approx(expected, rel=1e-4) and expected > 0
+    assert report["metrics"]["fid"] == pytest.approx(report["metrics"]["teacher_fid"], rel=1e-4)  # student = teacher
 
 
 def test_bad_tar_members_and_missing_captions_are_counted_skips(

@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from pruner.data.resolve import open_pictures
 from pruner.errors import PrunerError
 from pruner.metrics.clip import DEFAULT_CLIP, clip_score, load_clip
 from pruner.metrics.distribution import fid, kid
-from pruner.metrics.features import JudgeFeatures, PictureFolder, picture_features, pictures_tensor
+from pruner.metrics.features import JudgeFeatures, SourcePictures, picture_features, pictures_tensor
 from pruner.tiny.synth import caption, render, sample_scenes
 from pruner.unet import bundled_teacher
 
@@ -61,15 +62,20 @@ def test_kid_of_two_samples_of_one_world_is_about_zero_and_grows_with_noise(scen
 def test_a_reference_folder_is_read_in_batches_at_the_generated_size(scenes, judge, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     for i, picture in enumerate(scenes[:10]):
         picture.resize((64, 48)).save(tmp_path / f"{i:03}.png")
-    folder = PictureFolder(tmp_path, side=32, batch=4)
-    batches = list(folder)
-    assert len(folder) == 10 and [len(b) for b in batches] == [4, 4, 2] and batches[0].shape[1:] == (3, 32, 32)
-    assert fid(folder, pictures_tensor(scenes[:10]), judge) < fid(folder, pictures_tensor(scenes[10:20]), judge)
+    (tmp_path / "010.png").write_bytes(b"not a picture")  # passed over and counted, not fatal
+    folder = SourcePictures(open_pictures(tmp_path), batch=4)
+    batches = list(folder.batches(32))
+    assert len(folder) == 11 and [len(b) for b in batches] == [4, 4, 2] and batches[0].shape[1:] == (3, 32, 32)
+    assert folder.skipped == 1
+    assert fid(folder.batches(32), pictures_tensor(scenes[:10]), judge) < fid(
+        folder.batches(32), pictures_tensor(scenes[10:20]), judge
+    )
+    assert [len(b) for b in SourcePictures(open_pictures(tmp_path), limit=5, batch=4).batches(32)] == [4, 1]
     (tmp_path / "empty").mkdir()
     with pytest.raises(PrunerError, match="holds 0 pictures"):
-        PictureFolder(tmp_path / "empty", 32)
-    with pytest.raises(PrunerError, match="is not a folder"):
-        PictureFolder(tmp_path / "none", 32)
+        SourcePictures(open_pictures(tmp_path / "empty"))
+    with pytest.raises(PrunerError, match="does not exist; give a folder of pictures"):
+        open_pictures(tmp_path / "none")
 
 
 def test_the_shape_clip_scores_matched_captions_above_shuffled_ones() -> None:
@@ -161,6 +167,58 @@ def test_the_pictures_and_their_scores_do_not_depend_on_how_many_prompts_go_at_o
     assert one.psnr == pytest.approx(three.psnr, abs=1e-3)
     assert one.metrics["clip_score"] == pytest.approx(three.metrics["clip_score"], abs=1e-3)
     assert one.kd_loss > 0 and three.kd_loss > 0
+
+
+def test_an_evaluation_holds_one_batch_of_pictures_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """30,000 prompts: every metric is fed batch by batch as the pictures are made, and each batch is dropped
+    before the next is made (the pictures still alive when a batch is scored are that batch's); kept pictures
+    go to disk batch by batch. The scores are those of one batch of all the prompts."""
+    import gc
+    import weakref
+
+    import pruner
+    import pruner.evaluation
+    from pruner.metrics.clip import ClipScore
+    from pruner.metrics.distribution import Distances
+    from pruner.metrics.scoring import ScoreStream
+
+    made: list[weakref.ref[Image.Image]] = []
+    alive: list[int] = []
+    fed: list[int] = []
+    decode, add, feed, clip = pruner.evaluation.decode_pictures, ScoreStream.add, Distances.add, ClipScore.add
+
+    def decode_pictures(*args, **kwargs):  # type: ignore[no-untyped-def]
+        pictures = decode(*args, **kwargs)
+        made.extend(weakref.ref(p) for p in pictures)
+        return pictures
+
+    def scored(self, student, teacher, prompts):  # type: ignore[no-untyped-def]
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in made))
+        return add(self, student, teacher, prompts)
+
+    monkeypatch.setattr(pruner.evaluation, "decode_pictures", decode_pictures)
+    monkeypatch.setattr(ScoreStream, "add", scored)
+
+    def counted(add_batch):  # type: ignore[no-untyped-def]
+        def add(self, pictures, *args, **kwargs):  # type: ignore[no-untyped-def]
+            fed.append(len(pictures))
+            return add_batch(self, pictures, *args, **kwargs)
+
+        return add
+
+    monkeypatch.setattr(Distances, "add", counted(feed))
+    monkeypatch.setattr(ClipScore, "add", counted(clip))
+    kept = tmp_path / "kept"
+    streamed = pruner.evaluate("tiny-sdxl", "tiny-sdxl", n_prompts=6, steps=2, metrics="fid,kid,clip", batch_size=2,
+                               device="cpu", keep_pictures=kept)  # fmt: skip
+    assert alive == [2, 2, 2]  # the teacher's pictures of this batch only: the batches before are gone
+    assert max(fed) == 2 and sum(fed) == 4 * 6  # FID/KID: the teacher's (reference) and the student's; CLIP: both
+    assert len(list((kept / "student").iterdir())) == 6 and len((kept / "prompts.txt").read_text().splitlines()) == 6
+    whole = pruner.evaluate("tiny-sdxl", "tiny-sdxl", n_prompts=6, steps=2, metrics="fid,kid,clip", batch_size=6,
+                            device="cpu")  # fmt: skip
+    for key, value in whole.metrics.items():
+        assert streamed.metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 def test_too_few_prompts_for_fid_or_kid_are_refused_before_any_compute() -> None:

@@ -1,5 +1,6 @@
 """An image folder with ``metadata.jsonl`` (one JSON object per line with ``file_name`` and ``text``, the
-layout of diffusers' imagefolder): the source ``pruner cache`` has always read."""
+layout of diffusers' imagefolder): the source ``pruner cache`` has always read; and a folder of pictures without
+captions (``PictureFiles``: a reference set such as MS-COCO's val2014 for FID and KID)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import Any
 from pruner.data.sources import SourceRow, choose_caption
 from pruner.errors import PrunerError
 
-__all__ = ["METADATA_FILE", "ImageFolder", "Row", "data_folder", "read_metadata"]
+__all__ = ["METADATA_FILE", "ImageFolder", "PictureFiles", "Row", "data_folder", "read_metadata"]
 
 METADATA_FILE = "metadata.jsonl"
+_PICTURE_FILES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,31 @@ class ImageFolder:
 
 
 def _source_row(folder: Path, row: Row) -> SourceRow:
-    """The row with the reason it is skipped, if any, known before the picture is opened."""
+    """The row with the reason it is skipped, if any, known before the picture is opened (a row without a
+    caption keeps its picture: a reference set for FID reads pictures alone)."""
     key = row.file_name or f"row-{row.index}"
-    skip = None
     if row.file_name is None:
-        skip = "bad_row"
-    elif row.text is None:
-        skip = "no_text"
-    elif not (folder / row.file_name).is_file():
-        skip = "missing"
-    picture = None if skip else folder / str(row.file_name)
-    return SourceRow(row.index, key, row.text, picture, skip=skip)
+        return SourceRow(row.index, key, row.text, None, skip="bad_row")
+    if not (folder / row.file_name).is_file():
+        return SourceRow(row.index, key, row.text, None, skip="no_text" if row.text is None else "missing")
+    return SourceRow(row.index, key, row.text, folder / row.file_name, skip="no_text" if row.text is None else None)
+
+
+class PictureFiles:
+    """Every picture file under a folder (sub-folders too), sorted by path, without captions; a row's key is
+    its path in the folder. What FID and KID read as a reference set; ``pruner cache`` needs captions and
+    reads an ``ImageFolder`` instead."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = data_folder(folder)
+        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in _PICTURE_FILES and p.is_file())
+        self.description = str(self.folder)
+        listing = "\n".join(f"{p.relative_to(self.folder)}:{p.stat().st_size}" for p in self.files)
+        self.fingerprint = hashlib.sha256(listing.encode("utf-8", errors="surrogateescape")).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def rows(self, start: int = 0, stop: int | None = None) -> Iterator[SourceRow]:
+        for index, path in enumerate(self.files[start:stop], start):
+            yield SourceRow(index, str(path.relative_to(self.folder)), None, path)

@@ -21,11 +21,11 @@ DATA_FILE_KINDS = {".parquet": "parquet", ".arrow": "arrow"}
 
 @dataclass(frozen=True)
 class HFColumns:
-    """Which columns hold the picture and the caption (the diffusers example's defaults), and the seed that
-    picks one of several captions (None: the first)."""
+    """Which columns hold the picture and the caption (the diffusers example's defaults; caption None: pictures
+    alone, as a FID reference reads them), and the seed that picks one of several captions (None: the first)."""
 
     image: str = "image"
-    caption: str = "text"
+    caption: str | None = "text"
     caption_seed: int | None = None
 
 
@@ -144,7 +144,8 @@ class HFDataset:
         else:
             records = islice(iter(self.dataset), start, stop)
         for index, record in enumerate(records, start):
-            caption = choose_caption(record.get(self.columns.caption), self.columns.caption_seed, index)
+            column = self.columns.caption
+            caption = None if column is None else choose_caption(record.get(column), self.columns.caption_seed, index)
             picture = _picture(record.get(self.columns.image))
             skip = "no_text" if caption is None else "missing" if picture is None else None
             yield SourceRow(index, str(index), caption, picture, skip=skip)
@@ -155,7 +156,7 @@ def _check_columns(dataset: Any, columns: HFColumns, description: str) -> None:
     if not present:
         return  # a stream whose columns are only known once read
     for role, name in (("image_column", columns.image), ("caption_column", columns.caption)):
-        if name not in present:
+        if name is not None and name not in present:
             raise PrunerError(f"{description} has no column {name!r}; pass {role}= one of {', '.join(present)}")
 
 

@@ -211,5 +211,6 @@ def test_eval_table_shows_prompt_accuracy_with_its_standard_error(
     assert "75.0% ± 2.7" in table.stdout and "90.6% ± 1.8" in table.stdout
     as_json = json.loads(runner.invoke(app, ["eval", "s", "--grid", str(tmp_path / "g.png"), "--json"]).stdout)
     assert as_json["prompt_accuracy_se"] == pytest.approx(0.0270633)
-    assert list(as_json)[-6:] == ["prompt_accuracy_se", "teacher_prompt_accuracy_se", "resolution", "dtype",
-                                  "metrics", "metric_settings"]  # fmt: skip
+    expected = {"prompt_accuracy_se", "teacher_prompt_accuracy_se", "resolution", "dtype", "metrics",
+                "metric_settings", "seed", "protocol"}  # fmt: skip
+    assert expected <= set(as_json), sorted(expected - set(as_json))

@@ -1,0 +1,55 @@
+"""What the found-plan rule decides on a finished study, measured afresh, and what the decision costs.
+
+Opens a study a search wrote (say one of ``search_vs_heuristics.py``'s journals; work on a copy, the study's
+``noise_floor`` and ``found_choice`` are measured again and overwritten), scores the best plan with the
+search's other row orders (the noise floor), then decides as ``pruner search`` now does whether found.yaml
+names it or the sensitivity seed (``pruner.study.choice``). Prints the decision, each plan's scores per row
+order, and the seconds of the noise floor and of the decision.
+
+    cp "/tmp/pruner-search-vs-heuristics/svh-30%-seed0.log" /tmp/s.log
+    python benchmarks/found_rule.py journal:/tmp/s.log svh-30%-seed0 --budget 30%
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import optuna
+import torch
+
+from pruner.budget import parse_budget
+from pruner.runtime import default_threads
+from pruner.study.choice import choose_found, noise_floor
+from pruner.study.study import SearchConfig, build_context, storage_of
+from pruner.teacher import Teacher
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("storage", help="the study's storage URL (journal:PATH, sqlite:///PATH)")
+    p.add_argument("study")
+    p.add_argument("--budget", required=True, help="the budget the search was given (the study stores its description)")
+    args = p.parse_args()
+    torch.set_num_threads(default_threads())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=args.study, storage=storage_of(args.storage))
+    settings = study.user_attrs["search"]
+    for attr in ("noise_floor", "found_choice"):  # measured again, as this pruner measures them
+        study.set_user_attr(attr, {})
+    cfg = SearchConfig(budget=args.budget, seed=settings["seed"], calibration=settings["calibration"],
+                       held_out=settings["held_out"], proxy_steps=settings["rungs"][1],
+                       top_steps=settings["rungs"][-1], progress=False, out=None)  # fmt: skip
+    ctx = build_context(cfg, Teacher.resolve(settings["teacher"]), parse_budget(cfg.budget))
+    start = time.perf_counter()
+    floor = noise_floor(study, ctx)
+    middle = time.perf_counter()
+    made = choose_found(study, ctx, floor, print)
+    end = time.perf_counter()
+    print(json.dumps({"noise_floor": floor, "found_choice": made}, indent=1))
+    print(f"noise floor {middle - start:.0f} s, the decision {end - middle:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -157,7 +157,8 @@ def run_once(data: str, processes: int, args: argparse.Namespace, work: Path) ->
         launcher = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no",
                     "--main_process_port", _free_port()]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # keep carried packages
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
     done = subprocess.run([*launcher, *own], capture_output=True, text=True, env=env, timeout=3600)
     wall = time.perf_counter() - started

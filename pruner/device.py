@@ -86,3 +86,12 @@ def teacher_dtype(device: torch.device, mixed_precision: str | None = None) -> t
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free to allocate on ``device``: the GPU's free memory, or the host's available memory for a CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)

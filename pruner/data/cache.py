@@ -231,7 +231,6 @@ def _pipeline_kind(pipe: Any, teacher: str) -> Kind:
     )
 
 
-@torch.no_grad()
 @contextmanager
 def _captions_cut_quietly() -> Iterator[None]:
     """The pipeline cuts a caption longer than its text encoder reads (77 tokens for SDXL), as SDXL's training
@@ -250,6 +249,7 @@ def _captions_cut_quietly() -> Iterator[None]:
         transformers_logging.set_verbosity(levels[1])
 
 
+@torch.no_grad()  # the encoders' parameters require grad as loaded: without it each batch keeps its activations
 def _encode_batch(pipe: Any, kind: Kind, items: list[_Item]) -> dict[str, torch.Tensor]:
     """One batch's cached tensors, computed exactly as the pipeline computes them, returned on the CPU."""
     device = pipe.vae.device
@@ -519,8 +519,24 @@ def _load_job(
     # the UNet's config (the pipeline is loaded without it) at the VAE's scale
     identity["resolution"] = resolution or default_resolution(teacher.config, int(pipe.vae_scale_factor))
     check_resolution(identity["resolution"], pipe)
+    pipe.vae.use_slicing = vae_batch_too_big(sizes[0], identity["resolution"], pipe.vae.device)
     threads = decode_threads(world.here)
     return _Job(source, pipe, kind, identity, teacher.reference, *sizes, progress, world.rank, threads)
+
+
+# SDXL's VAE encoder in fp32 without grad held 48.6 GiB for 16 pictures at 1024 px (one H200, 2026-12-04,
+# benchmarks/vae_memory.py): about 3.1 GiB a megapixel. SD1.5's VAE has the same widths.
+VAE_GIB_PER_MEGAPIXEL = 3.1
+
+
+def vae_batch_too_big(batch_size: int, resolution: int, device: torch.device) -> bool:
+    """Whether a whole batch's VAE activations would pass 80% of the device's free memory; the VAE then
+    encodes one picture at a time (diffusers' slicing: the same latents; on the H200, 1/13 of the memory at
+    0.66x the VAE's speed at 1024 px), while the text encoders still take the whole batch."""
+    from pruner.device import free_memory
+
+    need = batch_size * (resolution * resolution / 2**20) * VAE_GIB_PER_MEGAPIXEL * 2**30
+    return need > 0.8 * free_memory(device)
 
 
 def build_cache(

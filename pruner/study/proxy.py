@@ -156,11 +156,9 @@ def _stack_rows(data: Any, rows: Sequence[int]) -> dict[str, torch.Tensor]:
 def memory_for_features(device: torch.device) -> int:
     """What a feature store may take on ``device``: 40% of the GPU's free memory, or of the host's available
     memory for a CPU device (the teacher, a student and its optimizer need the rest)."""
-    if device.type == "cuda":
-        return int(0.4 * torch.cuda.mem_get_info(device)[0])
-    import psutil
+    from pruner.device import free_memory
 
-    return int(0.4 * psutil.virtual_memory().available)
+    return int(0.4 * free_memory(device))
 
 
 def disk_for_features() -> int:

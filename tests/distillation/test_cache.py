@@ -342,3 +342,43 @@ def test_processes_that_need_the_bundled_set_at_once_build_it_once(monkeypatch: 
         thread.join()
     assert len(results) == 2 and results[0] == results[1] and isinstance(results[0], Path), results
     assert len(writes) == 1 and len(LatentCache(results[0])) == 6
+
+
+def test_the_vae_slices_only_when_a_whole_batch_would_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 pictures at 1024 px need about 50 GiB of VAE activations: too much for a 24 GiB card, not for an H200."""
+    import pruner.device
+    from pruner.data.cache import vae_batch_too_big
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(pruner.device, "free_memory", lambda device: 24 * 2**30)
+    assert vae_batch_too_big(16, 1024, cuda)
+    assert not vae_batch_too_big(16, 512, cuda) and not vae_batch_too_big(1, 1024, cuda)
+    monkeypatch.setattr(pruner.device, "free_memory", lambda device: 139 * 2**30)
+    assert not vae_batch_too_big(16, 1024, cuda)
+
+
+def test_the_cache_encodes_without_autograd_and_slicing_keeps_the_latents(
+    sdxl_cache: tuple[Path, CacheSummary], data: Path, sdxl_teacher: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The encoders' parameters require grad as loaded: the cache must not keep each batch's activations for a
+    backward pass that never comes (at 1024 px that filled an H200). Encoding one picture at a time, as a small
+    device gets, writes the same latents."""
+    import diffusers
+
+    import pruner.data.cache
+
+    seen: list[tuple[bool, bool]] = []
+    encode = diffusers.AutoencoderKL.encode
+
+    def spy(self: diffusers.AutoencoderKL, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        seen.append((torch.is_grad_enabled(), self.use_slicing))
+        return encode(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers.AutoencoderKL, "encode", spy)
+    monkeypatch.setattr(pruner.data.cache, "vae_batch_too_big", lambda *args: True)
+    out = tmp_path / "sliced"
+    build_cache(data, Teacher.resolve(sdxl_teacher), out, batch_size=3, shard_size=4, progress=False)
+    assert seen and all(flags == (False, True) for flags in seen), seen
+    for a, b in zip(_shards(sdxl_cache[0]), _shards(out), strict=True):
+        torch.testing.assert_close(a["latents"], b["latents"], atol=1e-5, rtol=1e-4)

@@ -90,7 +90,8 @@ class CacheSummary:
     ``n_written`` rows are in ``shards`` shard files, ``n_skipped`` rows of the source's ``n_total`` were
     unusable (``skipped_reasons`` says why); ``resumed`` is true when existing shards were kept, and
     ``n_encoded`` counts the rows this call encoded itself, in ``seconds`` of reading and encoding of which
-    ``encoder_seconds`` in the VAE and text encoders. With several processes, ``waiting`` counts the parts
+    ``encoder_seconds`` in the VAE and text encoders, using ``cpu_seconds`` of CPU time (all of the process's
+    threads: over ``seconds``, the cores it kept busy). With several processes, ``waiting`` counts the parts
     others are still writing when this one finished: the counts are then this process's share, and the
     last process to finish writes the index.
     """
@@ -106,6 +107,7 @@ class CacheSummary:
     n_encoded: int = 0
     seconds: float = 0.0
     encoder_seconds: float = 0.0
+    cpu_seconds: float = 0.0
     waiting: int = 0
 
 
@@ -435,6 +437,7 @@ class _Work:
     encoded: int = 0
     seconds: float = 0.0
     encoder_seconds: float = 0.0
+    cpu_seconds: float = 0.0
     resumed: bool = False
     kind: Kind | None = None  # the teacher's, once its pipeline is loaded
 
@@ -455,7 +458,7 @@ def _record_progress(meta: dict[str, Any], consumed: int, skipped: dict[str, int
 def _encode_shards(job: _Job, meta: dict[str, Any], reader: _RowReader, out: Path, bar: tqdm, work: _Work) -> None:
     """Encode the reader's rows shard by shard, recording each shard in cache.json once it is on disk. Rows are
     read and decoded a few batches ahead in a thread, while the encoders work on the current batch."""
-    started, first = time.perf_counter(), meta.get("start_row", 0)
+    started, cpu, first = time.perf_counter(), time.process_time(), meta.get("start_row", 0)
     with closing(prefetched(iter(reader), depth=2 * job.batch_size)) as items:
         while True:
             parts, captions, last = [], [], None
@@ -480,6 +483,7 @@ def _encode_shards(job: _Job, meta: dict[str, Any], reader: _RowReader, out: Pat
     _write_meta(out, meta)
     bar.update(reader.consumed - first - bar.n)
     work.seconds += time.perf_counter() - started
+    work.cpu_seconds += time.process_time() - cpu
 
 
 def _write_part(job: _Job, folder: Path, rows: tuple[int, int], existing: dict[str, Any] | None, work: _Work) -> None:
@@ -683,7 +687,8 @@ def _summary(out: Path, parts: int, mine: list[int], work: _Work) -> CacheSummar
         n_total=sum(meta.get("stop_row", meta["n_rows"]) - meta.get("start_row", 0) for meta in own),
         shards=sum(len(meta["shards"]) for meta in own), out=out, resumed=work.resumed,
         kind=work.kind or own[0]["kind"], skipped_reasons=dict(sorted(skipped.items())),
-        n_encoded=work.encoded, seconds=work.seconds, encoder_seconds=work.encoder_seconds, waiting=waiting,
+        n_encoded=work.encoded, seconds=work.seconds, encoder_seconds=work.encoder_seconds,
+        cpu_seconds=work.cpu_seconds, waiting=waiting,
     )  # fmt: skip
 
 

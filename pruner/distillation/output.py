@@ -127,6 +127,7 @@ def _write_into(
         "held_out_kd_history": result.held_out_kd,
         "params": sum(p.numel() for p in student.parameters()),
         "trained": getattr(result, "settings", None),
+        "processes": getattr(result, "processes", 1),
     }
     (tmp / DONE_MARKER).write_text(json.dumps(metrics, indent=2))
     (tmp / "recipe.yaml").write_text(dump_recipe(recipe))

@@ -90,6 +90,7 @@ class DistillResult:
     final_losses: dict[str, float] = field(default_factory=dict)
     held_out_kd: list[tuple[int, float]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # what was trained (run_fingerprint)
+    processes: int = 1  # that trained it together (each took batch_size rows a step)
 
 
 def stage_steps(stages: list[StageSpec], total: int | None) -> list[int]:
@@ -356,10 +357,16 @@ def distill_recipe(
         return _distill(resolved, out, opts)
 
 
+def _launch() -> PartialState:
+    """This process's place in the launch, settled as the run's Accelerator settles it (on CPUs the processes
+    join over gloo: a state first made without ``cpu`` would count each CPU process as the only one)."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 @contextmanager
 def _owned(out: Path) -> Iterator[None]:
     """Hold the output's lock on the main process (under accelerate the other processes write nothing there)."""
-    if not PartialState().is_main_process:
+    if not _launch().is_main_process:
         yield
         return
     with output_lock(out, "--output"):
@@ -369,12 +376,13 @@ def _owned(out: Path) -> Iterator[None]:
 def _distill(resolved: ResolvedRecipe, out: Path, opts: DistillOptions) -> DistillResult:
     result = DistillResult(out, 0, settings=run_fingerprint(resolved, stage_steps(resolved.recipe.distill.stages,
                                                                                  opts.steps), opts))  # fmt: skip
+    result.processes = _launch().num_processes
     _resume_point(out / "checkpoints", opts.resume, result.settings)  # a mismatch is refused before any compute
     data, _ = resolve_data(resolved.teacher, opts.data, recorded=resolved.recipe.distill.data)
     torch.manual_seed(opts.seed)
     student = _initial_student(resolved, data, opts)
     student = _train_stages(resolved, student, data, out, opts, result)
-    if Accelerator().is_main_process:
+    if _launch().is_main_process:
         from pruner.distillation.output import write_outputs
 
         prompts = validation_prompts(data, opts)

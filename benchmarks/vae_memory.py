@@ -45,19 +45,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="picture side in pixels")
     parser.add_argument("--batch", type=int, default=16, help="pictures a batch (pruner cache's default: 16)")
     parser.add_argument("--repeats", type=int, default=3, help="timed encodings of each way (the least is kept)")
+    parser.add_argument("--vae", choices=("sdxl", "tiny"), default="sdxl", help="SDXL's VAE or the bundled teacher's")
     args = parser.parse_args()
     from diffusers import AutoencoderKL
-    from sdxl_scale import SDXL_VAE
+    from sdxl_scale import BUNDLED, SDXL_VAE
 
     torch.manual_seed(0)
-    vae = AutoencoderKL.from_config(SDXL_VAE).to(args.device).eval()
+    config = SDXL_VAE if args.vae == "sdxl" else AutoencoderKL.load_config(BUNDLED / "vae")
+    vae = AutoencoderKL.from_config(config).to(args.device).eval()
     pixels = torch.rand(args.batch, 3, args.size, args.size, device=args.device) * 2 - 1
     runs: dict[bool, list[tuple[torch.Tensor, float, float]]] = {False: [], True: []}
     for _ in range(args.repeats + 1):  # the first of each way warms up and is not timed
         for sliced in (False, True):
             runs[sliced].append(encode(vae, pixels, sliced))
     diff = (runs[False][0][0] - runs[True][0][0]).abs().max().item()
-    print(f"SDXL VAE encoder, fp32, {args.batch} pictures at {args.size} px on {args.device}")
+    print(f"{args.vae} VAE encoder, fp32, {args.batch} pictures at {args.size} px on {args.device}")
     print(f"{'way':<22}{'best s':>9}{'pictures/s':>12}{'peak GiB':>10}")
     for name, sliced in (("whole batch", False), ("one picture at a time", True)):
         best = min(seconds for _, seconds, _ in runs[sliced][1:])

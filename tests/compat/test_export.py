@@ -48,7 +48,7 @@ def _out(model: UNet2DConditionModel, name: str) -> torch.Tensor:
 def test_depth_only_students_of_both_topologies_round_trip_through_diffusers_single_file_loading(
     tiny_unet: UNet2DConditionModel, tmp_path: Path, seed: int
 ) -> None:
-    name = "sdxl" if tiny_unet.config.addition_embed_type == "text_time" else "sd15"
+    name = _kind(tiny_unet)
     for k, plan in enumerate(_depth_plans(tiny_unet, seed)):
         student = build_student(tiny_unet, plan)[0].eval()
         folder, file = tmp_path / f"student{k}", tmp_path / f"student{k}.safetensors"
@@ -65,6 +65,23 @@ def test_depth_only_students_of_both_topologies_round_trip_through_diffusers_sin
         assert report.metadata["pruner.depths"] == json.dumps(depths)
         assert depths["mid_block_type"] == student.config.mid_block_type
         assert sgm_topology(_keys(file)) == topology_of(student)
+
+
+def _kind(unet: UNet2DConditionModel) -> str:
+    return "sdxl" if unet.config.addition_embed_type == "text_time" else "sd15"
+
+
+def _saved_uneven_students(
+    teacher: UNet2DConditionModel, seed: int, tmp_path: Path
+) -> list[tuple[UNet2DConditionModel, Path, Path]]:
+    """Two students of uneven depths, each saved with save_pretrained, beside the path its single file takes."""
+    saved = []
+    for k, plan in enumerate(_uneven_plans(teacher, seed, 2)):
+        student = build_student(teacher, plan)[0].eval()
+        folder, file = tmp_path / f"student{k}", tmp_path / f"student{k}.safetensors"
+        student.save_pretrained(folder)
+        saved.append((student, folder, file))
+    return saved
 
 
 def _uneven_plans(teacher: UNet2DConditionModel, seed: int, n: int) -> list[Plan]:
@@ -84,11 +101,8 @@ def _keys(file: Path) -> list[str]:
 def test_students_with_uneven_layer_counts_round_trip_and_their_keys_describe_their_depths(
     tiny_unet: UNet2DConditionModel, tmp_path: Path, seed: int
 ) -> None:
-    name = "sdxl" if tiny_unet.config.addition_embed_type == "text_time" else "sd15"
-    for k, plan in enumerate(_uneven_plans(tiny_unet, seed, 2)):
-        student = build_student(tiny_unet, plan)[0].eval()
-        folder, file = tmp_path / f"student{k}", tmp_path / f"student{k}.safetensors"
-        student.save_pretrained(folder)
+    name = _kind(tiny_unet)
+    for student, folder, file in _saved_uneven_students(tiny_unet, seed, tmp_path):
         report = export_single_file(folder, file)
         back = pruner.unet.load_unet(str(file))
         torch.testing.assert_close(_out(back, name), _out(student, name), atol=1e-4, rtol=1e-4)
@@ -101,11 +115,8 @@ def test_uneven_students_in_diffusers_layout_load_through_from_single_file_with_
     tiny_unet: UNet2DConditionModel, tmp_path: Path, seed: int
 ) -> None:
     """diffusers' SGM converter cannot number uneven blocks; the diffusers-key file loads unconverted."""
-    name = "sdxl" if tiny_unet.config.addition_embed_type == "text_time" else "sd15"
-    for k, plan in enumerate(_uneven_plans(tiny_unet, seed, 2)):
-        student = build_student(tiny_unet, plan)[0].eval()
-        folder, file = tmp_path / f"student{k}", tmp_path / f"student{k}.safetensors"
-        student.save_pretrained(folder)
+    name = _kind(tiny_unet)
+    for student, folder, file in _saved_uneven_students(tiny_unet, seed, tmp_path):
         report = export_single_file(folder, file, layout="diffusers")
         expected = _out(student, name)
         back = UNet2DConditionModel.from_single_file(str(file), config=str(folder)).eval()

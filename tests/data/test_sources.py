@@ -156,8 +156,7 @@ def test_a_fid_reference_reads_every_source_alike(
     from pruner.metrics.features import JudgeFeatures, SourcePictures
 
     teacher = bundled_teacher()
-    if teacher is None:
-        pytest.skip("the bundled teacher (its judge's features) is not installed")
+    assert teacher is not None, "the bundled teacher ships in the repository (pruner/tiny/teacher)"
     (plain := tmp_path / "plain").mkdir()
     for row in _rows(folder):
         (plain / row["file_name"]).write_bytes((folder / row["file_name"]).read_bytes())
@@ -187,8 +186,7 @@ def test_eval_scores_against_a_reference_from_a_dataset(sources: dict[str, str],
     from pruner.metrics.features import JudgeFeatures, SourcePictures, pictures_tensor
 
     teacher = bundled_teacher()
-    if teacher is None:
-        pytest.skip("the bundled teacher is not installed")
+    assert teacher is not None, "the bundled teacher ships in the repository (pruner/tiny/teacher)"
     kept = tmp_path / "kept"
     args = ["eval", "tiny-sdxl", "--teacher", "tiny-sdxl", "--n", "4", "--steps", "2", "--metrics", "fid", "--json",
             "--reference", sources["parquet"], "--reference-n", "4", "--keep-pictures", str(kept)]  # fmt: skip

@@ -30,7 +30,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from pruner.errors import DiskFull, PrunerError
+from pruner.errors import DiskFull, PrunerError, first_line
 from pruner.io import disk_full_cause, disk_full_error
 from pruner.study.damage import SafeJournalFile, check_journal, check_sqlite
 
@@ -183,8 +183,7 @@ def _root_reason(exc: BaseException) -> str:
     (Optuna wraps every failed commit as "invalid data ... e.g. exceeding max length")."""
     while exc.__cause__ is not None and exc.__cause__ is not exc:
         exc = exc.__cause__
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def _local_failure(exc: BaseException, what: str, url: str) -> PrunerError | None:

@@ -17,7 +17,7 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from safetensors import SafetensorError
 
-from pruner.errors import PrunerError
+from pruner.errors import PrunerError, first_line
 from pruner.unet.architectures import ARCHITECTURES, HUB_ARCHITECTURES, VAE_SCALES, architecture_config
 from pruner.unet.width import WIDTH_KEY, reshape_feed_forwards, unmark_width_config
 
@@ -177,11 +177,6 @@ def _width_record(folder: Path) -> bool:
     return config.is_file() and WIDTH_KEY in _read_config(config)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 @contextmanager
 def _quiet_torchvision_notice() -> Iterator[None]:
     """Drop transformers' "requires torchvision, falling back to ...Pil" notice while diffusers imports its
@@ -212,7 +207,7 @@ def _load_width_pruned(folder: Path, dtype: torch.dtype | None) -> UNet2DConditi
     try:
         unet.load_state_dict(load_file(str(weights[0])), strict=True, assign=True)
     except (RuntimeError, SafetensorError) as exc:
-        raise PrunerError(f"cannot load {weights[0]}: {str(exc).splitlines()[0]}; the folder is damaged") from exc
+        raise PrunerError(f"cannot load {weights[0]}: {first_line(exc)}; the folder is damaged") from exc
     return unet.to(dtype or torch.float32)
 
 
@@ -223,7 +218,7 @@ def _from_pretrained(source: str | Path, subfolder: str | None, dtype: torch.dty
     try:
         return UNet2DConditionModel.from_pretrained(str(source), subfolder=subfolder, dtype=dtype or torch.float32)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        first = _first_line(exc)
+        first = first_line(exc)
         if "width-pruned by pruner" in first and not folder.is_dir():
             return _load_width_pruned(_hub_folder(str(source), subfolder), dtype)
         raise PrunerError(f"cannot load a UNet from {source}: {first}") from exc
@@ -285,7 +280,7 @@ def load_pipeline(
         with _quiet_torchvision_notice():
             pipe = DiffusionPipeline.from_pretrained(source, dtype=dtype, **extra)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        raise PrunerError(f"cannot load a pipeline from {source}: {_first_line(exc)}; the folder is damaged or "
+        raise PrunerError(f"cannot load a pipeline from {source}: {first_line(exc)}; the folder is damaged or "
                           "incomplete") from exc  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

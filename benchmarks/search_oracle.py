@@ -43,7 +43,7 @@ from pruner import defaults
 from pruner.recipe import save_recipe
 from pruner.runtime import default_threads
 from pruner.study.export import recipe_for_trial
-from pruner.study.front import best_quality_trial
+from pruner.study.front import found_trial
 from pruner.study.sampler import ranked_plans, scored_plan
 from pruner.teacher import Teacher
 from pruner.unet import meta_unet, topology_of
@@ -146,7 +146,7 @@ def jobs_of(budget: str, oracle: optuna.Study, defaults_: dict[int, optuna.Study
     if seed is not None:
         jobs.append(("sensitivity seed", oracle, seed))
     for s, study in defaults_.items():
-        found = best_quality_trial(study)
+        found = found_trial(study)  # what found.yaml names (the found-plan rule)
         if found is not None:
             jobs.append((f"default seed {s}", study, found))
     return jobs

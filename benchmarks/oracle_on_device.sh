@@ -23,7 +23,7 @@ fi
 out=${OUT:-/tmp/oracle-out}
 export STATE=$out/search_oracle
 mkdir -p "$STATE" "$out/logs"
-cp -r benchmarks/results/search_oracle/. "$STATE/"
+cp -r "${STATE_FROM:-benchmarks/results/search_oracle}/." "$STATE/"  # STATE_FROM: an earlier run's state
 rm -f "$STATE"/finals/*.claim
 nproc
 pids=()
@@ -77,3 +77,4 @@ rm -f "$STATE"/finals/*.claim "$STATE"/*.lock
 ls -la "$STATE" "$STATE/finals"
 for f in "$out"/logs/*.log; do echo "== $f"; tail -c 300 "$f" | tr '\r' '\n' | tail -n 2; done
 cat "$out/sdxl-cache.md" 2>/dev/null
+tar czf "$out/state.tgz" -C "$out" search_oracle  # "%" in its names keeps the folder itself from coming back

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,10 +81,13 @@ def searched(budget: str, seed: int, args: argparse.Namespace, prefix: str, **se
     study, _ = search(budget, seed, root, args, prefix, **settings)
     if root == args.out:
         log = args.out / f"{name}.log"
-        part = args.out / f"{name}.log.gz.part"
-        part.write_bytes(gzip.compress(log.read_bytes()))
+        part = args.out / f"{name}.log.gz.part.{os.getpid()}"
+        try:
+            part.write_bytes(gzip.compress(log.read_bytes()))
+        except FileNotFoundError:  # another worker of the same search packed it first
+            return searched(budget, seed, args, prefix, **settings)
         part.rename(args.out / f"{name}.log.gz")
-        log.unlink()
+        log.unlink(missing_ok=True)
         (args.out / f"{name}.log.lock").unlink(missing_ok=True)
         return searched(budget, seed, args, prefix, **settings)  # read back from the packed journal
     return study

@@ -17,6 +17,7 @@ __all__ = [
     "BUNDLED_DATA",
     "BUNDLED_ROWS",
     "BUNDLED_SEED",
+    "bundled_cache_path",
     "bundled_captions",
     "data_reference",
     "default_data",
@@ -41,8 +42,8 @@ def tiny_sdxl_cache(teacher: Teacher, n: int = BUNDLED_ROWS, seed: int = BUNDLED
     from pruner.data.cache import build_cache
     from pruner.tiny.synth import write_dataset
 
-    root = cache_dir() / "data" / f"tiny-sdxl-n{n}-seed{seed}-{_fingerprint()}"
-    images, cache = root / "images", root / "cache"
+    cache = bundled_cache_path(n, seed)
+    root, images = cache.parent, cache.parent / "images"
     # workers started together on the bundled teacher: one builds the set, the others wait, then read it
     with output_lock(root, "the bundled teacher's data set", wait=BUILD_WAIT_S):
         if not (images / "metadata.jsonl").is_file():
@@ -50,6 +51,11 @@ def tiny_sdxl_cache(teacher: Teacher, n: int = BUNDLED_ROWS, seed: int = BUNDLED
         if not (cache / "cache.json").is_file() or _incomplete(cache):
             build_cache(images, teacher, cache, progress=progress)
     return cache
+
+
+def bundled_cache_path(n: int = BUNDLED_ROWS, seed: int = BUNDLED_SEED) -> Path:
+    """Where ``tiny_sdxl_cache`` keeps the set (whether built yet or not)."""
+    return cache_dir() / "data" / f"tiny-sdxl-n{n}-seed{seed}-{_fingerprint()}" / "cache"
 
 
 @functools.cache

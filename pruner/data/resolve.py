@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pruner.data.bundled import BUNDLED_DATA, default_data
+from pruner.data.bundled import BUNDLED_DATA, bundled_cache_path, default_data
 from pruner.data.cache import LatentCache
 from pruner.data.sources import Source
 from pruner.data.sources.folder import METADATA_FILE, ImageFolder, PictureFiles
@@ -43,6 +43,9 @@ def resolve_data(
     naming the options (``--prompts`` too when ``offer_prompts``).
     """
     source = data or (None if recorded == BUNDLED_DATA else recorded)
+    if source is not None and teacher.profile.bundled_data and _is_bundled_set(source):
+        source = None  # the bundled set named by its folder: read once built, under its lock (another process
+        # may be building it right now)
     if data is None and source is not None and not Path(source).exists() and teacher.profile.bundled_data:
         source = None  # a recipe found on another machine: synthesise the teacher's own data here
     if source is not None:
@@ -105,3 +108,8 @@ def _local_and_absent(text: str) -> bool:
     path = Path(text).expanduser()
     local = text.startswith((".", "~", "/")) or text.count("/") > 1
     return local and not path.exists() and not any(ch in text for ch in "*?[")
+
+
+def _is_bundled_set(path: str) -> bool:
+    """Whether ``path`` is the folder of the bundled teacher's own set (``default_data``'s)."""
+    return Path(path).resolve() == bundled_cache_path().resolve()

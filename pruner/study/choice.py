@@ -14,12 +14,16 @@ batch, so a repeat also noises the training rows afresh (``Calibration.renoised`
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
@@ -36,8 +40,10 @@ __all__ = [
     "choose_found",
     "noise_floor",
     "paired_lead",
+    "prescore_repeats",
     "recorded_choice",
     "recorded_noise_floor",
+    "repeat_workers",
     "screened_lead",
     "tie_margin",
     "top_rung_kd",
@@ -119,18 +125,96 @@ def top_rung_kd(ctx: SearchContext, plan: Plan, seed: int, steps: int) -> float:
     return kd
 
 
-def _repeats(ctx: SearchContext, trial: FrozenTrial, steps: int, desc: str) -> list[float]:
-    """The trial's top-rung score (trained on the search's own order) and its scores under ``noise_seeds``
-    other orders; the first is scored here only when the trial stopped before ``steps``."""
+Repeats = dict[int, list[float]]  # trial number -> its top-rung scores (its own order first)
+Job = tuple[Plan, int, int]  # a plan, a row order's seed, the steps to train it
+
+
+def repeat_workers(ctx: SearchContext, jobs: int) -> int:
+    """How many processes score ``jobs`` repeats at once: on a CPU whose search leaves cores idle (one torch
+    thread on two cores: thread wake-ups cost a tiny UNet more than a second core gives), one per idle core;
+    else one. Each repeat is fixed by its plan and row order, so the scores equal one process's."""
+    if jobs < 2 or ctx.calib.device.type != "cpu" or sys.platform != "linux":
+        return 1
+    return max(1, min(jobs, len(os.sched_getaffinity(0)) // max(1, torch.get_num_threads())))
+
+
+_FORKED: tuple[SearchContext, list[Job]] | None = None  # a forked scorer's work (read-only)
+
+
+def _score_forked(i: int) -> tuple[int, float]:
+    assert _FORKED is not None
+    ctx, jobs = _FORKED
+    plan, seed, steps = jobs[i]
+    return i, top_rung_kd(ctx, plan, seed, steps)
+
+
+def _score_orders(ctx: SearchContext, jobs: list[Job], desc: str) -> list[float]:
+    """``top_rung_kd`` of each (plan, row order, steps), with a bar; several at once where cores allow
+    (:func:`repeat_workers`: forked processes that share the search's context and calibration)."""
+    global _FORKED
+    workers = repeat_workers(ctx, len(jobs))
+    scores = [math.nan] * len(jobs)
+    with tqdm(total=len(jobs), desc=desc, unit="order", disable=not ctx.cfg.progress, dynamic_ncols=True) as bar:
+        if workers == 1:
+            for i, (plan, seed, steps) in enumerate(jobs):
+                scores[i] = top_rung_kd(ctx, plan, seed, steps)
+                bar.update()
+            return scores
+        _FORKED, threads = (ctx, jobs), torch.get_num_threads()
+        try:
+            fork = multiprocessing.get_context("fork")
+            with fork.Pool(workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+                for i, kd in pool.imap_unordered(_score_forked, range(len(jobs))):
+                    scores[i] = kd
+                    bar.update()
+        finally:
+            _FORKED = None
+    return scores
+
+
+def _repeat_jobs(ctx: SearchContext, trial: FrozenTrial, steps: int) -> tuple[float | None, list[Job]]:
+    """The trial's top-rung score on the search's own order (None when it stopped before ``steps``: then that
+    order is a job too) and the jobs that score it under ``noise_seeds`` other orders."""
     plan = scored_plan(trial)
     assert plan is not None
-    reached = trial.user_attrs.get("rung_kd") or {}
-    first = reached.get(str(steps))
+    first = (trial.user_attrs.get("rung_kd") or {}).get(str(steps))
     seeds = [] if first is not None else [ctx.cfg.seed]
     seeds += list(range(ctx.cfg.seed + 1, ctx.cfg.seed + 1 + ctx.cfg.noise_seeds))
-    bar = tqdm(seeds, desc=desc, unit="order", disable=not ctx.cfg.progress, dynamic_ncols=True)
-    scores = [top_rung_kd(ctx, plan, seed, steps) for seed in bar]
-    return [float(first), *scores] if first is not None else scores
+    return (None if first is None else float(first)), [(plan, seed, steps) for seed in seeds]
+
+
+def _repeats(ctx: SearchContext, trial: FrozenTrial, steps: int, desc: str, scored: Repeats | None = None
+             ) -> list[float]:  # fmt: skip
+    """The trial's top-rung score (trained on the search's own order) and its scores under ``noise_seeds``
+    other orders (taken from ``scored`` when :func:`prescore_repeats` scored them already)."""
+    if scored and trial.number in scored:
+        return list(scored[trial.number])
+    first, jobs = _repeat_jobs(ctx, trial, steps)
+    scores = _score_orders(ctx, jobs, desc)
+    return [first, *scores] if first is not None else scores
+
+
+def prescore_repeats(study: optuna.Study, ctx: SearchContext) -> Repeats:
+    """Where cores allow (:func:`repeat_workers`), the repeats :func:`noise_floor` and :func:`choose_found`
+    may need, scored at once: the best plan's and the sensitivity seed's, side by side, so the found-plan rule
+    costs the search no wall time over the noise floor alone. The seed's are scored even when the screen
+    (:func:`screened_lead`) would settle the choice without them: on an idle core they cost nothing.
+    Elsewhere nothing (those two score what they need, one after another)."""
+    best = best_quality_trial(study)
+    if best is None or ctx.cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
+        return {}
+    steps = int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
+    anchor = _anchor(study)
+    trials = [] if recorded_noise_floor(study, best, ctx.cfg.noise_seeds) is not None else [best]
+    if anchor is not None and anchor.number != best.number and recorded_choice(study, best) is None:
+        trials.append(anchor)
+    planned = {t.number: _repeat_jobs(ctx, t, steps) for t in trials}
+    jobs = [job for _, js in planned.values() for job in js]
+    if repeat_workers(ctx, len(jobs)) < 2:
+        return {}
+    names = " and ".join(f"trial {t.number}" for t in trials)
+    scores = iter(_score_orders(ctx, jobs, f"noise floor and the seed: {names}, other row orders"))
+    return {n: ([] if first is None else [first]) + [next(scores) for _ in js] for n, (first, js) in planned.items()}
 
 
 # --- the noise floor and the choice ------------------------------------------------------------------------
@@ -144,7 +228,7 @@ def recorded_noise_floor(study: optuna.Study, best: FrozenTrial, noise_seeds: in
     return None
 
 
-def noise_floor(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | None:
+def noise_floor(study: optuna.Study, ctx: SearchContext, scored: Repeats | None = None) -> dict[str, Any] | None:
     """Score the best plan again at the top rung with ``noise_seeds`` other row orders and store the spread as
     the study's ``noise_floor`` attribute: gaps between plans smaller than it are noise."""
     best = best_quality_trial(study)
@@ -155,7 +239,7 @@ def noise_floor(study: optuna.Study, ctx: SearchContext) -> dict[str, Any] | Non
         return recorded
     steps = int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
     # a bar, not a silence after the trials' 100%
-    kd = _repeats(ctx, best, steps, f"noise floor: trial {best.number} again, other row orders")
+    kd = _repeats(ctx, best, steps, f"noise floor: trial {best.number} again, other row orders", scored)
     floor = {"trial": best.number, "steps": steps, "kd": kd, "mean": statistics.fmean(kd),
              "std": statistics.stdev(kd), "spread": max(kd) / min(kd) - 1}  # fmt: skip
     study.set_user_attr("noise_floor", floor)
@@ -190,7 +274,8 @@ def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequenc
 
 
 def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] | None,
-                 status: Callable[[str], None] = lambda _m: None) -> dict[str, Any] | None:  # fmt: skip
+                 status: Callable[[str], None] = lambda _m: None, scored: Repeats | None = None,
+                 ) -> dict[str, Any] | None:  # fmt: skip
     """Decide which plan ``found.yaml`` names and store why as the study's ``found_choice``: the best sampled
     plan when its lead over the sensitivity seed is clear (first against a bound from its noise floor alone,
     then, if that does not settle it, paired with the seed's scores under the same orders), else the seed."""
@@ -211,7 +296,7 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
         lead = screened_lead(kd, first) if first is not None else None
         seed_kd = [float(first)] if first is not None else []
         if lead is None or not lead.clear:
-            seed_kd = _repeats(ctx, anchor, steps, f"the found plan against the seed: trial {anchor.number}")
+            seed_kd = _repeats(ctx, anchor, steps, f"the found plan against the seed: trial {anchor.number}", scored)
             lead = paired_lead(kd, seed_kd)
         chosen, why = _decide(best, anchor, lead, seed_kd)
         se = lead.se if math.isfinite(lead.se) else None  # JSON has no NaN

@@ -37,7 +37,13 @@ from tqdm import tqdm
 from pruner.budget import Budget, parse_budget
 from pruner.device import current_device
 from pruner.errors import PrunerError, SearchInterrupted
-from pruner.study.choice import choose_found, noise_floor, recorded_choice, recorded_noise_floor
+from pruner.study.choice import (
+    choose_found,
+    noise_floor,
+    prescore_repeats,
+    recorded_choice,
+    recorded_noise_floor,
+)
 from pruner.study.config import OBJECTIVES, SAMPLERS, SearchConfig
 from pruner.study.context import SearchContext, build_context, search_device
 from pruner.study.export import export_study, slug
@@ -260,10 +266,11 @@ def run_search(cfg: SearchConfig, teacher: Teacher, status: Callable[[str], None
         if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
             study.set_user_attr("search", _settings(cfg, teacher, budget, ctx))
         _run_trials(study, storage, ctx)
-        floor = noise_floor(study, ctx)
+        scored = prescore_repeats(study, ctx)  # side by side where cores allow
+        floor = noise_floor(study, ctx, scored)
         if floor is not None:
             status(describe_noise_floor(study) or "")
-        choose_found(study, ctx, floor, status)
+        choose_found(study, ctx, floor, status, scored)
     return _result(study, cfg, teacher, url, ctx.data_path)
 
 

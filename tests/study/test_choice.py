@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState, create_trial
 
 from pruner.recipe import Recipe
@@ -84,9 +85,40 @@ def _choose(study: optuna.Study, scores: dict[tuple[str, int], float], monkeypat
         return scores[which, seed]
 
     monkeypatch.setattr(choice, "top_rung_kd", fixed)
-    ctx = cast(SearchContext, SimpleNamespace(cfg=SearchConfig(progress=False, noise_seeds=2)))
-    floor = choice.noise_floor(study, ctx)
-    return choose_found(study, ctx, floor), ran
+    monkeypatch.setattr(choice, "repeat_workers", lambda _ctx, _jobs: 1)  # in this process: ``ran`` sees them
+    floor = choice.noise_floor(study, _ctx())
+    return choose_found(study, _ctx(), floor), ran
+
+
+def _ctx() -> SearchContext:
+    calib = SimpleNamespace(device=torch.device("cpu"))
+    return cast(SearchContext, SimpleNamespace(cfg=SearchConfig(progress=False, noise_seeds=2), calib=calib))
+
+
+def _made_side_by_side(study: optuna.Study, scores: dict[tuple[str, int], float], workers: int,
+                       monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any] | None, choice.Repeats]:  # fmt: skip
+    """The choice with the repeats scored up front, by ``workers`` processes (forked ones from two)."""
+
+    def fixed(_ctx: SearchContext, plan: Plan, seed: int, steps: int) -> float:
+        return scores["seed" if plan == Plan.removing(SEED_PLAN) else "sampled", seed]
+
+    monkeypatch.setattr(choice, "top_rung_kd", fixed)
+    monkeypatch.setattr(choice, "repeat_workers", lambda _ctx, jobs: min(workers, jobs))
+    scored = choice.prescore_repeats(study, _ctx())
+    floor = choice.noise_floor(study, _ctx(), scored)
+    return choose_found(study, _ctx(), floor, scored=scored), scored
+
+
+def test_repeats_scored_side_by_side_make_the_same_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where cores allow, the noise floor's repeats and the seed's are scored at once in forked processes
+    (the found-plan rule then costs no wall time over the noise floor); the choice is the one made in order."""
+    scores = {("sampled", 1): 0.00240, ("sampled", 2): 0.00205, ("seed", 1): 0.00255, ("seed", 2): 0.00218}
+    forked, scored = _made_side_by_side(_study(seed_kd=0.00233, sampled_kd=0.00220), scores, 2, monkeypatch)
+    assert scored == {2: [0.00220, 0.00240, 0.00205], 0: [0.00233, 0.00255, 0.00218]}  # each trial its own
+    one_by_one, _ = _choose(_study(seed_kd=0.00233, sampled_kd=0.00220), scores, monkeypatch)
+    assert forked == one_by_one and forked is not None and forked["chosen"] == 2 and forked["paired"]
+    serial, nothing = _made_side_by_side(_study(seed_kd=0.00233, sampled_kd=0.00220), scores, 1, monkeypatch)
+    assert nothing == {} and serial == one_by_one  # one core: nothing up front, each scored when needed
 
 
 def test_the_study_names_the_seed_when_the_sampled_plans_lead_is_noise(monkeypatch: pytest.MonkeyPatch) -> None:

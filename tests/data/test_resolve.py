@@ -42,8 +42,12 @@ def test_the_bundled_sets_folder_waits_for_the_process_building_it(
     teacher = Teacher.resolve("tiny-sdxl")
     half_built = bundled_cache_path()
     half_built.mkdir(parents=True)
-    built = []
-    monkeypatch.setattr(resolve, "default_data", lambda t, progress=True: built.append(t) or None)
+    built: list[Teacher] = []
+
+    def bundled(t: Teacher, progress: bool = True) -> None:  # the build lock's caller, stubbed
+        built.append(t)
+
+    monkeypatch.setattr(resolve, "default_data", bundled)
     with pytest.raises(PrunerError, match="pass --data CACHE"):  # default_data (stubbed) gave nothing back
         resolve_data(teacher, str(half_built))
     with pytest.raises(PrunerError, match="pass --data CACHE"):

@@ -81,6 +81,8 @@ def test_pruner_front_on_the_postgres_study_equals_the_front_of_the_same_trials_
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         memory.set_metric_names(study.metric_names or [])
     memory.add_trials(study.trials)
+    for key, value in study.user_attrs.items():  # the noise floor and found choice too: ties are drawn from them
+        memory.set_user_attr(key, value)
     expected = front_rows(memory)
     assert expected and front_rows(study) == expected
     shown = CliRunner().invoke(app, ["front", three_worker_study, "--storage", postgres_url,

@@ -227,7 +227,8 @@ def keep_best(budget: str, jobs: list[tuple[str, optuna.Study, Trial]], finals: 
         "name": f"tiny-sdxl-oracle-{tag(budget).replace('%', '')}",
         "description": f"The best plan at {budget} of the bundled teacher's parameters found by "
         f"benchmarks/search_oracle.py ({role}, trial {trial.number} of study {study.study_name}): KD {f.kd:.5f} to "
-        f"the teacher after {f.steps} distillation steps, the lowest of the {len(jobs)} plans distilled there.",
+        f"the teacher after {f.steps} distillation steps, the lowest of the {len({finals[r].key for r, _, _ in jobs})} "
+        "plans distilled there.",
         "provenance": recipe.provenance.model_copy(update={"reference": "benchmarks/search_oracle.py"}),
     })  # fmt: skip
     return save_recipe(recipe, args.recipes / f"oracle-{tag(budget).replace('%', '')}.yaml")

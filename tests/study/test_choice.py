@@ -116,7 +116,7 @@ def test_repeats_scored_side_by_side_make_the_same_choice(monkeypatch: pytest.Mo
     forked, scored = _made_side_by_side(_study(seed_kd=0.00233, sampled_kd=0.00220), scores, 2, monkeypatch)
     assert scored == {2: [0.00220, 0.00240, 0.00205], 0: [0.00233, 0.00255, 0.00218]}  # each trial its own
     one_by_one, _ = _choose(_study(seed_kd=0.00233, sampled_kd=0.00220), scores, monkeypatch)
-    assert forked == one_by_one and forked is not None and forked["chosen"] == 2 and forked["paired"]
+    assert forked == one_by_one and forked is not None and forked["chosen"] == 0 and forked["paired"]
     serial, nothing = _made_side_by_side(_study(seed_kd=0.00233, sampled_kd=0.00220), scores, 1, monkeypatch)
     assert nothing == {} and serial == one_by_one  # one core: nothing up front, each scored when needed
 
@@ -148,13 +148,25 @@ def test_the_study_names_the_sampled_plan_when_its_lead_is_clear(monkeypatch: py
     assert front_recipes(study, _recipe)[0].provenance.trial == 2
 
 
-def test_a_close_lead_that_holds_at_every_order_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_clear_but_small_lead_names_the_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lead that holds at every order but is under MIN_LEAD of the seed's score is the proxy's error: the
+    oracle benchmark's 30% plan that led by 12.4% ± 4.7% ended 7% behind the seed after 1000 steps."""
     study = _study(seed_kd=0.00233, sampled_kd=0.00220)  # the 30% benchmark's seed 1: 6% ahead, within the screen
     scores = {("sampled", 1): 0.00240, ("sampled", 2): 0.00205, ("seed", 1): 0.00255, ("seed", 2): 0.00218}
     made, _ran = _choose(study, scores, monkeypatch)
-    assert made["paired"] and made["chosen"] == 2, made["reason"]
-    assert made["lead"] == pytest.approx(0.00013, rel=0.1) and made["se"] < made["lead"] / 2
+    assert made["paired"] and made["lead"] == pytest.approx(0.00013, rel=0.1) and made["se"] < made["lead"] / 2
+    assert made["chosen"] == 0 and "clear, but under 20% of the seed's score" in made["reason"], made["reason"]
     assert not math.isnan(made["tie_margin"])
+
+
+def test_a_clear_lead_of_a_fifth_or_more_at_every_order_names_the_sampled_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    study = _study(seed_kd=0.00233, sampled_kd=0.00180)  # 23% ahead at the search's order, within the screen
+    scores = {("sampled", 1): 0.00230, ("sampled", 2): 0.00150, ("seed", 1): 0.00290, ("seed", 2): 0.00195}
+    made, _ran = _choose(study, scores, monkeypatch)
+    assert made["paired"] and made["lead"] >= choice.MIN_LEAD * (0.00233 + 0.00290 + 0.00195) / 3
+    assert made["chosen"] == 2 and "names trial 2" in made["reason"], made["reason"]
 
 
 def _recipe(trial: optuna.trial.FrozenTrial) -> Recipe:

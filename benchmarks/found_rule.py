@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 import torch
 
+from pruner import defaults
 from pruner.budget import parse_budget
 from pruner.runtime import default_threads
 from pruner.study.choice import choose_found, noise_floor
@@ -26,29 +29,41 @@ from pruner.study.study import SearchConfig, build_context, storage_of
 from pruner.teacher import Teacher
 
 
+def decide_again(
+    study: optuna.Study, budget: str, confirm_steps: int = defaults.CONFIRM_STEPS, status: Callable[[str], None] = print
+) -> tuple[dict[str, Any], dict[str, Any], float, float]:
+    """The study's noise floor and found-plan choice measured afresh with this pruner (overwriting both), and
+    the seconds each took."""
+    settings = study.user_attrs["search"]
+    for attr in ("noise_floor", "found_choice"):  # measured again, as this pruner measures them
+        study.set_user_attr(attr, {})
+    cfg = SearchConfig(budget=budget, seed=settings["seed"], calibration=settings["calibration"],
+                       held_out=settings["held_out"], proxy_steps=settings["rungs"][1],
+                       top_steps=settings["rungs"][-1], confirm_steps=confirm_steps, progress=False,
+                       out=None)  # fmt: skip
+    ctx = build_context(cfg, Teacher.resolve(settings["teacher"]), parse_budget(cfg.budget))
+    start = time.perf_counter()
+    floor = noise_floor(study, ctx)
+    middle = time.perf_counter()
+    made = choose_found(study, ctx, floor, status)
+    end = time.perf_counter()
+    assert floor is not None and made is not None, "the study has no scored plan to choose"
+    return floor, made, middle - start, end - middle
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("storage", help="the study's storage URL (journal:PATH, sqlite:///PATH)")
     p.add_argument("study")
     p.add_argument("--budget", required=True, help="the budget the search was given (the study stores its description)")
+    p.add_argument("--confirm-steps", type=int, default=defaults.CONFIRM_STEPS, help="0: the rule without them")
     args = p.parse_args()
     torch.set_num_threads(default_threads())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study, storage=storage_of(args.storage))
-    settings = study.user_attrs["search"]
-    for attr in ("noise_floor", "found_choice"):  # measured again, as this pruner measures them
-        study.set_user_attr(attr, {})
-    cfg = SearchConfig(budget=args.budget, seed=settings["seed"], calibration=settings["calibration"],
-                       held_out=settings["held_out"], proxy_steps=settings["rungs"][1],
-                       top_steps=settings["rungs"][-1], progress=False, out=None)  # fmt: skip
-    ctx = build_context(cfg, Teacher.resolve(settings["teacher"]), parse_budget(cfg.budget))
-    start = time.perf_counter()
-    floor = noise_floor(study, ctx)
-    middle = time.perf_counter()
-    made = choose_found(study, ctx, floor, print)
-    end = time.perf_counter()
+    floor, made, floor_s, decision_s = decide_again(study, args.budget, args.confirm_steps)
     print(json.dumps({"noise_floor": floor, "found_choice": made}, indent=1))
-    print(f"noise floor {middle - start:.0f} s, the decision {end - middle:.0f} s")
+    print(f"noise floor {floor_s:.0f} s, the decision {decision_s:.0f} s")
 
 
 if __name__ == "__main__":

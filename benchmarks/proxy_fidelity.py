@@ -26,12 +26,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from search_vs_heuristics import kendall_tau
 
+from pruner import defaults
 from pruner.budget import parse_budget
 from pruner.recipe import load_recipe
 from pruner.runtime import default_threads
@@ -47,7 +50,7 @@ VARIANTS = [(0, "constant"), (30, "constant"), (30, "cosine"), (100, "cosine")]
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path)
-    p.add_argument("--held-out", type=int, nargs="+", default=[32, 128])
+    p.add_argument("--held-out", type=int, nargs="+", help="held-out rows (32 128; --orders: the search's)")
     p.add_argument("--calibration", type=int, nargs="+", default=[96], help="training rows of the proxy")
     p.add_argument("--lr", type=float, nargs="+", default=[3e-4], help="the proxy fine-tune's peak learning rates")
     p.add_argument("--variants", nargs="+", default=[f"{n}:{s}" for n, s in VARIANTS], help="STEPS:SCHEDULE")
@@ -57,18 +60,19 @@ def main() -> None:
     p.add_argument("--proxy-steps", type=int, default=30, help="top-rung variants: the first rung's steps")
     args = p.parse_args()
     torch.set_num_threads(default_threads())  # one thread on a 2-core machine: two are far slower there
-    found = json.loads(args.results.read_text())
-    finals = {r["final"]["key"]: r["final"] for r in found["rows"]}  # each distilled plan once
+    budget, finals = distilled(json.loads(args.results.read_text()))
     plans: list[Plan] = [load_recipe(args.results.parent / "plans" / f"{k}.yaml").plan_obj() for k in finals]
     final = [f["kd"] for f in finals.values()]
-    budget, steps = found["rows"][0]["budget"], found["rows"][0]["final"]["steps"]
+    steps = next(iter(finals.values()))["steps"]
     print(f"{len(plans)} plans at {budget}, ranked after {steps} distillation steps")
     print("final KD: " + ", ".join(f"{k[:8]} {v:.5f}" for k, v in zip(finals, final, strict=True)))
     if args.orders:
+        args.held_out = args.held_out or [defaults.HELD_OUT]
         cfg = SearchConfig(budget=budget, held_out=args.held_out[0], calibration=args.calibration[0], seed=args.seed)
         ctx = build_context(cfg, Teacher.resolve(cfg.teacher), parse_budget(cfg.budget))
         top_rung_variants(ctx, plans, final, args)
         return
+    args.held_out = args.held_out or [32, 128]
     head = f"{'calibration':>11}{'held-out':>9}{'lr':>8}{'steps':>6}{'schedule':>9}{'Kendall tau':>12}{'s / plan':>9}"
     print(f"{head}  scores")
     variants = [(int(n), sched) for n, sched in (v.split(":") for v in args.variants)]
@@ -84,6 +88,14 @@ def main() -> None:
                 shown = ", ".join(f"{v:.5f}" for v in scores)
                 print(f"{calibration:>11}{held:>9}{lr:>8.0e}{steps:>6}{schedule if steps else '-':>9}"
                       f"{kendall_tau(scores, final):>12.2f}{seconds:>9.1f}  {shown}", flush=True)  # fmt: skip
+
+
+def distilled(found: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The budget and each distilled plan once (key -> its ``kd`` and ``steps``), from a ``results-BUDGET.json``
+    of ``search_vs_heuristics.py`` or a ``summary-BUDGET.json`` of ``search_oracle.py``."""
+    if "plans" in found:  # search_oracle.py
+        return found["budget"], {p["key"]: p for p in found["plans"]}
+    return found["rows"][0]["budget"], {r["final"]["key"]: r["final"] for r in found["rows"]}
 
 
 def best_half_tau(scores: list[float], final: list[float]) -> float:
@@ -107,14 +119,28 @@ def top_rung_variants(ctx: SearchContext, plans: list[Plan], final: list[float],
     tops = sorted(set(args.top))
     rungs = sorted({args.proxy_steps, *tops})
     runs = [[scores_by_top(ctx, plan, args.seed + k, rungs) for k in range(max(args.orders))] for plan in plans]
-    print(f"{'top steps':>9}{'orders':>7}{'tau all':>8}{'tau best half':>14}{'s / plan':>9}  scores", flush=True)
+    print(f"{'top steps':>9}{'orders':>7}{'tau all':>8}{'tau best half':>14}{'s / plan':>9}{'order SD':>9}  scores",
+          flush=True)  # fmt: skip
     for top, orders in itertools.product(tops, sorted(set(args.orders))):
         at = rungs.index(top)
         scores = [sum(r[k][at][0] for k in range(orders)) / orders for r in runs]
         seconds = sum(r[k][at][1] for r in runs for k in range(orders)) / len(plans)
         shown = ", ".join(f"{v:.5f}" for v in scores)
         print(f"{top:>9}{orders:>7}{kendall_tau(scores, final):>8.2f}{best_half_tau(scores, final):>14.2f}"
-              f"{seconds:>9.1f}  {shown}", flush=True)  # fmt: skip
+              f"{seconds:>9.1f}{order_sd([[r[k][at][0] for k in range(orders)] for r in runs]):>8.0%}  {shown}",
+              flush=True)  # fmt: skip
+    for top in tops:
+        at = rungs.index(top)
+        print(f"each order's score at {top} steps: " + "; ".join(
+            " ".join(f"{r[k][at][0]:.5f}" for k in range(max(args.orders))) for r in runs), flush=True)  # fmt: skip
+
+
+def order_sd(scores: list[list[float]]) -> float:
+    """How far one plan's score moves with the row order: the mean over plans of the standard deviation
+    across orders over their mean (nan with one order)."""
+    if len(scores[0]) < 2:
+        return float("nan")
+    return sum(statistics.stdev(s) / statistics.fmean(s) for s in scores) / len(scores)
 
 
 if __name__ == "__main__":

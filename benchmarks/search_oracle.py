@@ -29,6 +29,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ import optuna
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from found_rule import decide_again
 from search_vs_heuristics import Claimed, Final, final_of, kendall_tau, search
 
 from pruner import defaults
@@ -140,6 +142,26 @@ def picks_of(study: optuna.Study, budget: str, args: argparse.Namespace) -> list
     return [t.number for t in picks]
 
 
+def rechosen(budget: str, seed: int, study: optuna.Study, args: argparse.Namespace) -> Trial:
+    """The plan the default search at ``seed`` names under the found-plan rule as this pruner has it, decided
+    again on a copy of its journal (the packed one stays as it ran) and kept in ``rechosen-BUDGET-seedN.json``."""
+    path = args.out / f"rechosen-{tag(budget)}-seed{seed}.json"
+    if not path.is_file():
+        name = study.study_name
+        copy = args.scratch / "rechosen" / f"{name}.log"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(journal(name, args) / f"{name}.log", copy)
+        again = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(copy))))  # fmt: skip
+        floor, made, floor_s, decision_s = decide_again(again, budget, args.confirm_steps)
+        part = path.with_name(f"{path.name}.part")
+        part.write_text(json.dumps({"noise_floor": floor, "found_choice": made, "seconds": floor_s + decision_s},
+                                   indent=1))  # fmt: skip
+        part.rename(path)
+    chosen = int(json.loads(path.read_text())["found_choice"]["chosen"])
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == chosen)
+
+
 def jobs_of(budget: str, oracle: optuna.Study, defaults_: dict[int, optuna.Study], args: argparse.Namespace,
             ) -> list[tuple[str, optuna.Study, Trial]]:  # fmt: skip
     """(role, study, trial) of every plan to distill at ``budget``: the oracle's picks, the sensitivity seed
@@ -153,6 +175,9 @@ def jobs_of(budget: str, oracle: optuna.Study, defaults_: dict[int, optuna.Study
         found = found_trial(study)  # what found.yaml names (the found-plan rule)
         if found is not None:
             jobs.append((f"default seed {s}", study, found))
+        if args.rechoose:
+            print(f"{budget}: default seed {s}'s found plan chosen again by the rule as it is now", flush=True)
+            jobs.append((f"default seed {s}, rule now", study, rechosen(budget, s, study, args)))
     return jobs
 
 
@@ -197,8 +222,10 @@ def table(budget: str, jobs: list[Job], finals: dict[str, Final]) -> tuple[str, 
               + (f". Sensitivity seed / best: {seed:.2f}x." if seed is not None else ".")
               + f" The oracle's proxy KD (one row order, 100 steps) ranks its {n} distilled plans with Kendall tau "
               f"{tau_all:.2f} against their final KD ({tau_half:.2f} over the better half).", ""]  # fmt: skip
+    plans = [{"role": r, "trial": t.number, "key": finals[r].key, "steps": finals[r].steps, "kd": finals[r].kd,
+              "proxy_kd": t.user_attrs["proxy_kd"]} for r, _, t in jobs]  # fmt: skip
     summary = {"budget": budget, "best_kd": best, "best": best_role, "regret": regret, "seed_over_best": seed,
-               "proxy_tau": tau_all, "proxy_tau_best_half": tau_half}  # fmt: skip
+               "proxy_tau": tau_all, "proxy_tau_best_half": tau_half, "plans": plans}  # fmt: skip
     return "\n".join(lines), summary
 
 
@@ -292,6 +319,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS, help="the state folder (small files only)")
     p.add_argument("--scratch", type=Path, default=Path("/tmp/pruner-search-oracle"), help="students, deleted")
     p.add_argument("--recipes", type=Path, default=Path(__file__).resolve().parents[1] / "recipes")
+    p.add_argument(
+        "--rechoose",
+        action="store_true",
+        help="also distill what each default search names under the found-plan rule as it is now",
+    )
+    p.add_argument("--confirm-steps", type=int, default=defaults.CONFIRM_STEPS, help="--rechoose: the rule's")
     p.add_argument("--status", action="store_true", help="print how far the run in --out got, and stop")
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]

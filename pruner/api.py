@@ -248,6 +248,7 @@ def search(
     top_steps: Annotated[int | None, Knob(min=0)] = None,
     sampler: Annotated[str, Knob(choices=defaults.SAMPLERS)] = defaults.SAMPLER,
     noise_seeds: Annotated[int, Knob(min=0)] = defaults.NOISE_SEEDS,
+    confirm_steps: Annotated[int, Knob(min=0)] = defaults.CONFIRM_STEPS,
     calibration: Annotated[int, Knob(min=4)] = defaults.CALIBRATION,
     held_out: Annotated[int, Knob(min=2)] = defaults.HELD_OUT,
     refill: bool = defaults.REFILL,
@@ -268,7 +269,9 @@ def search(
     fidelity: zero-shot KD for every plan, ``proxy_steps`` of KD for the better half, ``top_steps`` in all for
     the best third of those; the best plan among these is re-scored with ``noise_seeds`` other row orders (the
     spread is stored as the study's ``noise_floor``), and the found plan is it only when its lead over the
-    sensitivity one-shot seed, scored with the same orders, exceeds twice its standard error; else the seed (why:
+    sensitivity one-shot seed, scored with the same orders, exceeds twice its standard error and a fifth of the
+    seed's score (where those scores cannot tell, both plans are trained again for ``confirm_steps`` and
+    compared once more); else the seed (why:
     the study's ``found_choice``, the recipe's ``provenance.choice``). Everything runs on ``device``, the teacher
     frozen in half precision on a GPU (or wherever ``mixed_precision`` is bf16 or fp16). On a CPU with two
     cores or fewer, call it inside ``with pruner.threads("auto"):`` (what the CLI does; several times faster).
@@ -290,6 +293,9 @@ def search(
             nsga2 or tpe (multivariate).
         noise_seeds: Re-score the best plan (and the seed, where its lead is close) with this many other row
             orders: the noise floor, and whether the lead over the seed is clear (0: the best plan, unchecked).
+        confirm_steps: When those scores settle neither way (the lead neither clear and a fifth of the seed's
+            score, nor surely under a fifth), train both plans again this many KD steps in one cosine segment
+            under three fresh row orders and decide on those (0: never; the seed is named then).
         calibration: Calibration rows the proxy trains on.
         held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
         refill: The mutation sampler may also return one layer to an attention module the plan empties (a

@@ -14,6 +14,7 @@ TRIALS = 24
 PROXY_STEPS = 30  # rung 1: KD steps for the better half of plans
 SAMPLER = "mutation"
 NOISE_SEEDS = 2  # the found plan scored again with this many other row orders: the noise floor
+CONFIRM_STEPS = 100  # KD steps in one segment the found-plan rule trains both plans when the top rung can't tell
 SPACE = "default"
 CALIBRATION = 96  # rows the proxy trains on (384 ranked no better at 20%: README, proxy fidelity)
 HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder close plans)

@@ -7,9 +7,12 @@ standard error (:data:`LEAD_SE`) and a fifth of the seed's score (:data:`MIN_LEA
 proxy did not carry to full distillation). Otherwise ``found.yaml`` names the seed and says why. Plans whose proxy
 scores differ by less than the same noise are ties (``pruner.study.front.tied_trials``).
 
-A repeat trains the plan through the rungs a trial went through (each a cosine segment), on the training
-rows in another order. Where every training row fits one proxy batch, another order is the same single
-batch, so a repeat also noises the training rows afresh (``Calibration.renoised``): then the spread is real.
+When the top rung's scores settle neither way (:func:`settled`: the lead is not clear and a fifth, yet its upper
+bound reaches a fifth), both plans are trained again under three fresh row orders, ``confirm_steps`` in one
+cosine segment, and the same rule decides on those scores. A trial's top rung is two segments (a warm restart
+at the first rung), and at 50% of the bundled teacher's parameters that schedule moved one plan's score by up
+to 1.7x between row orders; one segment of 100 steps put each of the oracle's nine best plans ahead of the
+seed at every order (``benchmarks/proxy_fidelity.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ __all__ = [
     "recorded_noise_floor",
     "repeat_workers",
     "screened_lead",
+    "settled",
     "tie_margin",
     "top_rung_kd",
 ]
@@ -135,8 +139,20 @@ def top_rung_kd(ctx: SearchContext, plan: Plan, seed: int, steps: int) -> float:
     return kd
 
 
+def straight_kd(ctx: SearchContext, plan: Plan, seed: int, steps: int) -> float:
+    """The plan's held-out KD after ``steps`` of KD in one cosine segment (no warm restart at a rung), on the
+    rows in the order ``seed`` gives (freshly noised when they all fit one batch): the confirmation's score."""
+    with ctx.proxy_run(plan, seed, _order_calibration(ctx, seed)) as run:
+        return run.train_to(steps)
+
+
 Repeats = dict[int, list[float]]  # trial number -> its top-rung scores (its own order first)
-Job = tuple[Plan, int, int]  # a plan, a row order's seed, the steps to train it
+Job = tuple[Plan, int, int, bool]  # a plan, a row order's seed, the steps to train it, in one segment or by rungs
+
+
+def _score(ctx: SearchContext, job: Job) -> float:
+    plan, seed, steps, straight = job
+    return (straight_kd if straight else top_rung_kd)(ctx, plan, seed, steps)
 
 
 def repeat_workers(ctx: SearchContext, jobs: int) -> int:
@@ -154,20 +170,19 @@ _FORKED: tuple[SearchContext, list[Job]] | None = None  # a forked scorer's work
 def _score_forked(i: int) -> tuple[int, float]:
     assert _FORKED is not None
     ctx, jobs = _FORKED
-    plan, seed, steps = jobs[i]
-    return i, top_rung_kd(ctx, plan, seed, steps)
+    return i, _score(ctx, jobs[i])
 
 
 def _score_orders(ctx: SearchContext, jobs: list[Job], desc: str) -> list[float]:
-    """``top_rung_kd`` of each (plan, row order, steps), with a bar; several at once where cores allow
+    """Each job's score (``top_rung_kd`` or ``straight_kd``), with a bar; several at once where cores allow
     (:func:`repeat_workers`: forked processes that share the search's context and calibration)."""
     global _FORKED
     workers = repeat_workers(ctx, len(jobs))
     scores = [math.nan] * len(jobs)
     with tqdm(total=len(jobs), desc=desc, unit="order", disable=not ctx.cfg.progress, dynamic_ncols=True) as bar:
         if workers == 1:
-            for i, (plan, seed, steps) in enumerate(jobs):
-                scores[i] = top_rung_kd(ctx, plan, seed, steps)
+            for i, job in enumerate(jobs):
+                scores[i] = _score(ctx, job)
                 bar.update()
             return scores
         _FORKED, threads = (ctx, jobs), torch.get_num_threads()
@@ -190,7 +205,7 @@ def _repeat_jobs(ctx: SearchContext, trial: FrozenTrial, steps: int) -> tuple[fl
     first = (trial.user_attrs.get("rung_kd") or {}).get(str(steps))
     seeds = [] if first is not None else [ctx.cfg.seed]
     seeds += list(range(ctx.cfg.seed + 1, ctx.cfg.seed + 1 + ctx.cfg.noise_seeds))
-    return (None if first is None else float(first)), [(plan, seed, steps) for seed in seeds]
+    return (None if first is None else float(first)), [(plan, seed, steps, False) for seed in seeds]
 
 
 def _repeats(ctx: SearchContext, trial: FrozenTrial, steps: int, desc: str, scored: Repeats | None = None
@@ -273,10 +288,34 @@ def _percent(lead: Lead, base: float) -> str:
     return f"{100 * lead.mean / base:+.1f}%{error}"
 
 
-def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequence[float]) -> tuple[int, str]:
-    """The chosen trial and the line that says why."""
+def settled(lead: Lead, base: float) -> bool:
+    """Whether a lead over a seed scoring ``base`` decides the choice: clear and at least :data:`MIN_LEAD` of
+    it (the candidate), or short of that share even at :data:`LEAD_SE` standard errors above its mean (the
+    seed). In between, the top rung's scores are too noisy to tell, and the rule trains both plans longer."""
+    if lead.clear and lead.mean >= MIN_LEAD * base:
+        return True
+    return math.isfinite(lead.se) and lead.mean + LEAD_SE * lead.se < MIN_LEAD * base
+
+
+def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial) -> tuple[list[float], list[float]]:
+    """Both plans trained ``confirm_steps`` in one cosine segment (``straight_kd``) under ``noise_seeds`` + 1
+    row orders other than the search's own, the one the candidate was picked on (its luck there is the winner's
+    curse, so those scores are left out): the candidate's scores and the seed's, order by order."""
+    orders = range(ctx.cfg.seed + 1, ctx.cfg.seed + 2 + ctx.cfg.noise_seeds)
+    plans = [scored_plan(best), scored_plan(anchor)]
+    jobs = [(plan, order, ctx.cfg.confirm_steps, True) for plan in plans if plan is not None for order in orders]
+    desc = f"too close to call: trials {best.number} and {anchor.number}, {ctx.cfg.confirm_steps} steps straight"
+    scores = _score_orders(ctx, jobs, desc)
+    return scores[: len(orders)], scores[len(orders) :]
+
+
+def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequence[float], steps: int | None = None
+            ) -> tuple[int, str]:  # fmt: skip
+    """The chosen trial and the line that says why (``steps``: the confirmation's training the lead was measured
+    after)."""
     base = statistics.fmean(seed_kd)
     how = f"over {lead.orders} row orders (paired)" if lead.paired else "at one row order (its error bounded)"
+    how += f" after {steps} steps in one segment" if steps is not None else ""
     said = f"trial {best.number} leads the sensitivity seed (trial {anchor.number}) by {_percent(lead, base)} {how}"
     if lead.clear and lead.mean >= MIN_LEAD * base:
         return best.number, f"{said}: more than {LEAD_SE:g} standard errors, so found.yaml names trial {best.number}"
@@ -315,6 +354,14 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
         se = lead.se if math.isfinite(lead.se) else None  # JSON has no NaN
         choice |= {"seed": anchor.number, "seed_kd": seed_kd, "lead": lead.mean, "se": se,
                    "paired": lead.paired, "chosen": chosen, "reason": why}  # fmt: skip
+        if lead.paired and not settled(lead, statistics.fmean(seed_kd)) and ctx.cfg.confirm_steps > 0:
+            status(f"found: {why.split(':')[0]}: too close to call, both trained {ctx.cfg.confirm_steps} steps again")
+            cand_long, seed_long = _confirm(ctx, best, anchor)
+            longer = paired_lead(cand_long, seed_long)
+            chosen, why = _decide(best, anchor, longer, seed_long, ctx.cfg.confirm_steps)
+            confirm = {"steps": ctx.cfg.confirm_steps, "candidate_kd": cand_long, "seed_kd": seed_long,
+                       "lead": longer.mean, "se": longer.se if math.isfinite(longer.se) else None}  # fmt: skip
+            choice |= {"chosen": chosen, "reason": why, "confirm": confirm}
     choice["tie_margin"] = tie_margin(kd, choice.get("seed_kd") if choice.get("paired") else None)
     study.set_user_attr("found_choice", choice)
     status(f"found: {choice['reason']}")

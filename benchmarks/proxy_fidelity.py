@@ -1,7 +1,8 @@
 """How well proxy variants rank plans, against the ranking after full distillation.
 
-Reads a ``results-BUDGET.json`` that ``benchmarks/search_vs_heuristics.py`` wrote (each distilled plan's KD
-loss after S steps; the plans themselves from the ``plans/`` recipes beside it) and re-scores every plan under
+Reads a ``results-BUDGET.json`` that ``benchmarks/search_vs_heuristics.py`` wrote, or a ``summary-BUDGET.json``
+of ``benchmarks/search_oracle.py`` (each distilled plan's KD loss after S steps; the plans themselves from the
+``plans/`` recipes beside it) and re-scores every plan under
 each proxy variant, all on the same rows in the same order (common random numbers, as the search scores):
 zero-shot only, or N layer-level KD steps with a constant or cosine-decaying learning rate, scored on a
 held-out set of 32 or 128 rows (fixed noise and timesteps), trained on 96 or more calibration rows.
@@ -19,6 +20,7 @@ variant's score and CPU seconds come from the same runs. Kendall tau over all pl
     python benchmarks/proxy_fidelity.py /tmp/pruner-search-vs-heuristics/results-30%.json
     python benchmarks/proxy_fidelity.py RESULTS --held-out 128 --calibration 96 384 --variants 100:cosine
     python benchmarks/proxy_fidelity.py RESULTS --orders 1 2 3 --top 100 200 300
+    python benchmarks/proxy_fidelity.py RESULTS --orders 1 2 3 --proxy-steps 100 --top 100   # one segment
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ Reported: the best final KD any plan reached, each default search's regret (its 
 the best) and the seed's ratio to the best.
 
     nice -n 19 python benchmarks/search_oracle.py --budgets 30%,50%
+    python benchmarks/search_oracle.py --budgets 30%,50% --rechoose   # the default searches' choice made again
     python benchmarks/search_oracle.py --status      # how far the run got, from the state alone
 """
 

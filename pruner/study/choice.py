@@ -11,8 +11,8 @@ When the top rung's scores settle neither way (:func:`settled`: the lead is not 
 bound reaches a fifth), both plans are trained again under three fresh row orders, ``confirm_steps`` in one
 cosine segment, and the same rule decides on those scores. A trial's top rung is two segments (a warm restart
 at the first rung), and at 50% of the bundled teacher's parameters that schedule moved one plan's score by up
-to 1.7x between row orders; one segment of 100 steps put each of the oracle's nine best plans ahead of the
-seed at every order (``benchmarks/proxy_fidelity.py``).
+to 1.8x between row orders; one segment of 100 steps put each of nine plans that ended 1.33-1.45x better ahead
+of the seed at every order (``benchmarks/proxy_fidelity.py``).
 """
 
 from __future__ import annotations

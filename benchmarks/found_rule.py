@@ -21,7 +21,6 @@ from typing import Any
 import optuna
 import torch
 
-from pruner import defaults
 from pruner.budget import parse_budget
 from pruner.runtime import default_threads
 from pruner.study.choice import choose_found, noise_floor
@@ -30,7 +29,7 @@ from pruner.teacher import Teacher
 
 
 def decide_again(
-    study: optuna.Study, budget: str, confirm_steps: int = defaults.CONFIRM_STEPS, status: Callable[[str], None] = print
+    study: optuna.Study, budget: str, confirm_steps: int | None = None, status: Callable[[str], None] = print
 ) -> tuple[dict[str, Any], dict[str, Any], float, float]:
     """The study's noise floor and found-plan choice measured afresh with this pruner (overwriting both), and
     the seconds each took."""
@@ -56,7 +55,7 @@ def main() -> None:
     p.add_argument("storage", help="the study's storage URL (journal:PATH, sqlite:///PATH)")
     p.add_argument("study")
     p.add_argument("--budget", required=True, help="the budget the search was given (the study stores its description)")
-    p.add_argument("--confirm-steps", type=int, default=defaults.CONFIRM_STEPS, help="0: the rule without them")
+    p.add_argument("--confirm-steps", type=int, help="the confirmation's steps (default: the top rung's; 0: none)")
     args = p.parse_args()
     torch.set_num_threads(default_threads())
     optuna.logging.set_verbosity(optuna.logging.WARNING)

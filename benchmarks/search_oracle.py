@@ -325,7 +325,7 @@ def parse() -> argparse.Namespace:
         action="store_true",
         help="also distill what each default search names under the found-plan rule as it is now",
     )
-    p.add_argument("--confirm-steps", type=int, default=defaults.CONFIRM_STEPS, help="--rechoose: the rule's")
+    p.add_argument("--confirm-steps", type=int, help="--rechoose: the rule's confirmation (default: the top rung's)")
     p.add_argument("--status", action="store_true", help="print how far the run in --out got, and stop")
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]

@@ -248,7 +248,7 @@ def search(
     top_steps: Annotated[int | None, Knob(min=0)] = None,
     sampler: Annotated[str, Knob(choices=defaults.SAMPLERS)] = defaults.SAMPLER,
     noise_seeds: Annotated[int, Knob(min=0)] = defaults.NOISE_SEEDS,
-    confirm_steps: Annotated[int, Knob(min=0)] = defaults.CONFIRM_STEPS,
+    confirm_steps: Annotated[int | None, Knob(min=0)] = defaults.CONFIRM_STEPS,
     calibration: Annotated[int, Knob(min=4)] = defaults.CALIBRATION,
     held_out: Annotated[int, Knob(min=2)] = defaults.HELD_OUT,
     refill: bool = defaults.REFILL,
@@ -295,7 +295,8 @@ def search(
             orders: the noise floor, and whether the lead over the seed is clear (0: the best plan, unchecked).
         confirm_steps: When those scores settle neither way (the lead neither clear and a fifth of the seed's
             score, nor surely under a fifth), train both plans again this many KD steps in one cosine segment
-            under three fresh row orders and decide on those (0: never; the seed is named then).
+            under three fresh row orders and decide on those (default: the top rung's steps, 100; 0: never,
+            the seed is named then).
         calibration: Calibration rows the proxy trains on.
         held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
         refill: The mutation sampler may also return one layer to an attention module the plan empties (a

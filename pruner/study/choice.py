@@ -297,14 +297,19 @@ def settled(lead: Lead, base: float) -> bool:
     return math.isfinite(lead.se) and lead.mean + LEAD_SE * lead.se < MIN_LEAD * base
 
 
-def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial) -> tuple[list[float], list[float]]:
-    """Both plans trained ``confirm_steps`` in one cosine segment (``straight_kd``) under ``noise_seeds`` + 1
+def confirm_steps(ctx: SearchContext, top: int) -> int:
+    """The confirmation's steps in one segment: ``confirm_steps``, by default the top rung's ``top`` (0: none)."""
+    return top if ctx.cfg.confirm_steps is None else ctx.cfg.confirm_steps
+
+
+def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial, steps: int) -> tuple[list[float], list[float]]:
+    """Both plans trained ``steps`` in one cosine segment (``straight_kd``) under ``noise_seeds`` + 1
     row orders other than the search's own, the one the candidate was picked on (its luck there is the winner's
     curse, so those scores are left out): the candidate's scores and the seed's, order by order."""
     orders = range(ctx.cfg.seed + 1, ctx.cfg.seed + 2 + ctx.cfg.noise_seeds)
     plans = [scored_plan(best), scored_plan(anchor)]
-    jobs = [(plan, order, ctx.cfg.confirm_steps, True) for plan in plans if plan is not None for order in orders]
-    desc = f"too close to call: trials {best.number} and {anchor.number}, {ctx.cfg.confirm_steps} steps straight"
+    jobs = [(plan, order, steps, True) for plan in plans if plan is not None for order in orders]
+    desc = f"too close to call: trials {best.number} and {anchor.number}, {steps} steps straight"
     scores = _score_orders(ctx, jobs, desc)
     return scores[: len(orders)], scores[len(orders) :]
 
@@ -354,12 +359,13 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
         se = lead.se if math.isfinite(lead.se) else None  # JSON has no NaN
         choice |= {"seed": anchor.number, "seed_kd": seed_kd, "lead": lead.mean, "se": se,
                    "paired": lead.paired, "chosen": chosen, "reason": why}  # fmt: skip
-        if lead.paired and not settled(lead, statistics.fmean(seed_kd)) and ctx.cfg.confirm_steps > 0:
-            status(f"found: {why.split(':')[0]}: too close to call, both trained {ctx.cfg.confirm_steps} steps again")
-            cand_long, seed_long = _confirm(ctx, best, anchor)
+        again = confirm_steps(ctx, steps)
+        if lead.paired and not settled(lead, statistics.fmean(seed_kd)) and again > 0:
+            status(f"found: {why.split(':')[0]}: too close to call, both trained {again} steps again")
+            cand_long, seed_long = _confirm(ctx, best, anchor, again)
             longer = paired_lead(cand_long, seed_long)
-            chosen, why = _decide(best, anchor, longer, seed_long, ctx.cfg.confirm_steps)
-            confirm = {"steps": ctx.cfg.confirm_steps, "candidate_kd": cand_long, "seed_kd": seed_long,
+            chosen, why = _decide(best, anchor, longer, seed_long, again)
+            confirm = {"steps": again, "candidate_kd": cand_long, "seed_kd": seed_long,
                        "lead": longer.mean, "se": longer.se if math.isfinite(longer.se) else None}  # fmt: skip
             choice |= {"chosen": chosen, "reason": why, "confirm": confirm}
     choice["tie_margin"] = tie_margin(kd, choice.get("seed_kd") if choice.get("paired") else None)

@@ -26,7 +26,7 @@ class SearchConfig:
     top_steps: int | None = None  # top rung: KD steps in all for the best of those; None: 10/3 x proxy_steps
     sampler: str = defaults.SAMPLER
     noise_seeds: int = defaults.NOISE_SEEDS  # the found plan scored again with other row orders: the noise floor
-    confirm_steps: int = defaults.CONFIRM_STEPS  # too close to call: both plans trained again (0: never)
+    confirm_steps: int | None = defaults.CONFIRM_STEPS  # too close to call: both trained again (None: top rung's)
     data: str | None = None
     prompts: str | None = None
     space: str = defaults.SPACE

@@ -13,6 +13,10 @@ cosine segment, and the same rule decides on those scores. A trial's top rung is
 at the first rung), and at 50% of the bundled teacher's parameters that schedule moved one plan's score by up
 to 1.8x between row orders; one segment of 100 steps put each of nine plans that ended 1.33-1.45x better ahead
 of the seed at every order (``benchmarks/proxy_fidelity.py``).
+
+A repeat trains the plan through the rungs a trial went through (each a cosine segment), on the training
+rows in another order. Where every training row fits one proxy batch, another order is the same single
+batch, so a repeat also noises the training rows afresh (``Calibration.renoised``): then the spread is real.
 """
 
 from __future__ import annotations
@@ -288,16 +292,19 @@ def _percent(lead: Lead, base: float) -> str:
     return f"{100 * lead.mean / base:+.1f}%{error}"
 
 
+def _carries(lead: Lead, base: float) -> bool:
+    """Whether a lead over a seed scoring ``base`` names the candidate: clear, and at least :data:`MIN_LEAD`."""
+    return lead.clear and lead.mean >= MIN_LEAD * base
+
+
 def settled(lead: Lead, base: float) -> bool:
-    """Whether a lead over a seed scoring ``base`` decides the choice: clear and at least :data:`MIN_LEAD` of
-    it (the candidate), or short of that share even at :data:`LEAD_SE` standard errors above its mean (the
-    seed). In between, the top rung's scores are too noisy to tell, and the rule trains both plans longer."""
-    if lead.clear and lead.mean >= MIN_LEAD * base:
-        return True
-    return math.isfinite(lead.se) and lead.mean + LEAD_SE * lead.se < MIN_LEAD * base
+    """Whether a lead over a seed scoring ``base`` decides the choice: it names the candidate, or falls short
+    of :data:`MIN_LEAD` even at :data:`LEAD_SE` standard errors above its mean (the seed). In between, the
+    scores are too noisy to tell, and the rule trains both plans again in one segment (``_confirm``)."""
+    return _carries(lead, base) or (math.isfinite(lead.se) and lead.mean + LEAD_SE * lead.se < MIN_LEAD * base)
 
 
-def confirm_steps(ctx: SearchContext, top: int) -> int:
+def _confirm_steps(ctx: SearchContext, top: int) -> int:
     """The confirmation's steps in one segment: ``confirm_steps``, by default the top rung's ``top`` (0: none)."""
     return top if ctx.cfg.confirm_steps is None else ctx.cfg.confirm_steps
 
@@ -322,7 +329,7 @@ def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequenc
     how = f"over {lead.orders} row orders (paired)" if lead.paired else "at one row order (its error bounded)"
     how += f" after {steps} steps in one segment" if steps is not None else ""
     said = f"trial {best.number} leads the sensitivity seed (trial {anchor.number}) by {_percent(lead, base)} {how}"
-    if lead.clear and lead.mean >= MIN_LEAD * base:
+    if _carries(lead, base):
         return best.number, f"{said}: more than {LEAD_SE:g} standard errors, so found.yaml names trial {best.number}"
     if lead.clear:
         return anchor.number, (f"{said}: clear, but under {100 * MIN_LEAD:.0f}% of the seed's score, less than "
@@ -359,7 +366,7 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
         se = lead.se if math.isfinite(lead.se) else None  # JSON has no NaN
         choice |= {"seed": anchor.number, "seed_kd": seed_kd, "lead": lead.mean, "se": se,
                    "paired": lead.paired, "chosen": chosen, "reason": why}  # fmt: skip
-        again = confirm_steps(ctx, steps)
+        again = _confirm_steps(ctx, steps)
         if lead.paired and not settled(lead, statistics.fmean(seed_kd)) and again > 0:
             status(f"found: {why.split(':')[0]}: too close to call, both trained {again} steps again")
             cand_long, seed_long = _confirm(ctx, best, anchor, again)

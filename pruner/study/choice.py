@@ -314,8 +314,9 @@ def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial, steps: 
     row orders other than the search's own, the one the candidate was picked on (its luck there is the winner's
     curse, so those scores are left out): the candidate's scores and the seed's, order by order."""
     orders = range(ctx.cfg.seed + 1, ctx.cfg.seed + 2 + ctx.cfg.noise_seeds)
-    plans = [scored_plan(best), scored_plan(anchor)]
-    jobs = [(plan, order, steps, True) for plan in plans if plan is not None for order in orders]
+    plans = [p for p in (scored_plan(best), scored_plan(anchor)) if p is not None]
+    assert len(plans) == 2, "both plans reached the top rung, so both have a scored plan"
+    jobs = [(plan, order, steps, True) for plan in plans for order in orders]
     desc = f"too close to call: trials {best.number} and {anchor.number}, {steps} steps straight"
     scores = _score_orders(ctx, jobs, desc)
     return scores[: len(orders)], scores[len(orders) :]

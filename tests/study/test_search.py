@@ -12,7 +12,7 @@ from pruner.cli import app
 from pruner.cost import CostModel
 from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe
-from pruner.study.choice import MIN_LEAD
+from pruner.study.choice import MIN_LEAD, Lead, settled
 from pruner.study.heuristics import seed_plans
 from pruner.study.repair import repair_to_budget
 from pruner.study.space import SearchSpace, decode, genome_of
@@ -343,8 +343,10 @@ def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
     assert result.found.provenance.choice == made["reason"]
     if best.number != seeds[0].number and made["paired"]:
         assert len(made["seed_kd"]) == 3 and made["seed_kd"][0] == seeds[0].user_attrs["proxy_kd"]
-        big = made["lead"] >= MIN_LEAD * sum(made["seed_kd"]) / 3  # a clear lead must also be a fifth or more
-        assert (made["chosen"] == best.number) == (made["lead"] > 2 * made["se"] and big)
+        decided = made.get("confirm", made)  # a lead too close to call is decided by the confirmation's scores
+        big = decided["lead"] >= MIN_LEAD * sum(decided["seed_kd"]) / 3  # a clear lead must also be a fifth or more
+        assert (made["chosen"] == best.number) == (decided["lead"] > 2 * decided["se"] and big)
+        assert ("confirm" in made) == (not settled(Lead(made["lead"], made["se"], 3, True), sum(made["seed_kd"]) / 3))
 
 
 def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_cache: Path) -> None:

@@ -24,7 +24,7 @@ import torch
 from pruner.budget import parse_budget
 from pruner.runtime import default_threads
 from pruner.study.choice import choose_found, noise_floor
-from pruner.study.study import SearchConfig, build_context, storage_of
+from pruner.study.study import SearchConfig, build_context, proxy_schedule, storage_of
 from pruner.teacher import Teacher
 
 
@@ -40,7 +40,8 @@ def decide_again(
                        held_out=settings["held_out"], proxy_steps=settings["rungs"][1],
                        top_steps=settings["rungs"][-1], confirm_steps=confirm_steps, progress=False,
                        out=None)  # fmt: skip
-    ctx = build_context(cfg, Teacher.resolve(settings["teacher"]), parse_budget(cfg.budget))
+    teacher, schedule = Teacher.resolve(settings["teacher"]), proxy_schedule(study)
+    ctx = build_context(cfg, teacher, parse_budget(cfg.budget), schedule=schedule)
     start = time.perf_counter()
     floor = noise_floor(study, ctx)
     middle = time.perf_counter()

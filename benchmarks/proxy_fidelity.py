@@ -10,7 +10,9 @@ Prints Kendall tau against the distilled ranking, each plan's score, and seconds
 is repeated, so a variant costs one trial's time per plan.
 
 ``--orders K ...`` compares instead two ways to tell close plans apart at the search's top rung, each plan
-trained as a trial is (a cosine segment per rung: ``--proxy-steps``, then 100 in all): (a) the top-rung score
+trained as a trial is (``--schedule afresh``: each rung from the freshly built student in one cosine segment,
+as the search trains; ``--schedule continued``, the default: each rung continues the one below with a warm
+restart, as studies that recorded no schedule trained): (a) the top-rung score
 averaged over K row orders (order k trains every plan on the same rows in the same order: common random
 numbers), and (b) the plan trained on through a further rung to each of ``--top`` steps (what the search
 would give its last few candidates). One run per plan and order reaches every ``--top`` in turn, so each
@@ -21,6 +23,7 @@ variant's score and CPU seconds come from the same runs. Kendall tau over all pl
     python benchmarks/proxy_fidelity.py RESULTS --held-out 128 --calibration 96 384 --variants 100:cosine
     python benchmarks/proxy_fidelity.py RESULTS --orders 1 2 3 --top 100 200 300
     python benchmarks/proxy_fidelity.py RESULTS --orders 1 2 3 --proxy-steps 100 --top 100   # one segment
+    python benchmarks/proxy_fidelity.py RESULTS --orders 1 2 3 --top 100 --schedule afresh   # the search's rungs
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ from pruner import defaults
 from pruner.budget import parse_budget
 from pruner.recipe import load_recipe
 from pruner.runtime import default_threads
-from pruner.study.context import SearchContext
+from pruner.study.context import AFRESH, CONTINUED, SearchContext
 from pruner.study.proxy import proxy_score
 from pruner.study.study import SearchConfig, build_context
 from pruner.teacher import Teacher
 from pruner.unet import Plan
 
 VARIANTS = [(0, "constant"), (30, "constant"), (30, "cosine"), (100, "cosine")]
+SCHEDULES = {"afresh": AFRESH, "continued": CONTINUED}  # how the top-rung variants' rungs train
 
 
 def main() -> None:
@@ -60,6 +64,12 @@ def main() -> None:
     p.add_argument("--orders", type=int, nargs="+", default=[], help="top-rung variants: row orders averaged")
     p.add_argument("--top", type=int, nargs="+", default=[100], help="top-rung variants: steps in all (a rung more)")
     p.add_argument("--proxy-steps", type=int, default=30, help="top-rung variants: the first rung's steps")
+    p.add_argument(
+        "--schedule",
+        choices=list(SCHEDULES),
+        default="continued",
+        help="top-rung variants: each rung from the fresh student, or continuing the one below",
+    )
     args = p.parse_args()
     torch.set_num_threads(default_threads())  # one thread on a 2-core machine: two are far slower there
     budget, finals = distilled(json.loads(args.results.read_text()))
@@ -70,8 +80,10 @@ def main() -> None:
     print("final KD: " + ", ".join(f"{k[:8]} {v:.5f}" for k, v in zip(finals, final, strict=True)))
     if args.orders:
         args.held_out = args.held_out or [defaults.HELD_OUT]
-        cfg = SearchConfig(budget=budget, held_out=args.held_out[0], calibration=args.calibration[0], seed=args.seed)
-        ctx = build_context(cfg, Teacher.resolve(cfg.teacher), parse_budget(cfg.budget))
+        cfg = SearchConfig(budget=budget, held_out=args.held_out[0], calibration=args.calibration[0], seed=args.seed,
+                           proxy_steps=args.proxy_steps, top_steps=max(args.top))  # fmt: skip
+        schedule = SCHEDULES[args.schedule]
+        ctx = build_context(cfg, Teacher.resolve(cfg.teacher), parse_budget(cfg.budget), schedule=schedule)
         top_rung_variants(ctx, plans, final, args)
         return
     args.held_out = args.held_out or [32, 128]
@@ -107,10 +119,13 @@ def best_half_tau(scores: list[float], final: list[float]) -> float:
 
 
 def scores_by_top(ctx: SearchContext, plan: Plan, seed: int, rungs: list[int]) -> list[tuple[float, float]]:
-    """(held-out KD, seconds since the run began) after each rung in turn, rows in the order ``seed`` gives."""
+    """(held-out KD, seconds since the run began) after each rung in turn, rows in the order ``seed`` gives
+    (each rung from the fresh student when the context's rungs train afresh)."""
     start, out = time.perf_counter(), []
     with ctx.proxy_run(plan, seed) as run:
         for steps in rungs:
+            if ctx.afresh and run.steps:
+                run.restart()
             kd = run.train_to(steps)
             out.append((kd, time.perf_counter() - start))
     return out
@@ -118,8 +133,8 @@ def scores_by_top(ctx: SearchContext, plan: Plan, seed: int, rungs: list[int]) -
 
 def top_rung_variants(ctx: SearchContext, plans: list[Plan], final: list[float], args: argparse.Namespace) -> None:
     """(a) K row orders averaged at the top rung against (b) one order trained on through a further rung."""
-    tops = sorted(set(args.top))
-    rungs = sorted({args.proxy_steps, *tops})
+    rungs = sorted({args.proxy_steps, *args.top})
+    tops = rungs  # the first rung's fidelity too: how well it promotes
     runs = [[scores_by_top(ctx, plan, args.seed + k, rungs) for k in range(max(args.orders))] for plan in plans]
     print(f"{'top steps':>9}{'orders':>7}{'tau all':>8}{'tau best half':>14}{'s / plan':>9}{'order SD':>9}  scores",
           flush=True)  # fmt: skip

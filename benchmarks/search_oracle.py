@@ -22,6 +22,7 @@ the best) and the seed's ratio to the best.
     nice -n 19 python benchmarks/search_oracle.py --budgets 30%,50%
     python benchmarks/search_oracle.py --budgets 30%,50% --rechoose   # the default searches' choice made again
     python benchmarks/search_oracle.py --status      # how far the run got, from the state alone
+    python benchmarks/search_oracle.py --default-prefix default,default-one   # default searches run again
 """
 
 from __future__ import annotations
@@ -163,20 +164,20 @@ def rechosen(budget: str, seed: int, study: optuna.Study, args: argparse.Namespa
     return next(t for t in study.get_trials(deepcopy=False) if t.number == chosen)
 
 
-def jobs_of(budget: str, oracle: optuna.Study, defaults_: dict[int, optuna.Study], args: argparse.Namespace,
-            ) -> list[tuple[str, optuna.Study, Trial]]:  # fmt: skip
+def jobs_of(budget: str, oracle: optuna.Study, defaults_: dict[tuple[str, int], optuna.Study],
+            args: argparse.Namespace) -> list[tuple[str, optuna.Study, Trial]]:  # fmt: skip
     """(role, study, trial) of every plan to distill at ``budget``: the oracle's picks, the sensitivity seed
-    and each default search's found plan."""
+    and each default search's found plan (``defaults_``: by study prefix and seed)."""
     by_number = {t.number: t for t in oracle.get_trials(deepcopy=False)}
     jobs = [(f"oracle #{i + 1}", oracle, by_number[n]) for i, n in enumerate(picks_of(oracle, budget, args))]
     seed = next((t for t in oracle.get_trials(deepcopy=False) if t.user_attrs.get("label") == "sensitivity"), None)
     if seed is not None:
         jobs.append(("sensitivity seed", oracle, seed))
-    for s, study in defaults_.items():
+    for (prefix, s), study in defaults_.items():
         found = found_trial(study)  # what found.yaml names (the found-plan rule)
         if found is not None:
-            jobs.append((f"default seed {s}", study, found))
-        if args.rechoose:
+            jobs.append((f"{prefix} seed {s}", study, found))
+        if args.rechoose and prefix == "default":  # the searches as first recorded
             print(f"{budget}: default seed {s}'s found plan chosen again by the rule as it is now", flush=True)
             jobs.append((f"default seed {s}, rule now", study, rechosen(budget, s, study, args)))
     return jobs
@@ -265,7 +266,8 @@ def keep_best(budget: str, jobs: list[tuple[str, optuna.Study, Trial]], finals: 
 def run_budget(budget: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every phase at one budget (each skipped when its state says it is done); returns the summary."""
     print(f"== {budget}: phase 1, default searches at seeds {args.seeds}", flush=True)
-    default = {s: searched(budget, s, args, "default", **default_settings(args)) for s in args.seeds}
+    default = {(prefix, s): searched(budget, s, args, prefix, **default_settings(args))
+               for prefix in args.default_prefix for s in args.seeds}  # fmt: skip
     print(f"== {budget}: phase 2, the oracle search ({args.trials} trials)", flush=True)
     oracle = searched(budget, 0, args, "oracle", calibration=args.calibration, held_out=args.held_out)
     print(f"== {budget}: phase 3-4, picks and distillation ({args.final_steps} steps each)", flush=True)
@@ -327,8 +329,14 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument("--confirm-steps", type=int, help="--rechoose: the rule's confirmation (default: the top rung's)")
     p.add_argument("--status", action="store_true", help="print how far the run in --out got, and stop")
+    p.add_argument("--default-prefix", default="default",
+                   help="comma-separated names of default searches (each 'default...'): a new name runs the "
+                   "default search again under this pruner beside those recorded")  # fmt: skip
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.default_prefix = args.default_prefix.split(",")
+    if not all(prefix.startswith("default") for prefix in args.default_prefix):
+        p.error("--default-prefix: each name starts with 'default' (the table's regret is over those)")
     args.sampler = defaults.SAMPLER
     return args
 

@@ -134,8 +134,11 @@ def _order_calibration(ctx: SearchContext, seed: int) -> Calibration:
 
 
 def top_rung_kd(ctx: SearchContext, plan: Plan, seed: int, steps: int) -> float:
-    """The plan's held-out KD trained as a trial trains it (each rung up to ``steps`` a cosine segment), on the
-    rows in the order ``seed`` gives (freshly noised when they all fit one batch)."""
+    """The plan's held-out KD at the rung of ``steps`` trained as a trial trains it, on the rows in the order
+    ``seed`` gives (freshly noised when they all fit one batch): ``steps`` in one cosine segment, or, in a
+    study whose rungs continue, through each rung up to ``steps``, a segment each."""
+    if ctx.afresh:
+        return straight_kd(ctx, plan, seed, steps)
     with ctx.proxy_run(plan, seed, _order_calibration(ctx, seed)) as run:
         kd = run.held_out()
         for rung in (r for r in ctx.cfg.rungs if 0 < r <= steps):

@@ -31,7 +31,16 @@ from pruner.teacher import Teacher
 from pruner.unet.plan import Plan, nearest_expressible, unit_kinds
 from pruner.unet.topology import Topology, topology_of
 
-__all__ = ["SearchContext", "build_context", "check_budget", "search_device"]
+__all__ = ["AFRESH", "CONTINUED", "SearchContext", "build_context", "check_budget", "search_device"]
+
+AFRESH = "each rung afresh"
+"""Each rung trains the freshly built student, its steps in one cosine segment: the top rung's score is one
+segment's. At 50% of the bundled teacher's parameters, 100 steps in one segment put nine plans that ended
+1.33-1.45x better than the seed ahead of it at every row order, where rungs that continue from the rung below
+(a warm restart) moved one plan's score by up to 1.8x between orders (``benchmarks/proxy_fidelity.py``)."""
+CONTINUED = "each rung continued"
+"""Each rung continues the student of the rung below with a warm restart of the cosine: how studies that
+recorded no schedule were scored, kept for them so that their old and new trials compare."""
 
 
 def _allow(space: SearchSpace, kinds: dict[str, str]) -> Callable[[str], bool]:
@@ -58,6 +67,7 @@ class SearchContext:
     runtime: Runtime | None = None
     proxy_batch: int = 16
     module_sens: dict[str, float] = field(default_factory=dict)  # attention module -> its layers removed together
+    schedule: str = AFRESH  # how rungs train: each from the fresh student (AFRESH), or continued (CONTINUED)
 
     def cost(self, plan: Plan) -> float:
         """The plan's cost in the budget's kind and unit."""
@@ -75,6 +85,11 @@ class SearchContext:
         width = self.space.width_importance
         return ProxyRun(self.teacher, plan, self.topo, calib or self.calib, seed=seed, importance=width,
                         batch=self.proxy_batch, runtime=self.runtime)  # fmt: skip
+
+    @property
+    def afresh(self) -> bool:
+        """Whether each rung trains the freshly built student (else it continues the rung below)."""
+        return self.schedule == AFRESH
 
 
 def check_budget(
@@ -131,10 +146,13 @@ def _sensitivities(
 
 def build_context(
     cfg: SearchConfig, teacher: Teacher, budget: Budget, status: Callable[[str], None] = lambda _m: None,
-    sensitivity: dict[str, float] | None = None,
+    sensitivity: dict[str, float] | None = None, schedule: str = AFRESH,
 ) -> SearchContext:  # fmt: skip
     """Load the teacher, check the budget, build the calibration set and the unit sensitivities (measured,
-    unless ``sensitivity`` already holds every unit's: a study's, recorded by its first worker)."""
+    unless ``sensitivity`` already holds every unit's: a study's, recorded by its first worker). ``schedule``:
+    how the rungs train, :data:`AFRESH` or :data:`CONTINUED` (the schedule of studies that recorded none)."""
+    if schedule not in (AFRESH, CONTINUED):
+        raise PrunerError(f"rung schedule {schedule!r} is not {AFRESH!r} or {CONTINUED!r}")
     space = load_space(cfg.space)
     device = search_device(cfg, teacher)
     runtime = _runtime(device, cfg.mixed_precision)
@@ -157,7 +175,7 @@ def build_context(
     sens = _sensitivities(model, topo, calib, batch, cfg, sensitivity, status)
     module_sens = _module_sensitivities(model, topo, calib, batch, cfg, allow, status)
     return SearchContext(cfg, space, model, topo, cost, budget, budget_cost, limit, calib, sens, data_path, runtime,
-                         batch, module_sens)  # fmt: skip
+                         batch, module_sens, schedule)  # fmt: skip
 
 
 def _module_sensitivities(

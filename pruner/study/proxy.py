@@ -277,10 +277,11 @@ class ProxyRun:
     """One plan's student on the calibration set, trained in segments: the rungs of a multi-fidelity search.
 
     The student is built once; :meth:`held_out` is its held-out KD loss now; :meth:`train_to` continues the
-    layer-level KD fine-tune (``KDEngine``'s step against the cached teacher) up to a total step count.
-    Each segment decays its learning rate to zero (cosine, restarted per segment): a constant rate leaves a
-    plan's loss swinging between steps, which scrambles how plans rank. Rows come in one order fixed by
-    ``seed``, the same for every plan (common random numbers), so two plans differ only by what they are."""
+    layer-level KD fine-tune (``KDEngine``'s step against the cached teacher) up to a total step count;
+    :meth:`restart` goes back to the freshly built student. Each segment decays its learning rate to zero
+    (cosine, restarted per segment): a constant rate leaves a plan's loss swinging between steps, which
+    scrambles how plans rank. Rows come in one order fixed by ``seed``, the same for every plan (common random
+    numbers), so two plans differ only by what they are."""
 
     def __init__(
         self, teacher: UNet2DConditionModel, plan: Plan, topo: Topology, calib: Calibration, *, lr: float = 3e-4,
@@ -291,13 +292,26 @@ class ProxyRun:
         self.runtime = runtime or PlainRuntime(calib.device)
         layout = check_expressible(plan, topo)
         grad_fn = calibration_gradients(calib) if importance == "taylor" else None
-        self.student, _ = build_student(teacher, plan, importance=importance, grad_fn=grad_fn, dtype=torch.float32)
+        self._build = lambda: build_student(teacher, plan, importance=importance, grad_fn=grad_fn,
+                                           dtype=torch.float32)[0]  # fmt: skip
         self.pairs = feature_map(layout, topo, calib.level)
-        self.weights, self.lr, self.steps = weights, lr, 0
-        g = torch.Generator().manual_seed(seed)
-        self._rows = itertools.cycle(torch.randperm(calib.n_train, generator=g).split(batch))
-        self._seed = seed
+        self.weights, self.lr, self._seed = weights, lr, seed
         self._engine: KDEngine | None = None
+        self._start()
+
+    def _start(self) -> None:
+        """The freshly built student, no step taken, rows from the start of their order."""
+        self.student, self.steps = self._build(), 0
+        g = torch.Generator().manual_seed(self._seed)
+        self._rows = itertools.cycle(torch.randperm(self.calib.n_train, generator=g).split(self.batch))
+
+    def restart(self) -> None:
+        """Back to the freshly built student (the trained one freed first, so two students of an SDXL-size plan
+        never share the device): the next :meth:`train_to` is one cosine segment from the pruned student, on
+        the rows in the same order from the start."""
+        self.close()
+        del self.student
+        self._start()
 
     def held_out(self) -> float:
         """Held-out KD loss of the student now (mean MSE against the teacher's cached predictions)."""

@@ -2,10 +2,12 @@
 
 Successive halving inside the trial, with ASHA's asynchronous rule: every plan is scored zero-shot, the
 better half of the plans of similar cost (within ``PEER_MACS`` of its MACs) get ``proxy_steps`` of KD,
-the best third of those get ``top_steps`` in all. A trial that falls behind is stopped (PRUNED) with the
-scores it reached (user attribute ``rung_kd``: held-out KD by steps), so completed trials are all at the
-top fidelity. Heuristic seeds always get past the zero-shot rung, so every baseline gets a trained score, and
-the sensitivity seed (``ANCHOR``) reaches the top rung: it is the bar the found plan is held to there.
+the best third of those get ``top_steps``, trained again from the pruned student in one cosine segment (the
+top rung costs ``proxy_steps`` more than continuing would, and scores what one segment gives). A trial that
+falls behind is stopped (PRUNED) with the scores it reached (user attribute ``rung_kd``: held-out KD by
+steps), so completed trials are all at the top fidelity. Heuristic seeds always get past the zero-shot rung,
+so every baseline gets a trained score, and the sensitivity seed (``ANCHOR``) reaches the top rung: it is the
+bar the found plan is held to there.
 """
 
 from __future__ import annotations
@@ -61,14 +63,19 @@ def promote(trial: optuna.Trial, rung: int, steps: int, kd: float, macs: int, se
         raise optuna.TrialPruned(f"held-out KD {kd:.4g} after {steps} steps is not in the best {keep} of {len(peers)}")
 
 
-def score_in_rungs(trial: optuna.Trial, run: ProxyRun, rungs: Sequence[int], macs: int) -> float:
+def score_in_rungs(trial: optuna.Trial, run: ProxyRun, rungs: Sequence[int], macs: int, afresh: bool = True
+                   ) -> float:  # fmt: skip
     """Held-out KD of ``run``'s plan at each rung in turn, stopping (PRUNED) where the plan falls behind its
-    peers; the run trains on the same rows in the same order for every plan (common random numbers)."""
+    peers; the run trains on the same rows in the same order for every plan (common random numbers). Each
+    rung trains the freshly built student for its steps in one cosine segment (``afresh``), or continues the
+    student of the rung below with a warm restart (how studies that recorded no schedule were scored)."""
     label = trial.user_attrs.get("label")
     with run:
         kd = run.held_out()
         trial.set_user_attr("zero_shot_kd", kd)
         for rung, steps in enumerate(rungs):
+            if steps and afresh and run.steps:
+                run.restart()
             kd = run.train_to(steps) if steps else kd
             if rung == len(rungs) - 1:
                 break

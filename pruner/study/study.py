@@ -45,7 +45,7 @@ from pruner.study.choice import (
     recorded_noise_floor,
 )
 from pruner.study.config import OBJECTIVES, SAMPLERS, SearchConfig
-from pruner.study.context import SearchContext, build_context, search_device
+from pruner.study.context import AFRESH, CONTINUED, SearchContext, build_context, search_device
 from pruner.study.export import export_study, slug
 from pruner.study.heuristics import seed_plans
 from pruner.study.repair import repair_to_budget
@@ -67,6 +67,7 @@ __all__ = [
     "default_storage",
     "default_study_name",
     "finished",
+    "proxy_schedule",
     "run_search",
     "search_device",
     "storage_of",
@@ -150,7 +151,7 @@ def _objective(trial: optuna.Trial, ctx: SearchContext) -> tuple[float, ...]:
     trial.set_user_attr("macs", macs)
     latency = _latency(ctx, plan) if "latency" in ctx.cfg.objectives or ctx.budget.kind.timed else None
     trial.set_user_attr("latency_ms", latency)
-    kd = score_in_rungs(trial, ctx.proxy_run(plan, ctx.cfg.seed), ctx.cfg.rungs, macs)
+    kd = score_in_rungs(trial, ctx.proxy_run(plan, ctx.cfg.seed), ctx.cfg.rungs, macs, afresh=ctx.afresh)
     values = {"quality": kd, "macs": float(macs), "params": float(params), "latency": latency or 0.0}
     return tuple(values[o] for o in ctx.cfg.objectives)
 
@@ -211,7 +212,7 @@ def _settings(cfg: SearchConfig, teacher: Teacher, budget: Budget, ctx: SearchCo
     settings: dict[str, Any] = {"teacher": teacher.reference, "budget": budget.describe(),
                                 "space": cfg.space, "objectives": list(cfg.objectives), "rungs": list(cfg.rungs),
                                 "sampler": cfg.sampler, "calibration": cfg.calibration, "held_out": cfg.held_out,
-                                "seed": cfg.seed}  # fmt: skip
+                                "seed": cfg.seed, "schedule": AFRESH}  # fmt: skip
     if ctx is not None:
         settings.update(data=ctx.data_path, width_importance=ctx.space.width_importance, compat=list(ctx.space.compat))
     return settings
@@ -260,7 +261,7 @@ def run_search(cfg: SearchConfig, teacher: Teacher, status: Callable[[str], None
         return _result(study, cfg, teacher, url, study.user_attrs["search"].get("data"))
     torch.manual_seed(cfg.seed)
     with current_device(search_device(cfg, teacher)):  # a worker on cuda:1: anything asking for "cuda" gets cuda:1
-        ctx = build_context(cfg, teacher, budget, status, recorded_sensitivity(study))
+        ctx = build_context(cfg, teacher, budget, status, recorded_sensitivity(study), proxy_schedule(study))
         study.sampler = _sampler(cfg, seed, ctx)
         _enqueue_seeds(study, ctx)
         if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
@@ -272,6 +273,13 @@ def run_search(cfg: SearchConfig, teacher: Teacher, status: Callable[[str], None
             status(describe_noise_floor(study) or "")
         choose_found(study, ctx, floor, status, scored)
     return _result(study, cfg, teacher, url, ctx.data_path)
+
+
+def proxy_schedule(study: optuna.Study) -> str:
+    """How the study's rungs train: the schedule it recorded, each rung continued when it recorded none (a study
+    made before rungs trained afresh), each rung afresh for a new study."""
+    recorded = study.user_attrs.get("search")
+    return AFRESH if recorded is None else recorded.get("schedule", CONTINUED)
 
 
 def recorded_sensitivity(study: optuna.Study) -> dict[str, float] | None:

@@ -19,7 +19,7 @@ from pruner.recipe import Recipe
 from pruner.study import choice
 from pruner.study.choice import choose_found, paired_lead, screened_lead, tie_margin
 from pruner.study.config import SearchConfig
-from pruner.study.context import SearchContext
+from pruner.study.context import AFRESH, CONTINUED, SearchContext
 from pruner.study.front import found_trial, front_recipes, front_rows, tied_trials
 from pruner.unet import Plan
 
@@ -218,9 +218,10 @@ def test_without_confirm_steps_a_noisy_lead_names_the_seed_at_once(monkeypatch: 
     assert all(len(k) == 2 for k in ran) and "confirm" not in made and made["chosen"] == 0
 
 
-def test_a_repeat_trains_by_the_rungs_and_a_confirmation_in_one_segment() -> None:
-    """A repeat at the top rung trains as a trial does (a cosine segment per rung); a confirmation's run
-    trains its steps in one segment, with no warm restart."""
+@pytest.mark.parametrize("schedule", [AFRESH, CONTINUED])
+def test_a_repeat_trains_as_a_trial_and_a_confirmation_in_one_segment(schedule: str) -> None:
+    """A repeat at the top rung trains as the study's trials do: its steps in one segment where rungs train
+    afresh, through each rung where they continue; a confirmation trains its steps in one segment."""
     segments: list[int] = []
 
     class Run:
@@ -237,11 +238,12 @@ def test_a_repeat_trains_by_the_rungs_and_a_confirmation_in_one_segment() -> Non
             segments.append(steps)
             return 1.0 / steps
 
-    ctx = cast(SearchContext, SimpleNamespace(cfg=SearchConfig(proxy_steps=30), calib=None,
+    ctx = cast(SearchContext, SimpleNamespace(cfg=SearchConfig(proxy_steps=30), calib=None, afresh=schedule == AFRESH,
                                               proxy_run=lambda _plan, _seed, _calib: Run()))  # fmt: skip
-    assert choice.top_rung_kd(ctx, Plan(), 0, 100) == pytest.approx(0.01) and segments == [30, 100]
+    assert choice.top_rung_kd(ctx, Plan(), 0, 100) == pytest.approx(0.01)
+    assert segments == ([100] if schedule == AFRESH else [30, 100])
     segments.clear()
-    assert choice.straight_kd(ctx, Plan(), 0, 100) == pytest.approx(0.01) and segments == [100]
+    assert choice.straight_kd(ctx, Plan(), 0, 70) == pytest.approx(1 / 70) and segments == [70]
 
 
 def _recipe(trial: optuna.trial.FrozenTrial) -> Recipe:

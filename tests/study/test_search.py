@@ -13,6 +13,7 @@ from pruner.cost import CostModel
 from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe
 from pruner.study.choice import MIN_LEAD, Lead, settled
+from pruner.study.context import AFRESH
 from pruner.study.heuristics import seed_plans
 from pruner.study.repair import repair_to_budget
 from pruner.study.space import SearchSpace, decode, genome_of
@@ -337,6 +338,7 @@ def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
     assert floor["trial"] == best.number and len(floor["kd"]) == 3 and floor["steps"] == 4
     assert floor["kd"][0] == best.user_attrs["proxy_kd"]
     assert len(set(floor["kd"])) == 3  # other row orders, other scores: the spread is real
+    assert study.user_attrs["search"]["schedule"] == AFRESH  # a new study: each rung from the fresh student
     made = study.user_attrs["found_choice"]  # which plan found.yaml names, and why
     assert made["candidate"] == best.number and made["candidate_kd"] == floor["kd"]
     assert made["chosen"] in (best.number, seeds[0].number) and result.found.provenance.trial == made["chosen"]
@@ -379,6 +381,49 @@ def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_ca
     assert torch.equal(fresh.teacher_pred[fresh.held_out], calib.teacher_pred[calib.held_out])  # scored alike
     assert not torch.equal(fresh.inputs.noise[:8], calib.inputs.noise[:8])
     assert one_batch(1, fresh) != pytest.approx(one_batch(0, calib), rel=1e-3)  # the training rows noised afresh
+
+
+def test_a_restarted_run_trains_the_fresh_student(tiny_sdxl_pipeline: str, tiny_cache: Path) -> None:
+    """After a restart the run is the freshly built student again: the top rung, trained afresh, scores what
+    one cosine segment over its steps gives; continuing from the first rung (a warm restart) scores otherwise."""
+    from pruner.data.cache import LatentCache
+    from pruner.diffusion import sdxl_scheduler
+    from pruner.study.proxy import ProxyRun, build_calibration
+    from pruner.unet.load import load_unet
+
+    teacher = load_unet(tiny_sdxl_pipeline)
+    topo = topology_of(teacher)
+    calib = build_calibration(teacher, LatentCache(tiny_cache), topo, n_train=8, n_held_out=8, level="sub_block",
+                              scheduler=sdxl_scheduler())  # fmt: skip
+    plan = Plan.removing(["mid_block.attentions.0"])
+
+    def score(restart: bool) -> float:
+        with ProxyRun(teacher, plan, topo, calib, batch=4) as run:
+            run.train_to(2)
+            if restart:
+                run.restart()
+                assert run.steps == 0 and run.held_out() == pytest.approx(zero_shot, rel=1e-5)
+            return run.train_to(6)
+
+    with ProxyRun(teacher, plan, topo, calib, batch=4) as run:
+        zero_shot = run.held_out()
+        straight = run.train_to(6)
+    assert score(restart=True) == pytest.approx(straight, rel=1e-5)  # the first rung left no trace
+    assert score(restart=False) != pytest.approx(straight, rel=1e-3)  # continued: the warm restart shows
+
+
+def test_a_study_keeps_the_rung_schedule_it_was_scored_with() -> None:
+    """A new study trains each rung afresh; a study that recorded no schedule (made before) goes on
+    continuing each rung from the one below, so its old and new trials compare."""
+    from pruner.study.context import CONTINUED
+    from pruner.study.study import proxy_schedule
+
+    study = optuna.create_study()
+    assert proxy_schedule(study) == AFRESH
+    study.set_user_attr("search", {"rungs": [0, 30, 100]})
+    assert proxy_schedule(study) == CONTINUED
+    study.set_user_attr("search", {"rungs": [0, 30, 100], "schedule": AFRESH})
+    assert proxy_schedule(study) == AFRESH
 
 
 def test_with_no_device_flag_the_search_runs_on_the_gpu_when_there_is_one(

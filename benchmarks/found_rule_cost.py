@@ -1,7 +1,8 @@
 """What the found-plan rule costs the quick start's search: its repeats scored side by side (the default where
 the search leaves a core idle: ``pruner.study.choice.repeat_workers``) against one by one, without the
 confirmation of a lead too close to call (``--confirm-steps 0``), and the search without the rule's seed
-repeats at all (``noise_seeds`` repeats of the found plan only, as before the rule).
+repeats at all (``noise_seeds`` repeats of the found plan only, as before the rule), and the search whose top
+rung continues from the first (a warm restart) instead of training the fresh student (as before December 2026).
 
 Each mode runs ``pruner search --budget 50% --trials 12`` (the README's main job) in a fresh folder of its own, one
 after another in one run (the machine is noisy: compare the ratios). Prints a table: the search's wall seconds,
@@ -31,6 +32,11 @@ MODES = {  # name: (code run before the CLI, extra arguments)
         "choice.repeat_workers = lambda ctx, jobs: 1\n"
         "study.prescore_repeats = lambda s, ctx: {}\n"
         "study.choose_found = lambda *a, **k: None\n",
+        [],
+    ),
+    "rungs continued (before rungs trained afresh)": (
+        "from pruner.study import study\nfrom pruner.study.context import CONTINUED\n"
+        "study.proxy_schedule = lambda s: CONTINUED\n",
         [],
     ),
 }

@@ -22,7 +22,8 @@ the best) and the seed's ratio to the best.
     nice -n 19 python benchmarks/search_oracle.py --budgets 30%,50%
     python benchmarks/search_oracle.py --budgets 30%,50% --rechoose   # the default searches' choice made again
     python benchmarks/search_oracle.py --status      # how far the run got, from the state alone
-    python benchmarks/search_oracle.py --default-prefix default,default-one   # default searches run again
+    python benchmarks/search_oracle.py --default-prefix default,default-afresh   # default searches run again
+    python benchmarks/search_oracle.py --default-prefix default,default-afresh --turned-down default-afresh
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from pruner.teacher import Teacher
 from pruner.unet import meta_unet, topology_of
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search_oracle"
+TURNED_DOWN = "the candidate the rule turned down"  # a role: distilled to see whether the rule lost a better plan
 Trial = optuna.trial.FrozenTrial
 
 
@@ -177,6 +179,10 @@ def jobs_of(budget: str, oracle: optuna.Study, defaults_: dict[tuple[str, int], 
         found = found_trial(study)  # what found.yaml names (the found-plan rule)
         if found is not None:
             jobs.append((f"{prefix} seed {s}", study, found))
+        candidate = (study.user_attrs.get("found_choice") or {}).get("candidate")
+        if prefix in args.turned_down and found is not None and candidate not in (None, found.number):
+            trial = next(t for t in study.get_trials(deepcopy=False) if t.number == candidate)
+            jobs.append((f"{prefix} seed {s}, {TURNED_DOWN}", study, trial))
         if args.rechoose and prefix == "default":  # the searches as first recorded
             print(f"{budget}: default seed {s}'s found plan chosen again by the rule as it is now", flush=True)
             jobs.append((f"default seed {s}, rule now", study, rechosen(budget, s, study, args)))
@@ -216,7 +222,7 @@ def table(budget: str, jobs: list[Job], finals: dict[str, Final]) -> tuple[str, 
         acc = f"{100 * f.accuracy:.1f}% ± {100 * (f.accuracy_se or 0):.1f}" if f.accuracy is not None else "-"
         lines.append(f"| {role} | {t.number} | {u['params'] / 1e6:.2f}M | {u['macs'] / 1e6:.1f}M | "
                      f"{u['proxy_kd']:.5f} | {f.kd:.5f} | {f.psnr:.1f} dB | {acc} | {f.kd / best:.2f}x |")  # fmt: skip
-    regret = {r: finals[r].kd / best for r in finals if r.startswith("default")}
+    regret = {r: finals[r].kd / best for r in finals if r.startswith("default") and not r.endswith(TURNED_DOWN)}
     seed = finals["sensitivity seed"].kd / best if "sensitivity seed" in finals else None
     tau_all, tau_half, n = oracle_taus(jobs, finals)
     lines += ["", f"Best final KD {best:.5f} ({best_role}). Default search's regret (found / best): "
@@ -332,9 +338,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--default-prefix", default="default",
                    help="comma-separated names of default searches (each 'default...'): a new name runs the "
                    "default search again under this pruner beside those recorded")  # fmt: skip
+    p.add_argument("--turned-down", default="",
+                   help="comma-separated default searches (prefixes) whose best sampled plan is distilled too where "
+                   "the found-plan rule named the seed over it: did the rule lose a better plan?")  # fmt: skip
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.default_prefix = args.default_prefix.split(",")
+    args.turned_down = [t for t in args.turned_down.split(",") if t]
     if not all(prefix.startswith("default") for prefix in args.default_prefix):
         p.error("--default-prefix: each name starts with 'default' (the table's regret is over those)")
     args.sampler = defaults.SAMPLER

@@ -266,12 +266,13 @@ def search(
 
     An Optuna multi-objective study scores each plan by a short layer-level KD fine-tune on ``data`` (a latent
     cache), or on latents the teacher generates from ``prompts``, and by cost. Plans are scored at rising
-    fidelity: zero-shot KD for every plan, ``proxy_steps`` of KD for the better half, ``top_steps`` in all for
-    the best third of those; the best plan among these is re-scored with ``noise_seeds`` other row orders (the
-    spread is stored as the study's ``noise_floor``), and the found plan is it only when its lead over the
-    sensitivity one-shot seed, scored with the same orders, exceeds twice its standard error and a fifth of the
-    seed's score (where those scores cannot tell, both plans are trained again for ``confirm_steps`` and
-    compared once more); else the seed (why:
+    fidelity: zero-shot KD for every plan, ``proxy_steps`` of KD for the better half, ``top_steps`` for the best
+    third of those (each rung from the freshly built student, in one cosine segment); the best plan among these
+    is re-scored with ``noise_seeds`` other row orders (the spread is stored as the study's ``noise_floor``),
+    and the found plan is it only when its lead over the sensitivity one-shot seed, scored with the same orders,
+    exceeds twice its standard error and a fifth of the seed's score (where those scores cannot tell and
+    ``confirm_steps`` asks for it, both plans are trained again for ``confirm_steps`` and compared once more);
+    else the seed (why:
     the study's ``found_choice``, the recipe's ``provenance.choice``). Everything runs on ``device``, the teacher
     frozen in half precision on a GPU (or wherever ``mixed_precision`` is bf16 or fp16). On a CPU with two
     cores or fewer, call it inside ``with pruner.threads("auto"):`` (what the CLI does; several times faster).
@@ -287,16 +288,18 @@ def search(
         objectives: Minimised: quality plus macs, params or latency (a list, or one comma-separated string).
         space: Search space: a built-in (default, depth-only, depth-width), search/NAME.yaml by name, or a file.
         proxy_steps: KD steps for the better half of plans (every plan is scored zero-shot first).
-        top_steps: KD steps in all for the best third of those; the found plan is chosen among them (default
-            10/3 of ``proxy_steps``: 100 for 30; at most ``proxy_steps``: two rungs only).
+        top_steps: KD steps for the best third of those, trained again from the pruned student; the found plan
+            is chosen among them (default 10/3 of ``proxy_steps``: 100 for 30; at most ``proxy_steps``: two
+            rungs only).
         sampler: mutation (mutations and crossovers of the best scored plans, biased by unit sensitivity),
             nsga2 or tpe (multivariate).
         noise_seeds: Re-score the best plan (and the seed, where its lead is close) with this many other row
             orders: the noise floor, and whether the lead over the seed is clear (0: the best plan, unchecked).
         confirm_steps: When those scores settle neither way (the lead neither clear and a fifth of the seed's
             score, nor surely under a fifth), train both plans again this many KD steps in one cosine segment
-            under three fresh row orders and decide on those (default: the top rung's steps, 100; 0: never,
-            the seed is named then).
+            under three fresh row orders and decide on those (0: never, the seed is named then; default: never
+            in a new study, whose top rung is one segment already, the top rung's steps in a study recorded
+            before rungs trained afresh).
         calibration: Calibration rows the proxy trains on.
         held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
         refill: The mutation sampler may also return one layer to an attention module the plan empties (a

@@ -14,7 +14,8 @@ TRIALS = 24
 PROXY_STEPS = 30  # rung 1: KD steps for the better half of plans
 SAMPLER = "mutation"
 NOISE_SEEDS = 2  # the found plan scored again with this many other row orders: the noise floor
-CONFIRM_STEPS = None  # the found-plan rule's confirmation: KD steps in one segment (None: the top rung's; 0: none)
+CONFIRM_STEPS = None  # the found-plan rule's confirmation: KD steps in one segment (0: none; None: none where rungs
+# train afresh, the top rung's steps in a study whose rungs continue)
 SPACE = "default"
 CALIBRATION = 96  # rows the proxy trains on (384 ranked no better at 20%: README, proxy fidelity)
 HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder close plans)

@@ -8,15 +8,21 @@ proxy did not carry to full distillation). Otherwise ``found.yaml`` names the se
 scores differ by less than the same noise are ties (``pruner.study.front.tied_trials``).
 
 When the top rung's scores settle neither way (:func:`settled`: the lead is not clear and a fifth, yet its upper
-bound reaches a fifth), both plans are trained again under three fresh row orders, ``confirm_steps`` in one
-cosine segment, and the same rule decides on those scores. A trial's top rung is two segments (a warm restart
-at the first rung), and at 50% of the bundled teacher's parameters that schedule moved one plan's score by up
-to 1.8x between row orders; one segment of 100 steps put each of nine plans that ended 1.33-1.45x better ahead
-of the seed at every order (``benchmarks/proxy_fidelity.py``).
+bound reaches a fifth) and ``confirm_steps`` asks for it, both plans are trained again under three fresh row
+orders, ``confirm_steps`` in one cosine segment, and the same rule decides on those scores alone: the search's
+own order, on which the candidate was picked (its luck there is the winner's curse), is left out. By default
+that happens only in studies whose rungs continue (recorded before rungs trained afresh: a warm restart at the
+first rung), where it is the better measure: at 50% of the bundled teacher's parameters the warm restart moved
+one plan's score by up to 1.8x between row orders, where one segment of 100 steps put each of nine plans that
+ended 1.33-1.45x better ahead of the seed at every order (``benchmarks/proxy_fidelity.py``). Where rungs train
+afresh the top rung's scores are that measure already; a confirmation would only add three orders, and in the
+seven such searches measured (``benchmarks/search_oracle.py``, ``benchmarks/found_rule_cost.py``) it changed
+no decision, for a fifth of the quick start's search time.
 
-A repeat trains the plan through the rungs a trial went through (each a cosine segment), on the training
-rows in another order. Where every training row fits one proxy batch, another order is the same single
-batch, so a repeat also noises the training rows afresh (``Calibration.renoised``): then the spread is real.
+A repeat trains the plan as a trial trained it (the top rung's steps in one segment, or through each rung
+where rungs continue), on the training rows in another order. Where every training row fits one proxy batch,
+another order is the same single batch, so a repeat also noises the training rows afresh
+(``Calibration.renoised``): then the spread is real.
 """
 
 from __future__ import annotations
@@ -308,21 +314,31 @@ def settled(lead: Lead, base: float) -> bool:
 
 
 def _confirm_steps(ctx: SearchContext, top: int) -> int:
-    """The confirmation's steps in one segment: ``confirm_steps``, by default the top rung's ``top`` (0: none)."""
-    return top if ctx.cfg.confirm_steps is None else ctx.cfg.confirm_steps
+    """The confirmation's steps in one segment: ``confirm_steps`` (0: none); by default none where the study's
+    rungs train afresh (its top-rung scores are one segment's already) and the top rung's ``top`` where they
+    continue (their warm restart is what the confirmation was made to see past)."""
+    if ctx.cfg.confirm_steps is not None:
+        return ctx.cfg.confirm_steps
+    return 0 if ctx.afresh else top
 
 
-def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial, steps: int) -> tuple[list[float], list[float]]:
+def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial, steps: int,
+             known: tuple[Sequence[float], Sequence[float]] = ((), ())) -> tuple[list[float], list[float]]:  # fmt: skip
     """Both plans trained ``steps`` in one cosine segment (``straight_kd``) under ``noise_seeds`` + 1
     row orders other than the search's own, the one the candidate was picked on (its luck there is the winner's
-    curse, so those scores are left out): the candidate's scores and the seed's, order by order."""
+    curse, so those scores are left out): the candidate's scores and the seed's, order by order. ``known``: the
+    two plans' scores under the first of those orders, already measured the same way (the top rung's repeats
+    where rungs train afresh), so not trained again."""
     orders = range(ctx.cfg.seed + 1, ctx.cfg.seed + 2 + ctx.cfg.noise_seeds)
     plans = [p for p in (scored_plan(best), scored_plan(anchor)) if p is not None]
     assert len(plans) == 2, "both plans reached the top rung, so both have a scored plan"
-    jobs = [(plan, order, steps, True) for plan in plans for order in orders]
+    jobs = [
+        (plan, order, steps, True) for plan, have in zip(plans, known, strict=True) for order in orders[len(have) :]
+    ]
     desc = f"too close to call: trials {best.number} and {anchor.number}, {steps} steps straight"
-    scores = _score_orders(ctx, jobs, desc)
-    return scores[: len(orders)], scores[len(orders) :]
+    scores = iter(_score_orders(ctx, jobs, desc))
+    cand, seed = ([*have, *(next(scores) for _ in orders[len(have) :])] for have in known)
+    return cand, seed
 
 
 def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequence[float], steps: int | None = None
@@ -373,7 +389,8 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
         again = _confirm_steps(ctx, steps)
         if lead.paired and not settled(lead, statistics.fmean(seed_kd)) and again > 0:
             status(f"found: {why.split(':')[0]}: too close to call, both trained {again} steps again")
-            cand_long, seed_long = _confirm(ctx, best, anchor, again)
+            same = ctx.afresh and again == steps  # the repeats under orders 1, 2, ... are these very scores
+            cand_long, seed_long = _confirm(ctx, best, anchor, again, (kd[1:], seed_kd[1:]) if same else ((), ()))
             longer = paired_lead(cand_long, seed_long)
             chosen, why = _decide(best, anchor, longer, seed_long, again)
             confirm = {"steps": again, "candidate_kd": cand_long, "seed_kd": seed_long,

@@ -26,7 +26,7 @@ class SearchConfig:
     top_steps: int | None = None  # top rung: KD steps in all for the best of those; None: 10/3 x proxy_steps
     sampler: str = defaults.SAMPLER
     noise_seeds: int = defaults.NOISE_SEEDS  # the found plan scored again with other row orders: the noise floor
-    confirm_steps: int | None = defaults.CONFIRM_STEPS  # too close to call: both trained again (None: top rung's)
+    confirm_steps: int | None = defaults.CONFIRM_STEPS  # too close to call: both trained again (None: by schedule)
     data: str | None = None
     prompts: str | None = None
     space: str = defaults.SPACE

@@ -95,9 +95,11 @@ def _choose(study: optuna.Study, scores: dict[Any, float], monkeypatch: pytest.M
     return choose_found(study, _ctx(**cfg), floor), ran
 
 
-def _ctx(**cfg: Any) -> SearchContext:
+def _ctx(afresh: bool = False, **cfg: Any) -> SearchContext:
+    """A context whose rungs continue (as studies recorded before rungs trained afresh), unless ``afresh``."""
     calib = SimpleNamespace(device=torch.device("cpu"))
-    return cast(SearchContext, SimpleNamespace(cfg=SearchConfig(progress=False, noise_seeds=2, **cfg), calib=calib))
+    config = SearchConfig(progress=False, noise_seeds=2, **cfg)
+    return cast(SearchContext, SimpleNamespace(cfg=config, calib=calib, afresh=afresh))
 
 
 def _made_side_by_side(study: optuna.Study, scores: dict[tuple[str, int], float], workers: int,
@@ -216,6 +218,22 @@ def test_a_confirmation_that_still_cannot_tell_names_the_seed(monkeypatch: pytes
 def test_without_confirm_steps_a_noisy_lead_names_the_seed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     made, ran = _choose(_study(seed_kd=0.00131, sampled_kd=0.00076), NOISY, monkeypatch, confirm_steps=0)
     assert all(len(k) == 2 for k in ran) and "confirm" not in made and made["chosen"] == 0
+
+
+def test_where_rungs_train_afresh_a_confirmation_runs_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new study's top-rung scores are one segment's already: by default a lead they cannot call names the
+    seed at once; ``confirm_steps`` still asks for a confirmation, which reuses the repeats it would repeat."""
+    longer = {("sampled", k, "straight"): kd for k, kd in ((1, 0.00100), (2, 0.00098), (3, 0.00106))}
+    longer |= {("seed", k, "straight"): kd for k, kd in ((1, 0.00140), (2, 0.00135), (3, 0.00146))}
+    made, ran = _choose(_study(seed_kd=0.00131, sampled_kd=0.00076), NOISY | longer, monkeypatch, afresh=True)
+    assert all(len(k) == 2 for k in ran) and "confirm" not in made and made["chosen"] == 0
+    made, ran = _choose(_study(seed_kd=0.00131, sampled_kd=0.00076), NOISY | longer, monkeypatch, afresh=True,
+                        confirm_steps=100)  # fmt: skip
+    # orders 1 and 2 trained the same way already (the repeats): only the third order is trained for it
+    assert sorted(k for k in ran if len(k) == 3) == [("sampled", 3, "straight"), ("seed", 3, "straight")]
+    assert made["confirm"]["seed_kd"] == [NOISY["seed", 1], NOISY["seed", 2], 0.00146]
+    assert made["confirm"]["lead"] == pytest.approx((0.0003 - 0.00058 + 0.0004) / 3, rel=0.01)
+    assert made["chosen"] == 0 and "after 100 steps in one segment" in made["reason"]  # order 2 still disagrees
 
 
 @pytest.mark.parametrize("schedule", [AFRESH, CONTINUED])

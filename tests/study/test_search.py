@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import pytest
@@ -19,6 +20,12 @@ from pruner.study.repair import repair_to_budget
 from pruner.study.space import SearchSpace, decode, genome_of
 from pruner.study.workers import counted
 from pruner.unet import Plan, architecture_config, check_expressible, meta_unet, topology_of, unit_kinds
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DConditionModel
+
+    from pruner.study.proxy import Calibration
+    from pruner.unet.topology import Topology
 
 runner = CliRunner()
 
@@ -351,18 +358,26 @@ def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
         assert ("confirm" in made) == (not settled(Lead(made["lead"], made["se"], 3, True), sum(made["seed_kd"]) / 3))
 
 
+def _tiny_calibration(pipeline: str, cache: Path) -> tuple[UNet2DConditionModel, Topology, Calibration]:
+    """The tiny teacher, its topology and a calibration set of 8 + 8 rows from the tiny cache."""
+    from pruner.data.cache import LatentCache
+    from pruner.diffusion import sdxl_scheduler
+    from pruner.study.proxy import build_calibration
+    from pruner.unet.load import load_unet
+
+    teacher = load_unet(pipeline)
+    topo = topology_of(teacher)
+    calib = build_calibration(teacher, LatentCache(cache), topo, n_train=8, n_held_out=8, level="sub_block",
+                              scheduler=sdxl_scheduler())  # fmt: skip
+    return teacher, topo, calib
+
+
 def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_cache: Path) -> None:
     import torch
 
-    from pruner.data.cache import LatentCache
-    from pruner.diffusion import sdxl_scheduler
-    from pruner.study.proxy import Calibration, ProxyRun, build_calibration
-    from pruner.unet.load import load_unet
+    from pruner.study.proxy import ProxyRun
 
-    teacher = load_unet(tiny_sdxl_pipeline)
-    topo = topology_of(teacher)
-    calib = build_calibration(teacher, LatentCache(tiny_cache), topo, n_train=8, n_held_out=8, level="sub_block",
-                              scheduler=sdxl_scheduler())  # fmt: skip
+    teacher, topo, calib = _tiny_calibration(tiny_sdxl_pipeline, tiny_cache)
     plan = Plan.removing(["mid_block.attentions.0"])
 
     def score(seed: int) -> float:
@@ -386,15 +401,9 @@ def test_proxy_scores_use_common_random_numbers(tiny_sdxl_pipeline: str, tiny_ca
 def test_a_restarted_run_trains_the_fresh_student(tiny_sdxl_pipeline: str, tiny_cache: Path) -> None:
     """After a restart the run is the freshly built student again: the top rung, trained afresh, scores what
     one cosine segment over its steps gives; continuing from the first rung (a warm restart) scores otherwise."""
-    from pruner.data.cache import LatentCache
-    from pruner.diffusion import sdxl_scheduler
-    from pruner.study.proxy import ProxyRun, build_calibration
-    from pruner.unet.load import load_unet
+    from pruner.study.proxy import ProxyRun
 
-    teacher = load_unet(tiny_sdxl_pipeline)
-    topo = topology_of(teacher)
-    calib = build_calibration(teacher, LatentCache(tiny_cache), topo, n_train=8, n_held_out=8, level="sub_block",
-                              scheduler=sdxl_scheduler())  # fmt: skip
+    teacher, topo, calib = _tiny_calibration(tiny_sdxl_pipeline, tiny_cache)
     plan = Plan.removing(["mid_block.attentions.0"])
 
     def score(restart: bool) -> float:

@@ -24,6 +24,7 @@ the best) and the seed's ratio to the best.
     python benchmarks/search_oracle.py --status      # how far the run got, from the state alone
     python benchmarks/search_oracle.py --default-prefix default,default-afresh   # default searches run again
     python benchmarks/search_oracle.py --default-prefix default,default-afresh --turned-down default-afresh
+    python benchmarks/search_oracle.py --default-prefix default,default-afresh,default-moves --moves default-moves
 """
 
 from __future__ import annotations
@@ -272,7 +273,7 @@ def keep_best(budget: str, jobs: list[tuple[str, optuna.Study, Trial]], finals: 
 def run_budget(budget: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every phase at one budget (each skipped when its state says it is done); returns the summary."""
     print(f"== {budget}: phase 1, default searches at seeds {args.seeds}", flush=True)
-    default = {(prefix, s): searched(budget, s, args, prefix, **default_settings(args))
+    default = {(prefix, s): searched(budget, s, args, prefix, **default_settings(args, prefix))
                for prefix in args.default_prefix for s in args.seeds}  # fmt: skip
     print(f"== {budget}: phase 2, the oracle search ({args.trials} trials)", flush=True)
     oracle = searched(budget, 0, args, "oracle", calibration=args.calibration, held_out=args.held_out)
@@ -287,10 +288,13 @@ def run_budget(budget: str, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def default_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The default search's settings (``--default-trials`` and the rung steps of ``pruner.defaults``)."""
+def default_settings(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The default search's settings (``--default-trials`` and the rung steps of ``pruner.defaults``), with the
+    moves the seed cannot make (the refill move and module sensitivities) where ``--moves`` names ``prefix``."""
+    moves = prefix in args.moves
     return {"trials": args.default_trials, "proxy_steps": args.default_proxy_steps, "top_steps": None,
-            "sampler": defaults.SAMPLER, "calibration": args.calibration, "held_out": args.held_out}  # fmt: skip
+            "sampler": defaults.SAMPLER, "calibration": args.calibration, "held_out": args.held_out,
+            "refill": moves or defaults.REFILL, "module_sensitivity": moves or defaults.MODULE_SENSITIVITY}  # fmt: skip
 
 
 def status(args: argparse.Namespace) -> None:
@@ -341,10 +345,14 @@ def parse() -> argparse.Namespace:
     p.add_argument("--turned-down", default="",
                    help="comma-separated default searches (prefixes) whose best sampled plan is distilled too where "
                    "the found-plan rule named the seed over it: did the rule lose a better plan?")  # fmt: skip
+    p.add_argument("--moves", default="",
+                   help="comma-separated default searches (prefixes) run with --refill --module-sensitivity: "
+                   "do the moves the seed cannot make earn a place as defaults? (issue #31, item 4)")  # fmt: skip
     args = p.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.default_prefix = args.default_prefix.split(",")
     args.turned_down = [t for t in args.turned_down.split(",") if t]
+    args.moves = [m for m in args.moves.split(",") if m]
     if not all(prefix.startswith("default") for prefix in args.default_prefix):
         p.error("--default-prefix: each name starts with 'default' (the table's regret is over those)")
     args.sampler = defaults.SAMPLER

@@ -272,7 +272,8 @@ def main() -> None:
         summaries.append(report_budget(budget, rows, [searched[s][1] for s in seeds]))
         payload = {"args": {k: str(v) for k, v in vars(args).items()}, "summaries": summaries,
                    "rows": [asdict(r) for r in rows]}  # fmt: skip
-        (args.out / f"results-{budget.replace('=', '-')}.json").write_text(json.dumps(payload, indent=2))
+        moved = prefix.removeprefix("svh")  # a run with the moves on keeps its own results beside the plain one's
+        (args.out / f"results{moved}-{budget.replace('=', '-')}.json").write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

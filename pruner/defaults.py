@@ -19,7 +19,7 @@ CONFIRM_STEPS = None  # the found-plan rule's confirmation: KD steps in one segm
 SPACE = "default"
 CALIBRATION = 96  # rows the proxy trains on (384 ranked no better at 20%: README, proxy fidelity)
 HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder close plans)
-REFILL = False  # the plan sampler's move that returns a layer to an emptied attention module (issue #31: unproven)
+REFILL = False  # the sampler's move returning a layer to an emptied attention module (off: issue #31, item 4)
 MODULE_SENSITIVITY = False  # each attention module's sensitivity too: a seed and the refill move's weights
 
 # evaluation

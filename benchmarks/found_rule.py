@@ -29,17 +29,23 @@ from pruner.teacher import Teacher
 
 
 def decide_again(
-    study: optuna.Study, budget: str, confirm_steps: int | None = None, status: Callable[[str], None] = print
+    study: optuna.Study,
+    budget: str,
+    confirm_steps: int | None = None,
+    status: Callable[[str], None] = print,
+    *,
+    confirm_calibration: int | None = None,
+    confirm_lead: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], float, float]:
-    """The study's noise floor and found-plan choice measured afresh with this pruner (overwriting both), and
-    the seconds each took."""
+    """The study's noise floor and found-plan choice measured afresh with this pruner (overwriting both), the
+    confirmation as ``pruner search``'s settings of the same names ask, and the seconds each took."""
     settings = study.user_attrs["search"]
     for attr in ("noise_floor", "found_choice"):  # measured again, as this pruner measures them
         study.set_user_attr(attr, {})
     cfg = SearchConfig(budget=budget, seed=settings["seed"], calibration=settings["calibration"],
                        held_out=settings["held_out"], proxy_steps=settings["rungs"][1],
                        top_steps=settings["rungs"][-1], confirm_steps=confirm_steps, progress=False,
-                       out=None)  # fmt: skip
+                       confirm_calibration=confirm_calibration, confirm_lead=confirm_lead, out=None)  # fmt: skip
     teacher, schedule = Teacher.resolve(settings["teacher"]), proxy_schedule(study)
     ctx = build_context(cfg, teacher, parse_budget(cfg.budget), schedule=schedule)
     start = time.perf_counter()
@@ -57,11 +63,15 @@ def main() -> None:
     p.add_argument("study")
     p.add_argument("--budget", required=True, help="the budget the search was given (the study stores its description)")
     p.add_argument("--confirm-steps", type=int, help="the confirmation's steps (default: the top rung's; 0: none)")
+    p.add_argument("--confirm-calibration", type=int, help="rows the confirmation trains on (default: the search's)")
+    p.add_argument("--confirm-lead", type=float, help="the lead the confirmation must show (default: a fifth)")
     args = p.parse_args()
     torch.set_num_threads(default_threads())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study, storage=storage_of(args.storage))
-    floor, made, floor_s, decision_s = decide_again(study, args.budget, args.confirm_steps)
+    floor, made, floor_s, decision_s = decide_again(study, args.budget, args.confirm_steps,
+                                                    confirm_calibration=args.confirm_calibration,
+                                                    confirm_lead=args.confirm_lead)  # fmt: skip
     print(json.dumps({"noise_floor": floor, "found_choice": made}, indent=1))
     print(f"noise floor {floor_s:.0f} s, the decision {decision_s:.0f} s")
 

@@ -249,6 +249,8 @@ def search(
     sampler: Annotated[str, Knob(choices=defaults.SAMPLERS)] = defaults.SAMPLER,
     noise_seeds: Annotated[int, Knob(min=0)] = defaults.NOISE_SEEDS,
     confirm_steps: Annotated[int | None, Knob(min=0)] = defaults.CONFIRM_STEPS,
+    confirm_calibration: Annotated[int | None, Knob(min=4)] = defaults.CONFIRM_CALIBRATION,
+    confirm_lead: Annotated[float | None, Knob(min=0, max=1)] = defaults.CONFIRM_LEAD,
     calibration: Annotated[int, Knob(min=4)] = defaults.CALIBRATION,
     held_out: Annotated[int, Knob(min=2)] = defaults.HELD_OUT,
     refill: bool = defaults.REFILL,
@@ -299,7 +301,13 @@ def search(
             score, nor surely under a fifth), train both plans again this many KD steps in one cosine segment
             under three fresh row orders and decide on those (0: never, the seed is named then; default: never
             in a new study, whose top rung is one segment already, the top rung's steps in a study recorded
-            before rungs trained afresh).
+            before rungs trained afresh, or when either setting below is given).
+        confirm_calibration: Calibration rows the confirmation trains on (default: the search's own). The
+            measured option: confirm_steps=300, confirm_calibration=384, confirm_lead=0.08 (it named the
+            benchmarks' plans that ended level or ahead of the seed and turned down those behind it; not the
+            default, for its cost: docs/benchmarks/search-oracle.md).
+        confirm_lead: The lead, as a share of the seed's score, that the confirmation must show (clear as well)
+            to name the sampled plan (default: a fifth, the top rung's own threshold).
         calibration: Calibration rows the proxy trains on.
         held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
         refill: The mutation sampler may also return one layer to an attention module the plan empties (a

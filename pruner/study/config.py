@@ -27,6 +27,8 @@ class SearchConfig:
     sampler: str = defaults.SAMPLER
     noise_seeds: int = defaults.NOISE_SEEDS  # the found plan scored again with other row orders: the noise floor
     confirm_steps: int | None = defaults.CONFIRM_STEPS  # too close to call: both trained again (None: by schedule)
+    confirm_calibration: int | None = defaults.CONFIRM_CALIBRATION  # ...on this many rows (None: the search's)
+    confirm_lead: float | None = defaults.CONFIRM_LEAD  # ...and the lead they must show (None: MIN_LEAD)
     data: str | None = None
     prompts: str | None = None
     space: str = defaults.SPACE

@@ -5,7 +5,7 @@ can express), the calibration set with the teacher's outputs, and each unit's se
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -68,6 +68,7 @@ class SearchContext:
     proxy_batch: int = 16
     module_sens: dict[str, float] = field(default_factory=dict)  # attention module -> its layers removed together
     schedule: str = AFRESH  # how rungs train: each from the fresh student (AFRESH), or continued (CONTINUED)
+    calibrate: Callable[[int], Calibration] | None = None  # a calibration of n training rows from the same data
 
     def cost(self, plan: Plan) -> float:
         """The plan's cost in the budget's kind and unit."""
@@ -85,6 +86,16 @@ class SearchContext:
         width = self.space.width_importance
         return ProxyRun(self.teacher, plan, self.topo, calib or self.calib, seed=seed, importance=width,
                         batch=self.proxy_batch, runtime=self.runtime)  # fmt: skip
+
+    def with_calibration(self, rows: int) -> SearchContext:
+        """This context training on ``rows`` calibration rows from the same data and seed (the held-out rows
+        follow them, as in a search given ``calibration=rows``): what the found-plan rule's confirmation
+        trains on when ``confirm_calibration`` asks for more rows than the search's."""
+        if rows == self.calib.n_train:
+            return self
+        if self.calibrate is None:
+            raise PrunerError("this search context cannot build another calibration (no data to draw rows from)")
+        return replace(self, calib=self.calibrate(rows))
 
     @property
     def afresh(self) -> bool:
@@ -166,16 +177,41 @@ def build_context(
     narrowest = tuple((lv, min(space.width_ratios)) for lv in width_levels(topo)) if space.width else ()
     limit = check_budget(budget_cost, topo, budget, allow, narrowest)
     _say_precision(status, device, model, runtime, cfg.mixed_precision)
-    data, data_path = resolve_data(teacher, cfg.data, prompts=cfg.prompts, rows=cfg.calibration + cfg.held_out,
-                                   seed=cfg.seed, progress=cfg.progress, offer_prompts=True)  # fmt: skip
     batch = cfg.proxy_batch or proxy_batch(teacher.latent)
-    calib = build_calibration(model, data, topo, n_train=cfg.calibration, n_held_out=cfg.held_out, level="sub_block",
-                              scheduler=teacher.scheduler(), seed=cfg.seed, batch=batch, status=status,
-                              vae_scale=teacher.vae_scale, progress=cfg.progress)  # fmt: skip
+    calibrate = _Calibrator(cfg, teacher, model, topo, batch, status)
+    calib = calibrate(cfg.calibration)
     sens = _sensitivities(model, topo, calib, batch, cfg, sensitivity, status)
     module_sens = _module_sensitivities(model, topo, calib, batch, cfg, allow, status)
-    return SearchContext(cfg, space, model, topo, cost, budget, budget_cost, limit, calib, sens, data_path, runtime,
-                         batch, module_sens, schedule)  # fmt: skip
+    return SearchContext(cfg, space, model, topo, cost, budget, budget_cost, limit, calib, sens, calibrate.data_path,
+                         runtime, batch, module_sens, schedule, calibrate)  # fmt: skip
+
+
+@dataclass
+class _Calibrator:
+    """Builds (once per row count) the calibration of ``n`` training rows followed by the search's held-out
+    rows, from the search's data (its cache, prompts, or the teacher's bundled set) and seed."""
+
+    cfg: SearchConfig
+    teacher: Teacher
+    model: Any
+    topo: Topology
+    batch: int
+    status: Callable[[str], None]
+    data_path: str | None = None
+    built: dict[int, Calibration] = field(default_factory=dict)
+
+    def __call__(self, n_train: int) -> Calibration:
+        if n_train not in self.built:
+            self.built[n_train] = self._build(n_train)
+        return self.built[n_train]
+
+    def _build(self, n_train: int) -> Calibration:
+        cfg, teacher = self.cfg, self.teacher
+        data, self.data_path = resolve_data(teacher, cfg.data, prompts=cfg.prompts, rows=n_train + cfg.held_out,
+                                            seed=cfg.seed, progress=cfg.progress, offer_prompts=True)  # fmt: skip
+        return build_calibration(self.model, data, self.topo, n_train=n_train, n_held_out=cfg.held_out,
+                                 level="sub_block", scheduler=teacher.scheduler(), seed=cfg.seed, batch=self.batch,
+                                 status=self.status, vae_scale=teacher.vae_scale, progress=cfg.progress)  # fmt: skip
 
 
 def _module_sensitivities(

@@ -97,9 +97,14 @@ def _choose(study: optuna.Study, scores: dict[Any, float], monkeypatch: pytest.M
 
 def _ctx(afresh: bool = False, **cfg: Any) -> SearchContext:
     """A context whose rungs continue (as studies recorded before rungs trained afresh), unless ``afresh``."""
-    calib = SimpleNamespace(device=torch.device("cpu"))
+    calib = SimpleNamespace(device=torch.device("cpu"), n_train=96)
     config = SearchConfig(progress=False, noise_seeds=2, **cfg)
-    return cast(SearchContext, SimpleNamespace(cfg=config, calib=calib, afresh=afresh))
+
+    def with_calibration(rows: int) -> SimpleNamespace:
+        return SimpleNamespace(cfg=config, calib=SimpleNamespace(device=calib.device, n_train=rows), afresh=afresh)
+
+    return cast(SearchContext, SimpleNamespace(cfg=config, calib=calib, afresh=afresh,
+                                               with_calibration=with_calibration))  # fmt: skip
 
 
 def _made_side_by_side(study: optuna.Study, scores: dict[tuple[str, int], float], workers: int,
@@ -234,6 +239,68 @@ def test_where_rungs_train_afresh_a_confirmation_runs_only_when_asked(monkeypatc
     assert made["confirm"]["seed_kd"] == [NOISY["seed", 1], NOISY["seed", 2], 0.00146]
     assert made["confirm"]["lead"] == pytest.approx((0.0003 - 0.00058 + 0.0004) / 3, rel=0.01)
     assert made["chosen"] == 0 and "after 100 steps in one segment" in made["reason"]  # order 2 still disagrees
+
+
+def test_a_lower_confirmation_lead_widens_what_is_too_close_to_call() -> None:
+    """A lead surely under a fifth is settled (the seed) by the top rung's threshold, but not where a
+    confirmation would name the candidate at 8%: +5.8% ± 2.2% may still reach 8%."""
+    base, lead = 0.002, choice.Lead(0.000117, 0.000044, 3, True)
+    assert choice.settled(lead, base) and not choice.settled(lead, base, confirm_lead=0.08)
+    assert choice.settled(choice.Lead(0.00002, 0.00001, 3, True), base, confirm_lead=0.08)  # at most 2%: the seed
+
+
+# A clear lead under a fifth: the search's order and the screen put the sampled plan 5% ahead; paired over three
+# orders, +5.8% ± 2.2%, surely under a fifth but possibly 8% (the seed's scores at orders 1 and 2 below).
+SMALL = {("sampled", 1): 0.00190, ("sampled", 2): 0.00189, ("seed", 1): 0.00210, ("seed", 2): 0.00194}
+
+
+def _confirm_on_more_rows(study: optuna.Study, longer: dict[str, list[float]], monkeypatch: pytest.MonkeyPatch,
+                          **cfg: Any) -> tuple[dict[str, Any], list[tuple[str, int, int]]]:  # fmt: skip
+    """The choice in a study whose rungs train afresh, its repeats scored from ``SMALL`` and the confirmation's
+    from ``longer`` (by plan, orders 1-3), recording each confirmation job's plan, order and calibration rows."""
+    confirmed: list[tuple[str, int, int]] = []
+
+    def repeat(_ctx: SearchContext, plan: Plan, seed: int, _steps: int) -> float:
+        return SMALL["seed" if plan == Plan.removing(SEED_PLAN) else "sampled", seed]
+
+    def straight(ctx: SearchContext, plan: Plan, seed: int, steps: int) -> float:
+        which = "seed" if plan == Plan.removing(SEED_PLAN) else "sampled"
+        confirmed.append((which, seed, ctx.calib.n_train))
+        return longer[which][seed - 1]
+
+    monkeypatch.setattr(choice, "top_rung_kd", repeat)
+    monkeypatch.setattr(choice, "straight_kd", straight)
+    monkeypatch.setattr(choice, "repeat_workers", lambda _ctx, _jobs: 1)
+    ctx = _ctx(afresh=True, **cfg)
+    floor = choice.noise_floor(study, ctx)
+    made = choose_found(study, ctx, floor)
+    assert made is not None
+    return made, confirmed
+
+
+def test_a_confirmation_on_more_rows_decides_at_its_own_lead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``confirm_calibration`` and ``confirm_lead`` ask for a confirmation where rungs train afresh: both plans
+    trained again on that many rows under three fresh orders (none reused: other rows, other scores), and a
+    clear lead of ``confirm_lead`` or more names the sampled plan."""
+    cfg = {"confirm_calibration": 384, "confirm_lead": 0.08}
+    ahead = {"sampled": [0.00180, 0.00178, 0.00183], "seed": [0.00200, 0.00199, 0.00201]}  # +10% at each order
+    made, confirmed = _confirm_on_more_rows(_study(seed_kd=0.00200, sampled_kd=0.00190), ahead, monkeypatch, **cfg)
+    assert sorted(confirmed) == [(p, k, 384) for p in ("sampled", "seed") for k in (1, 2, 3)]
+    assert made["paired"] and made["seed_kd"] == [0.00200, 0.00210, 0.00194]  # the screen did not settle it
+    assert made["confirm"]["rows"] == 384 and made["confirm"]["min_lead"] == 0.08
+    assert made["chosen"] == 2 and "on 384 calibration rows" in made["reason"], made["reason"]
+    level = {"sampled": [0.00190, 0.00188, 0.00193], "seed": [0.00200, 0.00199, 0.00201]}  # +5%: under 8%
+    made, _ = _confirm_on_more_rows(_study(seed_kd=0.00200, sampled_kd=0.00190), level, monkeypatch, **cfg)
+    assert made["chosen"] == 0 and "under 8% of the seed's score" in made["reason"], made["reason"]
+
+
+def test_without_confirmation_settings_a_clear_small_screened_lead_names_the_seed_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The defaults where rungs train afresh: the screen's clear lead under a fifth names the seed without
+    scoring the seed again, and nothing is confirmed."""
+    made, confirmed = _confirm_on_more_rows(_study(seed_kd=0.00200, sampled_kd=0.00190), {}, monkeypatch)
+    assert confirmed == [] and not made["paired"] and "confirm" not in made and made["chosen"] == 0
 
 
 @pytest.mark.parametrize("schedule", [AFRESH, CONTINUED])

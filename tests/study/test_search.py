@@ -469,3 +469,24 @@ def test_with_no_device_flag_the_search_runs_on_the_gpu_when_there_is_one(
     result = runner.invoke(app, [*args, "--device", "cuda:1", "--storage", f"sqlite:///{tmp_path / 'b.db'}"])
     assert result.exit_code == 2 and "device cuda:1 is not available" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_confirmation_calibration_draws_more_training_rows_from_the_same_data(
+    tiny_sdxl_pipeline: str, tiny_cache: Path
+) -> None:
+    """``with_calibration`` builds (once) the calibration a confirmation on more rows trains on: more training
+    rows from the search's own data (noised from its seed), as many held-out rows, the teacher's features on
+    each training row."""
+    from pruner.budget import parse_budget
+    from pruner.study.config import SearchConfig
+    from pruner.study.context import build_context
+    from pruner.teacher import Teacher
+
+    cfg = SearchConfig(budget="50%", data=str(tiny_cache), calibration=8, held_out=8, progress=False, out=None)
+    ctx = build_context(cfg, Teacher.resolve(tiny_sdxl_pipeline), parse_budget("50%"))
+    assert ctx.with_calibration(8) is ctx  # the search's own rows: nothing built
+    more = ctx.with_calibration(14)
+    assert more.calib.n_train == 14 and len(more.calib.held_out) == 8 and ctx.calib.n_train == 8
+    assert all(len(f) == 14 for f in more.calib.teacher_features.values())
+    assert ctx.with_calibration(14).calib is more.calib  # built once
+    assert more.teacher is ctx.teacher and more.sens == ctx.sens  # nothing else rebuilt

@@ -2,7 +2,9 @@
 the search leaves a core idle: ``pruner.study.choice.repeat_workers``) against one by one, without the
 confirmation of a lead too close to call (``--confirm-steps 0``), and the search without the rule's seed
 repeats at all (``noise_seeds`` repeats of the found plan only, as before the rule), and the search whose top
-rung continues from the first (a warm restart) instead of training the fresh student (as before December 2026).
+rung continues from the first (a warm restart) instead of training the fresh student (as before December 2026),
+and the search with the longer confirmation on more rows (``--confirm-steps 300 --confirm-calibration 384
+--confirm-lead 0.08``, an option).
 
 Each mode runs ``pruner search --budget 50% --trials 12`` (the README's main job) in a fresh folder of its own, one
 after another in one run (the machine is noisy: compare the ratios). Prints a table: the search's wall seconds,
@@ -38,6 +40,10 @@ MODES = {  # name: (code run before the CLI, extra arguments)
         "from pruner.study import study\nfrom pruner.study.context import CONTINUED\n"
         "study.proxy_schedule = lambda s: CONTINUED\n",
         [],
+    ),
+    "the longer confirmation (an option)": (
+        "",
+        ["--confirm-steps", "300", "--confirm-calibration", "384", "--confirm-lead", "0.08"],
     ),
 }
 BAR = re.compile(

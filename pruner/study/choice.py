@@ -421,6 +421,7 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
             same = ctx.afresh and again == steps and rows is None  # the repeats under orders 1, 2, ... are these
             cand_long, seed_long = _confirm(ctx, best, anchor, again, (kd[1:], seed_kd[1:]) if same else ((), ()))
             longer = paired_lead(cand_long, seed_long)
+            rows = None if rows is None else ctx.with_calibration(rows).calib.n_train  # fewer in a small cache
             chosen, why = _decide(best, anchor, longer, seed_long, again, rows, needed)
             confirm = {"steps": again, "rows": rows, "min_lead": needed, "candidate_kd": cand_long,
                        "seed_kd": seed_long, "lead": longer.mean,

@@ -34,7 +34,7 @@ import torch
 
 from pruner.distillation.run import DistillOptions, distill_recipe
 from pruner.evaluation import evaluate_student
-from pruner.recipe import save_recipe
+from pruner.recipe import load_recipe, save_recipe
 from pruner.runtime import default_threads
 from pruner.study.export import recipe_for_trial
 from pruner.study.front import found_trial
@@ -67,6 +67,7 @@ class Final:
     accuracy: float | None
     accuracy_se: float | None
     seconds: float
+    seed: int = 0  # the distillation's (finals written before seeds varied have none: 0)
 
 
 @dataclass
@@ -133,30 +134,51 @@ def final_of(
     """
     ff = {int(k): float(v) for k, v in (trial.user_attrs.get("ff_keep") or {}).items()}
     key = plan_key(Plan.removing(trial.user_attrs["removed"], ff))
-    done = root / "finals" / f"{key}-{args.final_steps}.json"
+    if (done := final_path(root, key, args.final_steps)).is_file():
+        return Final(**json.loads(done.read_text()))
+    settings = study.user_attrs["search"]
+    teacher = Teacher.resolve(settings["teacher"])
+    recipe = recipe_for_trial(settings, teacher, topology_of(meta_unet(teacher.config)), study.study_name, trial)
+    path = save_recipe(recipe, root / "plans" / f"{key}.yaml")
+    return distilled(path, key, root, args, settings["data"], scratch=scratch)
+
+
+def final_path(root: Path, key: str, steps: int, seed: int = 0) -> Path:
+    """Where a plan's final is kept: one file per plan, steps and distillation seed (seed 0 unnamed, as the
+    first results were written)."""
+    return root / "finals" / (f"{key}-{steps}.json" if seed == 0 else f"{key}-{steps}-seed{seed}.json")
+
+
+def distilled(
+    recipe: Path, key: str, root: Path, args: argparse.Namespace, data: str | None, seed: int = 0,
+    scratch: Path | None = None,
+) -> Final:  # fmt: skip
+    """A recipe's student after ``args.final_steps`` steps at distillation seed ``seed`` (its rows' order, noise
+    and timesteps), evaluated on ``args.eval_n`` held-out prompts; read back where an earlier run kept it.
+
+    Raises ``Claimed`` when another run is distilling the same plan at the same seed."""
+    done = final_path(root, key, args.final_steps, seed)
     if done.is_file():
         return Final(**json.loads(done.read_text()))
     lock = done.with_suffix(".claim")
     if not claim(lock):
         raise Claimed(key)
+    student = (scratch or root / "students") / (key if seed == 0 else f"{key}-seed{seed}")
     try:
-        settings = study.user_attrs["search"]
-        teacher = Teacher.resolve(settings["teacher"])
-        recipe = recipe_for_trial(settings, teacher, topology_of(meta_unet(teacher.config)), study.study_name, trial)
-        path = save_recipe(recipe, root / "plans" / f"{key}.yaml")
-        student = (scratch or root / "students") / key
         start = time.perf_counter()
-        opts = DistillOptions(steps=args.final_steps, data=settings["data"], seed=0, batch_size=args.final_batch)
-        distill_recipe(path, student, opts)
+        opts = DistillOptions(steps=args.final_steps, data=data, seed=seed, batch_size=args.final_batch)
+        distill_recipe(recipe, student, opts)
         seconds = time.perf_counter() - start
+        teacher = Teacher.resolve(load_recipe(recipe).teacher.model)
         r = evaluate_student(student, teacher, n_prompts=args.eval_n, grid_path=None)
-        final = Final(key, args.final_steps, r.kd_loss, r.psnr, r.prompt_accuracy, r.prompt_accuracy_se, seconds)
+        final = Final(key, args.final_steps, r.kd_loss, r.psnr, r.prompt_accuracy, r.prompt_accuracy_se, seconds,
+                      seed)  # fmt: skip
         done.write_text(json.dumps(asdict(final)))
         return final
     finally:
         lock.unlink(missing_ok=True)
         if scratch is not None:
-            shutil.rmtree(scratch / key, ignore_errors=True)
+            shutil.rmtree(student, ignore_errors=True)
 
 
 def search(

@@ -70,3 +70,22 @@ def test_vae_memory_benchmark_compares_whole_batches_with_one_picture_at_a_time(
     assert "whole batch" in out and "one picture at a time" in out
     difference = float(out.strip().splitlines()[-1].split(":")[-1])
     assert difference < 1e-3  # the same latents either way
+
+
+@pytest.mark.slow
+def test_final_noise_distils_a_summary_plan_again_at_other_seeds(tmp_path: Path) -> None:
+    plan = "99df6c245bf1b67a"
+    results = ROOT / "benchmarks" / "results" / "search_oracle"
+    (tmp_path / "plans").mkdir()
+    (tmp_path / "plans" / f"{plan}.yaml").write_bytes((results / "plans" / f"{plan}.yaml").read_bytes())
+    summary = json.loads((results / "summary-30%.json").read_text())
+    summary["plans"] = [p for p in summary["plans"] if p["key"] == plan]
+    (tmp_path / "summary-30%.json").write_text(json.dumps(summary))
+    out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2",
+              "--final-steps", "3", "--eval-n", "8", "--scratch", str(tmp_path / "scratch"))  # fmt: skip
+    assert "1 of 1 plans distilled at seeds [1, 2]" in out and "pooled CV" in out
+    noise = json.loads((tmp_path / "noise-30%.json").read_text())
+    kd = noise["kd"][plan]
+    assert set(kd) == {"1", "2"} and kd["1"] != kd["2"]  # the seed changes the distillation
+    assert sorted(p.name for p in (tmp_path / "finals").iterdir()) == [f"{plan}-3-seed1.json", f"{plan}-3-seed2.json"]
+    assert not any((tmp_path / "scratch").iterdir())  # the students are deleted once evaluated

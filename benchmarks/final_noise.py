@@ -1,0 +1,169 @@
+"""How much a plan's final KD moves when only the distillation's seed changes: the yardstick's own noise.
+
+Every regret, tau and "found over the seed" in ``search_oracle.py`` reads one 1000-step distillation per plan,
+all at distillation seed 0. This distils the same plans again at other seeds (their rows' order, noise and
+timesteps; same recipe, steps, batch and held-out prompts) and reports, per budget:
+
+- each plan's final KD at every seed, their mean and spread (coefficient of variation);
+- Kendall tau between the seeds' rankings, over all plans and over the better half (by mean): the most any
+  proxy can reach against one seed's finals;
+- the oracle's proxy KD (one study, one row order) ranked against seed 0's finals and against the mean;
+- each default search's regret (found / best) on seed 0's finals and on the means.
+
+Reads ``summary-BUDGET.json`` files of ``search_oracle.py`` (the plans from the ``plans/`` recipes beside them);
+the finals go to ``finals/KEY-STEPS-seedS.json`` beside them. Several runs of the same command share the work
+(one per core: each claims a plan before distilling it), and a run with ``--report`` prints what is there.
+
+    nice python benchmarks/final_noise.py results/search_oracle/summary-30%.json results/search_oracle/summary-50%.json
+    python benchmarks/final_noise.py results/search_oracle/summary-30%.json --seeds 1,2 --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_vs_heuristics import Claimed, Final, distilled, final_path, kendall_tau
+
+from pruner.data.bundled import default_data
+from pruner.teacher import Teacher
+
+
+@dataclass
+class Plan:
+    """A distilled plan of a summary: its key, the roles it played there and the oracle study's proxy KD."""
+
+    key: str
+    roles: list[str]
+    proxy_kd: float | None  # the oracle's (None for plans that only a default search scored)
+
+
+def plans_of(summary: dict[str, Any]) -> list[Plan]:
+    """The summary's distinct plans, best seed-0 final first."""
+    plans: dict[str, Plan] = {}
+    for p in sorted(summary["plans"], key=lambda p: p["kd"]):
+        plan = plans.setdefault(p["key"], Plan(p["key"], [], None))
+        plan.roles.append(p["role"])
+        if not p["role"].startswith("default"):
+            plan.proxy_kd = p["proxy_kd"]
+    return list(plans.values())
+
+
+def distil_all(work: list[tuple[Path, Plan, int]], args: argparse.Namespace) -> None:
+    """Each (results folder, plan, seed) in turn, then those another run had claimed once it is done with them."""
+    data = str(default_data(Teacher.resolve("tiny-sdxl")))
+    todo = [(root, plan, seed) for root, plan, seed in work if seed != 0]  # seed 0: the summary's own finals
+    while todo:
+        waiting = []
+        for root, plan, seed in todo:
+            if final_path(root, plan.key, args.final_steps, seed).is_file():
+                continue
+            try:
+                f = distilled(root / "plans" / f"{plan.key}.yaml", plan.key, root, args, data, seed, args.scratch)
+            except Claimed:
+                waiting.append((root, plan, seed))
+                continue
+            print(f"{root.name} {plan.key[:8]} seed {seed}: KD {f.kd:.6f} ({f.seconds:.0f} s)", flush=True)
+        todo = waiting
+        if todo:
+            time.sleep(10)
+
+
+def finals_of(root: Path, plans: list[Plan], seeds: list[int], steps: int) -> dict[str, dict[int, float]]:
+    """Each plan's final KD by seed, where it is there."""
+    kd: dict[str, dict[int, float]] = {}
+    for p in plans:
+        for s in seeds:
+            if (path := final_path(root, p.key, steps, s)).is_file():
+                kd.setdefault(p.key, {})[s] = Final(**json.loads(path.read_text())).kd
+    return kd
+
+
+def cv(values: list[float]) -> float:
+    return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else float("nan")
+
+
+def taus(a: dict[str, float], b: dict[str, float], keys: list[str]) -> float:
+    keys = [k for k in keys if k in a and k in b]
+    return kendall_tau([a[k] for k in keys], [b[k] for k in keys]) if len(keys) > 1 else float("nan")
+
+
+def report(summary: dict[str, Any], plans: list[Plan], kd: dict[str, dict[int, float]], seeds: list[int]) -> dict:
+    """Print one budget's tables; return them as a dict (kept as ``noise-BUDGET.json``)."""
+    full = [p for p in plans if all(s in kd.get(p.key, {}) for s in seeds)]
+    mean = {p.key: statistics.fmean(kd[p.key][s] for s in seeds) for p in full}
+    by_mean = sorted(full, key=lambda p: mean[p.key])
+    half = [p.key for p in by_mean[: max(2, len(by_mean) // 2)]]
+    every = [p.key for p in by_mean]
+    print(f"\n== {summary['budget']}: {len(full)} of {len(plans)} plans distilled at seeds {seeds}")
+    print(f"{'plan':<10}{'roles':<44}" + "".join(f"{'seed ' + str(s):>10}" for s in seeds) + f"{'mean':>10}{'CV':>7}")
+    for p in by_mean:
+        row = "".join(f"{kd[p.key][s]:>10.6f}" for s in seeds)
+        roles = ", ".join(p.roles)
+        print(f"{p.key[:8]:<10}{roles[:43]:<44}{row}{mean[p.key]:>10.6f}{100 * cv(list(kd[p.key].values())):>6.1f}%")
+    pooled = statistics.fmean(cv([kd[k][s] for s in seeds]) ** 2 for k in every) ** 0.5
+    per_seed = {s: {k: kd[k][s] for k in every} for s in seeds}
+    pairs = {f"{a}-{b}": (taus(per_seed[a], per_seed[b], every), taus(per_seed[a], per_seed[b], half))
+             for i, a in enumerate(seeds) for b in seeds[i + 1 :]}  # fmt: skip
+    print(f"pooled CV of a plan's final KD over seeds: {100 * pooled:.1f}%")
+    for pair, (t_all, t_half) in pairs.items():
+        print(f"tau between seeds {pair}: {t_all:.2f} over all, {t_half:.2f} over the better half")
+    proxy = {p.key: p.proxy_kd for p in full if p.proxy_kd is not None}
+    oracle = [k for k in every if k in proxy]
+    oracle_half = [k for k in oracle[: max(2, len(oracle) // 2)]]
+    seed0 = per_seed[seeds[0]]
+    half0 = sorted(oracle, key=lambda k: seed0[k])[: max(2, len(oracle) // 2)]
+    proxy_taus = {f"seed {seeds[0]}": (taus(proxy, seed0, oracle), taus(proxy, seed0, half0)),
+                  "mean": (taus(proxy, mean, oracle), taus(proxy, mean, oracle_half))}  # fmt: skip
+    for against, (t_all, t_half) in proxy_taus.items():
+        print(
+            f"oracle's proxy KD against the {against} finals ({len(oracle)} plans): tau {t_all:.2f} over all, "
+            f"{t_half:.2f} over the better half"
+        )
+    regret = {}
+    best0, best_mean = min(seed0.values()), min(mean.values())
+    for p in full:
+        for role in p.roles:
+            if role.startswith("default") and "turned down" not in role:
+                regret[role] = (seed0[p.key] / best0, mean[p.key] / best_mean)
+    for role, (r0, rm) in sorted(regret.items()):
+        print(f"regret of {role}: {r0:.2f}x on seed 0's finals, {rm:.2f}x on the means")
+    return {"budget": summary["budget"], "seeds": seeds, "kd": {p.key: kd[p.key] for p in full},
+            "mean": mean, "roles": {p.key: p.roles for p in full}, "pooled_cv": pooled,
+            "tau_between_seeds": pairs, "proxy_tau": proxy_taus, "regret": regret}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("summaries", nargs="+", type=Path, help="summary-BUDGET.json files of search_oracle.py")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated distillation seeds (0: the summary's own)")
+    p.add_argument("--final-steps", type=int, default=1000, help="distillation steps per plan (as the summary's)")
+    p.add_argument("--final-batch", type=int, default=16, help="distillation batch (as search_oracle.py's)")
+    p.add_argument("--eval-n", type=int, default=256, help="held-out prompts per evaluation")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (one run per core)")
+    p.add_argument("--scratch", type=Path, default=Path("/tmp/pruner-final-noise"), help="students, deleted")
+    p.add_argument("--report", action="store_true", help="print what is there; distil nothing")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    torch.set_num_threads(args.threads)
+    loaded = [(path, json.loads(path.read_text())) for path in args.summaries]
+    if not args.report:  # budget by budget, seed by seed: a budget's replicates complete before the next starts
+        distil_all([(path.parent, plan, s) for path, summary in loaded for s in seeds for plan in plans_of(summary)],
+                   args)  # fmt: skip
+    for path, summary in loaded:
+        plans = plans_of(summary)
+        result = report(summary, plans, finals_of(path.parent, plans, seeds, args.final_steps), seeds)
+        (path.parent / f"noise-{summary['budget'].replace('=', '-')}.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

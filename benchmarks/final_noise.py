@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import statistics
 import sys
 import time
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy_fidelity import best_half_tau
 from search_vs_heuristics import Claimed, Final, distilled, final_path, kendall_tau
 
 from pruner.data.bundled import default_data
@@ -68,7 +71,8 @@ def distil_all(work: list[tuple[Path, Plan, int]], args: argparse.Namespace) -> 
             if final_path(root, plan.key, args.final_steps, seed).is_file():
                 continue
             try:
-                f = distilled(root / "plans" / f"{plan.key}.yaml", plan.key, root, args, data, seed, args.scratch)
+                recipe = root / "plans" / f"{plan.key}.yaml"
+                f = distilled(recipe, plan.key, root, args, data, seed, args.scratch, args.curve_every)
             except Claimed:
                 waiting.append((root, plan, seed))
                 continue
@@ -88,8 +92,60 @@ def finals_of(root: Path, plans: list[Plan], seeds: list[int], steps: int) -> di
     return kd
 
 
+def curves_of(root: Path, plans: list[Plan], seeds: list[int], steps: int) -> dict[int, dict[str, dict[int, float]]]:
+    """Each seed's held-out KD along the distillation (``--curve-every``), by plan and step, where it was kept."""
+    curves: dict[int, dict[str, dict[int, float]]] = {}
+    for s in seeds:
+        for p in plans:
+            path = final_path(root, p.key, steps, s)
+            curve = Final(**json.loads(path.read_text())).curve if path.is_file() else None
+            if curve:
+                curves.setdefault(s, {})[p.key] = {int(step): kd for step, kd in curve}
+    return curves
+
+
+def early_ranks(curves: dict[int, dict[str, dict[int, float]]], finals: dict[str, dict[int, float]],
+                mean: dict[str, float], half: list[str]) -> dict[int, dict[int, tuple[float, ...]]]:  # fmt: skip
+    """Whether a distillation's own early held-out KD already ranks plans as its end does: per seed with curves
+    and per step, Kendall tau against that run's final KD and against the means over seeds (all / better half)."""
+    out: dict[int, dict[int, tuple[float, ...]]] = {}
+    if curves:
+        print("\nthe distillation's own held-out KD at step k ranks the plans (tau all / better half):")
+    for s, by_plan in curves.items():
+        keys = [k for k in mean if k in by_plan]
+        if len(keys) < 4 or not set(half) <= set(keys):
+            continue  # too few plans have this seed's curve to rank
+        out[s] = {}
+        for step in sorted(set.intersection(*(set(by_plan[k]) for k in keys))):
+            at = {k: by_plan[k][step] for k in keys}
+            final = {k: finals[k][s] for k in keys}
+            row = (taus(at, final, keys), taus(at, final, half), taus(at, mean, keys), taus(at, mean, half))
+            out[s][step] = row
+            print(
+                f"  seed {s}, step {step:>5}: against this run's final {row[0]:.2f} / {row[1]:.2f}, "
+                f"against the means {row[2]:.2f} / {row[3]:.2f}"
+            )
+    return out
+
+
 def cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else float("nan")
+
+
+def interaction_sd(
+    kd: dict[str, dict[int, float]], keys: list[str], seeds: list[int]
+) -> tuple[float, dict[int, float]]:
+    """The noise that reorders plans: the SD of log final KD once each plan's and each seed's mean are taken out
+    (a seed that suits every plan alike moves none of them against another), and each seed's shift over all
+    plans (exp of its mean log KD less the grand mean)."""
+    logs = {k: {s: math.log(kd[k][s]) for s in seeds} for k in keys}
+    plan = {k: statistics.fmean(logs[k].values()) for k in keys}
+    grand = statistics.fmean(plan.values())
+    seed = {s: statistics.fmean(logs[k][s] for k in keys) - grand for s in seeds}
+    residual = [logs[k][s] - plan[k] - seed[s] for k in keys for s in seeds]
+    df = (len(keys) - 1) * (len(seeds) - 1)
+    sd = (sum(r * r for r in residual) / df) ** 0.5 if df > 0 else float("nan")
+    return sd, {s: math.exp(v) for s, v in seed.items()}
 
 
 def taus(a: dict[str, float], b: dict[str, float], keys: list[str]) -> float:
@@ -97,7 +153,10 @@ def taus(a: dict[str, float], b: dict[str, float], keys: list[str]) -> float:
     return kendall_tau([a[k] for k in keys], [b[k] for k in keys]) if len(keys) > 1 else float("nan")
 
 
-def report(summary: dict[str, Any], plans: list[Plan], kd: dict[str, dict[int, float]], seeds: list[int]) -> dict:
+def report(
+    summary: dict[str, Any], plans: list[Plan], kd: dict[str, dict[int, float]], seeds: list[int],
+    curves: dict[int, dict[str, dict[int, float]]],
+) -> dict:  # fmt: skip
     """Print one budget's tables; return them as a dict (kept as ``noise-BUDGET.json``)."""
     full = [p for p in plans if all(s in kd.get(p.key, {}) for s in seeds)]
     mean = {p.key: statistics.fmean(kd[p.key][s] for s in seeds) for p in full}
@@ -115,6 +174,12 @@ def report(summary: dict[str, Any], plans: list[Plan], kd: dict[str, dict[int, f
     pairs = {f"{a}-{b}": (taus(per_seed[a], per_seed[b], every), taus(per_seed[a], per_seed[b], half))
              for i, a in enumerate(seeds) for b in seeds[i + 1 :]}  # fmt: skip
     print(f"pooled CV of a plan's final KD over seeds: {100 * pooled:.1f}%")
+    paired, shift = interaction_sd(kd, every, seeds)
+    print(
+        "each seed's shift of every plan: "
+        + ", ".join(f"seed {s} {v:.3f}x" for s, v in shift.items())
+        + f"; what is left, plan by seed (the noise that reorders plans): {100 * paired:.1f}% (SD of log KD)"
+    )
     for pair, (t_all, t_half) in pairs.items():
         print(f"tau between seeds {pair}: {t_all:.2f} over all, {t_half:.2f} over the better half")
     proxy = {p.key: p.proxy_kd for p in full if p.proxy_kd is not None}
@@ -137,9 +202,52 @@ def report(summary: dict[str, Any], plans: list[Plan], kd: dict[str, dict[int, f
                 regret[role] = (seed0[p.key] / best0, mean[p.key] / best_mean)
     for role, (r0, rm) in sorted(regret.items()):
         print(f"regret of {role}: {r0:.2f}x on seed 0's finals, {rm:.2f}x on the means")
-    return {"budget": summary["budget"], "seeds": seeds, "kd": {p.key: kd[p.key] for p in full},
+    early = early_ranks(curves, kd, mean, half)
+    return {"budget": summary["budget"], "seeds": seeds, "early": early, "kd": {p.key: kd[p.key] for p in full},
             "mean": mean, "roles": {p.key: p.roles for p in full}, "pooled_cv": pooled,
+            "paired_sd": paired, "seed_shift": shift,
             "tau_between_seeds": pairs, "proxy_tau": proxy_taus, "regret": regret}  # fmt: skip
+
+
+def printout(path: Path) -> tuple[str, list[str], list[tuple[str, list[float]]]]:
+    """A ``proxy_fidelity.py --orders`` printout: its budget, its plans (key prefixes, in its order) and each
+    variant's label (top steps, orders) with its scores."""
+    lines = path.read_text().splitlines()
+    head = re.match(r"(\d+) plans at (\S+), ranked", lines[0])
+    if head is None or not lines[1].startswith("final KD: "):
+        raise SystemExit(f"{path}: not a proxy_fidelity.py printout (its first line names the plans and budget)")
+    keys = [item.split()[0] for item in lines[1].removeprefix("final KD: ").split(", ")]
+    rows = []
+    for line in lines[3:]:
+        tokens = line.replace(",", " ").split()
+        if len(tokens) < len(keys) + 6 or not tokens[0].isdigit():
+            continue
+        rows.append((f"{tokens[0]} steps, {tokens[1]} order(s)", [float(t) for t in tokens[-len(keys) :]]))
+    return head.group(2), keys, rows
+
+
+def proxies_against_means(paths: list[Path], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each printout's variants ranked against seed 0's finals (as printed) and against the means over seeds."""
+    table = []
+    print(f"\n{'printout':<36}{'variant':<24}{'tau all / best half, seed 0':>29}{'against the means':>20}")
+    for path in paths:
+        budget, prefixes, rows = printout(path)
+        result = results.get(budget)
+        if result is None:
+            continue
+        full = {k[:8]: k for k in result["mean"]}
+        keep = [i for i, k in enumerate(prefixes) if k in full]
+        seed0 = [result["kd"][full[prefixes[i]]][result["seeds"][0]] for i in keep]
+        mean = [result["mean"][full[prefixes[i]]] for i in keep]
+        for label, scores in rows:
+            mine = [scores[i] for i in keep]
+            taus_ = (kendall_tau(mine, seed0), best_half_tau(mine, seed0), kendall_tau(mine, mean),
+                     best_half_tau(mine, mean))  # fmt: skip
+            print(f"{path.name:<36}{label:<24}{taus_[0]:>14.2f} / {taus_[1]:<12.2f}{taus_[2]:>8.2f} / {taus_[3]:.2f}"
+                  f"   ({len(keep)} plans)")  # fmt: skip
+            table.append({"printout": path.name, "variant": label, "plans": len(keep), "tau_seed0": taus_[:2],
+                          "tau_mean": taus_[2:]})  # fmt: skip
+    return table
 
 
 def main() -> None:
@@ -151,7 +259,10 @@ def main() -> None:
     p.add_argument("--eval-n", type=int, default=256, help="held-out prompts per evaluation")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one run per core)")
     p.add_argument("--scratch", type=Path, default=Path("/tmp/pruner-final-noise"), help="students, deleted")
+    p.add_argument("--curve-every", type=int, help="keep each run's held-out KD every N steps (trains the same)")
     p.add_argument("--report", action="store_true", help="print what is there; distil nothing")
+    p.add_argument("--printouts", nargs="*", type=Path, default=[],
+                   help="proxy_fidelity.py --orders printouts: their variants against the means too")  # fmt: skip
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
@@ -159,10 +270,16 @@ def main() -> None:
     if not args.report:  # budget by budget, seed by seed: a budget's replicates complete before the next starts
         distil_all([(path.parent, plan, s) for path, summary in loaded for s in seeds for plan in plans_of(summary)],
                    args)  # fmt: skip
+    results = {}
     for path, summary in loaded:
         plans = plans_of(summary)
-        result = report(summary, plans, finals_of(path.parent, plans, seeds, args.final_steps), seeds)
+        kd = finals_of(path.parent, plans, seeds, args.final_steps)
+        result = report(summary, plans, kd, seeds, curves_of(path.parent, plans, seeds, args.final_steps))
+        results[summary["budget"]] = result
         (path.parent / f"noise-{summary['budget'].replace('=', '-')}.json").write_text(json.dumps(result, indent=1))
+    if args.printouts:
+        table = proxies_against_means(args.printouts, results)
+        (args.summaries[0].parent / "noise-proxies.json").write_text(json.dumps(table, indent=1))
 
 
 if __name__ == "__main__":

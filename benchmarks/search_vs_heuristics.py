@@ -68,6 +68,7 @@ class Final:
     accuracy_se: float | None
     seconds: float
     seed: int = 0  # the distillation's (finals written before seeds varied have none: 0)
+    curve: list[tuple[int, float]] | None = None  # held-out KD of the distillation's own rows, by step
 
 
 @dataclass
@@ -151,10 +152,12 @@ def final_path(root: Path, key: str, steps: int, seed: int = 0) -> Path:
 
 def distilled(
     recipe: Path, key: str, root: Path, args: argparse.Namespace, data: str | None, seed: int = 0,
-    scratch: Path | None = None,
+    scratch: Path | None = None, validate_every: int | None = None,
 ) -> Final:  # fmt: skip
     """A recipe's student after ``args.final_steps`` steps at distillation seed ``seed`` (its rows' order, noise
     and timesteps), evaluated on ``args.eval_n`` held-out prompts; read back where an earlier run kept it.
+    ``validate_every`` keeps the held-out KD along the way (the curve; validation draws from its own generators,
+    so the run trains as it would without).
 
     Raises ``Claimed`` when another run is distilling the same plan at the same seed."""
     done = final_path(root, key, args.final_steps, seed)
@@ -166,13 +169,15 @@ def distilled(
     student = (scratch or root / "students") / (key if seed == 0 else f"{key}-seed{seed}")
     try:
         start = time.perf_counter()
-        opts = DistillOptions(steps=args.final_steps, data=data, seed=seed, batch_size=args.final_batch)
-        distill_recipe(recipe, student, opts)
+        opts = DistillOptions(steps=args.final_steps, data=data, seed=seed, batch_size=args.final_batch,
+                              validate_every=validate_every)  # fmt: skip
+        trained = distill_recipe(recipe, student, opts)
         seconds = time.perf_counter() - start
         teacher = Teacher.resolve(load_recipe(recipe).teacher.model)
         r = evaluate_student(student, teacher, n_prompts=args.eval_n, grid_path=None)
+        curve = trained.held_out_kd if validate_every else None
         final = Final(key, args.final_steps, r.kd_loss, r.psnr, r.prompt_accuracy, r.prompt_accuracy_se, seconds,
-                      seed)  # fmt: skip
+                      seed, curve)  # fmt: skip
         done.write_text(json.dumps(asdict(final)))
         return final
     finally:

@@ -81,11 +81,13 @@ def test_final_noise_distils_a_summary_plan_again_at_other_seeds(tmp_path: Path)
     summary = json.loads((results / "summary-30%.json").read_text())
     summary["plans"] = [p for p in summary["plans"] if p["key"] == plan]
     (tmp_path / "summary-30%.json").write_text(json.dumps(summary))
-    out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2",
-              "--final-steps", "3", "--eval-n", "8", "--scratch", str(tmp_path / "scratch"))  # fmt: skip
+    out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2", "--final-steps", "3",
+              "--eval-n", "8", "--curve-every", "2", "--scratch", str(tmp_path / "scratch"))  # fmt: skip
     assert "1 of 1 plans distilled at seeds [1, 2]" in out and "pooled CV" in out
     noise = json.loads((tmp_path / "noise-30%.json").read_text())
     kd = noise["kd"][plan]
     assert set(kd) == {"1", "2"} and kd["1"] != kd["2"]  # the seed changes the distillation
     assert sorted(p.name for p in (tmp_path / "finals").iterdir()) == [f"{plan}-3-seed1.json", f"{plan}-3-seed2.json"]
+    curve = json.loads((tmp_path / "finals" / f"{plan}-3-seed1.json").read_text())["curve"]
+    assert [step for step, _ in curve][:2] == [2, 3] and all(kd > 0 for _, kd in curve)  # held-out KD kept along
     assert not any((tmp_path / "scratch").iterdir())  # the students are deleted once evaluated

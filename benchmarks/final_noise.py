@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy_fidelity import best_half_tau
+from search_oracle import TURNED_DOWN
 from search_vs_heuristics import Claimed, Final, distilled, final_path, kendall_tau
 
 from pruner.data.bundled import default_data
@@ -82,26 +83,30 @@ def distil_all(work: list[tuple[Path, Plan, int]], args: argparse.Namespace) -> 
             time.sleep(10)
 
 
-def finals_of(root: Path, plans: list[Plan], seeds: list[int], steps: int) -> dict[str, dict[int, float]]:
-    """Each plan's final KD by seed, where it is there."""
-    kd: dict[str, dict[int, float]] = {}
+def finals_of(root: Path, plans: list[Plan], seeds: list[int], steps: int) -> dict[str, dict[int, Final]]:
+    """Each plan's finals by seed, where they are there."""
+    finals: dict[str, dict[int, Final]] = {}
     for p in plans:
         for s in seeds:
             if (path := final_path(root, p.key, steps, s)).is_file():
-                kd.setdefault(p.key, {})[s] = Final(**json.loads(path.read_text())).kd
-    return kd
+                finals.setdefault(p.key, {})[s] = Final(**json.loads(path.read_text()))
+    return finals
 
 
-def curves_of(root: Path, plans: list[Plan], seeds: list[int], steps: int) -> dict[int, dict[str, dict[int, float]]]:
+def curves_of(finals: dict[str, dict[int, Final]]) -> dict[int, dict[str, dict[int, float]]]:
     """Each seed's held-out KD along the distillation (``--curve-every``), by plan and step, where it was kept."""
     curves: dict[int, dict[str, dict[int, float]]] = {}
-    for s in seeds:
-        for p in plans:
-            path = final_path(root, p.key, steps, s)
-            curve = Final(**json.loads(path.read_text())).curve if path.is_file() else None
-            if curve:
-                curves.setdefault(s, {})[p.key] = {int(step): kd for step, kd in curve}
+    for key, by_seed in finals.items():
+        for s, f in by_seed.items():
+            if f.curve:
+                curves.setdefault(s, {})[key] = {int(step): kd for step, kd in f.curve}
     return curves
+
+
+def better_half(keys: list[str], score: dict[str, float]) -> list[str]:
+    """The better half of ``keys`` by ``score`` (at least two), as proxy_fidelity.py and search_vs_heuristics.py
+    take it."""
+    return sorted(keys, key=lambda k: score[k])[: max(2, len(keys) // 2)]
 
 
 def early_ranks(curves: dict[int, dict[str, dict[int, float]]], finals: dict[str, dict[int, float]],
@@ -161,8 +166,8 @@ def report(
     full = [p for p in plans if all(s in kd.get(p.key, {}) for s in seeds)]
     mean = {p.key: statistics.fmean(kd[p.key][s] for s in seeds) for p in full}
     by_mean = sorted(full, key=lambda p: mean[p.key])
-    half = [p.key for p in by_mean[: max(2, len(by_mean) // 2)]]
     every = [p.key for p in by_mean]
+    half = better_half(every, mean)
     print(f"\n== {summary['budget']}: {len(full)} of {len(plans)} plans distilled at seeds {seeds}")
     print(f"{'plan':<10}{'roles':<44}" + "".join(f"{'seed ' + str(s):>10}" for s in seeds) + f"{'mean':>10}{'CV':>7}")
     for p in by_mean:
@@ -184,11 +189,9 @@ def report(
         print(f"tau between seeds {pair}: {t_all:.2f} over all, {t_half:.2f} over the better half")
     proxy = {p.key: p.proxy_kd for p in full if p.proxy_kd is not None}
     oracle = [k for k in every if k in proxy]
-    oracle_half = [k for k in oracle[: max(2, len(oracle) // 2)]]
     seed0 = per_seed[seeds[0]]
-    half0 = sorted(oracle, key=lambda k: seed0[k])[: max(2, len(oracle) // 2)]
-    proxy_taus = {f"seed {seeds[0]}": (taus(proxy, seed0, oracle), taus(proxy, seed0, half0)),
-                  "mean": (taus(proxy, mean, oracle), taus(proxy, mean, oracle_half))}  # fmt: skip
+    proxy_taus = {f"seed {seeds[0]}": (taus(proxy, seed0, oracle), taus(proxy, seed0, better_half(oracle, seed0))),
+                  "mean": (taus(proxy, mean, oracle), taus(proxy, mean, better_half(oracle, mean)))}  # fmt: skip
     for against, (t_all, t_half) in proxy_taus.items():
         print(
             f"oracle's proxy KD against the {against} finals ({len(oracle)} plans): tau {t_all:.2f} over all, "
@@ -198,7 +201,7 @@ def report(
     best0, best_mean = min(seed0.values()), min(mean.values())
     for p in full:
         for role in p.roles:
-            if role.startswith("default") and "turned down" not in role:
+            if role.startswith("default") and not role.endswith(TURNED_DOWN):
                 regret[role] = (seed0[p.key] / best0, mean[p.key] / best_mean)
     for role, (r0, rm) in sorted(regret.items()):
         print(f"regret of {role}: {r0:.2f}x on seed 0's finals, {rm:.2f}x on the means")
@@ -273,8 +276,9 @@ def main() -> None:
     results = {}
     for path, summary in loaded:
         plans = plans_of(summary)
-        kd = finals_of(path.parent, plans, seeds, args.final_steps)
-        result = report(summary, plans, kd, seeds, curves_of(path.parent, plans, seeds, args.final_steps))
+        finals = finals_of(path.parent, plans, seeds, args.final_steps)
+        kd = {key: {s: f.kd for s, f in by_seed.items()} for key, by_seed in finals.items()}
+        result = report(summary, plans, kd, seeds, curves_of(finals))
         results[summary["budget"]] = result
         (path.parent / f"noise-{summary['budget'].replace('=', '-')}.json").write_text(json.dumps(result, indent=1))
     if args.printouts:

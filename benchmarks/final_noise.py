@@ -73,7 +73,8 @@ def distil_all(work: list[tuple[Path, Plan, int]], args: argparse.Namespace) -> 
                 continue
             try:
                 recipe = root / "plans" / f"{plan.key}.yaml"
-                f = distilled(recipe, plan.key, root, args, data, seed, args.scratch, args.curve_every)
+                f = distilled(recipe, plan.key, root, args, data, seed, args.scratch, args.curve_every,
+                              args.eval_seeds)  # fmt: skip
             except Claimed:
                 waiting.append((root, plan, seed))
                 continue
@@ -101,6 +102,17 @@ def curves_of(finals: dict[str, dict[int, Final]]) -> dict[int, dict[str, dict[i
             if f.curve:
                 curves.setdefault(s, {})[key] = {int(step): kd for step, kd in f.curve}
     return curves
+
+
+def evals_of(finals: dict[str, dict[int, Final]]) -> dict[int, dict[str, dict[int, float]]]:
+    """Each distillation seed's students evaluated on several held-out sets (``--eval-seeds``): KD by plan and
+    evaluation seed (0: the final's own ``kd``), where they were."""
+    evals: dict[int, dict[str, dict[int, float]]] = {}
+    for key, by_seed in finals.items():
+        for s, f in by_seed.items():
+            if f.evals:
+                evals.setdefault(s, {})[key] = {0: f.kd} | {int(e): kd for e, kd in f.evals.items()}
+    return evals
 
 
 def better_half(keys: list[str], score: dict[str, float]) -> list[str]:
@@ -133,6 +145,42 @@ def early_ranks(curves: dict[int, dict[str, dict[int, float]]], finals: dict[str
     return out
 
 
+def evaluation_noise(
+    evals: dict[int, dict[str, dict[int, float]]], roles: dict[str, list[str]]
+) -> dict[int, dict[str, Any]]:
+    """How much the held-out set alone reorders the same students: per distillation seed whose students were
+    evaluated on several sets, the plan-by-set noise (as ``interaction_sd``), Kendall tau between the sets'
+    rankings, and each plan's KD over the sensitivity seed's on each set (below 1: ahead of the seed)."""
+    out: dict[int, dict[str, Any]] = {}
+    for s, by_plan in sorted(evals.items()):
+        keys = list(by_plan)
+        sets = sorted(set.intersection(*(set(v) for v in by_plan.values())))
+        if len(keys) < 4 or len(sets) < 2:
+            continue
+        mean = {k: statistics.fmean(by_plan[k][e] for e in sets) for k in keys}
+        keys.sort(key=lambda k: mean[k])
+        half = better_half(keys, mean)
+        sd, shift = interaction_sd(by_plan, keys, sets)
+        per_set = {e: {k: by_plan[k][e] for k in keys} for e in sets}
+        pairs = {f"{a}-{b}": (taus(per_set[a], per_set[b], keys), taus(per_set[a], per_set[b], half))
+                 for i, a in enumerate(sets) for b in sets[i + 1 :]}  # fmt: skip
+        seed_plan = next((k for k in keys if any(r.startswith("sensitivity seed") for r in roles.get(k, []))), None)
+        print(f"\nthe same students (distillation seed {s}) on {len(sets)} held-out sets (evaluation seeds {sets}):")
+        print(f"{'plan':<10}" + "".join(f"{'set ' + str(e):>10}" for e in sets) + f"{'mean':>10}"
+              + ("   over the seed's, by set" if seed_plan else ""))  # fmt: skip
+        over: dict[str, list[float]] = {}
+        for k in keys:
+            over[k] = [by_plan[k][e] / by_plan[seed_plan][e] for e in sets] if seed_plan else []
+            print(f"{k[:8]:<10}" + "".join(f"{by_plan[k][e]:>10.6f}" for e in sets) + f"{mean[k]:>10.6f}   "
+                  + " ".join(f"{r:.3f}" for r in over[k]))  # fmt: skip
+        print(f"plan by set (the noise the held-out set adds that reorders plans): {100 * sd:.1f}% (SD of log KD)")
+        for pair, (t_all, t_half) in pairs.items():
+            print(f"tau between sets {pair}: {t_all:.2f} over all, {t_half:.2f} over the better half")
+        out[s] = {"sets": sets, "kd": {k: by_plan[k] for k in keys}, "paired_sd": sd, "set_shift": shift,
+                  "tau_between_sets": pairs, "over_seed": over, "seed_plan": seed_plan}  # fmt: skip
+    return out
+
+
 def cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else float("nan")
 
@@ -160,7 +208,7 @@ def taus(a: dict[str, float], b: dict[str, float], keys: list[str]) -> float:
 
 def report(
     summary: dict[str, Any], plans: list[Plan], kd: dict[str, dict[int, float]], seeds: list[int],
-    curves: dict[int, dict[str, dict[int, float]]],
+    curves: dict[int, dict[str, dict[int, float]]], evals: dict[int, dict[str, dict[int, float]]],
 ) -> dict:  # fmt: skip
     """Print one budget's tables; return them as a dict (kept as ``noise-BUDGET.json``)."""
     full = [p for p in plans if all(s in kd.get(p.key, {}) for s in seeds)]
@@ -206,7 +254,9 @@ def report(
     for role, (r0, rm) in sorted(regret.items()):
         print(f"regret of {role}: {r0:.2f}x on seed 0's finals, {rm:.2f}x on the means")
     early = early_ranks(curves, kd, mean, half)
-    return {"budget": summary["budget"], "seeds": seeds, "early": early, "kd": {p.key: kd[p.key] for p in full},
+    sets = evaluation_noise(evals, {p.key: p.roles for p in plans})
+    return {"budget": summary["budget"], "seeds": seeds, "early": early, "evaluation": sets,
+            "kd": {p.key: kd[p.key] for p in full},
             "mean": mean, "roles": {p.key: p.roles for p in full}, "pooled_cv": pooled,
             "paired_sd": paired, "seed_shift": shift,
             "tau_between_seeds": pairs, "proxy_tau": proxy_taus, "regret": regret}  # fmt: skip
@@ -263,11 +313,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (one run per core)")
     p.add_argument("--scratch", type=Path, default=Path("/tmp/pruner-final-noise"), help="students, deleted")
     p.add_argument("--curve-every", type=int, help="keep each run's held-out KD every N steps (trains the same)")
+    p.add_argument("--eval-seeds", default="",
+                   help="comma-separated: evaluate each new student again on these held-out sets (evaluation seeds; "
+                   "its own KD is set 0's), to measure the evaluation's noise")  # fmt: skip
     p.add_argument("--report", action="store_true", help="print what is there; distil nothing")
     p.add_argument("--printouts", nargs="*", type=Path, default=[],
                    help="proxy_fidelity.py --orders printouts: their variants against the means too")  # fmt: skip
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    args.eval_seeds = tuple(int(e) for e in args.eval_seeds.split(",") if e)
     torch.set_num_threads(args.threads)
     loaded = [(path, json.loads(path.read_text())) for path in args.summaries]
     if not args.report:  # budget by budget, seed by seed: a budget's replicates complete before the next starts
@@ -278,7 +332,7 @@ def main() -> None:
         plans = plans_of(summary)
         finals = finals_of(path.parent, plans, seeds, args.final_steps)
         kd = {key: {s: f.kd for s, f in by_seed.items()} for key, by_seed in finals.items()}
-        result = report(summary, plans, kd, seeds, curves_of(finals))
+        result = report(summary, plans, kd, seeds, curves_of(finals), evals_of(finals))
         results[summary["budget"]] = result
         (path.parent / f"noise-{summary['budget'].replace('=', '-')}.json").write_text(json.dumps(result, indent=1))
     if args.printouts:

@@ -69,6 +69,7 @@ class Final:
     seconds: float
     seed: int = 0  # the distillation's (finals written before seeds varied have none: 0)
     curve: list[tuple[int, float]] | None = None  # held-out KD of the distillation's own rows, by step
+    evals: dict[str, float] | None = None  # KD on other held-out sets, by evaluation seed (``kd`` is seed 0's)
 
 
 @dataclass
@@ -152,12 +153,13 @@ def final_path(root: Path, key: str, steps: int, seed: int = 0) -> Path:
 
 def distilled(
     recipe: Path, key: str, root: Path, args: argparse.Namespace, data: str | None, seed: int = 0,
-    scratch: Path | None = None, validate_every: int | None = None,
+    scratch: Path | None = None, validate_every: int | None = None, eval_seeds: tuple[int, ...] = (),
 ) -> Final:  # fmt: skip
     """A recipe's student after ``args.final_steps`` steps at distillation seed ``seed`` (its rows' order, noise
     and timesteps), evaluated on ``args.eval_n`` held-out prompts; read back where an earlier run kept it.
     ``validate_every`` keeps the held-out KD along the way (the curve; validation draws from its own generators,
-    so the run trains as it would without).
+    so the run trains as it would without); ``eval_seeds`` evaluates the same student again on other held-out
+    sets (their prompts, noise and sampling), to measure the yardstick's evaluation noise.
 
     Raises ``Claimed`` when another run is distilling the same plan at the same seed."""
     done = final_path(root, key, args.final_steps, seed)
@@ -176,8 +178,10 @@ def distilled(
         teacher = Teacher.resolve(load_recipe(recipe).teacher.model)
         r = evaluate_student(student, teacher, n_prompts=args.eval_n, grid_path=None)
         curve = trained.held_out_kd if validate_every else None
+        evals = {str(e): evaluate_student(student, teacher, n_prompts=args.eval_n, seed=e).kd_loss
+                 for e in eval_seeds} or None  # fmt: skip
         final = Final(key, args.final_steps, r.kd_loss, r.psnr, r.prompt_accuracy, r.prompt_accuracy_se, seconds,
-                      seed, curve)  # fmt: skip
+                      seed, curve, evals)  # fmt: skip
         done.write_text(json.dumps(asdict(final)))
         return final
     finally:

@@ -82,7 +82,8 @@ def test_final_noise_distils_a_summary_plan_again_at_other_seeds(tmp_path: Path)
     summary["plans"] = [p for p in summary["plans"] if p["key"] == plan]
     (tmp_path / "summary-30%.json").write_text(json.dumps(summary))
     out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2", "--final-steps", "3",
-              "--eval-n", "8", "--curve-every", "2", "--scratch", str(tmp_path / "scratch"))  # fmt: skip
+              "--eval-n", "8", "--curve-every", "2", "--eval-seeds", "1",
+              "--scratch", str(tmp_path / "scratch"))  # fmt: skip
     assert "1 of 1 plans distilled at seeds [1, 2]" in out and "pooled CV" in out
     noise = json.loads((tmp_path / "noise-30%.json").read_text())
     kd = noise["kd"][plan]
@@ -90,4 +91,28 @@ def test_final_noise_distils_a_summary_plan_again_at_other_seeds(tmp_path: Path)
     assert sorted(p.name for p in (tmp_path / "finals").iterdir()) == [f"{plan}-3-seed1.json", f"{plan}-3-seed2.json"]
     curve = json.loads((tmp_path / "finals" / f"{plan}-3-seed1.json").read_text())["curve"]
     assert [step for step, _ in curve][:2] == [2, 3] and all(kd > 0 for _, kd in curve)  # held-out KD kept along
+    final = json.loads((tmp_path / "finals" / f"{plan}-3-seed1.json").read_text())
+    assert set(final["evals"]) == {"1"} and final["evals"]["1"] != final["kd"]  # another held-out set, same student
     assert not any((tmp_path / "scratch").iterdir())  # the students are deleted once evaluated
+
+
+def test_final_noise_separates_the_held_out_sets_shift_from_the_noise_that_reorders_plans(tmp_path: Path) -> None:
+    """Fixed finals: set 1 reads every student 10% worse and reorders none; set 2 swaps the two best."""
+    kd = {"a" * 16: (1.0, 1.1, 1.3), "b" * 16: (1.2, 1.32, 1.0), "c" * 16: (2.0, 2.2, 2.0), "d" * 16: (3.0, 3.3, 3.0)}
+    roles = {"a" * 16: "oracle #1", "b" * 16: "sensitivity seed", "c" * 16: "oracle #2", "d" * 16: "oracle #3"}
+    plans = [{"key": k, "role": roles[k], "kd": v[0], "proxy_kd": v[0]} for k, v in kd.items()]
+    (tmp_path / "summary-30%.json").write_text(json.dumps({"budget": "30%", "plans": plans}))
+    (tmp_path / "finals").mkdir()
+    for key, (k0, k1, k2) in kd.items():
+        final = {"key": key, "steps": 3, "kd": k0, "psnr": 30.0, "accuracy": None, "accuracy_se": None,
+                 "seconds": 1.0, "seed": 1, "evals": {"1": k1, "2": k2}}  # fmt: skip
+        (tmp_path / "finals" / f"{key}-3-seed1.json").write_text(json.dumps(final))
+    out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1", "--final-steps", "3",
+              "--report")  # fmt: skip
+    assert "the same students (distillation seed 1) on 3 held-out sets" in out
+    assert "tau between sets 0-1: 1.00 over all" in out  # a common shift reorders nothing
+    assert "tau between sets 0-2: 0.67 over all" in out  # the two best swapped
+    evaluation = json.loads((tmp_path / "noise-30%.json").read_text())["evaluation"]["1"]
+    assert evaluation["seed_plan"] == "b" * 16 and evaluation["set_shift"]["1"] > evaluation["set_shift"]["0"]
+    assert evaluation["over_seed"]["a" * 16] == pytest.approx([1.0 / 1.2, 1.1 / 1.32, 1.3 / 1.0])
+    assert evaluation["paired_sd"] > 0.05  # the swap is noise that reorders plans

@@ -350,7 +350,11 @@ def main() -> None:
         (path.parent / f"noise-{summary['budget'].replace('=', '-')}.json").write_text(json.dumps(result, indent=1))
     if args.printouts:
         table = proxies_against_means(args.printouts, results)
-        (args.summaries[0].parent / "noise-proxies.json").write_text(json.dumps(table, indent=1))
+        kept = args.summaries[0].parent / "noise-proxies.json"  # other printouts' rows, from other runs, stay
+        names = {path.name for path in args.printouts}
+        earlier = json.loads(kept.read_text()) if kept.is_file() else []
+        earlier = [row for row in earlier if row["printout"] not in names]
+        kept.write_text(json.dumps(earlier + table, indent=1))
 
 
 if __name__ == "__main__":

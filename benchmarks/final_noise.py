@@ -265,7 +265,8 @@ def report(
             if role.startswith("default") and not role.endswith(TURNED_DOWN):
                 regret[role] = (seed0[p.key] / best0, mean[p.key] / best_mean, held_out_regret(kd, every, seeds, p.key))
     for role, (r0, rm, rh) in sorted(regret.items()):
-        print(f"regret of {role}: {r0:.2f}x on seed 0's finals, {rm:.3f}x on the means, {rh:.3f}x on a held-out seed")
+        print(f"regret of {role}: {r0:.2f}x on seed {seeds[0]}'s finals, {rm:.3f}x on the means, "
+              f"{rh:.3f}x on a held-out seed")  # fmt: skip
     early = early_ranks(curves, kd, mean, half)
     sets = evaluation_noise(evals, {p.key: p.roles for p in plans})
     return {"budget": summary["budget"], "seeds": seeds, "early": early, "evaluation": sets,

@@ -27,6 +27,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy_fidelity import best_half_tau
-from search_oracle import TURNED_DOWN
+from search_oracle import SEED_ROLE, TURNED_DOWN
 from search_vs_heuristics import Claimed, Final, distilled, final_path, kendall_tau
 
 from pruner.data.bundled import default_data
@@ -94,25 +95,26 @@ def finals_of(root: Path, plans: list[Plan], seeds: list[int], steps: int) -> di
     return finals
 
 
+def by_seed(finals: dict[str, dict[int, Final]], pick: Callable[[Final], dict[int, float] | None]
+            ) -> dict[int, dict[str, dict[int, float]]]:  # fmt: skip
+    """What ``pick`` reads from each final, by distillation seed and plan, where it was kept."""
+    out: dict[int, dict[str, dict[int, float]]] = {}
+    for key, by in finals.items():
+        for s, f in by.items():
+            if picked := pick(f):
+                out.setdefault(s, {})[key] = picked
+    return out
+
+
 def curves_of(finals: dict[str, dict[int, Final]]) -> dict[int, dict[str, dict[int, float]]]:
     """Each seed's held-out KD along the distillation (``--curve-every``), by plan and step, where it was kept."""
-    curves: dict[int, dict[str, dict[int, float]]] = {}
-    for key, by_seed in finals.items():
-        for s, f in by_seed.items():
-            if f.curve:
-                curves.setdefault(s, {})[key] = {int(step): kd for step, kd in f.curve}
-    return curves
+    return by_seed(finals, lambda f: {int(step): kd for step, kd in f.curve} if f.curve else None)
 
 
 def evals_of(finals: dict[str, dict[int, Final]]) -> dict[int, dict[str, dict[int, float]]]:
     """Each distillation seed's students evaluated on several held-out sets (``--eval-seeds``): KD by plan and
     evaluation seed (0: the final's own ``kd``), where they were."""
-    evals: dict[int, dict[str, dict[int, float]]] = {}
-    for key, by_seed in finals.items():
-        for s, f in by_seed.items():
-            if f.evals:
-                evals.setdefault(s, {})[key] = {0: f.kd} | {int(e): kd for e, kd in f.evals.items()}
-    return evals
+    return by_seed(finals, lambda f: {0: f.kd} | {int(e): kd for e, kd in f.evals.items()} if f.evals else None)
 
 
 def better_half(keys: list[str], score: dict[str, float]) -> list[str]:
@@ -162,9 +164,8 @@ def evaluation_noise(
         half = better_half(keys, mean)
         sd, shift = interaction_sd(by_plan, keys, sets)
         per_set = {e: {k: by_plan[k][e] for k in keys} for e in sets}
-        pairs = {f"{a}-{b}": (taus(per_set[a], per_set[b], keys), taus(per_set[a], per_set[b], half))
-                 for i, a in enumerate(sets) for b in sets[i + 1 :]}  # fmt: skip
-        seed_plan = next((k for k in keys if any(r.startswith("sensitivity seed") for r in roles.get(k, []))), None)
+        pairs = pairwise_taus(per_set, keys, half)
+        seed_plan = next((k for k in keys if any(r.startswith(SEED_ROLE) for r in roles.get(k, []))), None)
         print(f"\nthe same students (distillation seed {s}) on {len(sets)} held-out sets (evaluation seeds {sets}):")
         print(f"{'plan':<10}" + "".join(f"{'set ' + str(e):>10}" for e in sets) + f"{'mean':>10}"
               + ("   over the seed's, by set" if seed_plan else ""))  # fmt: skip
@@ -214,6 +215,16 @@ def held_out_regret(kd: dict[str, dict[int, float]], keys: list[str], seeds: lis
     return math.exp(statistics.fmean(logs))
 
 
+def pairwise_taus(
+    ranked: dict[int, dict[str, float]], keys: list[str], half: list[str]
+) -> dict[str, tuple[float, float]]:
+    """Kendall tau between every two of ``ranked``'s rankings (seeds or held-out sets), over ``keys`` and over
+    ``half``, keyed "A-B"."""
+    order = list(ranked)
+    return {f"{a}-{b}": (taus(ranked[a], ranked[b], keys), taus(ranked[a], ranked[b], half))
+            for i, a in enumerate(order) for b in order[i + 1 :]}  # fmt: skip
+
+
 def taus(a: dict[str, float], b: dict[str, float], keys: list[str]) -> float:
     keys = [k for k in keys if k in a and k in b]
     return kendall_tau([a[k] for k in keys], [b[k] for k in keys]) if len(keys) > 1 else float("nan")
@@ -237,8 +248,7 @@ def report(
         print(f"{p.key[:8]:<10}{roles[:43]:<44}{row}{mean[p.key]:>10.6f}{100 * cv(list(kd[p.key].values())):>6.1f}%")
     pooled = statistics.fmean(cv([kd[k][s] for s in seeds]) ** 2 for k in every) ** 0.5
     per_seed = {s: {k: kd[k][s] for k in every} for s in seeds}
-    pairs = {f"{a}-{b}": (taus(per_seed[a], per_seed[b], every), taus(per_seed[a], per_seed[b], half))
-             for i, a in enumerate(seeds) for b in seeds[i + 1 :]}  # fmt: skip
+    pairs = pairwise_taus(per_seed, every, half)
     print(f"pooled CV of a plan's final KD over seeds: {100 * pooled:.1f}%")
     paired, shift = interaction_sd(kd, every, seeds)
     print(

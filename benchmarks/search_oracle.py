@@ -57,6 +57,7 @@ from pruner.unet import meta_unet, topology_of
 
 RESULTS = Path(__file__).resolve().parent / "results" / "search_oracle"
 TURNED_DOWN = "the candidate the rule turned down"  # a role: distilled to see whether the rule lost a better plan
+SEED_ROLE = "sensitivity seed"  # a role: the one-shot plan every search starts from
 Trial = optuna.trial.FrozenTrial
 
 
@@ -175,7 +176,7 @@ def jobs_of(budget: str, oracle: optuna.Study, defaults_: dict[tuple[str, int], 
     jobs = [(f"oracle #{i + 1}", oracle, by_number[n]) for i, n in enumerate(picks_of(oracle, budget, args))]
     seed = next((t for t in oracle.get_trials(deepcopy=False) if t.user_attrs.get("label") == "sensitivity"), None)
     if seed is not None:
-        jobs.append(("sensitivity seed", oracle, seed))
+        jobs.append((SEED_ROLE, oracle, seed))
     for (prefix, s), study in defaults_.items():
         found = found_trial(study)  # what found.yaml names (the found-plan rule)
         if found is not None:
@@ -224,7 +225,7 @@ def table(budget: str, jobs: list[Job], finals: dict[str, Final]) -> tuple[str, 
         lines.append(f"| {role} | {t.number} | {u['params'] / 1e6:.2f}M | {u['macs'] / 1e6:.1f}M | "
                      f"{u['proxy_kd']:.5f} | {f.kd:.5f} | {f.psnr:.1f} dB | {acc} | {f.kd / best:.2f}x |")  # fmt: skip
     regret = {r: finals[r].kd / best for r in finals if r.startswith("default") and not r.endswith(TURNED_DOWN)}
-    seed = finals["sensitivity seed"].kd / best if "sensitivity seed" in finals else None
+    seed = finals[SEED_ROLE].kd / best if SEED_ROLE in finals else None
     tau_all, tau_half, n = oracle_taus(jobs, finals)
     lines += ["", f"Best final KD {best:.5f} ({best_role}). Default search's regret (found / best): "
               + ", ".join(f"{r.removeprefix('default ')} {v:.2f}x" for r, v in regret.items())

@@ -59,7 +59,7 @@ def plans_of(summary: dict[str, Any]) -> list[Plan]:
         plan = plans.setdefault(p["key"], Plan(p["key"], [], None))
         plan.roles.append(p["role"])
         if not p["role"].startswith("default"):
-            plan.proxy_kd = p["proxy_kd"]
+            plan.proxy_kd = p.get("proxy_kd")  # None in a summary of plans no oracle study scored
     return list(plans.values())
 
 
@@ -263,7 +263,7 @@ def report(
     seed0 = per_seed[seeds[0]]
     proxy_taus = {f"seed {seeds[0]}": (taus(proxy, seed0, oracle), taus(proxy, seed0, better_half(oracle, seed0))),
                   "mean": (taus(proxy, mean, oracle), taus(proxy, mean, better_half(oracle, mean)))}  # fmt: skip
-    for against, (t_all, t_half) in proxy_taus.items():
+    for against, (t_all, t_half) in proxy_taus.items() if oracle else ():  # no oracle study scored these plans
         print(
             f"oracle's proxy KD against the {against} finals ({len(oracle)} plans): tau {t_all:.2f} over all, "
             f"{t_half:.2f} over the better half"

@@ -122,3 +122,9 @@ def test_final_noise_separates_the_held_out_sets_shift_from_the_noise_that_reord
     assert evaluation["seed_plan"] == "b" * 16 and evaluation["set_shift"]["1"] > evaluation["set_shift"]["0"]
     assert evaluation["over_seed"]["a" * 16] == pytest.approx([1.0 / 1.2, 1.1 / 1.32, 1.3 / 1.0])
     assert evaluation["paired_sd"] > 0.05  # the swap is noise that reorders plans
+    # plans no oracle study scored (a summary without proxy KDs, as the 20% one): the same report, no proxy taus
+    unscored = [{k: v for k, v in p.items() if k != "proxy_kd"} for p in plans]
+    (tmp_path / "summary-30%.json").write_text(json.dumps({"budget": "30%", "plans": unscored}))
+    out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2", "--final-steps",
+              "3", "--report")  # fmt: skip
+    assert "oracle's proxy KD" not in out and "1.826x on a held-out seed" in out

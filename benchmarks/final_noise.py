@@ -55,7 +55,7 @@ class Plan:
 def plans_of(summary: dict[str, Any]) -> list[Plan]:
     """The summary's distinct plans, best seed-0 final first."""
     plans: dict[str, Plan] = {}
-    for p in sorted(summary["plans"], key=lambda p: p["kd"]):
+    for p in sorted(summary["plans"], key=lambda p: p.get("kd", math.inf)):  # no kd: seed 0 not distilled yet
         plan = plans.setdefault(p["key"], Plan(p["key"], [], None))
         plan.roles.append(p["role"])
         if not p["role"].startswith("default"):
@@ -66,7 +66,7 @@ def plans_of(summary: dict[str, Any]) -> list[Plan]:
 def distil_all(work: list[tuple[Path, Plan, int]], args: argparse.Namespace) -> None:
     """Each (results folder, plan, seed) in turn, then those another run had claimed once it is done with them."""
     data = str(default_data(Teacher.resolve("tiny-sdxl")))
-    todo = [(root, plan, seed) for root, plan, seed in work if seed != 0]  # seed 0: the summary's own finals
+    todo = list(work)  # seed 0's finals are the summary's own, where it has them
     while todo:
         waiting = []
         for root, plan, seed in todo:

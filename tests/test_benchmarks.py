@@ -128,3 +128,22 @@ def test_final_noise_separates_the_held_out_sets_shift_from_the_noise_that_reord
     out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2", "--final-steps",
               "3", "--report")  # fmt: skip
     assert "oracle's proxy KD" not in out and "1.826x on a held-out seed" in out
+
+
+def test_seed_variants_writes_the_sensitivity_seed_and_the_unemptied_plan_for_final_noise(tmp_path: Path) -> None:
+    from pruner.cost import CostModel
+    from pruner.recipe import load_recipe
+    from pruner.study.heuristics import emptied_modules
+    from pruner.unet import Plan, architecture_config, meta_unet, topology_of
+
+    run("benchmarks/seed_variants.py", "--budgets", "50%", "--calibration", "8", "--held-out", "8",
+        "--out", str(tmp_path))  # fmt: skip
+    summary = json.loads((tmp_path / "summary-50%.json").read_text())
+    roles = {p["role"]: p["key"] for p in summary["plans"]}
+    assert set(roles) == {"sensitivity seed", "unemptied seed"} and summary["budget"] == "50%"
+    topo = topology_of(meta_unet(architecture_config("tiny-sdxl")))
+    plans = {role: load_recipe(tmp_path / "plans" / f"{key}.yaml").plan_obj() for role, key in roles.items()}
+    assert not emptied_modules(plans["unemptied seed"], topo, lambda _n: True)
+    teacher = CostModel(architecture_config("tiny-sdxl")).params(Plan())
+    params = [load_recipe(tmp_path / "plans" / f"{key}.yaml").student.params for key in roles.values()]
+    assert all(p <= 0.5 * teacher for p in params)

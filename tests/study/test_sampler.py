@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from pruner.cost import CostModel
-from pruner.study.heuristics import attention_modules, emptied_modules, seed_plans
+from pruner.study.heuristics import attention_modules, emptied_modules, seed_plans, unemptied_plan
 from pruner.study.sampler import PlanSampler, PlanSpace, ranked_plans
 from pruner.study.space import SearchSpace, genome_distributions, genome_of, suggest_genome
 from pruner.study.workers import plan_key
@@ -177,3 +177,18 @@ def test_the_module_sensitivity_seed_does_not_empty_a_module_that_costs_much_tog
     assert space.cost(aware) <= space.limit
     check_expressible(aware, space.topo)
     assert not set(costly) & set(emptied_modules(aware, space.topo, space.allow))
+
+
+def test_the_unemptied_seed_keeps_a_layer_in_every_module_the_sensitivity_seed_empties(plan_space: PlanSpace) -> None:
+    kinds = unit_kinds(plan_space.topo)  # transformer layers cheapest one by one: the per-unit seed empties modules
+    sens = {n: 1e-6 * k if kinds[n] == "transformer_layer" else 1.0 for k, n in enumerate(kinds)}
+    space = dataclasses.replace(plan_space, sens=sens)
+    plain = seed_plans(space.topo, space.cost, space.limit, space.sens, space.allow)["sensitivity"]
+    assert emptied_modules(plain, space.topo, space.allow), "the per-unit seed empties some module at half"
+    kept = unemptied_plan(space.topo, space.cost, space.limit, space.sens, space.allow)
+    assert space.cost(kept) <= space.limit
+    check_expressible(kept, space.topo)
+    assert not emptied_modules(kept, space.topo, space.allow)  # each keeps a layer, or goes whole with its block
+    # the same one-shot order otherwise: the layers it removes that the per-unit seed keeps are few and cheap
+    extra = kept.removed - plain.removed
+    assert extra and max(sens[n] for n in extra) < 1.0  # transformer layers, not the ResNets the seed kept

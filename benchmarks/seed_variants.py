@@ -1,0 +1,107 @@
+"""Would a one-shot seed that never empties an attention module be a better fallback than the sensitivity seed?
+
+The sensitivity seed is what ``found.yaml`` names whenever no sampled plan clearly beats it, so its own quality
+bounds the default search's regret from above: at 50% it is 1.42x of the oracle's best plan on the means of
+three distillation seeds. The plans that distil best at 30% and 50% (``search_oracle.py``) empty fewer attention
+modules than it does (all of its zero-shot-cheapest layers are in three modules it empties), and none of the
+oracle's eight best at 50% empties one. ``pruner.study.heuristics.unemptied_plan`` follows the same one-shot
+order but never empties a module while another unit is left.
+
+This builds the search's context at ``--seed`` (its calibration rows and unit sensitivities, as `pruner search
+--seed S` measures them), takes at each budget the sensitivity seed and the unemptied plan, writes their recipes
+under ``--out/plans`` and a ``summary-BUDGET.json`` per budget that ``final_noise.py`` distils at several
+seeds. The sensitivity seed's finals already kept by other benchmarks (``benchmarks/results/*/finals``) are
+copied beside, so only the new plans are distilled:
+
+    python benchmarks/seed_variants.py --budgets 20%,30%,40%,50%
+    cd benchmarks; nice python final_noise.py results/seed_variants/summary-{20,30,40,50}%.json --seeds 0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from pruner import defaults
+from pruner.budget import parse_budget
+from pruner.recipe import save_recipe
+from pruner.runtime import default_threads
+from pruner.study.context import SearchContext, build_context
+from pruner.study.export import recipe_for_trial
+from pruner.study.heuristics import ANCHOR, seed_plans, unemptied_plan
+from pruner.study.study import SearchConfig
+from pruner.study.workers import plan_key
+from pruner.teacher import Teacher
+from pruner.unet import Plan, compress_names
+
+RESULTS = Path(__file__).resolve().parent / "results"
+UNEMPTIED = "unemptied seed"  # a role: the sensitivity order, no attention module emptied
+
+
+def variants(ctx: SearchContext, budget: str) -> dict[str, Plan]:
+    """The sensitivity seed and the unemptied plan at ``budget``, on ``ctx``'s unit sensitivities."""
+    parsed = parse_budget(budget)
+    cost = parsed.kind.cost(ctx.cost_model, ctx.teacher)
+    limit = parsed.limit(cost(Plan()))
+    anchor = seed_plans(ctx.topo, cost, limit, ctx.sens, ctx.allow)[ANCHOR]
+    return {"sensitivity seed": anchor, UNEMPTIED: unemptied_plan(ctx.topo, cost, limit, ctx.sens, ctx.allow)}
+
+
+def write_plan(plan: Plan, role: str, budget: str, args: argparse.Namespace, teacher: Teacher,
+               ctx: SearchContext) -> str:  # fmt: skip
+    """The plan's recipe under ``--out/plans`` (as a search's trial would be exported); its key."""
+    key = plan_key(plan)
+    settings = {"budget": budget, "objectives": ["quality"], "data": ctx.data_path}
+    trial = SimpleNamespace(user_attrs={"removed": compress_names(plan.removed), "label": role.replace(" ", "-")},
+                            values=None, number=0)  # fmt: skip
+    recipe = recipe_for_trial(settings, teacher, ctx.topo, f"seed-variants-seed{args.seed}", trial)  # type: ignore[arg-type]
+    save_recipe(recipe, args.out / "plans" / f"{key}.yaml")
+    return key
+
+
+def copy_known_finals(key: str, out: Path) -> list[str]:
+    """Finals of ``key`` other benchmarks kept (any steps, any distillation seed), copied into ``out/finals``."""
+    copied = []
+    for found in sorted(RESULTS.glob(f"*/finals/{key}-*.json")):
+        if found.parent == out / "finals":
+            continue
+        (out / "finals").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(found, out / "finals" / found.name)
+        copied.append(found.name)
+    return copied
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budgets", default="20%,30%,40%,50%", help="comma-separated budgets")
+    p.add_argument("--seed", type=int, default=0, help="the search seed whose calibration rows rank the units")
+    p.add_argument("--out", type=Path, default=RESULTS / "seed_variants")
+    p.add_argument("--calibration", type=int, default=defaults.CALIBRATION, help="rows the sensitivities are read on")
+    p.add_argument("--held-out", type=int, default=defaults.HELD_OUT)
+    args = p.parse_args()
+    torch.set_num_threads(default_threads())
+    teacher = Teacher.resolve("tiny-sdxl")
+    cfg = SearchConfig(teacher="tiny-sdxl", budget=args.budgets.split(",")[0], seed=args.seed, out=None,
+                       calibration=args.calibration, held_out=args.held_out, progress=False)  # fmt: skip
+    ctx = build_context(cfg, teacher, parse_budget(cfg.budget))  # the sensitivities do not depend on the budget
+    for budget in args.budgets.split(","):
+        plans: list[dict[str, Any]] = []
+        for role, plan in variants(ctx, budget).items():
+            key = write_plan(plan, role, budget, args, teacher, ctx)
+            copied = copy_known_finals(key, args.out)
+            params = parse_budget("50%").kind.cost(ctx.cost_model, ctx.teacher)(plan)
+            print(f"{budget:>5} {role:<17} {key[:8]}  {params / 1e6:.3f}M params; removes "
+                  f"{', '.join(compress_names(plan.removed))}; finals kept: {', '.join(copied) or 'none'}")  # fmt: skip
+            plans.append({"role": role, "key": key, "steps": 1000})
+        summary = {"budget": budget, "search_seed": args.seed, "plans": plans}
+        (args.out / f"summary-{budget.replace('=', '-')}.json").write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

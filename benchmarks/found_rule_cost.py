@@ -3,8 +3,8 @@ the search leaves a core idle: ``pruner.study.choice.repeat_workers``) against o
 confirmation of a lead too close to call (``--confirm-steps 0``), and the search without the rule's seed
 repeats at all (``noise_seeds`` repeats of the found plan only, as before the rule), and the search whose top
 rung continues from the first (a warm restart) instead of training the fresh student (as before December 2026),
-the search with the longer confirmation on more rows (``--confirm-steps 300 --confirm-calibration 384
---confirm-lead 0.08``, an option), and the search without the unemptied seed (as before it was a seed).
+and the search with the longer confirmation on more rows (``--confirm-steps 300 --confirm-calibration 384
+--confirm-lead 0.08``, an option).
 
 Each mode runs ``pruner search --budget 50% --trials 12`` (the README's main job) in a fresh folder of its own, one
 after another in one run (the machine is noisy: compare the ratios). Prints a table: the search's wall seconds,
@@ -44,12 +44,6 @@ MODES = {  # name: (code run before the CLI, extra arguments)
     "the longer confirmation (an option)": (
         "",
         ["--confirm-steps", "300", "--confirm-calibration", "384", "--confirm-lead", "0.08"],
-    ),
-    "no unemptied seed (before it)": (
-        "from pruner.study import heuristics, study\n"
-        "seeds = heuristics.seed_plans\n"
-        "study.seed_plans = lambda *a, **k: {s: p for s, p in seeds(*a, **k).items() if s != 'unemptied'}\n",
-        [],
     ),
 }
 BAR = re.compile(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,6 +41,9 @@ from pruner.study.workers import plan_key
 from pruner.teacher import Teacher
 from pruner.unet import Plan, compress_names
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_oracle import SEED_ROLE
+
 RESULTS = Path(__file__).resolve().parent / "results"
 UNEMPTIED = "unemptied seed"  # a role: the sensitivity order, no attention module emptied
 
@@ -49,8 +53,9 @@ def variants(ctx: SearchContext, budget: str) -> dict[str, Plan]:
     parsed = parse_budget(budget)
     cost = parsed.kind.cost(ctx.cost_model, ctx.teacher)
     limit = parsed.limit(cost(Plan()))
-    anchor = seed_plans(ctx.topo, cost, limit, ctx.sens, ctx.allow)[ANCHOR]
-    return {"sensitivity seed": anchor, UNEMPTIED: unemptied_plan(ctx.topo, cost, limit, ctx.sens, ctx.allow)}
+    plans = {SEED_ROLE: seed_plans(ctx.topo, cost, limit, ctx.sens, ctx.allow).get(ANCHOR),
+             UNEMPTIED: unemptied_plan(ctx.topo, cost, limit, ctx.sens, ctx.allow)}  # fmt: skip
+    return {role: plan for role, plan in plans.items() if plan is not None}
 
 
 def write_plan(plan: Plan, role: str, budget: str, args: argparse.Namespace, teacher: Teacher,
@@ -95,8 +100,7 @@ def main() -> None:
         for role, plan in variants(ctx, budget).items():
             key = write_plan(plan, role, budget, args, teacher, ctx)
             copied = copy_known_finals(key, args.out)
-            params = parse_budget("50%").kind.cost(ctx.cost_model, ctx.teacher)(plan)
-            print(f"{budget:>5} {role:<17} {key[:8]}  {params / 1e6:.3f}M params; removes "
+            print(f"{budget:>5} {role:<17} {key[:8]}  {ctx.cost_model.params(plan) / 1e6:.3f}M params; removes "
                   f"{', '.join(compress_names(plan.removed))}; finals kept: {', '.join(copied) or 'none'}")  # fmt: skip
             plans.append({"role": role, "key": key, "steps": 1000})
         summary = {"budget": budget, "search_seed": args.seed, "plans": plans}

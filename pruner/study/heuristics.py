@@ -139,13 +139,13 @@ def module_aware_plan(
 
 def unemptied_plan(
     topo: Topology, cost: PlanCost, limit: float, sens: Mapping[str, float], allow: Callable[[str], bool],
-) -> Plan:  # fmt: skip
+) -> Plan | None:  # fmt: skip
     """The sensitivity order followed greedily to the budget, never emptying an attention module while any
     other unit is left to remove (a module may still go whole, with its block layer or the mid block), then
-    repaired to the budget: the one-shot criterion with the shape of the plans that distil best here."""
+    repaired to the budget (None when no plan reaches it, as ``seed_plans`` leaves such a style out)."""
     modules = attention_modules(topo, allow)
     plan = module_aware_plan(topo, cost, limit, sens, dict.fromkeys(modules, math.inf), allow)
-    return repair_to_budget(plan, topo, cost, limit, dict(sens), allow) or plan
+    return repair_to_budget(plan, topo, cost, limit, dict(sens), allow)
 
 
 def seed_plans(

@@ -76,29 +76,67 @@ def journal(name: str, args: argparse.Namespace) -> Path:
     unpacked = args.scratch / "studies"
     if not (unpacked / f"{name}.log").is_file():
         unpacked.mkdir(parents=True, exist_ok=True)
-        part = unpacked / f"{name}.log.part"
+        part = unpacked / f"{name}.log.part.{os.getpid()}"  # workers of one search unpack it side by side
         part.write_bytes(gzip.decompress(packed.read_bytes()))
         part.rename(unpacked / f"{name}.log")
     return unpacked
 
 
 def searched(budget: str, seed: int, args: argparse.Namespace, prefix: str, **settings: Any) -> optuna.Study:
-    """Run, resume or read the search ``PREFIX-BUDGET-seedN``; a search that just finished is packed."""
+    """Run, resume or read the search ``PREFIX-BUDGET-seedN``; the last of its workers to finish packs it."""
     name = f"{prefix}-{tag(budget)}-seed{seed}"
     root = journal(name, args)
-    study, _ = search(budget, seed, root, args, prefix, **settings)
-    if root == args.out:
-        log = args.out / f"{name}.log"
-        part = args.out / f"{name}.log.gz.part.{os.getpid()}"
+    if root != args.out:
+        return search(budget, seed, root, args, prefix, **settings)[0]
+    marker = args.out / f"{name}.worker.{os.getpid()}"
+    marker.touch()
+    try:
+        search(budget, seed, root, args, prefix, **settings)
+    finally:
+        marker.unlink(missing_ok=True)
+    wait_for_workers(name, args.out)  # packing under a live worker would pull its journal away
+    pack(name, args.out)
+    return searched(budget, seed, args, prefix, **settings)  # read back from the packed journal
+
+
+def wait_for_workers(name: str, out: Path, poll_s: float = 5.0) -> None:
+    """Return once no other process runs search ``name`` (each finishes its last trial and its decision)."""
+    others = live_workers(name, out)
+    if others:
+        print(f"{name}: waiting for workers {', '.join(map(str, others))} to finish before packing the journal",
+              flush=True)  # fmt: skip
+    while live_workers(name, out):
+        time.sleep(poll_s)
+
+
+def live_workers(name: str, out: Path) -> list[int]:
+    """Processes still running search ``name`` (their markers in ``out``); a dead one's marker is removed."""
+    live = []
+    for marker in out.glob(f"{name}.worker.*"):
+        pid = int(marker.name.rsplit(".", 1)[1])
         try:
-            part.write_bytes(gzip.compress(log.read_bytes()))
-        except FileNotFoundError:  # another worker of the same search packed it first
-            return searched(budget, seed, args, prefix, **settings)
-        part.rename(args.out / f"{name}.log.gz")
-        log.unlink(missing_ok=True)
-        (args.out / f"{name}.log.lock").unlink(missing_ok=True)
-        return searched(budget, seed, args, prefix, **settings)  # read back from the packed journal
-    return study
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            marker.unlink(missing_ok=True)
+            continue
+        except PermissionError:  # alive, another user's
+            pass
+        live.append(pid)
+    return live
+
+
+def pack(name: str, out: Path) -> None:
+    """``NAME.log`` packed as ``NAME.log.gz`` (written under a temporary name, then renamed) and removed,
+    unless another worker packed it first."""
+    log = out / f"{name}.log"
+    part = out / f"{name}.log.gz.part.{os.getpid()}"
+    try:
+        part.write_bytes(gzip.compress(log.read_bytes()))
+    except FileNotFoundError:
+        return
+    part.rename(out / f"{name}.log.gz")
+    log.unlink(missing_ok=True)
+    (out / f"{name}.log.lock").unlink(missing_ok=True)
 
 
 def distance(a: Trial, b: Trial) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -146,3 +148,31 @@ def test_seed_variants_writes_the_sensitivity_seed_and_the_unemptied_plan_for_fi
     assert not emptied_modules(plans["unemptied seed"], topo, lambda _n: True)
     cost = CostModel(architecture_config("tiny-sdxl"))
     assert all(cost.params(plan) <= 0.5 * cost.params(Plan()) for plan in plans.values())
+
+
+def test_search_oracle_packs_a_journal_only_once_no_other_worker_of_its_search_is_live(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import search_oracle
+
+    (tmp_path / "s.log").write_text("the journal")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    for pid in (gone.pid, other.pid):
+        (tmp_path / f"s.worker.{pid}").touch()
+    assert search_oracle.live_workers("s", tmp_path) == [other.pid]
+    assert not (tmp_path / f"s.worker.{gone.pid}").exists()  # a crashed worker's marker holds nobody up
+
+    def end_the_other() -> None:
+        other.terminate()
+        other.wait()
+
+    threading.Timer(1.0, end_the_other).start()
+    search_oracle.wait_for_workers("s", tmp_path, poll_s=0.05)
+    assert other.poll() is not None  # it returned only once the other worker was gone
+    search_oracle.pack("s", tmp_path)
+    search_oracle.pack("s", tmp_path)  # a second worker finding it packed leaves it be
+    assert gzip.decompress((tmp_path / "s.log.gz").read_bytes()) == b"the journal"
+    assert [p.name for p in tmp_path.iterdir()] == ["s.log.gz"]  # the ended worker's marker went with it

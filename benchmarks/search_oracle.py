@@ -265,10 +265,11 @@ def table(budget: str, jobs: list[Job], finals: dict[str, Final]) -> tuple[str, 
     regret = {r: finals[r].kd / best for r in finals if r.startswith("default") and not r.endswith(TURNED_DOWN)}
     seed = finals[SEED_ROLE].kd / best if SEED_ROLE in finals else None
     tau_all, tau_half, n = oracle_taus(jobs, finals)
+    steps = max((int(t.user_attrs.get("rung_steps", 0)) for r, _, t in jobs if r.startswith("oracle")), default=0)
     lines += ["", f"Best final KD {best:.5f} ({best_role}). Default search's regret (found / best): "
               + ", ".join(f"{r.removeprefix('default ')} {v:.2f}x" for r, v in regret.items())
               + (f". Sensitivity seed / best: {seed:.2f}x." if seed is not None else ".")
-              + f" The oracle's proxy KD (one row order, 100 steps) ranks its {n} distilled plans with Kendall tau "
+              + f" The oracle's proxy KD (one row order, {steps} steps) ranks its {n} distilled plans with Kendall tau "
               f"{tau_all:.2f} against their final KD ({tau_half:.2f} over the better half).", ""]  # fmt: skip
     plans = [{"role": r, "trial": t.number, "key": finals[r].key, "steps": finals[r].steps, "kd": finals[r].kd,
               "proxy_kd": t.user_attrs["proxy_kd"]} for r, _, t in jobs]  # fmt: skip

@@ -24,17 +24,16 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from pruner import defaults
 from pruner.budget import parse_budget
-from pruner.recipe import save_recipe
+from pruner.recipe import Provenance, save_recipe
 from pruner.runtime import default_threads
 from pruner.study.context import SearchContext, build_context
-from pruner.study.export import recipe_for_trial
+from pruner.study.export import recipe_for_plan, slug
 from pruner.study.heuristics import ANCHOR, seed_plans, unemptied_plan
 from pruner.study.study import SearchConfig
 from pruner.study.workers import plan_key
@@ -60,12 +59,14 @@ def variants(ctx: SearchContext, budget: str) -> dict[str, Plan]:
 
 def write_plan(plan: Plan, role: str, budget: str, args: argparse.Namespace, teacher: Teacher,
                ctx: SearchContext) -> str:  # fmt: skip
-    """The plan's recipe under ``--out/plans`` (as a search's trial would be exported); its key."""
+    """The plan's recipe under ``--out/plans``; its key."""
     key = plan_key(plan)
-    settings = {"budget": budget, "objectives": ["quality"], "data": ctx.data_path}
-    trial = SimpleNamespace(user_attrs={"removed": compress_names(plan.removed), "label": role.replace(" ", "-")},
-                            values=None, number=0)  # fmt: skip
-    recipe = recipe_for_trial(settings, teacher, ctx.topo, f"seed-variants-seed{args.seed}", trial)  # type: ignore[arg-type]
+    recipe = recipe_for_plan(
+        plan, teacher, ctx.topo, name=f"{slug(teacher.reference)}-{slug(role)}-{slug(budget)}",
+        description=f"The {role} at a {budget} budget: a one-shot plan from the unit sensitivities "
+        f"`pruner search --seed {args.seed}` measures (benchmarks/seed_variants.py).",
+        provenance=Provenance(source="search", study=f"seed-variants-seed{args.seed}"), data=ctx.data_path,
+    )  # fmt: skip
     save_recipe(recipe, args.out / "plans" / f"{key}.yaml")
     return key
 

@@ -24,7 +24,7 @@ from pruner.unet.plan import Plan, compress_names
 from pruner.unet.surgery import meta_unet
 from pruner.unet.topology import Topology, topology_of
 
-__all__ = ["export_study", "recipe_for_trial", "slug", "study_recipes"]
+__all__ = ["export_study", "recipe_for_plan", "recipe_for_trial", "slug", "study_recipes"]
 
 
 def slug(text: str) -> str:
@@ -41,6 +41,27 @@ def _distill_spec(teacher: Teacher, data_path: str | None) -> DistillSpec:
     return DistillSpec(resolution=resolution, batch_size=profile.batch_size, data=data_path, stages=[stage])
 
 
+def recipe_for_plan(plan: Plan, teacher: Teacher, topo: Topology, *, name: str, description: str,
+                    provenance: Provenance, data: str | None = None, compat: list[str] | None = None,
+                    width_importance: str = "magnitude") -> Recipe:  # fmt: skip
+    """The recipe that distils ``plan`` of ``teacher``: its removals and widths, the derived student, the
+    teacher profile's distillation defaults on ``data`` (a cache or dataset reference; None: the bundled set)
+    and ``provenance``. ``topo`` is the teacher's topology (computed once per export)."""
+    ff_keep = dict(plan.ff_keep)
+    width = WidthSpec(ff_keep=ff_keep, importance=width_importance) if ff_keep else None
+    return Recipe(
+        schema_version=1,
+        name=name,
+        description=description,
+        teacher=TeacherSpec(model=teacher.reference, architecture=teacher.architecture),
+        plan=PlanSpec(remove=compress_names(plan.removed), width=width),
+        compat=list(compat or []),
+        student=derive_student_spec(teacher.config, plan, topo, teacher.ff_inner),
+        distill=_distill_spec(teacher, data_reference(data)),
+        provenance=provenance,
+    )
+
+
 def recipe_for_trial(settings: dict[str, Any], teacher: Teacher, topo: Topology, study_name: str,
                      trial: optuna.trial.FrozenTrial) -> Recipe:  # fmt: skip
     """The recipe of one trial: plan, derived student, distillation stages and provenance.
@@ -50,23 +71,22 @@ def recipe_for_trial(settings: dict[str, Any], teacher: Teacher, topo: Topology,
     teacher's topology (computed once per export)."""
     ff_keep = {int(k): float(v) for k, v in (trial.user_attrs.get("ff_keep") or {}).items()}
     plan = Plan.removing(trial.user_attrs["removed"], ff_keep)
-    width = WidthSpec(ff_keep=ff_keep, importance=settings.get("width_importance", "magnitude")) if ff_keep else None
     label = trial.user_attrs.get("label")
     objectives = dict(zip(settings["objectives"], trial.values or [], strict=False))
     costs = {k: float(trial.user_attrs[k]) for k in cost_keys() if trial.user_attrs.get(k) is not None}
     style = f", seeded in {label} style" if label else ""
-    return Recipe(
-        schema_version=1,
+    return recipe_for_plan(
+        plan,
+        teacher,
+        topo,
         name=f"{slug(teacher.reference)}-trial-{trial.number}" + (f"-{label}" if label else ""),
         description=f"Found by `pruner search` ({settings['budget']} budget, trial {trial.number}{style}).",
-        teacher=TeacherSpec(model=teacher.reference, architecture=teacher.architecture),
-        plan=PlanSpec(remove=compress_names(plan.removed), width=width),
-        compat=list(settings.get("compat") or []),
-        student=derive_student_spec(teacher.config, plan, topo, teacher.ff_inner),
-        distill=_distill_spec(teacher, data_reference(settings.get("data"))),
         provenance=Provenance(
             source="search", study=study_name, trial=trial.number, objectives=objectives, costs=costs
         ),
+        data=settings.get("data"),
+        compat=settings.get("compat"),
+        width_importance=settings.get("width_importance", "magnitude"),
     )
 
 

@@ -247,10 +247,10 @@ def prescore_repeats(study: optuna.Study, ctx: SearchContext) -> Repeats:
     costs the search no wall time over the noise floor alone. The seed's are scored even when the screen
     (:func:`screened_lead`) would settle the choice without them: on an idle core they cost nothing.
     Elsewhere nothing (those two score what they need, one after another)."""
-    best = best_quality_trial(study)
-    if best is None or ctx.cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
+    target = _floor_target(study, ctx)
+    if target is None:
         return {}
-    steps = int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
+    best, steps = target
     anchor = _anchor(study)
     trials = [] if recorded_noise_floor(study, best, ctx.cfg.noise_seeds) is not None else [best]
     if anchor is not None and anchor.number != best.number and recorded_choice(study, best) is None:
@@ -267,6 +267,15 @@ def prescore_repeats(study: optuna.Study, ctx: SearchContext) -> Repeats:
 # --- the noise floor and the choice ------------------------------------------------------------------------
 
 
+def _floor_target(study: optuna.Study, ctx: SearchContext) -> tuple[FrozenTrial, int] | None:
+    """The plan the noise floor scores again (the best by quality) and its top-rung steps; None when the
+    search measures no noise floor (``noise_seeds`` 0) or no plan reached a proxy score."""
+    best = best_quality_trial(study)
+    if best is None or ctx.cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
+        return None
+    return best, int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
+
+
 def recorded_noise_floor(study: optuna.Study, best: FrozenTrial, noise_seeds: int) -> dict[str, Any] | None:
     """The study's noise floor when it was measured on ``best`` with at least ``noise_seeds`` other row orders."""
     recorded = study.user_attrs.get("noise_floor")
@@ -278,13 +287,13 @@ def recorded_noise_floor(study: optuna.Study, best: FrozenTrial, noise_seeds: in
 def noise_floor(study: optuna.Study, ctx: SearchContext, scored: Repeats | None = None) -> dict[str, Any] | None:
     """Score the best plan again at the top rung with ``noise_seeds`` other row orders and store the spread as
     the study's ``noise_floor`` attribute: gaps between plans smaller than it are noise."""
-    best = best_quality_trial(study)
-    if best is None or ctx.cfg.noise_seeds <= 0 or "proxy_kd" not in best.user_attrs:
+    target = _floor_target(study, ctx)
+    if target is None:
         return None
+    best, steps = target
     recorded = recorded_noise_floor(study, best, ctx.cfg.noise_seeds)
     if recorded is not None:
         return recorded
-    steps = int(best.user_attrs.get("rung_steps", ctx.cfg.rungs[-1]))
     # a bar, not a silence after the trials' 100%
     kd = _repeats(ctx, best, steps, f"noise floor: trial {best.number} again, other row orders", scored)
     floor = {"trial": best.number, "steps": steps, "kd": kd, "mean": statistics.fmean(kd),
@@ -315,12 +324,13 @@ def _carries(lead: Lead, base: float, min_lead: float = MIN_LEAD) -> bool:
     return lead.clear and lead.mean >= min_lead * base
 
 
-def settled(lead: Lead, base: float, confirm_lead: float = MIN_LEAD) -> bool:
+def settled(lead: Lead, base: float, confirm_share: float = MIN_LEAD) -> bool:
     """Whether a lead over a seed scoring ``base`` decides the choice: it names the candidate (clear, and
-    :data:`MIN_LEAD`), or falls short of what a confirmation would have to show (``confirm_lead``) even at
-    :data:`LEAD_SE` standard errors above its mean (the seed). In between, the scores are too noisy to tell,
-    and the rule trains both plans again in one segment (``_confirm``)."""
-    return _carries(lead, base) or (math.isfinite(lead.se) and lead.mean + LEAD_SE * lead.se < confirm_lead * base)
+    :data:`MIN_LEAD`), or falls short of what a confirmation would have to show (``confirm_share`` of the
+    seed's score) even at :data:`LEAD_SE` standard errors above its mean (the seed). In between, the scores are
+    too noisy to tell, and the rule trains both plans again in one segment (``_confirm``)."""
+    reach = lead.mean + LEAD_SE * lead.se
+    return _carries(lead, base) or (math.isfinite(lead.se) and reach < confirm_share * base)
 
 
 def _screen_settles(lead: Lead, base: float, confirming: bool) -> bool:

@@ -245,8 +245,8 @@ def test_a_lower_confirmation_lead_widens_what_is_too_close_to_call() -> None:
     """A lead surely under a fifth is settled (the seed) by the top rung's threshold, but not where a
     confirmation would name the candidate at 8%: +5.8% ± 2.2% may still reach 8%."""
     base, lead = 0.002, choice.Lead(0.000117, 0.000044, 3, True)
-    assert choice.settled(lead, base) and not choice.settled(lead, base, confirm_lead=0.08)
-    assert choice.settled(choice.Lead(0.00002, 0.00001, 3, True), base, confirm_lead=0.08)  # at most 2%: the seed
+    assert choice.settled(lead, base) and not choice.settled(lead, base, confirm_share=0.08)
+    assert choice.settled(choice.Lead(0.00002, 0.00001, 3, True), base, confirm_share=0.08)  # at most 2%: the seed
 
 
 # A clear lead under a fifth: the search's order and the screen put the sampled plan 5% ahead; paired over three

@@ -1,10 +1,11 @@
-"""What the found-plan rule costs the quick start's search: its repeats scored side by side (the default where
-the search leaves a core idle: ``pruner.study.choice.repeat_workers``) against one by one, without the
-confirmation of a lead too close to call (``--confirm-steps 0``), and the search without the rule's seed
-repeats at all (``noise_seeds`` repeats of the found plan only, as before the rule), and the search whose top
-rung continues from the first (a warm restart) instead of training the fresh student (as before December 2026),
-and the search with the longer confirmation on more rows (``--confirm-steps 300 --confirm-calibration 384
---confirm-lead 0.08``, an option).
+"""What the found-plan rule costs the quick start's search: its repeats scored side by side and the seed's share
+measured during the trials (the default where the search leaves a core idle:
+``pruner.study.choice.repeat_workers``, ``SeedAhead``) against one by one, without the confirmation of a lead
+too close to call (``--confirm-steps 0``), the search without the rule's seed repeats at all (``noise_seeds``
+repeats of the found plan only, as before the rule), the search whose top rung continues from the first (a
+warm restart) instead of training the fresh student (as before December 2026), the search with the longer
+confirmation (``--confirm-steps 300``: 300 steps on the default 384 rows), and the search that measures the
+seed's share after the trials (no ``SeedAhead``).
 
 Each mode runs ``pruner search --budget 50% --trials 12`` (the README's main job) in a fresh folder of its own, one
 after another in one run (the machine is noisy: compare the ratios). Prints a table: the search's wall seconds,
@@ -32,7 +33,7 @@ MODES = {  # name: (code run before the CLI, extra arguments)
     "no seed repeats (before the rule)": (
         "from pruner.study import choice, study\n"
         "choice.repeat_workers = lambda ctx, jobs: 1\n"
-        "study.prescore_repeats = lambda s, ctx: {}\n"
+        "study.prescore_repeats = lambda s, ctx, seed=None: {}\n"
         "study.choose_found = lambda *a, **k: None\n",
         [],
     ),
@@ -41,9 +42,10 @@ MODES = {  # name: (code run before the CLI, extra arguments)
         "study.proxy_schedule = lambda s: CONTINUED\n",
         [],
     ),
-    "the longer confirmation (an option)": (
-        "",
-        ["--confirm-steps", "300", "--confirm-calibration", "384", "--confirm-lead", "0.08"],
+    "the longer confirmation (300 steps)": ("", ["--confirm-steps", "300"]),
+    "the seed's share after the trials": (
+        "from pruner.study import choice\nchoice.SeedAhead.__call__ = lambda self, study, trial: None\n",
+        [],
     ),
 }
 BAR = re.compile(

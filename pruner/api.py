@@ -272,9 +272,9 @@ def search(
     third of those (each rung from the freshly built student, in one cosine segment); the best plan among these
     is re-scored with ``noise_seeds`` other row orders (the spread is stored as the study's ``noise_floor``),
     and the found plan is it only when its lead over the sensitivity one-shot seed, scored with the same orders,
-    exceeds twice its standard error and a fifth of the seed's score (where those scores cannot tell and
-    ``confirm_steps`` asks for it, both plans are trained again for ``confirm_steps`` and compared once more);
-    else the seed (why:
+    exceeds twice its standard error and a fifth of the seed's score (where those scores cannot tell, both
+    plans are trained again ``confirm_steps`` on ``confirm_calibration`` rows and compared once more, the lead
+    to show then ``confirm_lead``); else the seed (why:
     the study's ``found_choice``, the recipe's ``provenance.choice``). Everything runs on ``device``, the teacher
     frozen in half precision on a GPU (or wherever ``mixed_precision`` is bf16 or fp16). On a CPU with two
     cores or fewer, call it inside ``with pruner.threads("auto"):`` (what the CLI does; several times faster).
@@ -298,16 +298,15 @@ def search(
         noise_seeds: Re-score the best plan (and the seed, where its lead is close) with this many other row
             orders: the noise floor, and whether the lead over the seed is clear (0: the best plan, unchecked).
         confirm_steps: When those scores settle neither way (the lead neither clear and a fifth of the seed's
-            score, nor surely under a fifth), train both plans again this many KD steps in one cosine segment
-            under three fresh row orders and decide on those (0: never, the seed is named then; default: never
-            in a new study, whose top rung is one segment already, the top rung's steps in a study recorded
-            before rungs trained afresh, or when either setting below is given).
-        confirm_calibration: Calibration rows the confirmation trains on (default: the search's own). The
-            measured option: confirm_steps=300, confirm_calibration=384, confirm_lead=0.08 (it named the
-            benchmarks' plans that ended level or ahead of the seed and turned down those behind it; not the
-            default, for its cost: docs/benchmarks/search-oracle.md).
+            score, nor surely under ``confirm_lead``), train both plans again this many KD steps in one cosine
+            segment on ``confirm_calibration`` rows under three fresh row orders and decide on those (default:
+            the top rung's steps; 0: never, the seed is named then).
+        confirm_calibration: Calibration rows the confirmation trains on (None: the search's own). With the
+            top rung's 100 steps, 384 rows and an 8% lead it named the benchmarks' plans at 30% and 50% that
+            ended level with the seed or ahead of it and turned down those behind it
+            (docs/benchmarks/search-oracle.md).
         confirm_lead: The lead, as a share of the seed's score, that the confirmation must show (clear as well)
-            to name the sampled plan (default: a fifth, the top rung's own threshold).
+            to name the sampled plan (None: a fifth, the top rung's own threshold).
         calibration: Calibration rows the proxy trains on.
         held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
         refill: The mutation sampler may also return one layer to an attention module the plan empties (a

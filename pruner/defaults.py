@@ -14,11 +14,10 @@ TRIALS = 24
 PROXY_STEPS = 30  # rung 1: KD steps for the better half of plans
 SAMPLER = "mutation"
 NOISE_SEEDS = 2  # the found plan scored again with this many other row orders: the noise floor
-CONFIRM_STEPS = None  # the found-plan rule's confirmation: KD steps in one segment (0: none; None: none where rungs
-# train afresh, the top rung's steps in a study whose rungs continue)
-CONFIRM_CALIBRATION = None  # rows the confirmation trains on (None: the search's; 384 with 300 steps and an
-# 8% lead is the measured option, off for its cost: docs/benchmarks/search-oracle.md)
-CONFIRM_LEAD = None  # the lead the confirmation must show, a share of the seed's score (None: the rule's fifth)
+CONFIRM_STEPS = None  # the found-plan rule's confirmation: KD steps in one segment (0: none; None: the top rung's)
+CONFIRM_CALIBRATION = 384  # rows the confirmation trains on (None: the search's): docs/benchmarks/search-oracle.md,
+# "The confirmation by default"
+CONFIRM_LEAD = 0.08  # the lead the confirmation must show, a share of the seed's score (None: the rule's fifth)
 SPACE = "default"
 CALIBRATION = 96  # rows the proxy trains on (384 ranked no better at 20%: README, proxy fidelity)
 HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder close plans)

@@ -9,13 +9,26 @@ torch is imported on first use, so that the CLI starts at once.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
-from collections.abc import Iterator
-from typing import Literal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, TypeVar
 
 from pruner.errors import OutOfDeviceMemory, PrunerError
 
-__all__ = ["auto_threads", "configure_threads", "default_threads", "out_of_memory_advice", "threads"]
+__all__ = [
+    "auto_threads",
+    "configure_threads",
+    "default_threads",
+    "forked_map",
+    "idle_cpu_workers",
+    "out_of_memory_advice",
+    "threads",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def default_threads() -> int:
@@ -39,6 +52,55 @@ def configure_threads(threads: int | None = None) -> int:
     n = threads or auto_threads()
     torch.set_num_threads(n)
     return n
+
+
+def idle_cpu_workers(device: Any, jobs: int) -> int:
+    """How many processes can run ``jobs`` independent jobs at once on ``device``: on a CPU whose torch threads
+    leave cores idle (one thread on two cores: thread wake-ups cost a tiny UNet more than a second core gives),
+    one per idle core; else one (a GPU, another platform, a single job)."""
+    import torch
+
+    if jobs < 2 or torch.device(device).type != "cpu" or sys.platform != "linux":
+        return 1
+    return max(1, min(jobs, len(os.sched_getaffinity(0)) // max(1, torch.get_num_threads())))
+
+
+_FORKED: tuple[Callable[[Any], Any], Sequence[Any]] | None = None  # a forked worker's function and items
+
+
+def _run_forked(i: int) -> tuple[int, Any]:
+    assert _FORKED is not None
+    fn, items = _FORKED
+    return i, fn(items[i])
+
+
+def forked_map(
+    fn: Callable[[T], R], items: Sequence[T], workers: int, done: Callable[[], object] = lambda: None
+) -> list[R]:
+    """``[fn(x) for x in items]``, on ``workers`` forked processes where more than one is asked: each shares the
+    caller's memory as it was at the fork (the teacher, the calibration), so nothing is pickled but an index
+    and a result, and each runs torch with the caller's thread count. ``done`` is called as each item
+    finishes (a progress bar). A result depends only on its item, so the list equals one process's."""
+    global _FORKED
+    if workers <= 1 or len(items) <= 1:
+        results: list[R] = []
+        for item in items:
+            results.append(fn(item))
+            done()
+        return results
+    import torch
+
+    out: list[Any] = [None] * len(items)
+    _FORKED, threads = (fn, items), torch.get_num_threads()
+    try:
+        fork = multiprocessing.get_context("fork")
+        with fork.Pool(min(workers, len(items)), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            for i, result in pool.imap_unordered(_run_forked, range(len(items))):
+                out[i] = result
+                done()
+    finally:
+        _FORKED = None
+    return out
 
 
 @contextlib.contextmanager

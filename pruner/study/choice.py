@@ -8,24 +8,21 @@ proxy did not carry to full distillation). Otherwise ``found.yaml`` names the se
 scores differ by less than the same noise are ties (``pruner.study.front.tied_trials``).
 
 When the top rung's scores settle neither way (:func:`settled`: the lead is not clear and a fifth, yet its upper
-bound reaches a fifth) and ``confirm_steps`` asks for it, both plans are trained again under three fresh row
-orders, ``confirm_steps`` in one cosine segment, and the same rule decides on those scores alone: the search's
-own order, on which the candidate was picked (its luck there is the winner's curse), is left out. By default
-that happens only in studies whose rungs continue (recorded before rungs trained afresh: a warm restart at the
-first rung), where it is the better measure: at 50% of the bundled teacher's parameters the warm restart moved
-one plan's score by up to 1.8x between row orders, where one segment of 100 steps put each of nine plans that
-ended 1.33-1.45x better ahead of the seed at every order (``benchmarks/proxy_fidelity.py``). Where rungs train
-afresh the top rung's scores are that measure already; a confirmation would only add three orders, and in the
-seven such searches measured (``benchmarks/search_oracle.py``, ``benchmarks/found_rule_cost.py``) it changed
-no decision, for a fifth of the quick start's search time.
+bound reaches ``confirm_lead``, 8% by default), both plans are trained again under three fresh row orders,
+``confirm_steps`` (the top rung's by default) in one cosine segment on ``confirm_calibration`` rows (384 by
+default, four times the search's), and the same rule decides on those scores alone, a clear lead of
+``confirm_lead`` naming the candidate: the search's own order, on which the candidate was picked (its luck
+there is the winner's curse), is left out. Short KD's leads are biased per plan (how fast a pruned student
+recovers), and more rows shrink that bias at 30% and 50% of the bundled teacher's parameters: on the eleven
+searches of the benchmarks whose top-rung leads were unsettled, this confirmation named the four 50% plans
+that ended 1.27-1.34x better than the seed after 1000 steps and turned down the two 30% plans, as 300 steps
+did; at 20% and 40% it kept the seed where 300 steps named plans 0.5-5% better, and it never named a plan
+behind the seed (``docs/benchmarks/search-oracle.md``, "The confirmation by default").
 
-A longer confirmation on more rows is an option (``confirm_steps=300, confirm_calibration=384,
-confirm_lead=0.08``: the lead it must show is then 8%, and a top-rung lead that may reach 8% is confirmed).
-Decided again under it, the eight default searches of the benchmarks whose leads the top rung left unsettled
-named five sampled plans that ended level with the seed or better (1.005-1.34x after 1000 steps) and turned
-down the two that ended behind it (0.94x, 0.98x) and one 1.13x better, at a cost of 85-205 s a decision on
-two cores (``docs/benchmarks/search-oracle.md``, "A longer confirmation on more rows, decided again"). It is
-not the default: the quick start's search hits it, and the issue asks the main job to be no slower.
+The seed's share of that work does not wait for the trials: on a CPU whose one-thread search leaves a core
+idle, :class:`SeedAhead` scores the seed's repeats and confirmation there once its trial is done, so after
+the trials only the candidate is trained (the quick start's search: 227 s with the confirmation, against
+234 s before it).
 
 A repeat trains the plan as a trial trained it (the top rung's steps in one segment, or through each rung
 where rungs continue), on the training rows in another order. Where every training row fits one proxy batch,
@@ -39,16 +36,16 @@ import math
 import multiprocessing
 import os
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
+from pruner.runtime import forked_map, idle_cpu_workers
 from pruner.study.context import SearchContext
 from pruner.study.front import best_quality_trial
 from pruner.study.heuristics import ANCHOR
@@ -60,6 +57,8 @@ __all__ = [
     "LEAD_SE",
     "MIN_LEAD",
     "Lead",
+    "SeedAhead",
+    "SeedScores",
     "choose_found",
     "confirm_lead",
     "noise_floor",
@@ -69,6 +68,7 @@ __all__ = [
     "recorded_noise_floor",
     "repeat_workers",
     "screened_lead",
+    "seed_scores",
     "settled",
     "tie_margin",
     "top_rung_kd",
@@ -178,45 +178,16 @@ def _score(ctx: SearchContext, job: Job) -> float:
 
 
 def repeat_workers(ctx: SearchContext, jobs: int) -> int:
-    """How many processes score ``jobs`` repeats at once: on a CPU whose search leaves cores idle (one torch
-    thread on two cores: thread wake-ups cost a tiny UNet more than a second core gives), one per idle core;
-    else one. Each repeat is fixed by its plan and row order, so the scores equal one process's."""
-    if jobs < 2 or ctx.calib.device.type != "cpu" or sys.platform != "linux":
-        return 1
-    return max(1, min(jobs, len(os.sched_getaffinity(0)) // max(1, torch.get_num_threads())))
-
-
-_FORKED: tuple[SearchContext, list[Job]] | None = None  # a forked scorer's work (read-only)
-
-
-def _score_forked(i: int) -> tuple[int, float]:
-    assert _FORKED is not None
-    ctx, jobs = _FORKED
-    return i, _score(ctx, jobs[i])
+    """How many processes score ``jobs`` repeats at once (:func:`pruner.runtime.idle_cpu_workers`). Each repeat
+    is fixed by its plan and row order, so the scores equal one process's."""
+    return idle_cpu_workers(ctx.calib.device, jobs)
 
 
 def _score_orders(ctx: SearchContext, jobs: list[Job], desc: str) -> list[float]:
     """Each job's score (``top_rung_kd`` or ``straight_kd``), with a bar; several at once where cores allow
     (:func:`repeat_workers`: forked processes that share the search's context and calibration)."""
-    global _FORKED
-    workers = repeat_workers(ctx, len(jobs))
-    scores = [math.nan] * len(jobs)
     with tqdm(total=len(jobs), desc=desc, unit="order", disable=not ctx.cfg.progress, dynamic_ncols=True) as bar:
-        if workers == 1:
-            for i, job in enumerate(jobs):
-                scores[i] = _score(ctx, job)
-                bar.update()
-            return scores
-        _FORKED, threads = (ctx, jobs), torch.get_num_threads()
-        try:
-            fork = multiprocessing.get_context("fork")
-            with fork.Pool(workers, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-                for i, kd in pool.imap_unordered(_score_forked, range(len(jobs))):
-                    scores[i] = kd
-                    bar.update()
-        finally:
-            _FORKED = None
-    return scores
+        return forked_map(lambda job: _score(ctx, job), jobs, repeat_workers(ctx, len(jobs)), bar.update)
 
 
 def _repeat_jobs(ctx: SearchContext, trial: FrozenTrial, steps: int) -> tuple[float | None, list[Job]]:
@@ -241,27 +212,120 @@ def _repeats(ctx: SearchContext, trial: FrozenTrial, steps: int, desc: str, scor
     return [first, *scores] if first is not None else scores
 
 
-def prescore_repeats(study: optuna.Study, ctx: SearchContext) -> Repeats:
+def prescore_repeats(study: optuna.Study, ctx: SearchContext, seed: SeedScores | None = None) -> Repeats:
     """Where cores allow (:func:`repeat_workers`), the repeats :func:`noise_floor` and :func:`choose_found`
     may need, scored at once: the best plan's and the sensitivity seed's, side by side, so the found-plan rule
     costs the search no wall time over the noise floor alone. The seed's are scored even when the screen
-    (:func:`screened_lead`) would settle the choice without them: on an idle core they cost nothing.
-    Elsewhere nothing (those two score what they need, one after another)."""
+    (:func:`screened_lead`) would settle the choice without them: on an idle core they cost nothing. ``seed``:
+    the seed's, measured already during the trials (:class:`SeedAhead`), not scored again. Elsewhere only
+    those (the two functions score what they need, one after another)."""
     target = _floor_target(study, ctx)
     if target is None:
         return {}
     best, steps = target
+    given = {seed.trial: list(seed.repeats)} if seed is not None and seed.steps == steps else {}
     anchor = _anchor(study)
     trials = [] if recorded_noise_floor(study, best, ctx.cfg.noise_seeds) is not None else [best]
     if anchor is not None and anchor.number != best.number and recorded_choice(study, best) is None:
         trials.append(anchor)
-    planned = {t.number: _repeat_jobs(ctx, t, steps) for t in trials}
+    planned = {t.number: _repeat_jobs(ctx, t, steps) for t in trials if t.number not in given}
     jobs = [job for _, js in planned.values() for job in js]
     if repeat_workers(ctx, len(jobs)) < 2:
-        return {}
-    names = " and ".join(f"trial {t.number}" for t in trials)
+        return given
+    names = " and ".join(f"trial {n}" for n in planned)
     scores = iter(_score_orders(ctx, jobs, f"noise floor and the seed: {names}, other row orders"))
-    return {n: ([] if first is None else [first]) + [next(scores) for _ in js] for n, (first, js) in planned.items()}
+    return given | {n: ([] if first is None else [first]) + [next(scores) for _ in js]
+                    for n, (first, js) in planned.items()}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SeedScores:
+    """The sensitivity seed's scores the rule may need after the trials, measured ahead: its top-rung score
+    at ``steps`` under its own order and the repeats' (``repeats``), and the confirmation's scores after
+    ``confirm_steps`` on the confirmation's rows, order by order (``confirm``; none when no confirmation)."""
+
+    trial: int
+    steps: int
+    repeats: list[float]
+    confirm_steps: int
+    confirm: list[float]
+
+
+def seed_scores(ctx: SearchContext, anchor: FrozenTrial, steps: int) -> SeedScores:
+    """The seed's scores :func:`prescore_repeats` and :func:`choose_found` would measure (its repeats at the
+    top rung, and its confirmation where the settings ask for one that the repeats are not already), one
+    after another: each is fixed by the plan and the row order, so they equal those measured later."""
+    first, jobs = _repeat_jobs(ctx, anchor, steps)
+    repeats = ([] if first is None else [first]) + [_score(ctx, job) for job in jobs]
+    again, confirm = _confirm_steps(ctx, steps), []
+    plan = scored_plan(anchor)
+    if again > 0 and plan is not None and not _confirm_is_repeats(ctx, again, steps):
+        confirming = _confirm_context(ctx)
+        confirm = [_score(confirming, (plan, order, again, True)) for order in _confirm_orders(confirming)]
+    return SeedScores(anchor.number, steps, repeats, again, confirm)
+
+
+_AHEAD: tuple[SearchContext, FrozenTrial, int] | None = None  # the forked scorer's work (read-only)
+
+
+def _quiet_worker(threads: int) -> None:
+    """A background scorer prints nothing over the search's bar: its output goes to the null device."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    torch.set_num_threads(threads)
+
+
+def _seed_scores_forked() -> SeedScores:
+    assert _AHEAD is not None
+    return seed_scores(*_AHEAD)
+
+
+class SeedAhead:
+    """The sensitivity seed's after-trials scores (:func:`seed_scores`), measured during the trials in a forked
+    process on the core a one-thread CPU search leaves idle (:func:`repeat_workers`): an Optuna callback that
+    starts once the seed's trial is done (its plan as scored is known then). After the trials the found-plan
+    rule then trains only the candidate. Nowhere else (a GPU, one core, no noise floor) does it start;
+    :meth:`scores` is None then, and the rule measures what it needs itself."""
+
+    def __init__(self, ctx: SearchContext) -> None:
+        self.ctx = ctx
+        self._pool: Any = None
+        self._result: Any = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._pool is not None or trial.user_attrs.get("label") != ANCHOR or scored_plan(trial) is None:
+            return
+        steps = self.ctx.cfg.rungs[-1]
+        reached = str(steps) in (trial.user_attrs.get("rung_kd") or {})  # not a duplicate that stepped aside
+        if not reached or self.ctx.cfg.noise_seeds <= 0 or repeat_workers(self.ctx, 2) < 2:
+            return
+        global _AHEAD
+        _AHEAD = (self.ctx.quietly(), trial, steps)
+        try:  # the pool's process is forked here, with its work in its copy of _AHEAD
+            self._pool = multiprocessing.get_context("fork").Pool(1, _quiet_worker, (torch.get_num_threads(),))
+        finally:
+            _AHEAD = None
+        self._result = self._pool.apply_async(_seed_scores_forked)
+
+    def scores(self) -> SeedScores | None:
+        """The seed's scores (waiting for them if need be), or None when none were measured or measuring them
+        failed (the rule then measures what it needs itself, and meets the failure there)."""
+        if self._result is None:
+            return None
+        try:
+            return cast(SeedScores, self._result.get())
+        except Exception:  # measured again in this process, where the error surfaces
+            return None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the background scorer (a search interrupted or failed leaves none behind)."""
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
 
 # --- the noise floor and the choice ------------------------------------------------------------------------
@@ -347,14 +411,30 @@ def confirm_lead(ctx: SearchContext) -> float:
 
 
 def _confirm_steps(ctx: SearchContext, top: int) -> int:
-    """The confirmation's steps in one segment: ``confirm_steps`` (0: none); by default none where the study's
-    rungs train afresh (its top-rung scores are one segment's already) and the top rung's ``top`` where they
-    continue (their warm restart is what the confirmation was made to see past) or where the confirmation's
-    rows or lead are given (asking for it)."""
+    """The confirmation's steps in one segment: ``confirm_steps`` (0: none); by default the top rung's ``top``,
+    except where neither the confirmation's rows nor its lead are given and the rungs train afresh (it would
+    only train the top rung again on the same rows: its top-rung scores are one segment's already)."""
     if ctx.cfg.confirm_steps is not None:
         return ctx.cfg.confirm_steps
     asked = ctx.cfg.confirm_calibration is not None or ctx.cfg.confirm_lead is not None
     return top if asked or not ctx.afresh else 0
+
+
+def _confirm_is_repeats(ctx: SearchContext, again: int, top: int) -> bool:
+    """Whether the confirmation's scores under its first orders are the top rung's repeats already: rungs
+    trained afresh, the same steps, the search's own rows."""
+    return ctx.afresh and again == top and ctx.cfg.confirm_calibration is None
+
+
+def _confirm_context(ctx: SearchContext) -> SearchContext:
+    """The context the confirmation trains in: on ``confirm_calibration`` rows where given."""
+    rows = ctx.cfg.confirm_calibration
+    return ctx if rows is None else ctx.with_calibration(rows)
+
+
+def _confirm_orders(ctx: SearchContext) -> range:
+    """The confirmation's row orders: ``noise_seeds`` + 1 orders other than the search's own."""
+    return range(ctx.cfg.seed + 1, ctx.cfg.seed + 2 + ctx.cfg.noise_seeds)
 
 
 def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial, steps: int,
@@ -364,9 +444,8 @@ def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial, steps: 
     curse, so those scores are left out), on ``confirm_calibration`` rows where given: the candidate's scores and
     the seed's, order by order. ``known``: the two plans' scores under the first of those orders, already
     measured the same way (the top rung's repeats where rungs train afresh), so not trained again."""
-    if ctx.cfg.confirm_calibration is not None:
-        ctx = ctx.with_calibration(ctx.cfg.confirm_calibration)
-    orders = range(ctx.cfg.seed + 1, ctx.cfg.seed + 2 + ctx.cfg.noise_seeds)
+    ctx = _confirm_context(ctx)
+    orders = _confirm_orders(ctx)
     plans = [p for p in (scored_plan(best), scored_plan(anchor)) if p is not None]
     assert len(plans) == 2, "both plans reached the top rung, so both have a scored plan"
     jobs = [
@@ -377,6 +456,11 @@ def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial, steps: 
     scores = iter(_score_orders(ctx, jobs, desc))
     cand, seed = ([*have, *(next(scores) for _ in orders[len(have) :])] for have in known)
     return cand, seed
+
+
+def _seed_confirm(seed: SeedScores | None, anchor: int, steps: int) -> list[float]:
+    """The seed's confirmation scores measured ahead, when they are this seed's after these steps."""
+    return list(seed.confirm) if seed is not None and (seed.trial, seed.confirm_steps) == (anchor, steps) else []
 
 
 def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequence[float], steps: int | None = None,
@@ -398,10 +482,12 @@ def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequenc
 
 def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] | None,
                  status: Callable[[str], None] = lambda _m: None, scored: Repeats | None = None,
-                 ) -> dict[str, Any] | None:  # fmt: skip
+                 seed: SeedScores | None = None) -> dict[str, Any] | None:  # fmt: skip
     """Decide which plan ``found.yaml`` names and store why as the study's ``found_choice``: the best sampled
     plan when its lead over the sensitivity seed is clear (first against a bound from its noise floor alone,
-    then, if that does not settle it, paired with the seed's scores under the same orders), else the seed."""
+    then, if that does not settle it, paired with the seed's scores under the same orders), else the seed.
+    ``scored``: repeats measured already (:func:`prescore_repeats`); ``seed``: the seed's confirmation scores
+    measured during the trials (:class:`SeedAhead`)."""
     best = best_quality_trial(study)
     if best is None or floor is None or floor.get("trial") != best.number:
         return None
@@ -428,8 +514,9 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
                    "paired": lead.paired, "chosen": chosen, "reason": why}  # fmt: skip
         if lead.paired and not settled(lead, statistics.fmean(seed_kd), needed) and again > 0:
             status(f"found: {why.split(':')[0]}: too close to call, both trained {again} steps again")
-            same = ctx.afresh and again == steps and rows is None  # the repeats under orders 1, 2, ... are these
-            cand_long, seed_long = _confirm(ctx, best, anchor, again, (kd[1:], seed_kd[1:]) if same else ((), ()))
+            ahead = _seed_confirm(seed, anchor.number, again)
+            known = (kd[1:], seed_kd[1:]) if _confirm_is_repeats(ctx, again, steps) else ((), ahead)
+            cand_long, seed_long = _confirm(ctx, best, anchor, again, known)
             longer = paired_lead(cand_long, seed_long)
             rows = None if rows is None else ctx.with_calibration(rows).calib.n_train  # fewer in a small cache
             chosen, why = _decide(best, anchor, longer, seed_long, again, rows, needed)

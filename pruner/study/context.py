@@ -16,6 +16,7 @@ from pruner.data.resolve import resolve_data
 from pruner.device import resolve_device, slow_half_note, teacher_dtype
 from pruner.distillation.engine import PlainRuntime, Runtime
 from pruner.errors import PrunerError
+from pruner.runtime import idle_cpu_workers
 from pruner.study.config import SearchConfig
 from pruner.study.heuristics import attention_modules
 from pruner.study.proxy import (
@@ -97,6 +98,12 @@ class SearchContext:
             raise PrunerError("this search context cannot build another calibration (no data to draw rows from)")
         return replace(self, calib=self.calibrate(rows))
 
+    def quietly(self) -> SearchContext:
+        """This context with no progress bar or status line, its calibrations too: what a scorer forked in the
+        background runs (it must not write over the search's bar, nor take the locks its writers hold)."""
+        calibrate = self.calibrate.quietly() if isinstance(self.calibrate, _Calibrator) else self.calibrate
+        return replace(self, cfg=replace(self.cfg, progress=False), calibrate=calibrate)
+
     @property
     def afresh(self) -> bool:
         """Whether each rung trains the freshly built student (else it continues the rung below)."""
@@ -152,7 +159,8 @@ def _sensitivities(
         status("unit sensitivities: the study's (measured once, by its first worker)")
         return {n: recorded[n] for n in units}
     status("measuring each unit's sensitivity (zero-shot KD with the unit removed)")
-    return unit_sensitivity(model, topo, calib, units, 2 * batch, progress=cfg.progress)
+    workers = idle_cpu_workers(calib.device, len(units))
+    return unit_sensitivity(model, topo, calib, units, 2 * batch, progress=cfg.progress, workers=workers)
 
 
 def build_context(
@@ -204,6 +212,10 @@ class _Calibrator:
         if n_train not in self.built:
             self.built[n_train] = self._build(n_train)
         return self.built[n_train]
+
+    def quietly(self) -> _Calibrator:
+        """This calibrator with no progress bar or status line (the calibrations it built are shared)."""
+        return replace(self, cfg=replace(self.cfg, progress=False), status=lambda _m: None)
 
     def _build(self, n_train: int) -> Calibration:
         cfg, teacher = self.cfg, self.teacher

@@ -38,6 +38,7 @@ from pruner.distillation.engine import (
 from pruner.distillation.hooks import FeatureRecorder
 from pruner.distillation.losses import LossWeights
 from pruner.errors import PrunerError
+from pruner.runtime import forked_map
 from pruner.unet.maps import FeatureLevel, feature_map
 from pruner.unet.plan import Plan, check_expressible, layout_of
 from pruner.unet.surgery import build_student
@@ -376,25 +377,31 @@ def unit_sensitivity(
     names: Sequence[str],
     batch: int = 32,
     progress: bool = False,
+    workers: int = 1,
 ) -> dict[str, float]:
     """Zero-shot KD loss of the teacher with each unit alone removed (LAPTOP-Diff's additive criterion).
 
     Transformer layers are skipped in place (exact, and free of the mid-depth coupling); other units are
     built as students. A unit that cannot be removed alone gets +inf. ``progress``: a bar over the units
-    (SDXL has 78, each a pass over the held-out rows).
+    (SDXL has 78, each a pass over the held-out rows); ``workers``: forked processes measuring units at once
+    (:func:`pruner.runtime.forked_map`; each unit's score is its own, so the scores equal one process's).
     """
-    scores: dict[str, float] = {}
-    for name in tqdm(names, desc="sensitivity", unit="unit", dynamic_ncols=True, disable=not progress):
-        if ".transformer_blocks." in name:
-            scores[name] = _skipped_kd(teacher, calib, [name], batch)
-            continue
-        try:
-            student, _ = build_student(teacher, Plan(frozenset({name})))
-        except PrunerError:  # not removable alone; a GPU out of memory is not a score
-            scores[name] = float("inf")
-            continue
-        scores[name] = held_out_kd(student, calib.held_out_batches(batch))
-    return scores
+    bar = tqdm(total=len(names), desc="sensitivity", unit="unit", dynamic_ncols=True, disable=not progress)
+    with bar:
+        scores = forked_map(lambda name: _unit_kd(teacher, calib, name, batch), names, workers, bar.update)
+    return dict(zip(names, scores, strict=True))
+
+
+@torch.no_grad()
+def _unit_kd(teacher: UNet2DConditionModel, calib: Calibration, name: str, batch: int) -> float:
+    """Held-out KD of the teacher with the unit ``name`` alone removed; +inf when it cannot be removed alone."""
+    if ".transformer_blocks." in name:
+        return _skipped_kd(teacher, calib, [name], batch)
+    try:
+        student, _ = build_student(teacher, Plan(frozenset({name})))
+    except PrunerError:  # not removable alone; a GPU out of memory is not a score
+        return float("inf")
+    return held_out_kd(student, calib.held_out_batches(batch))
 
 
 def _skipped_kd(teacher: UNet2DConditionModel, calib: Calibration, layers: Sequence[str], batch: int) -> float:

@@ -38,6 +38,7 @@ from pruner.budget import Budget, parse_budget
 from pruner.device import current_device
 from pruner.errors import PrunerError, SearchInterrupted
 from pruner.study.choice import (
+    SeedAhead,
     choose_found,
     noise_floor,
     prescore_repeats,
@@ -266,12 +267,17 @@ def run_search(cfg: SearchConfig, teacher: Teacher, status: Callable[[str], None
         _enqueue_seeds(study, ctx)
         if "search" not in study.user_attrs:  # recorded once, by the run that creates the study
             study.set_user_attr("search", _settings(cfg, teacher, budget, ctx))
-        _run_trials(study, storage, ctx)
-        scored = prescore_repeats(study, ctx)  # side by side where cores allow
+        ahead = SeedAhead(ctx)  # the seed's after-trials scores, on an idle core during the trials
+        try:
+            _run_trials(study, storage, ctx, ahead)
+            seed_scores = ahead.scores()
+        finally:
+            ahead.close()
+        scored = prescore_repeats(study, ctx, seed_scores)  # side by side where cores allow
         floor = noise_floor(study, ctx, scored)
         if floor is not None:
             status(describe_noise_floor(study) or "")
-        choose_found(study, ctx, floor, status, scored)
+        choose_found(study, ctx, floor, status, scored, seed_scores)
     return _result(study, cfg, teacher, url, ctx.data_path)
 
 
@@ -318,15 +324,16 @@ def _result(study: optuna.Study, cfg: SearchConfig, teacher: Teacher, url: str, 
     return SearchResult(study, paths["found"], paths["front_dir"], paths["plot"], url, data, front_rows(study))
 
 
-def _run_trials(study: optuna.Study, storage: Any, ctx: SearchContext) -> None:
-    """This worker's share of the study, with a progress bar; Ctrl-C is one line (the trial it stopped is
-    enqueued again by the next run)."""
+def _run_trials(study: optuna.Study, storage: Any, ctx: SearchContext,
+                after_trial: Callable[[optuna.Study, FrozenTrial], None] = lambda _s, _t: None) -> None:  # fmt: skip
+    """This worker's share of the study, with a progress bar, ``after_trial`` called after each trial; Ctrl-C
+    is one line (the trial it stopped is enqueued again by the next run)."""
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     bar, callback = _progress(ctx.cfg.trials, min(done, ctx.cfg.trials), ctx.cfg.progress)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a stopped trial's traceback is not the user's business
     try:
-        run_worker(study, storage, lambda t: _objective(t, ctx), ctx.cfg.trials, callbacks=[callback])
+        run_worker(study, storage, lambda t: _objective(t, ctx), ctx.cfg.trials, callbacks=[callback, after_trial])
     except KeyboardInterrupt:
         done = sum(counted(t) for t in study.get_trials(deepcopy=False))
         raise SearchInterrupted(

@@ -212,3 +212,41 @@ def test_a_module_sensitivity_is_the_zero_shot_kd_of_its_layers_removed_together
     assert sens[module] > 0 and sens[module] != pytest.approx(sum(alone.values()), rel=1e-3)
     one = modules[module][0]
     assert proxy.group_sensitivity(tiny_sdxl, calib, {one: [one]}, batch=4)[one] == pytest.approx(alone[one])
+
+
+def test_unit_sensitivities_measured_on_two_forked_workers_are_one_process_s(tiny_sdxl) -> None:  # type: ignore[no-untyped-def]
+    """The search measures units on each idle core at once: every unit's score (layers skipped in place,
+    blocks built as students) is what one process measures, under the unit's own name."""
+    import sys
+
+    if sys.platform != "linux":
+        pytest.skip("forked workers are used on Linux only")
+    topo = topology_of(tiny_sdxl)
+    calib = proxy.build_calibration(tiny_sdxl, fake_cache(), topo, n_train=4, n_held_out=8, level="sub_block",
+                                    scheduler=sdxl_scheduler())  # fmt: skip
+    names = [*sorted(PLAN.removed), "down_blocks.0.resnets.0", "up_blocks.0.attentions.1.transformer_blocks.0"]
+    one = proxy.unit_sensitivity(tiny_sdxl, topo, calib, names, batch=4)
+    two = proxy.unit_sensitivity(tiny_sdxl, topo, calib, names, batch=4, workers=2)
+    assert list(two) == names and list(one) == names
+    assert two == pytest.approx(one, rel=1e-5)
+    assert len(set(one.values())) > 2  # the units differ: a mix-up of names would show
+
+
+def test_adamw_is_fused_where_torch_fuses_it_and_steps_as_the_loop_does() -> None:
+    """On a CPU the fused AdamW (one kernel over every parameter) replaces torch's per-parameter loop: the
+    same update to float rounding; asked not to fuse, it is torch's default."""
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(8, 4) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = nets[0].weight.detach().clone()
+    fused, loop = make_optimizer(nets[0].parameters(), 1e-2), make_optimizer(nets[1].parameters(), 1e-2, fused=False)
+    assert fused.defaults["fused"] is True and not loop.defaults["fused"]
+    x = torch.randn(16, 8)
+    for _ in range(20):
+        for net, opt in zip(nets, (fused, loop), strict=True):
+            net(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(nets[0].weight, start)  # they did step

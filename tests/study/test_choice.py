@@ -103,8 +103,9 @@ def _ctx(afresh: bool = False, **cfg: Any) -> SearchContext:
     def with_calibration(rows: int) -> SimpleNamespace:
         return SimpleNamespace(cfg=config, calib=SimpleNamespace(device=calib.device, n_train=rows), afresh=afresh)
 
-    return cast(SearchContext, SimpleNamespace(cfg=config, calib=calib, afresh=afresh,
-                                               with_calibration=with_calibration))  # fmt: skip
+    ctx = SimpleNamespace(cfg=config, calib=calib, afresh=afresh, with_calibration=with_calibration)
+    ctx.quietly = lambda: ctx
+    return cast(SearchContext, ctx)
 
 
 def _made_side_by_side(study: optuna.Study, scores: dict[tuple[str, int], float], workers: int,
@@ -225,14 +226,18 @@ def test_without_confirm_steps_a_noisy_lead_names_the_seed_at_once(monkeypatch: 
     assert all(len(k) == 2 for k in ran) and "confirm" not in made and made["chosen"] == 0
 
 
-def test_where_rungs_train_afresh_a_confirmation_runs_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A new study's top-rung scores are one segment's already: by default a lead they cannot call names the
-    seed at once; ``confirm_steps`` still asks for a confirmation, which reuses the repeats it would repeat."""
+def test_where_rungs_train_afresh_a_confirmation_on_the_searchs_rows_runs_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new study's top-rung scores are one segment's already: with neither the confirmation's rows nor its
+    lead (None), a lead they cannot call names the seed at once; ``confirm_steps`` still asks for a
+    confirmation, which reuses the repeats it would repeat."""
     longer = {("sampled", k, "straight"): kd for k, kd in ((1, 0.00100), (2, 0.00098), (3, 0.00106))}
     longer |= {("seed", k, "straight"): kd for k, kd in ((1, 0.00140), (2, 0.00135), (3, 0.00146))}
-    made, ran = _choose(_study(seed_kd=0.00131, sampled_kd=0.00076), NOISY | longer, monkeypatch, afresh=True)
+    own = {"afresh": True, "confirm_calibration": None, "confirm_lead": None}
+    made, ran = _choose(_study(seed_kd=0.00131, sampled_kd=0.00076), NOISY | longer, monkeypatch, **own)
     assert all(len(k) == 2 for k in ran) and "confirm" not in made and made["chosen"] == 0
-    made, ran = _choose(_study(seed_kd=0.00131, sampled_kd=0.00076), NOISY | longer, monkeypatch, afresh=True,
+    made, ran = _choose(_study(seed_kd=0.00131, sampled_kd=0.00076), NOISY | longer, monkeypatch, **own,
                         confirm_steps=100)  # fmt: skip
     # orders 1 and 2 trained the same way already (the repeats): only the third order is trained for it
     assert sorted(k for k in ran if len(k) == 3) == [("sampled", 3, "straight"), ("seed", 3, "straight")]
@@ -279,9 +284,9 @@ def _confirm_on_more_rows(study: optuna.Study, longer: dict[str, list[float]], m
 
 
 def test_a_confirmation_on_more_rows_decides_at_its_own_lead(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``confirm_calibration`` and ``confirm_lead`` ask for a confirmation where rungs train afresh: both plans
-    trained again on that many rows under three fresh orders (none reused: other rows, other scores), and a
-    clear lead of ``confirm_lead`` or more names the sampled plan."""
+    """``confirm_calibration`` and ``confirm_lead`` (384 and 8%: the defaults) ask for a confirmation where
+    rungs train afresh: both plans trained again on that many rows under three fresh orders (none reused:
+    other rows, other scores), and a clear lead of ``confirm_lead`` or more names the sampled plan."""
     cfg = {"confirm_calibration": 384, "confirm_lead": 0.08}
     ahead = {"sampled": [0.00180, 0.00178, 0.00183], "seed": [0.00200, 0.00199, 0.00201]}  # +10% at each order
     made, confirmed = _confirm_on_more_rows(_study(seed_kd=0.00200, sampled_kd=0.00190), ahead, monkeypatch, **cfg)
@@ -297,10 +302,78 @@ def test_a_confirmation_on_more_rows_decides_at_its_own_lead(monkeypatch: pytest
 def test_without_confirmation_settings_a_clear_small_screened_lead_names_the_seed_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The defaults where rungs train afresh: the screen's clear lead under a fifth names the seed without
-    scoring the seed again, and nothing is confirmed."""
-    made, confirmed = _confirm_on_more_rows(_study(seed_kd=0.00200, sampled_kd=0.00190), {}, monkeypatch)
+    """With neither the confirmation's rows nor its lead (None) where rungs train afresh: the screen's clear
+    lead under a fifth names the seed without scoring the seed again, and nothing is confirmed. (By default
+    the same lead is confirmed: ``test_a_confirmation_on_more_rows_decides_at_its_own_lead``.)"""
+    study = _study(seed_kd=0.00200, sampled_kd=0.00190)
+    made, confirmed = _confirm_on_more_rows(study, {}, monkeypatch, confirm_calibration=None, confirm_lead=None)
     assert confirmed == [] and not made["paired"] and "confirm" not in made and made["chosen"] == 0
+
+
+TEN_PERCENT = {"sampled": [0.00180, 0.00178, 0.00183], "seed": [0.00200, 0.00199, 0.00201]}  # +10% at each order
+
+
+def _fixed_scores(monkeypatch: pytest.MonkeyPatch, longer: dict[str, list[float]], workers: int = 1) -> list[str]:
+    """The repeats scored from ``SMALL`` and the confirmations from ``longer``; returns the list each scored
+    plan is appended to (in this process)."""
+    trained: list[str] = []
+
+    def repeat(_ctx: SearchContext, plan: Plan, seed: int, _steps: int) -> float:
+        trained.append(which := "seed" if plan == Plan.removing(SEED_PLAN) else "sampled")
+        return SMALL[which, seed]
+
+    def straight(_ctx: SearchContext, plan: Plan, seed: int, _steps: int) -> float:
+        trained.append(which := "seed" if plan == Plan.removing(SEED_PLAN) else "sampled")
+        return longer[which][seed - 1]
+
+    monkeypatch.setattr(choice, "top_rung_kd", repeat)
+    monkeypatch.setattr(choice, "straight_kd", straight)
+    monkeypatch.setattr(choice, "repeat_workers", lambda _ctx, jobs: min(workers, jobs))
+    return trained
+
+
+def test_the_seeds_scores_measured_ahead_make_the_same_choice_and_are_not_trained_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The seed's repeats and confirmation measured during the trials (``seed_scores``, what the background
+    scorer runs) give the choice made without them, and after the trials only the candidate is trained."""
+    trained = _fixed_scores(monkeypatch, TEN_PERCENT)
+    ctx = _ctx(afresh=True)  # the defaults: a confirmation of the top rung's steps on 384 rows, an 8% lead
+    study = _study(seed_kd=0.00200, sampled_kd=0.00190)
+    without = choose_found(study, ctx, choice.noise_floor(study, ctx))
+    assert without is not None and without["chosen"] == 2 and without["confirm"]["rows"] == 384
+    assert trained.count("seed") == 2 + 3  # its repeats, then its confirmation
+    study = _study(seed_kd=0.00200, sampled_kd=0.00190)
+    seed = choice.seed_scores(ctx, study.trials[0], 100)
+    assert seed.repeats == [0.00200, SMALL["seed", 1], SMALL["seed", 2]] and seed.confirm == TEN_PERCENT["seed"]
+    trained.clear()
+    scored = choice.prescore_repeats(study, ctx, seed)
+    made = choose_found(study, ctx, choice.noise_floor(study, ctx, scored), scored=scored, seed=seed)
+    assert made == without and "seed" not in trained and trained.count("sampled") == 2 + 3
+    study, trained[:] = _study(seed_kd=0.00200, sampled_kd=0.00190), []
+    other = choice.SeedScores(seed.trial, seed.steps, seed.repeats, 300, [0.001] * 3)  # another confirmation's
+    again = choose_found(study, ctx, choice.noise_floor(study, ctx, scored), scored=scored, seed=other)
+    assert again == without and trained.count("seed") == 3  # not this confirmation's scores: trained afresh
+
+
+def test_the_seed_is_scored_ahead_in_a_forked_process_once_its_trial_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background scorer starts on the seed's trial, not another's, only where a core is idle, and
+    returns what the same scoring gives in this process."""
+    import sys
+
+    if sys.platform != "linux":
+        pytest.skip("the background scorer forks: Linux only")
+    _fixed_scores(monkeypatch, TEN_PERCENT, workers=2)
+    ctx, study = _ctx(afresh=True), _study(seed_kd=0.00200, sampled_kd=0.00190)
+    ahead = choice.SeedAhead(ctx)
+    ahead(study, study.trials[2])  # a sampled plan's trial: nothing starts
+    assert ahead.scores() is None
+    ahead(study, study.trials[0])
+    assert ahead.scores() == choice.seed_scores(ctx, study.trials[0], 100)
+    monkeypatch.setattr(choice, "repeat_workers", lambda _ctx, _jobs: 1)  # no idle core: nothing ahead
+    busy = choice.SeedAhead(ctx)
+    busy(study, study.trials[0])
+    assert busy.scores() is None
 
 
 @pytest.mark.parametrize("schedule", [AFRESH, CONTINUED])

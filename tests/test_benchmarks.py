@@ -40,6 +40,16 @@ def test_distill_step_benchmark_prints_the_overhead() -> None:
 
 
 @pytest.mark.slow
+def test_optimizer_step_benchmark_compares_the_fused_adamw_with_the_loop() -> None:
+    out = run("benchmarks/optimizer_step.py", "--steps", "2", "--batch", "2")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("loop ", "fused "))}
+    assert set(rows) == {"loop", "fused"} and rows["loop"][-1] == "1.00x"
+    assert all(float(v) > 0 for kind in rows.values() for v in kind[:2])
+    drift = float(out.rsplit(":", 1)[1])
+    assert drift < 1e-4  # the same update, to float rounding
+
+
+@pytest.mark.slow
 def test_latency_model_benchmark_prints_estimate_against_measured() -> None:
     out = run("benchmarks/latency_model.py", "--plans", "2", "--rounds", "1", "--runs", "2")
     assert "estimate ms" in out and "summed (uncalibrated)" in out and len(out.strip().splitlines()) == 7

@@ -265,20 +265,17 @@ def seed_scores(ctx: SearchContext, anchor: FrozenTrial, steps: int) -> SeedScor
     return SeedScores(anchor.number, steps, repeats, again, confirm)
 
 
-_AHEAD: tuple[SearchContext, FrozenTrial, int] | None = None  # the forked scorer's work (read-only)
-
-
-def _quiet_worker(threads: int) -> None:
-    """A background scorer prints nothing over the search's bar: its output goes to the null device."""
+def _score_seed_quietly(conn: Any, ctx: SearchContext, anchor: FrozenTrial, steps: int, threads: int) -> None:
+    """The forked scorer's work: :func:`seed_scores`, sent back on ``conn`` (an error as its text). It prints
+    nothing over the search's bar: its output goes to the null device."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     torch.set_num_threads(threads)
-
-
-def _seed_scores_forked() -> SeedScores:
-    assert _AHEAD is not None
-    return seed_scores(*_AHEAD)
+    try:
+        conn.send(("scores", seed_scores(ctx, anchor, steps)))
+    except Exception as exc:  # sent back: the parent measures again, where the error surfaces
+        conn.send(("error", repr(exc)))
 
 
 class SeedAhead:
@@ -290,42 +287,54 @@ class SeedAhead:
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx
-        self._pool: Any = None
-        self._result: Any = None
+        self._process: Any = None
+        self._conn: Any = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self._pool is not None or trial.user_attrs.get("label") != ANCHOR or scored_plan(trial) is None:
+        if self._process is not None or trial.user_attrs.get("label") != ANCHOR or scored_plan(trial) is None:
             return
         steps = self.ctx.cfg.rungs[-1]
         reached = str(steps) in (trial.user_attrs.get("rung_kd") or {})  # not a duplicate that stepped aside
         if not reached or self.ctx.cfg.noise_seeds <= 0 or repeat_workers(self.ctx, 2) < 2:
             return
-        global _AHEAD
-        _AHEAD = (self.ctx.quietly(), trial, steps)
-        try:  # the pool's process is forked here, with its work in its copy of _AHEAD
-            self._pool = multiprocessing.get_context("fork").Pool(1, _quiet_worker, (torch.get_num_threads(),))
+        fork = multiprocessing.get_context("fork")
+        self._conn, child = fork.Pipe(duplex=False)
+        work = (child, self.ctx.quietly(), trial, steps, torch.get_num_threads())
+        process = fork.Process(target=_score_seed_quietly, args=work, daemon=True)  # forked: nothing pickled
+        try:
+            process.start()
+        except OSError:  # no memory or no process left for it: the rule measures the seed's scores itself
+            self._conn = None
+            return
         finally:
-            _AHEAD = None
-        self._result = self._pool.apply_async(_seed_scores_forked)
+            child.close()
+        self._process = process
 
     def scores(self) -> SeedScores | None:
-        """The seed's scores (waiting for them if need be), or None when none were measured or measuring them
-        failed (the rule then measures what it needs itself, and meets the failure there)."""
-        if self._result is None:
+        """The seed's scores (waiting for them if need be), or None when none were measured, or measuring them
+        failed or the process died (the rule then measures what it needs itself, and meets any error there)."""
+        if self._process is None:
             return None
         try:
-            return cast(SeedScores, self._result.get())
-        except Exception:  # measured again in this process, where the error surfaces
+            while not self._conn.poll(0.5):
+                if not self._process.is_alive() and not self._conn.poll():
+                    return None  # killed (out of memory, a signal) before it sent anything
+            kind, value = self._conn.recv()
+            return cast(SeedScores, value) if kind == "scores" else None
+        except (EOFError, OSError):
             return None
         finally:
             self.close()
 
     def close(self) -> None:
         """Stop the background scorer (a search interrupted or failed leaves none behind)."""
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join()
+            self._process = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 # --- the noise floor and the choice ------------------------------------------------------------------------

@@ -376,6 +376,31 @@ def test_the_seed_is_scored_ahead_in_a_forked_process_once_its_trial_is_done(mon
     assert busy.scores() is None
 
 
+@pytest.mark.parametrize("ends", ["killed", "raises"])
+def test_a_background_scorer_that_dies_or_fails_leaves_the_seed_to_the_rule(
+    ends: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background scorer killed before it answers (out of memory), or whose scoring raises, gives no scores,
+    without hanging the search: the rule then scores the seed itself."""
+    import os
+    import sys
+
+    if sys.platform != "linux":
+        pytest.skip("the background scorer forks: Linux only")
+    _fixed_scores(monkeypatch, TEN_PERCENT, workers=2)
+
+    def dies(*_args: Any) -> choice.SeedScores:
+        if ends == "killed":
+            os._exit(9)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(choice, "seed_scores", dies)
+    ctx, study = _ctx(afresh=True), _study(seed_kd=0.00200, sampled_kd=0.00190)
+    ahead = choice.SeedAhead(ctx)
+    ahead(study, study.trials[0])
+    assert ahead.scores() is None
+
+
 @pytest.mark.parametrize("schedule", [AFRESH, CONTINUED])
 def test_a_repeat_trains_as_a_trial_and_a_confirmation_in_one_segment(schedule: str) -> None:
     """A repeat at the top rung trains as the study's trials do: its steps in one segment where rungs train

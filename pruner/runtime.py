@@ -13,6 +13,8 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Literal, TypeVar
 
 from pruner.errors import OutOfDeviceMemory, PrunerError
@@ -80,27 +82,40 @@ def forked_map(
     """``[fn(x) for x in items]``, on ``workers`` forked processes where more than one is asked: each shares the
     caller's memory as it was at the fork (the teacher, the calibration), so nothing is pickled but an index
     and a result, and each runs torch with the caller's thread count. ``done`` is called as each item
-    finishes (a progress bar). A result depends only on its item, so the list equals one process's."""
-    global _FORKED
-    if workers <= 1 or len(items) <= 1:
-        results: list[R] = []
-        for item in items:
-            results.append(fn(item))
+    finishes (a progress bar). A result depends only on its item, so the list equals one process's. A worker
+    killed before it answers (out of memory) leaves its items to this process, which measures them itself."""
+    out: list[Any] = [_MISSING] * len(items)
+    if workers > 1 and len(items) > 1:
+        _map_in_forks(fn, items, min(workers, len(items)), out, done)
+    for i, item in enumerate(items):
+        if out[i] is _MISSING:
+            out[i] = fn(item)
             done()
-        return results
+    return out
+
+
+_MISSING = object()  # an item no worker answered
+
+
+def _map_in_forks(
+    fn: Callable[[T], R], items: Sequence[T], workers: int, out: list[Any], done: Callable[[], object]
+) -> None:
+    """Fill ``out`` with what forked workers answer; stop at the first dead worker (the rest stays missing)."""
+    global _FORKED
     import torch
 
-    out: list[Any] = [None] * len(items)
-    _FORKED, threads = (fn, items), torch.get_num_threads()
-    try:
-        fork = multiprocessing.get_context("fork")
-        with fork.Pool(min(workers, len(items)), initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            for i, result in pool.imap_unordered(_run_forked, range(len(items))):
-                out[i] = result
-                done()
+    _FORKED = (fn, items)
+    fork = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(workers, fork, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
+    try:  # every worker forks at a submit below, while _FORKED holds this call's work
+        for future in as_completed([pool.submit(_run_forked, i) for i in range(len(items))]):
+            i, out[i] = future.result()
+            done()
+    except BrokenProcessPool:
+        pass
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         _FORKED = None
-    return out
 
 
 @contextlib.contextmanager

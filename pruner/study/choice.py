@@ -310,12 +310,15 @@ class SeedAhead:
             child.close()
         self._process = process
 
-    def scores(self) -> SeedScores | None:
-        """The seed's scores (waiting for them if need be), or None when none were measured, or measuring them
-        failed or the process died (the rule then measures what it needs itself, and meets any error there)."""
+    def scores(self, status: Callable[[str], None] = lambda _m: None) -> SeedScores | None:
+        """The seed's scores (waiting for them if need be, saying so on ``status``), or None when none were
+        measured, or measuring them failed or the process died (the rule then measures what it needs itself,
+        and meets any error there)."""
         if self._process is None:
             return None
         try:
+            if not self._conn.poll():
+                status("the sensitivity seed's repeats and confirmation: waiting for the background scorer")
             while not self._conn.poll(0.5):
                 if not self._process.is_alive() and not self._conn.poll():
                     return None  # killed (out of memory, a signal) before it sent anything

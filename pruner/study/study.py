@@ -270,7 +270,7 @@ def run_search(cfg: SearchConfig, teacher: Teacher, status: Callable[[str], None
         ahead = SeedAhead(ctx)  # the seed's after-trials scores, on an idle core during the trials
         try:
             _run_trials(study, storage, ctx, ahead)
-            seed_scores = ahead.scores()
+            seed_scores = ahead.scores(status)
         finally:
             ahead.close()
         scored = prescore_repeats(study, ctx, seed_scores)  # side by side where cores allow

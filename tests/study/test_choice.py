@@ -376,6 +376,29 @@ def test_the_seed_is_scored_ahead_in_a_forked_process_once_its_trial_is_done(mon
     assert busy.scores() is None
 
 
+def test_waiting_for_the_background_scorer_is_said_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials over before the seed's scores are: the search says what it waits for, then gets them."""
+    import sys
+    import time
+
+    if sys.platform != "linux":
+        pytest.skip("the background scorer forks: Linux only")
+    _fixed_scores(monkeypatch, TEN_PERCENT, workers=2)
+    ctx, study = _ctx(afresh=True), _study(seed_kd=0.00200, sampled_kd=0.00190)
+    expected = choice.seed_scores(ctx, study.trials[0], 100)
+
+    def slowly(*_args: Any) -> choice.SeedScores:
+        time.sleep(1.5)
+        return expected
+
+    monkeypatch.setattr(choice, "seed_scores", slowly)
+    said: list[str] = []
+    ahead = choice.SeedAhead(ctx)
+    ahead(study, study.trials[0])
+    assert ahead.scores(said.append) == expected
+    assert len(said) == 1 and "waiting for the background scorer" in said[0]
+
+
 @pytest.mark.parametrize("ends", ["killed", "raises"])
 def test_a_background_scorer_that_dies_or_fails_leaves_the_seed_to_the_rule(
     ends: str, monkeypatch: pytest.MonkeyPatch

@@ -165,7 +165,8 @@ def test_the_pictures_and_their_scores_do_not_depend_on_how_many_prompts_go_at_o
     one, three = (pruner.evaluate(student, "tiny-sdxl", n_prompts=3, steps=2, metrics="clip", batch_size=b,
                                   device="cpu") for b in (1, 3))  # fmt: skip
     assert one.psnr == pytest.approx(three.psnr, abs=1e-3)
-    assert one.metrics["clip_score"] == pytest.approx(three.metrics["clip_score"], abs=1e-3)
+    # CLIP reads 8-bit pixels that float rounding between batch sizes can flip: as in the test below, 2e-3
+    assert one.metrics["clip_score"] == pytest.approx(three.metrics["clip_score"], rel=2e-3)
     assert one.kd_loss > 0 and three.kd_loss > 0
 
 

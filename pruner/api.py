@@ -302,9 +302,9 @@ def search(
             segment on ``confirm_calibration`` rows under three fresh row orders and decide on those (default:
             the top rung's steps; 0: never, the seed is named then).
         confirm_calibration: Calibration rows the confirmation trains on (None: the search's own). With the
-            top rung's 100 steps, 384 rows and an 8% lead it named the benchmarks' plans at 30% and 50% that
-            ended level with the seed or ahead of it and turned down those behind it
-            (docs/benchmarks/search-oracle.md).
+            top rung's 100 steps, 384 rows and an 8% lead it named the four 50% plans of the benchmarks that
+            ended 1.27-1.34x better than the seed and named none that ended behind it; it turned down a 30%
+            plan that ended 1.13x better (docs/benchmarks/search-oracle.md).
         confirm_lead: The lead, as a share of the seed's score, that the confirmation must show (clear as well)
             to name the sampled plan (None: a fifth, the top rung's own threshold).
         calibration: Calibration rows the proxy trains on.

@@ -7,6 +7,7 @@ trial and recipe that follow from it, and the front's ties.
 from __future__ import annotations
 
 import math
+import sys
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -22,6 +23,8 @@ from pruner.study.config import SearchConfig
 from pruner.study.context import AFRESH, CONTINUED, SearchContext
 from pruner.study.front import found_trial, front_recipes, front_rows, tied_trials
 from pruner.unet import Plan
+
+FORKS = pytest.mark.skipif(sys.platform != "linux", reason="the background scorer forks: Linux only, as the search")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SEED_PLAN = ["down_blocks.2.attentions.0.transformer_blocks.0-9"]
@@ -356,13 +359,11 @@ def test_the_seeds_scores_measured_ahead_make_the_same_choice_and_are_not_traine
     assert again == without and trained.count("seed") == 3  # not this confirmation's scores: trained afresh
 
 
+@FORKS
 def test_the_seed_is_scored_ahead_in_a_forked_process_once_its_trial_is_done(monkeypatch: pytest.MonkeyPatch) -> None:
     """The background scorer starts on the seed's trial, not another's, only where a core is idle, and
     returns what the same scoring gives in this process."""
-    import sys
 
-    if sys.platform != "linux":
-        pytest.skip("the background scorer forks: Linux only")
     _fixed_scores(monkeypatch, TEN_PERCENT, workers=2)
     ctx, study = _ctx(afresh=True), _study(seed_kd=0.00200, sampled_kd=0.00190)
     ahead = choice.SeedAhead(ctx)
@@ -376,13 +377,11 @@ def test_the_seed_is_scored_ahead_in_a_forked_process_once_its_trial_is_done(mon
     assert busy.scores() is None
 
 
+@FORKS
 def test_waiting_for_the_background_scorer_is_said_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Trials over before the seed's scores are: the search says what it waits for, then gets them."""
-    import sys
     import time
 
-    if sys.platform != "linux":
-        pytest.skip("the background scorer forks: Linux only")
     _fixed_scores(monkeypatch, TEN_PERCENT, workers=2)
     ctx, study = _ctx(afresh=True), _study(seed_kd=0.00200, sampled_kd=0.00190)
     expected = choice.seed_scores(ctx, study.trials[0], 100)
@@ -399,6 +398,7 @@ def test_waiting_for_the_background_scorer_is_said_once(monkeypatch: pytest.Monk
     assert len(said) == 1 and "waiting for the background scorer" in said[0]
 
 
+@FORKS
 @pytest.mark.parametrize("ends", ["killed", "raises"])
 def test_a_background_scorer_that_dies_or_fails_leaves_the_seed_to_the_rule(
     ends: str, monkeypatch: pytest.MonkeyPatch
@@ -406,10 +406,7 @@ def test_a_background_scorer_that_dies_or_fails_leaves_the_seed_to_the_rule(
     """A background scorer killed before it answers (out of memory), or whose scoring raises, gives no scores,
     without hanging the search: the rule then scores the seed itself."""
     import os
-    import sys
 
-    if sys.platform != "linux":
-        pytest.skip("the background scorer forks: Linux only")
     _fixed_scores(monkeypatch, TEN_PERCENT, workers=2)
 
     def dies(*_args: Any) -> choice.SeedScores:

@@ -35,7 +35,7 @@ def _best_removal(
         saved = here - cost(nxt)
         if saved <= 0 or not nxt.removed > plan.removed:
             continue
-        ratio = sum(max(sens.get(n, 0.0), 0.0) for n in nxt.removed - plan.removed) / saved
+        ratio = sum(max(sens.get(n, 0.0), 0.0) for n in sorted(nxt.removed - plan.removed)) / saved  # one order
         if ratio < best_ratio:
             best, best_ratio = nxt, ratio
     return best
@@ -44,7 +44,7 @@ def _best_removal(
 def _add_back(
     plan: Plan, topo: Topology, cost: PlanCost, limit: float, sens: dict[str, float], stay_removed: frozenset[str]
 ) -> Plan:
-    for name in sorted(plan.removed, key=lambda n: -sens.get(n, 0.0)):
+    for name in sorted(plan.removed, key=lambda n: (-sens.get(n, 0.0), n)):  # ties by name, not by set order
         if name not in plan.removed or name in stay_removed:
             continue
         nxt = nearest_expressible(plan.without([name]), topo)

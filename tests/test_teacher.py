@@ -30,6 +30,16 @@ def test_a_known_hub_id_needs_no_network() -> None:
     assert teacher.config == architecture_config("sdxl") and teacher.vae_scale == 8 and teacher.ff_inner == {}
 
 
+def test_editing_one_teachers_config_changes_no_other_teachers() -> None:
+    edited = Teacher.resolve("sdxl").config
+    edited["block_out_channels"].append(4096)  # a caller's own copy, nested lists included
+    edited["sample_size"] = 1
+    assert Teacher.resolve("sdxl").config == architecture_config("sdxl")
+    assert architecture_config("sdxl")["block_out_channels"] == [320, 640, 1280]
+    with pytest.raises(PrunerError, match="unknown architecture 'sd3'"):
+        architecture_config("sd3")
+
+
 def test_the_bundled_teacher_reads_its_own_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     resolve = teacher_mod.resolve_model

@@ -22,10 +22,15 @@ HUB_ARCHITECTURES = {
 }
 
 
-@cache
 def architecture_config(name: str) -> dict[str, Any]:
-    """The UNet config of a named architecture shipped with pruner."""
+    """The UNet config of a named architecture shipped with pruner: a fresh dict per call, so a caller that
+    edits its copy (a student's config, a teacher's) changes no other caller's."""
+    return json.loads(_config_text(name))
+
+
+@cache
+def _config_text(name: str) -> str:
+    """The shipped config file of ``name``, read once per process."""
     if name not in ARCHITECTURES:
         raise PrunerError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
-    text = resources.files("pruner.unet").joinpath(f"configs/{name}.json").read_text()
-    return json.loads(text)
+    return resources.files("pruner.unet").joinpath(f"configs/{name}.json").read_text()

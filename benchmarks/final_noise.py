@@ -123,13 +123,38 @@ def better_half(keys: list[str], score: dict[str, float]) -> list[str]:
     return sorted(keys, key=lambda k: score[k])[: max(2, len(keys) // 2)]
 
 
+RACE_MARGIN = 1.05  # two plans whose mean finals lie this far apart: a race between them has a right answer
+
+
+def race_calls(at: dict[str, float], mean: dict[str, float], keys: list[str], against: str | None = None
+               ) -> tuple[int, int]:  # fmt: skip
+    """A race stopped where ``at`` was read: of the pairs of ``keys`` whose mean finals are at least
+    ``RACE_MARGIN`` apart (only those with ``against`` in them, if given), how many ``at`` orders as the means
+    do, and how many there are."""
+    right = pairs = 0
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            if against is not None and against not in (a, b):
+                continue
+            if max(mean[a], mean[b]) >= RACE_MARGIN * min(mean[a], mean[b]):
+                pairs += 1
+                right += (at[a] < at[b]) == (mean[a] < mean[b])
+    return right, pairs
+
+
 def early_ranks(curves: dict[int, dict[str, dict[int, float]]], finals: dict[str, dict[int, float]],
-                mean: dict[str, float], half: list[str]) -> dict[int, dict[int, tuple[float, ...]]]:  # fmt: skip
+                mean: dict[str, float], half: list[str], seed_plan: str | None = None
+                ) -> dict[int, dict[int, tuple[float, ...]]]:  # fmt: skip
     """Whether a distillation's own early held-out KD already ranks plans as its end does: per seed with curves
-    and per step, Kendall tau against that run's final KD and against the means over seeds (all / better half)."""
+    and per step, Kendall tau against that run's final KD and against the means over seeds (all / better half),
+    and how often a race stopped there (two plans trained side by side, the lower KD kept) keeps the better of
+    two plans that end at least 5% apart: of every such pair, and of those against the sensitivity seed."""
     out: dict[int, dict[int, tuple[float, ...]]] = {}
     if curves:
-        print("\nthe distillation's own held-out KD at step k ranks the plans (tau all / better half):")
+        print(
+            "\nthe distillation's own held-out KD at step k ranks the plans (tau all / better half), and a race "
+            f"stopped there keeps the better of two plans {100 * (RACE_MARGIN - 1):.0f}% apart on the means:"
+        )
     for s, by_plan in curves.items():
         keys = [k for k in mean if k in by_plan]
         if len(keys) < 4 or not set(half) <= set(keys):
@@ -138,11 +163,15 @@ def early_ranks(curves: dict[int, dict[str, dict[int, float]]], finals: dict[str
         for step in sorted(set.intersection(*(set(by_plan[k]) for k in keys))):
             at = {k: by_plan[k][step] for k in keys}
             final = {k: finals[k][s] for k in keys}
-            row = (taus(at, final, keys), taus(at, final, half), taus(at, mean, keys), taus(at, mean, half))
+            right, pairs = race_calls(at, mean, keys)
+            seed_right, seed_pairs = race_calls(at, mean, keys, seed_plan) if seed_plan in keys else (0, 0)
+            row = (taus(at, final, keys), taus(at, final, half), taus(at, mean, keys), taus(at, mean, half), right,
+                   pairs, seed_right, seed_pairs)  # fmt: skip
             out[s][step] = row
             print(
                 f"  seed {s}, step {step:>5}: against this run's final {row[0]:.2f} / {row[1]:.2f}, "
-                f"against the means {row[2]:.2f} / {row[3]:.2f}"
+                f"against the means {row[2]:.2f} / {row[3]:.2f}; the race {right} of {pairs}"
+                + (f" (against the seed {seed_right} of {seed_pairs})" if seed_pairs else "")
             )
     return out
 
@@ -277,7 +306,8 @@ def report(
     for role, (r0, rm, rh) in sorted(regret.items()):
         print(f"regret of {role}: {r0:.2f}x on seed {seeds[0]}'s finals, {rm:.3f}x on the means, "
               f"{rh:.3f}x on a held-out seed")  # fmt: skip
-    early = early_ranks(curves, kd, mean, half)
+    seed_plan = next((p.key for p in full if any(r.startswith(SEED_ROLE) for r in p.roles)), None)
+    early = early_ranks(curves, kd, mean, half, seed_plan)
     sets = evaluation_noise(evals, {p.key: p.roles for p in plans})
     return {"budget": summary["budget"], "seeds": seeds, "early": early, "evaluation": sets,
             "kd": {p.key: kd[p.key] for p in full},

@@ -142,6 +142,29 @@ def test_final_noise_separates_the_held_out_sets_shift_from_the_noise_that_reord
     assert "oracle's proxy KD" not in out and "1.826x on a held-out seed" in out
 
 
+def test_final_noise_counts_how_often_a_race_stopped_at_a_step_keeps_the_better_plan(tmp_path: Path) -> None:
+    """Fixed finals and curves: at step 1 the curve has the best plan behind the seed, at step 2 in order."""
+    kd = {"a" * 16: 1.0, "b" * 16: 1.2, "c" * 16: 2.0, "d" * 16: 3.0}  # every pair at least 5% apart
+    roles = {"a" * 16: "oracle #1", "b" * 16: "sensitivity seed", "c" * 16: "default seed 0", "d" * 16: "oracle #3"}
+    early = {"a" * 16: 1.3, "b" * 16: 1.2, "c" * 16: 2.0, "d" * 16: 3.0}
+    plans = [{"key": k, "role": roles[k], "kd": v, "proxy_kd": v} for k, v in kd.items()]
+    (tmp_path / "summary-30%.json").write_text(json.dumps({"budget": "30%", "plans": plans}))
+    (tmp_path / "finals").mkdir()
+    for key, final_kd in kd.items():
+        for seed in (1, 2):
+            curve = [[1, early[key]], [2, final_kd]] if seed == 1 else None  # one seed kept its curve
+            final = {"key": key, "steps": 3, "kd": final_kd, "psnr": 30.0, "accuracy": None, "accuracy_se": None,
+                     "seconds": 1.0, "seed": seed, "curve": curve}  # fmt: skip
+            (tmp_path / "finals" / f"{key}-3-seed{seed}.json").write_text(json.dumps(final))
+    out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2", "--final-steps",
+              "3", "--report")  # fmt: skip
+    assert "step     1: against this run's final 0.67 / -1.00" in out
+    assert "the race 5 of 6 (against the seed 2 of 3)" in out  # stopped at step 1: the seed over the best plan
+    assert "the race 6 of 6 (against the seed 3 of 3)" in out
+    early_rows = json.loads((tmp_path / "noise-30%.json").read_text())["early"]["1"]
+    assert early_rows["1"][4:] == [5, 6, 2, 3] and early_rows["2"][4:] == [6, 6, 3, 3]
+
+
 def test_seed_variants_writes_the_sensitivity_seed_and_the_unemptied_plan_for_final_noise(tmp_path: Path) -> None:
     from pruner.cost import CostModel
     from pruner.recipe import load_recipe

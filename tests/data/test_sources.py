@@ -189,7 +189,8 @@ def test_eval_scores_against_a_reference_from_a_dataset(sources: dict[str, str],
     assert teacher is not None, "the bundled teacher ships in the repository (pruner/tiny/teacher)"
     kept = tmp_path / "kept"
     args = ["eval", "tiny-sdxl", "--teacher", "tiny-sdxl", "--n", "4", "--steps", "2", "--metrics", "fid", "--json",
-            "--reference", sources["parquet"], "--reference-n", "4", "--keep-pictures", str(kept)]  # fmt: skip
+            "--reference", sources["parquet"], "--reference-n", "4", "--keep-pictures", str(kept),
+            "--grid", str(tmp_path / "g.png")]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

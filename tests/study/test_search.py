@@ -96,8 +96,10 @@ def test_a_short_search_writes_its_front_and_resumes(
     assert "noise floor: trial" in result.output  # a bar after the trials' 100%, not a silence
     said = result.output
     assert f"pruner front {storage};" in said and "pip install 'pruner[dashboard]'" in said, said[-600:]
+    monkeypatch.chdir(tmp_path)  # where the default plot goes: not into the checkout
     by_url = runner.invoke(app, ["front", storage])  # the URL the search printed is enough
     assert by_url.exit_code == 0 and "Pareto front of t" in by_url.stdout, by_url.output
+    assert (tmp_path / "search" / "runs" / "t-front.png").is_file()  # the default plot, beside the user's runs
     assert max(len(line) for line in by_url.stdout.splitlines()) <= 120
     found = load_recipe(tmp_path / "r" / "found.yaml")
     resolved = resolve_recipe(found, "found.yaml")

@@ -132,4 +132,5 @@ def test_a_search_rerun_on_a_journal_a_full_disk_tore_repairs_it_and_finishes(
     assert result.exit_code == 0 and "torn record" in result.output, result.output
     study = optuna.load_study(study_name="t", storage=open_storage(f"journal:{path}", repair=False))
     assert sum(counted(t) for t in study.trials) == 3
-    assert runner.invoke(app, ["front", f"journal:{path}"]).exit_code == 0
+    assert runner.invoke(app, ["front", f"journal:{path}", "--plot", str(tmp_path / "front.png")]).exit_code == 0
+    assert (tmp_path / "front.png").is_file()

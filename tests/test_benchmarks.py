@@ -209,3 +209,29 @@ def test_search_oracle_packs_a_journal_only_once_no_other_worker_of_its_search_i
     search_oracle.pack("s", tmp_path)  # a second worker finding it packed leaves it be
     assert gzip.decompress((tmp_path / "s.log.gz").read_bytes()) == b"the journal"
     assert [p.name for p in tmp_path.iterdir()] == ["s.log.gz"]  # the ended worker's marker went with it
+
+
+def test_plan_classes_counts_the_trials_of_the_oracles_class_in_a_gzipped_journal(tmp_path: Path) -> None:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    plans = [
+        ["mid_block", "down_blocks.2.resnets.1", "up_blocks.0.attentions.1.transformer_blocks.0"],  # the class
+        ["mid_block", "down_blocks.2.resnets.1", "down_blocks.1.resnets.1"],  # two ResNets: not
+        ["mid_block.attentions.0", "down_blocks.2.resnets.0"],  # the mid attention only: not
+        ["down_blocks.2.resnets.0", "mid_block"],  # the class again
+    ]
+    journal = tmp_path / "s.log"
+    study = optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal))))
+    for i, removed in enumerate(plans):
+        trial = study.ask()
+        trial.set_user_attr("removed", removed)
+        trial.set_user_attr("origin", f"mutation {i}")
+        trial.set_user_attr("proxy_kd", 0.001 * (i + 1))
+        study.tell(trial, 0.001 * (i + 1))
+    (tmp_path / "s.log.gz").write_bytes(gzip.compress(journal.read_bytes()))
+    out = run("benchmarks/plan_classes.py", str(tmp_path / "s.log.gz"))
+    row = next(line for line in out.splitlines() if line.startswith("s.log.gz"))
+    assert row.split()[1:4] == ["s", "4", "2"] and "0 (mutation 0, 0.00100), 3 (mutation 3, 0.00400)" in row
+    two = run("benchmarks/plan_classes.py", str(journal), "--resnets", "2", "--resnet-prefix", "down_blocks.")
+    assert next(line for line in two.splitlines() if line.startswith("s.log")).split()[1:4] == ["s", "4", "1"]

@@ -123,6 +123,11 @@ def better_half(keys: list[str], score: dict[str, float]) -> list[str]:
     return sorted(keys, key=lambda k: score[k])[: max(2, len(keys) // 2)]
 
 
+def sensitivity_seed(keys: list[str], roles: dict[str, list[str]]) -> str | None:
+    """Which of ``keys`` is the sensitivity one-shot seed, by the roles it played (None: none of them)."""
+    return next((k for k in keys if any(r.startswith(SEED_ROLE) for r in roles.get(k, []))), None)
+
+
 RACE_MARGIN = 1.05  # two plans whose mean finals lie this far apart: a race between them has a right answer
 
 
@@ -194,7 +199,7 @@ def evaluation_noise(
         sd, shift = interaction_sd(by_plan, keys, sets)
         per_set = {e: {k: by_plan[k][e] for k in keys} for e in sets}
         pairs = pairwise_taus(per_set, keys, half)
-        seed_plan = next((k for k in keys if any(r.startswith(SEED_ROLE) for r in roles.get(k, []))), None)
+        seed_plan = sensitivity_seed(keys, roles)
         print(f"\nthe same students (distillation seed {s}) on {len(sets)} held-out sets (evaluation seeds {sets}):")
         print(f"{'plan':<10}" + "".join(f"{'set ' + str(e):>10}" for e in sets) + f"{'mean':>10}"
               + ("   over the seed's, by set" if seed_plan else ""))  # fmt: skip
@@ -306,7 +311,7 @@ def report(
     for role, (r0, rm, rh) in sorted(regret.items()):
         print(f"regret of {role}: {r0:.2f}x on seed {seeds[0]}'s finals, {rm:.3f}x on the means, "
               f"{rh:.3f}x on a held-out seed")  # fmt: skip
-    seed_plan = next((p.key for p in full if any(r.startswith(SEED_ROLE) for r in p.roles)), None)
+    seed_plan = sensitivity_seed([p.key for p in full], {p.key: p.roles for p in full})
     early = early_ranks(curves, kd, mean, half, seed_plan)
     sets = evaluation_noise(evals, {p.key: p.roles for p in plans})
     return {"budget": summary["budget"], "seeds": seeds, "early": early, "evaluation": sets,

@@ -52,6 +52,14 @@ class Plan:
     proxy_kd: float | None  # the oracle's (None for plans that only a default search scored)
 
 
+def tables_path(folder: Path, summary: dict[str, Any], steps: int) -> Path:
+    """Where a budget's tables are kept: ``noise-BUDGET.json`` at the summary's own distillation steps,
+    ``noise-BUDGET-Nsteps.json`` at other steps, so a shorter run never overwrites the full-length tables."""
+    own = {p["steps"] for p in summary["plans"] if "steps" in p}
+    budget = summary["budget"].replace("=", "-")
+    return folder / (f"noise-{budget}.json" if own <= {steps} else f"noise-{budget}-{steps}steps.json")
+
+
 def plans_of(summary: dict[str, Any]) -> list[Plan]:
     """The summary's distinct plans, best seed-0 final first."""
     plans: dict[str, Plan] = {}
@@ -322,28 +330,36 @@ def report(
 
 
 def printout(path: Path) -> tuple[str, list[str], list[tuple[str, list[float]]]]:
-    """A ``proxy_fidelity.py --orders`` printout: its budget, its plans (key prefixes, in its order) and each
-    variant's label (top steps, orders) with its scores."""
+    """A ``proxy_fidelity.py`` printout: its budget, its plans (key prefixes, in its order) and each variant's
+    label with its scores. ``--orders`` printouts label a variant by its top steps and orders averaged, the
+    others by steps, schedule, learning rate, loss weights (where the printout has them) and calibration rows."""
     lines = path.read_text().splitlines()
     head = re.match(r"(\d+) plans at (\S+), ranked", lines[0])
     if head is None or not lines[1].startswith("final KD: "):
         raise SystemExit(f"{path}: not a proxy_fidelity.py printout (its first line names the plans and budget)")
     keys = [item.split()[0] for item in lines[1].removeprefix("final KD: ").split(", ")]
+    columns = lines[2].split() if len(lines) > 2 else []
+    variants = columns[:1] == ["calibration"]
     rows = []
     for line in lines[3:]:
         tokens = line.replace(",", " ").split()
         if len(tokens) < len(keys) + 6 or not tokens[0].isdigit():
             continue
-        rows.append((f"{tokens[0]} steps, {tokens[1]} order(s)", [float(t) for t in tokens[-len(keys) :]]))
+        if variants:
+            weights = f", {tokens[5]} loss" if "weights" in columns else ""
+            label = f"{tokens[3]}:{tokens[4]}, lr {tokens[2]}{weights}, {tokens[0]} rows"
+        else:
+            label = f"{tokens[0]} steps, {tokens[1]} order(s)"
+        rows.append((label, [float(t) for t in tokens[-len(keys) :]]))
     return head.group(2), keys, rows
 
 
 def proxies_against_means(paths: list[Path], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each printout's variants ranked against seed 0's finals (as printed) and against the means over seeds."""
-    table = []
-    print(f"\n{'printout':<36}{'variant':<24}{'tau all / best half, seed 0':>29}{'against the means':>20}")
-    for path in paths:
-        budget, prefixes, rows = printout(path)
+    table, read = [], [(path, *printout(path)) for path in paths]
+    width = max([24] + [len(label) + 2 for *_, rows in read for label, _ in rows])
+    print(f"\n{'printout':<36}{'variant':<{width}}{'tau all / best half, seed 0':>29}{'against the means':>20}")
+    for path, budget, prefixes, rows in read:
         result = results.get(budget)
         if result is None:
             continue
@@ -355,8 +371,8 @@ def proxies_against_means(paths: list[Path], results: dict[str, dict[str, Any]])
             mine = [scores[i] for i in keep]
             taus_ = (kendall_tau(mine, seed0), best_half_tau(mine, seed0), kendall_tau(mine, mean),
                      best_half_tau(mine, mean))  # fmt: skip
-            print(f"{path.name:<36}{label:<24}{taus_[0]:>14.2f} / {taus_[1]:<12.2f}{taus_[2]:>8.2f} / {taus_[3]:.2f}"
-                  f"   ({len(keep)} plans)")  # fmt: skip
+            print(f"{path.name:<36}{label:<{width}}{taus_[0]:>14.2f} / {taus_[1]:<12.2f}{taus_[2]:>8.2f} / "
+                  f"{taus_[3]:.2f}   ({len(keep)} plans)")  # fmt: skip
             table.append({"printout": path.name, "variant": label, "plans": len(keep), "tau_seed0": taus_[:2],
                           "tau_mean": taus_[2:]})  # fmt: skip
     return table
@@ -377,7 +393,7 @@ def main() -> None:
                    "its own KD is set 0's), to measure the evaluation's noise")  # fmt: skip
     p.add_argument("--report", action="store_true", help="print what is there; distil nothing")
     p.add_argument("--printouts", nargs="*", type=Path, default=[],
-                   help="proxy_fidelity.py --orders printouts: their variants against the means too")  # fmt: skip
+                   help="proxy_fidelity.py printouts: their variants against the means too")  # fmt: skip
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     args.eval_seeds = tuple(int(e) for e in args.eval_seeds.split(",") if e)
@@ -393,7 +409,7 @@ def main() -> None:
         kd = {key: {s: f.kd for s, f in by_seed.items()} for key, by_seed in finals.items()}
         result = report(summary, plans, kd, seeds, curves_of(finals), evals_of(finals))
         results[summary["budget"]] = result
-        (path.parent / f"noise-{summary['budget'].replace('=', '-')}.json").write_text(json.dumps(result, indent=1))
+        tables_path(path.parent, summary, args.final_steps).write_text(json.dumps(result, indent=1))
     if args.printouts:
         table = proxies_against_means(args.printouts, results)
         kept = args.summaries[0].parent / "noise-proxies.json"  # other printouts' rows, from other runs, stay

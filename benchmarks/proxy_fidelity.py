@@ -41,16 +41,22 @@ from search_vs_heuristics import kendall_tau
 
 from pruner import defaults
 from pruner.budget import parse_budget
+from pruner.distillation.losses import LossWeights
 from pruner.recipe import load_recipe
 from pruner.runtime import default_threads
 from pruner.study.context import AFRESH, CONTINUED, SearchContext
-from pruner.study.proxy import proxy_score
+from pruner.study.proxy import PROXY_WEIGHTS, proxy_score
 from pruner.study.study import SearchConfig, build_context
 from pruner.teacher import Teacher
 from pruner.unet import Plan
 
 VARIANTS = [(0, "constant"), (30, "constant"), (30, "cosine"), (100, "cosine")]
 SCHEDULES = {"afresh": AFRESH, "continued": CONTINUED}  # how the top-rung variants' rungs train
+WEIGHTS = {  # the proxy fine-tune's loss: the search's, a recipe's distiller's, or output KD alone
+    "proxy": PROXY_WEIGHTS,
+    "distill": LossWeights(),
+    "output": LossWeights(task=0.0, output_kd=1.0, feature_kd=0.0),
+}
 
 
 def main() -> None:
@@ -59,6 +65,13 @@ def main() -> None:
     p.add_argument("--held-out", type=int, nargs="+", help="held-out rows (32 128; --orders: the search's)")
     p.add_argument("--calibration", type=int, nargs="+", default=[96], help="training rows of the proxy")
     p.add_argument("--lr", type=float, nargs="+", default=[3e-4], help="the proxy fine-tune's peak learning rates")
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        choices=list(WEIGHTS),
+        default=["proxy"],
+        help="the proxy fine-tune's loss weights: the search's, the distiller's defaults, output KD alone",
+    )
     p.add_argument("--variants", nargs="+", default=[f"{n}:{s}" for n, s in VARIANTS], help="STEPS:SCHEDULE")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--orders", type=int, nargs="+", default=[], help="top-rung variants: row orders averaged")
@@ -87,21 +100,23 @@ def main() -> None:
         top_rung_variants(ctx, plans, final, args)
         return
     args.held_out = args.held_out or [32, 128]
-    head = f"{'calibration':>11}{'held-out':>9}{'lr':>8}{'steps':>6}{'schedule':>9}{'Kendall tau':>12}{'s / plan':>9}"
-    print(f"{head}  scores")
+    head = f"{'calibration':>11}{'held-out':>9}{'lr':>8}{'steps':>6}{'schedule':>9}{'weights':>8}{'Kendall tau':>12}"
+    print(f"{head}{'best half':>10}{'s / plan':>9}  scores")
     variants = [(int(n), sched) for n, sched in (v.split(":") for v in args.variants)]
     for calibration in args.calibration:
         for held in args.held_out:
             cfg = SearchConfig(budget=budget, held_out=held, calibration=calibration, seed=args.seed)
             ctx = build_context(cfg, Teacher.resolve(cfg.teacher), parse_budget(cfg.budget))
-            for (steps, schedule), lr in itertools.product(variants, args.lr):
+            for (steps, schedule), lr, weights in itertools.product(variants, args.lr, args.weights):
                 start = time.perf_counter()
                 scores = [proxy_score(ctx.teacher, plan, ctx.topo, ctx.calib, steps=steps, seed=args.seed,
-                                      schedule=schedule, lr=lr).proxy_kd for plan in plans]  # fmt: skip
+                                      schedule=schedule, lr=lr, weights=WEIGHTS[weights]).proxy_kd
+                          for plan in plans]  # fmt: skip
                 seconds = (time.perf_counter() - start) / len(plans)
-                shown = ", ".join(f"{v:.5f}" for v in scores)
-                print(f"{calibration:>11}{held:>9}{lr:>8.0e}{steps:>6}{schedule if steps else '-':>9}"
-                      f"{kendall_tau(scores, final):>12.2f}{seconds:>9.1f}  {shown}", flush=True)  # fmt: skip
+                shown = ", ".join(f"{v:.6f}" for v in scores)
+                print(f"{calibration:>11}{held:>9}{lr:>8.0e}{steps:>6}{schedule if steps else '-':>9}{weights:>8}"
+                      f"{kendall_tau(scores, final):>12.2f}{best_half_tau(scores, final):>10.2f}{seconds:>9.1f}"
+                      f"  {shown}", flush=True)  # fmt: skip
 
 
 def distilled(found: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -142,14 +157,14 @@ def top_rung_variants(ctx: SearchContext, plans: list[Plan], final: list[float],
         at = rungs.index(top)
         scores = [sum(r[k][at][0] for k in range(orders)) / orders for r in runs]
         seconds = sum(r[k][at][1] for r in runs for k in range(orders)) / len(plans)
-        shown = ", ".join(f"{v:.5f}" for v in scores)
+        shown = ", ".join(f"{v:.6f}" for v in scores)
         print(f"{top:>9}{orders:>7}{kendall_tau(scores, final):>8.2f}{best_half_tau(scores, final):>14.2f}"
               f"{seconds:>9.1f}{order_sd([[r[k][at][0] for k in range(orders)] for r in runs]):>8.0%}  {shown}",
               flush=True)  # fmt: skip
     for top in tops:
         at = rungs.index(top)
         print(f"each order's score at {top} steps: " + "; ".join(
-            " ".join(f"{r[k][at][0]:.5f}" for k in range(max(args.orders))) for r in runs), flush=True)  # fmt: skip
+            " ".join(f"{r[k][at][0]:.6f}" for k in range(max(args.orders))) for r in runs), flush=True)  # fmt: skip
 
 
 def order_sd(scores: list[list[float]]) -> float:

@@ -97,7 +97,8 @@ def test_final_noise_distils_a_summary_plan_again_at_other_seeds(tmp_path: Path)
               "--eval-n", "8", "--curve-every", "2", "--eval-seeds", "1",
               "--scratch", str(tmp_path / "scratch"))  # fmt: skip
     assert "1 of 1 plans distilled at seeds [1, 2]" in out and "pooled CV" in out
-    noise = json.loads((tmp_path / "noise-30%.json").read_text())
+    assert not (tmp_path / "noise-30%.json").exists()  # the summary's own 1000-step tables are not overwritten
+    noise = json.loads((tmp_path / "noise-30%-3steps.json").read_text())
     kd = noise["kd"][plan]
     assert set(kd) == {"1", "2"} and kd["1"] != kd["2"]  # the seed changes the distillation
     assert sorted(p.name for p in (tmp_path / "finals").iterdir()) == [f"{plan}-3-seed1.json", f"{plan}-3-seed2.json"]
@@ -235,3 +236,31 @@ def test_plan_classes_counts_the_trials_of_the_oracles_class_in_a_gzipped_journa
     assert row.split()[1:4] == ["s", "4", "2"] and "0 (mutation 0, 0.00100), 3 (mutation 3, 0.00400)" in row
     two = run("benchmarks/plan_classes.py", str(journal), "--resnets", "2", "--resnet-prefix", "down_blocks.")
     assert next(line for line in two.splitlines() if line.startswith("s.log")).split()[1:4] == ["s", "4", "1"]
+
+
+def test_final_noise_reads_both_kinds_of_proxy_fidelity_printout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A variants printout (with the loss-weights column) and an --orders printout give each row's label and
+    the plans' scores in the printout's order."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import final_noise
+
+    head = "2 plans at 30%, ranked after 1000 distillation steps\nfinal KD: aaaaaaaa 0.00043, bbbbbbbb 0.00047\n"
+    variants = tmp_path / "variants.txt"
+    variants.write_text(
+        head + "calibration held-out      lr steps schedule weights Kendall tau best half s / plan  scores\n"
+        "        384      128   3e-04   300   cosine distill        0.06     -1.00     29.2  0.00207, 0.00222\n"
+    )
+    orders = tmp_path / "orders.txt"
+    orders.write_text(
+        head + "top steps orders tau all tau best half s / plan order SD  scores\n"
+        "      300      2    0.33         -0.67     66.1      4%  0.00070, 0.00073\n"
+        "each order's score at 300 steps: 0.00072 0.00069; 0.00073 0.00072\n"
+    )
+    assert final_noise.printout(variants) == (
+        "30%",
+        ["aaaaaaaa", "bbbbbbbb"],
+        [("300:cosine, lr 3e-04, distill loss, 384 rows", [0.00207, 0.00222])],
+    )
+    assert final_noise.printout(orders)[2] == [("300 steps, 2 order(s)", [0.00070, 0.00073])]

@@ -12,9 +12,11 @@ import contextlib
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pruner.errors import OutOfDeviceMemory, PrunerError
@@ -22,10 +24,13 @@ from pruner.errors import OutOfDeviceMemory, PrunerError
 __all__ = [
     "auto_threads",
     "configure_threads",
+    "count_idle",
     "default_threads",
     "forked_map",
     "idle_cpu_workers",
+    "idle_cpus",
     "out_of_memory_advice",
+    "parse_cpu_times",
     "threads",
 ]
 
@@ -59,12 +64,61 @@ def configure_threads(threads: int | None = None) -> int:
 def idle_cpu_workers(device: Any, jobs: int) -> int:
     """How many processes can run ``jobs`` independent jobs at once on ``device``: on a CPU whose torch threads
     leave cores idle (one thread on two cores: thread wake-ups cost a tiny UNet more than a second core gives),
-    one per idle core; else one (a GPU, another platform, a single job)."""
+    one per core that other work leaves idle (:func:`idle_cpus`: a second process on a core another job keeps
+    busy only slows both); else one (a GPU, another platform, a single job)."""
     import torch
 
     if jobs < 2 or torch.device(device).type != "cpu" or sys.platform != "linux":
         return 1
-    return max(1, min(jobs, len(os.sched_getaffinity(0)) // max(1, torch.get_num_threads())))
+    threads = max(1, torch.get_num_threads())
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) // threads < 2:
+        return 1
+    return max(1, min(jobs, idle_cpus(cpus) // threads))
+
+
+def idle_cpus(cpus: set[int], window: float = 0.2) -> int:
+    """How many of ``cpus`` were idle at least half of the next ``window`` seconds (``/proc/stat``), the caller
+    waiting meanwhile: what other processes leave free. Time spent on niced processes counts as idle when this
+    one is not niced (they yield to it). All of them where the counters cannot be read."""
+    before = _cpu_times()
+    time.sleep(window)
+    after = _cpu_times()
+    return count_idle(before, after, cpus, nice_yields=os.nice(0) == 0) if before and after else len(cpus)
+
+
+def _cpu_times() -> dict[int, tuple[int, int, int]]:
+    """:func:`parse_cpu_times` of ``/proc/stat``; empty where it cannot be read."""
+    try:
+        return parse_cpu_times(Path("/proc/stat").read_text())
+    except OSError:
+        return {}
+
+
+def parse_cpu_times(text: str) -> dict[int, tuple[int, int, int]]:
+    """``/proc/stat``'s per-CPU lines as {cpu: (total, idle + iowait, nice) jiffies since boot}."""
+    times = {}
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and len(fields) >= 5:
+            ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+            times[int(name[3:])] = (sum(ticks), ticks[3] + ticks[4], ticks[1])
+    return times
+
+
+def count_idle(
+    before: dict[int, tuple[int, int, int]], after: dict[int, tuple[int, int, int]], cpus: set[int],
+    nice_yields: bool = False,
+) -> int:  # fmt: skip
+    """How many of ``cpus`` were idle (or, with ``nice_yields``, running niced processes) at least half the time
+    between two :func:`parse_cpu_times` readings; a CPU the readings lack, or that did not tick, counts as idle."""
+    idle = 0
+    for cpu in cpus:
+        total0, idle0, nice0 = before.get(cpu, (0, 0, 0))
+        total1, idle1, nice1 = after.get(cpu, (0, 0, 0))
+        free = idle1 - idle0 + (nice1 - nice0 if nice_yields else 0)
+        idle += total1 - total0 <= 0 or free * 2 >= total1 - total0
+    return idle
 
 
 _FORKED: tuple[Callable[[Any], Any], Sequence[Any]] | None = None  # a forked worker's function and items

@@ -1,4 +1,5 @@
-"""pruner.runtime.forked_map: the same list as one process, whatever happens to its workers."""
+"""pruner.runtime: forked_map gives the same list as one process, whatever happens to its workers, and forks
+only as many workers as other jobs leave cores idle."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import sys
 
 import pytest
 
-from pruner.runtime import forked_map
+from pruner import runtime
+from pruner.runtime import count_idle, forked_map, idle_cpu_workers, idle_cpus, parse_cpu_times, threads
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forked workers are used on Linux only")
 
@@ -52,3 +54,43 @@ def test_an_error_in_a_worker_reaches_the_caller() -> None:
 
 def test_one_worker_maps_in_this_process() -> None:
     assert forked_map(_square_in_a_worker, [1, 2], workers=1) == [(1, False), (4, False)]
+
+
+STAT_BEFORE = """cpu  300 0 30 500 10 0 0 0 0 0
+cpu0 100 0 10 200 5 0 0 0 0 0
+cpu1 200 0 20 300 5 0 0 0 0 0
+intr 1 2 3
+"""
+STAT_AFTER = """cpu  420 100 34 520 10 0 0 0 0 0
+cpu0 110 0 12 218 5 0 0 0 0 0
+cpu1 210 100 22 302 5 0 0 0 0 0
+intr 1 2 3
+"""  # cpu0: 18 idle of 30 ticks; cpu1: 2 idle of 114, 100 of them a niced job's
+
+
+def test_a_cpu_another_job_keeps_busy_is_not_counted_idle() -> None:
+    before, after = parse_cpu_times(STAT_BEFORE), parse_cpu_times(STAT_AFTER)
+    assert before == {0: (315, 205, 0), 1: (525, 305, 0)}  # the all-CPU line is not a CPU
+    assert count_idle(before, after, {0, 1}) == 1
+    assert count_idle(before, after, {1}) == 0
+    assert count_idle(before, after, {1}, nice_yields=True) == 1  # the niced job yields to this one
+    assert count_idle(before, after, {0, 1, 7}) == 2  # a CPU the readings lack counts as idle
+    assert count_idle(before, before, {0, 1}) == 2  # no tick: idle
+
+
+def test_forked_workers_are_only_as_many_as_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One torch thread on two cores forks a second worker only where no other job keeps a core busy."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    with threads(1):
+        monkeypatch.setattr(runtime, "idle_cpus", lambda cpus: len(cpus))
+        assert idle_cpu_workers("cpu", 3) == 2 and idle_cpu_workers("cpu", 1) == 1
+        monkeypatch.setattr(runtime, "idle_cpus", lambda _cpus: 1)
+        assert idle_cpu_workers("cpu", 3) == 1
+    with threads(2):  # two threads on two cores: no core left for a second worker, nothing sampled
+        monkeypatch.setattr(runtime, "idle_cpus", lambda _cpus: pytest.fail("sampled"))
+        assert idle_cpu_workers("cpu", 3) == 1
+
+
+def test_idle_cpus_counts_at_most_the_cpus_asked() -> None:
+    cpus = os.sched_getaffinity(0)
+    assert 0 <= idle_cpus(cpus, window=0.05) <= len(cpus)

@@ -282,8 +282,9 @@ class SeedAhead:
     """The sensitivity seed's after-trials scores (:func:`seed_scores`), measured during the trials in a forked
     process on the core a one-thread CPU search leaves idle (:func:`repeat_workers`): an Optuna callback that
     starts once the seed's trial is done (its plan as scored is known then). After the trials the found-plan
-    rule then trains only the candidate. Nowhere else (a GPU, one core, no noise floor) does it start;
-    :meth:`scores` is None then, and the rule measures what it needs itself."""
+    rule then trains only the candidate. Nowhere else (a GPU, one core, a core another job keeps busy, no noise
+    floor) does it start: :meth:`scores` is None then, and the rule measures what it needs itself, which on a
+    busy machine is less work than the seed's share scored ahead."""
 
     def __init__(self, ctx: SearchContext) -> None:
         self.ctx = ctx

@@ -411,11 +411,11 @@ def main() -> None:
         results[summary["budget"]] = result
         tables_path(path.parent, summary, args.final_steps).write_text(json.dumps(result, indent=1))
     if args.printouts:
-        table = proxies_against_means(args.printouts, results)
+        table = [{**row, "final_steps": args.final_steps} for row in proxies_against_means(args.printouts, results)]
         kept = args.summaries[0].parent / "noise-proxies.json"  # other printouts' rows, from other runs, stay
-        names = {path.name for path in args.printouts}
+        redone = {(path.name, args.final_steps) for path in args.printouts}  # against finals of these steps
         earlier = json.loads(kept.read_text()) if kept.is_file() else []
-        earlier = [row for row in earlier if row["printout"] not in names]
+        earlier = [row for row in earlier if (row["printout"], row.get("final_steps")) not in redone]
         kept.write_text(json.dumps(earlier + table, indent=1))
 
 

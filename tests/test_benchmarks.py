@@ -141,6 +141,23 @@ def test_final_noise_separates_the_held_out_sets_shift_from_the_noise_that_reord
     out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2", "--final-steps",
               "3", "--report")  # fmt: skip
     assert "oracle's proxy KD" not in out and "1.826x on a held-out seed" in out
+    # a printout ranked against these 3-step finals is filed as such, beside its rows against other finals
+    printout = tmp_path / "proxy-fidelity-30-x.txt"
+    printout.write_text(
+        "4 plans at 30%, ranked after 1000 distillation steps\n"
+        "final KD: aaaaaaaa 1.0, bbbbbbbb 1.2, cccccccc 2.0, dddddddd 3.0\n"
+        "calibration held-out      lr steps schedule weights Kendall tau best half s / plan  scores\n"
+        "        384      128   3e-04   300   cosine proxy          1.00      1.00     29.2  2.0, 1.0, 3.0, 4.0\n"
+    )
+    earlier = {"printout": printout.name, "variant": "v", "plans": 4, "tau_seed0": [0, 0], "tau_mean": [0, 0]}
+    kept = [earlier | {"final_steps": 1000}, earlier | {"final_steps": 3}]
+    (tmp_path / "noise-proxies.json").write_text(json.dumps(kept))
+    run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2", "--final-steps", "3",
+        "--report", "--printouts", str(printout))  # fmt: skip
+    rows = json.loads((tmp_path / "noise-proxies.json").read_text())
+    variant = "300:cosine, lr 3e-04, proxy loss, 384 rows"
+    assert [(r["final_steps"], r["variant"]) for r in rows] == [(1000, "v"), (3, variant)]
+    assert rows[1]["tau_mean"][0] == pytest.approx(2 / 3)  # the scores swap a and b, the means do not
 
 
 def test_final_noise_counts_how_often_a_race_stopped_at_a_step_keeps_the_better_plan(tmp_path: Path) -> None:

@@ -52,12 +52,14 @@ class Plan:
     proxy_kd: float | None  # the oracle's (None for plans that only a default search scored)
 
 
-def tables_path(folder: Path, summary: dict[str, Any], steps: int) -> Path:
-    """Where a budget's tables are kept: ``noise-BUDGET.json`` at the summary's own distillation steps,
-    ``noise-BUDGET-Nsteps.json`` at other steps, so a shorter run never overwrites the full-length tables."""
+def tables_path(folder: Path, summary: dict[str, Any], steps: int | None = None) -> Path:
+    """Where a budget's tables are kept: ``noise-BUDGET.json`` at the summary's own distillation steps (or
+    ``steps`` None), ``noise-BUDGET-Nsteps.json`` at other steps, so a shorter run never overwrites the
+    full-length tables."""
     own = {p["steps"] for p in summary["plans"] if "steps" in p}
     budget = summary["budget"].replace("=", "-")
-    return folder / (f"noise-{budget}.json" if own <= {steps} else f"noise-{budget}-{steps}steps.json")
+    full = steps is None or own <= {steps}
+    return folder / (f"noise-{budget}.json" if full else f"noise-{budget}-{steps}steps.json")
 
 
 def plans_of(summary: dict[str, Any]) -> list[Plan]:
@@ -329,6 +331,27 @@ def report(
             "tau_between_seeds": pairs, "proxy_tau": proxy_taus, "regret": regret}  # fmt: skip
 
 
+def against_full_length(result: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
+    """A run at other steps against the full-length tables (the summary's own steps, ``noise-BUDGET.json``): its
+    means ranked against the full-length means (tau over all, and over the better half by those), and the
+    sensitivity seed's lead over each plan at both lengths (its mean KD over the plan's, less one: positive
+    where the plan is ahead of the seed). Printed; returned for the tables."""
+    keys = sorted((k for k in full["mean"] if k in result["mean"]), key=lambda k: full["mean"][k])
+    mean, full_mean = result["mean"], full["mean"]
+    tau = (taus(mean, full_mean, keys), taus(mean, full_mean, better_half(keys, full_mean)))
+    seed = sensitivity_seed(keys, full["roles"])
+    print(f"\nagainst the full-length means ({len(keys)} plans, seeds {full['seeds']}): tau {tau[0]:.2f} over all, "
+          f"{tau[1]:.2f} over the better half")  # fmt: skip
+    leads = {}
+    if seed is not None:
+        print(f"the sensitivity seed's lead over each plan ({seed[:8]}: positive where the plan is ahead of it)")
+        print(f"{'plan':<10}{'these steps':>12}{'full length':>12}")
+        for k in keys:
+            leads[k] = (result["mean"][seed] / result["mean"][k] - 1, full["mean"][seed] / full["mean"][k] - 1)
+            print(f"{k[:8]:<10}{100 * leads[k][0]:>+11.1f}%{100 * leads[k][1]:>+11.1f}%")
+    return {"full_seeds": full["seeds"], "tau": tau, "seed": seed, "seed_lead": leads}
+
+
 def printout(path: Path) -> tuple[str, list[str], list[tuple[str, list[float]]]]:
     """A ``proxy_fidelity.py`` printout: its budget, its plans (key prefixes, in its order) and each variant's
     label with its scores. ``--orders`` printouts label a variant by its top steps and orders averaged, the
@@ -409,7 +432,10 @@ def main() -> None:
         kd = {key: {s: f.kd for s, f in by_seed.items()} for key, by_seed in finals.items()}
         result = report(summary, plans, kd, seeds, curves_of(finals), evals_of(finals))
         results[summary["budget"]] = result
-        tables_path(path.parent, summary, args.final_steps).write_text(json.dumps(result, indent=1))
+        tables, full = tables_path(path.parent, summary, args.final_steps), tables_path(path.parent, summary)
+        if tables != full and full.is_file():  # a run at other steps, beside the full-length tables
+            result["against_full_length"] = against_full_length(result, json.loads(full.read_text()))
+        tables.write_text(json.dumps(result, indent=1))
     if args.printouts:
         table = [{**row, "final_steps": args.final_steps} for row in proxies_against_means(args.printouts, results)]
         kept = args.summaries[0].parent / "noise-proxies.json"  # other printouts' rows, from other runs, stay

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -158,6 +159,29 @@ def test_final_noise_separates_the_held_out_sets_shift_from_the_noise_that_reord
     variant = "300:cosine, lr 3e-04, proxy loss, 384 rows"
     assert [(r["final_steps"], r["variant"]) for r in rows] == [(1000, "v"), (3, variant)]
     assert rows[1]["tau_mean"][0] == pytest.approx(2 / 3)  # the scores swap a and b, the means do not
+
+
+def test_final_noise_ranks_a_shorter_run_against_the_full_length_means(tmp_path: Path) -> None:
+    """Fixed 3-step finals beside fixed 1000-step tables: the short run has the best plan behind the seed."""
+    short = {"a" * 16: 1.3, "b" * 16: 1.2, "c" * 16: 2.0, "d" * 16: 3.0}
+    full = {"a" * 16: 1.0, "b" * 16: 1.2, "c" * 16: 2.0, "d" * 16: 3.0}
+    roles = {"a" * 16: ["oracle #1"], "b" * 16: ["sensitivity seed"], "c" * 16: ["oracle #2"], "d" * 16: ["oracle #3"]}
+    plans = [{"key": k, "role": r[0], "steps": 1000, "kd": full[k]} for k, r in roles.items()]
+    (tmp_path / "summary-30%.json").write_text(json.dumps({"budget": "30%", "plans": plans}))
+    (tmp_path / "noise-30%.json").write_text(json.dumps({"seeds": [0, 1], "mean": full, "roles": roles}))
+    (tmp_path / "finals").mkdir()
+    for key, kd in short.items():
+        for seed in (1, 2):
+            final = {"key": key, "steps": 3, "kd": kd, "psnr": 30.0, "accuracy": None, "accuracy_se": None,
+                     "seconds": 1.0, "seed": seed}  # fmt: skip
+            (tmp_path / "finals" / f"{key}-3-seed{seed}.json").write_text(json.dumps(final))
+    out = run("benchmarks/final_noise.py", str(tmp_path / "summary-30%.json"), "--seeds", "1,2", "--final-steps",
+              "3", "--report")  # fmt: skip
+    assert "against the full-length means (4 plans, seeds [0, 1]): tau 0.67 over all, -1.00 over the better half" in out
+    assert re.search(r"aaaaaaaa\s+-7\.7%\s+\+20\.0%", out)  # behind the seed at 3 steps, 20% ahead at 1000
+    tables = json.loads((tmp_path / "noise-30%-3steps.json").read_text())["against_full_length"]
+    assert tables["seed"] == "b" * 16 and tables["seed_lead"]["a" * 16] == pytest.approx([1.2 / 1.3 - 1, 0.2])
+    assert json.loads((tmp_path / "noise-30%.json").read_text())["mean"] == full  # the full-length tables stay
 
 
 def test_final_noise_counts_how_often_a_race_stopped_at_a_step_keeps_the_better_plan(tmp_path: Path) -> None:

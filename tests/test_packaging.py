@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_a_non_editable_install_runs_a_search_from_another_folder(tmp_path: Path) -> None:
-    site = tmp_path / "site"
+    site, source = tmp_path / "site", tmp_path / "source"
+    shutil.copytree(ROOT / "pruner", source / "pruner", ignore=shutil.ignore_patterns("__pycache__", ".teacher*"))
+    for name in ("pyproject.toml", "README.md"):  # built from a copy: setuptools leaves build/ beside its source
+        shutil.copy2(ROOT / name, source / name)
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-               "--target", str(site), str(ROOT)]  # fmt: skip
+               "--target", str(site), str(source)]  # fmt: skip
     subprocess.run(install, check=True, cwd=tmp_path, capture_output=True, timeout=300)
     assert (site / "pruner" / "study" / "spaces" / "default.yaml").is_file()
     assert (site / "pruner" / "tiny" / "teacher" / "model_index.json").is_file()

@@ -336,8 +336,8 @@ def against_full_length(result: dict[str, Any], full: dict[str, Any]) -> dict[st
     means ranked against the full-length means (tau over all, and over the better half by those), and the
     sensitivity seed's lead over each plan at both lengths (its mean KD over the plan's, less one: positive
     where the plan is ahead of the seed). Printed; returned for the tables."""
-    keys = sorted((k for k in full["mean"] if k in result["mean"]), key=lambda k: full["mean"][k])
     mean, full_mean = result["mean"], full["mean"]
+    keys = sorted((k for k in full_mean if k in mean), key=lambda k: full_mean[k])
     tau = (taus(mean, full_mean, keys), taus(mean, full_mean, better_half(keys, full_mean)))
     seed = sensitivity_seed(keys, full["roles"])
     print(f"\nagainst the full-length means ({len(keys)} plans, seeds {full['seeds']}): tau {tau[0]:.2f} over all, "
@@ -347,7 +347,7 @@ def against_full_length(result: dict[str, Any], full: dict[str, Any]) -> dict[st
         print(f"the sensitivity seed's lead over each plan ({seed[:8]}: positive where the plan is ahead of it)")
         print(f"{'plan':<10}{'these steps':>12}{'full length':>12}")
         for k in keys:
-            leads[k] = (result["mean"][seed] / result["mean"][k] - 1, full["mean"][seed] / full["mean"][k] - 1)
+            leads[k] = (mean[seed] / mean[k] - 1, full_mean[seed] / full_mean[k] - 1)
             print(f"{k[:8]:<10}{100 * leads[k][0]:>+11.1f}%{100 * leads[k][1]:>+11.1f}%")
     return {"full_seeds": full["seeds"], "tau": tau, "seed": seed, "seed_lead": leads}
 

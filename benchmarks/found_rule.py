@@ -8,6 +8,14 @@ order, and the seconds of the noise floor and of the decision.
 
     cp "/tmp/pruner-search-vs-heuristics/svh-30%-seed0.log" /tmp/s.log
     python benchmarks/found_rule.py journal:/tmp/s.log svh-30%-seed0 --budget 30%
+
+``--trials N ...`` asks instead what the confirmation would read for other plans than the one the rule
+picks (the runners-up at the top rung, say): each named trial and the seed trained ``--confirm-steps`` in one
+segment under the confirmation's row orders (on ``--confirm-calibration`` rows), and each trial's lead over the
+seed paired over those orders. The study is only read.
+
+    python benchmarks/found_rule.py journal:/tmp/s.log svh-30%-seed0 --budget 30% --trials 12 17 \\
+        --confirm-steps 1000 --confirm-calibration 384
 """
 
 from __future__ import annotations
@@ -22,10 +30,32 @@ import optuna
 import torch
 
 from pruner.budget import parse_budget
-from pruner.runtime import default_threads
-from pruner.study.choice import choose_found, noise_floor
+from pruner.runtime import default_threads, forked_map, idle_cpu_workers
+from pruner.study.choice import (
+    choose_found,
+    confirm_context,
+    confirm_orders,
+    noise_floor,
+    paired_lead,
+    straight_kd,
+)
+from pruner.study.context import SearchContext
+from pruner.study.heuristics import ANCHOR
+from pruner.study.sampler import scored_plan
 from pruner.study.study import SearchConfig, build_context, proxy_schedule, storage_of
 from pruner.teacher import Teacher
+
+
+def context_of(study: optuna.Study, budget: str, confirm_steps: int | None = None, *,
+               confirm_calibration: int | None = None, confirm_lead: float | None = None) -> SearchContext:  # fmt: skip
+    """The search context the study was scored in, with the confirmation's settings as given."""
+    settings = study.user_attrs["search"]
+    cfg = SearchConfig(budget=budget, seed=settings["seed"], calibration=settings["calibration"],
+                       held_out=settings["held_out"], proxy_steps=settings["rungs"][1],
+                       top_steps=settings["rungs"][-1], confirm_steps=confirm_steps, progress=False,
+                       confirm_calibration=confirm_calibration, confirm_lead=confirm_lead, out=None)  # fmt: skip
+    teacher = Teacher.resolve(settings["teacher"])
+    return build_context(cfg, teacher, parse_budget(cfg.budget), schedule=proxy_schedule(study))
 
 
 def decide_again(
@@ -39,15 +69,9 @@ def decide_again(
 ) -> tuple[dict[str, Any], dict[str, Any], float, float]:
     """The study's noise floor and found-plan choice measured afresh with this pruner (overwriting both), the
     confirmation as ``pruner search``'s settings of the same names ask, and the seconds each took."""
-    settings = study.user_attrs["search"]
     for attr in ("noise_floor", "found_choice"):  # measured again, as this pruner measures them
         study.set_user_attr(attr, {})
-    cfg = SearchConfig(budget=budget, seed=settings["seed"], calibration=settings["calibration"],
-                       held_out=settings["held_out"], proxy_steps=settings["rungs"][1],
-                       top_steps=settings["rungs"][-1], confirm_steps=confirm_steps, progress=False,
-                       confirm_calibration=confirm_calibration, confirm_lead=confirm_lead, out=None)  # fmt: skip
-    teacher, schedule = Teacher.resolve(settings["teacher"]), proxy_schedule(study)
-    ctx = build_context(cfg, teacher, parse_budget(cfg.budget), schedule=schedule)
+    ctx = context_of(study, budget, confirm_steps, confirm_calibration=confirm_calibration, confirm_lead=confirm_lead)
     start = time.perf_counter()
     floor = noise_floor(study, ctx)
     middle = time.perf_counter()
@@ -55,6 +79,33 @@ def decide_again(
     end = time.perf_counter()
     assert floor is not None and made is not None, "the study has no scored plan to choose"
     return floor, made, middle - start, end - middle
+
+
+def confirm_trials(study: optuna.Study, budget: str, numbers: list[int], steps: int, rows: int | None
+                   ) -> dict[str, Any]:  # fmt: skip
+    """What the confirmation reads for each of ``numbers`` against the sensitivity seed: both trained ``steps``
+    in one segment under the confirmation's row orders (on ``rows`` calibration rows), and each trial's lead
+    over the seed paired over them (a share of the seed's mean score; positive: ahead)."""
+    ctx = confirm_context(context_of(study, budget, steps, confirm_calibration=rows))
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    anchor = next(t for t in trials.values() if t.user_attrs.get("label") == ANCHOR)
+    plans = {n: scored_plan(trials[n]) for n in [anchor.number, *numbers]}
+    jobs = [(n, order) for n in plans for order in confirm_orders(ctx)]
+    start = time.perf_counter()
+    scores = forked_map(lambda job: straight_kd(ctx, plans[job[0]], job[1], steps), jobs,  # type: ignore[arg-type]
+                        idle_cpu_workers(ctx.calib.device, len(jobs)))  # fmt: skip
+    by_trial: dict[int, list[float]] = {}
+    for (n, _), kd in zip(jobs, scores, strict=True):
+        by_trial.setdefault(n, []).append(kd)
+    seed_kd = by_trial.pop(anchor.number)
+    base = sum(seed_kd) / len(seed_kd)
+    leads = {}
+    for n, kd in by_trial.items():
+        lead = paired_lead(kd, seed_kd)
+        leads[str(n)] = {"plan_key": trials[n].user_attrs.get("plan_key"), "kd": kd, "lead": lead.mean / base,
+                         "se": lead.se / base}  # fmt: skip
+    return {"steps": steps, "rows": ctx.calib.n_train, "seed": anchor.number, "seed_kd": seed_kd, "trials": leads,
+            "seconds": round(time.perf_counter() - start)}  # fmt: skip
 
 
 def main() -> None:
@@ -65,10 +116,18 @@ def main() -> None:
     p.add_argument("--confirm-steps", type=int, help="the confirmation's steps (default: the top rung's; 0: none)")
     p.add_argument("--confirm-calibration", type=int, help="rows the confirmation trains on (default: the search's)")
     p.add_argument("--confirm-lead", type=float, help="the lead the confirmation must show (default: a fifth)")
+    p.add_argument("--trials", type=int, nargs="+", help="confirm these trials against the seed instead of deciding")
     args = p.parse_args()
     torch.set_num_threads(default_threads())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=args.study, storage=storage_of(args.storage))
+    if args.trials:
+        steps = args.confirm_steps or study.user_attrs["search"]["rungs"][-1]
+        out = confirm_trials(study, args.budget, args.trials, steps, args.confirm_calibration)
+        print(json.dumps(out, indent=1))
+        for n, t in out["trials"].items():
+            print(f"trial {n} ({t['plan_key']}): {100 * t['lead']:+.1f}% ± {100 * t['se']:.1f}% over the seed")
+        return
     floor, made, floor_s, decision_s = decide_again(study, args.budget, args.confirm_steps,
                                                     confirm_calibration=args.confirm_calibration,
                                                     confirm_lead=args.confirm_lead)  # fmt: skip

@@ -305,3 +305,53 @@ def test_final_noise_reads_both_kinds_of_proxy_fidelity_printout(
         [("300:cosine, lr 3e-04, distill loss, 384 rows", [0.00207, 0.00222])],
     )
     assert final_noise.printout(orders)[2] == [("300 steps, 2 order(s)", [0.00070, 0.00073])]
+
+
+def test_found_rule_confirms_named_trials_against_the_seed_under_the_confirmations_orders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``found_rule.py --trials``: each named trial and the seed are trained the confirmation's steps under its
+    row orders (on its rows), and each trial's lead over the seed is paired over those orders, as a share."""
+    from types import SimpleNamespace
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import found_rule
+
+    from pruner.study.study import SearchConfig
+
+    def trial(removed: list[str], label: str | None = None) -> optuna.trial.FrozenTrial:
+        attrs: dict[str, object] = {"removed": removed, "ff_keep": {}, "label": label,
+                                    "plan_key": "+".join(removed) or "none"}  # fmt: skip
+        return create_trial(state=TrialState.COMPLETE, values=[1.0, 1.0], user_attrs=attrs)
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.add_trials([trial(["mid_block"], "sensitivity"), trial(["a"]), trial(["b"])])
+    cfg = SearchConfig(progress=False, noise_seeds=2, seed=5, confirm_calibration=384)
+    asked: dict[str, int] = {}
+
+    def with_calibration(rows: int) -> SimpleNamespace:
+        asked["rows"] = rows
+        return SimpleNamespace(cfg=cfg, calib=SimpleNamespace(device="cpu", n_train=rows))
+
+    ctx = SimpleNamespace(cfg=cfg, with_calibration=with_calibration)
+    monkeypatch.setattr(found_rule, "context_of", lambda *_a, **_k: ctx)
+    seed_kd = {6: 1.00, 7: 1.10, 8: 0.90}  # by row order: the confirmation's are seed + 1 .. seed + 3
+    trained: list[tuple[str, int, int]] = []
+
+    def straight_kd(_ctx: object, plan: object, order: int, steps: int) -> float:
+        name = "+".join(sorted(plan.removed))  # type: ignore[attr-defined]
+        trained.append((name, order, steps))
+        return seed_kd[order] * {"mid_block": 1.0, "a": 0.8, "b": 1.02}[name]
+
+    monkeypatch.setattr(found_rule, "straight_kd", straight_kd)
+    monkeypatch.setattr(found_rule, "idle_cpu_workers", lambda *_a: 1)
+    out = found_rule.confirm_trials(study, "30%", [1, 2], 1000, 384)
+    assert asked["rows"] == 384 and out["rows"] == 384 and out["steps"] == 1000
+    assert sorted(trained) == sorted((n, o, 1000) for n in ("mid_block", "a", "b") for o in (6, 7, 8))
+    assert out["seed"] == 0 and out["seed_kd"] == pytest.approx([1.00, 1.10, 0.90])
+    assert out["trials"]["1"]["lead"] == pytest.approx(0.2)
+    assert out["trials"]["1"]["se"] == pytest.approx(0.02 / 3**0.5)
+    assert out["trials"]["2"]["lead"] == pytest.approx(-0.02)

@@ -60,7 +60,9 @@ __all__ = [
     "SeedAhead",
     "SeedScores",
     "choose_found",
+    "confirm_context",
     "confirm_lead",
+    "confirm_orders",
     "noise_floor",
     "paired_lead",
     "prescore_repeats",
@@ -70,6 +72,7 @@ __all__ = [
     "screened_lead",
     "seed_scores",
     "settled",
+    "straight_kd",
     "tie_margin",
     "top_rung_kd",
 ]
@@ -260,8 +263,8 @@ def seed_scores(ctx: SearchContext, anchor: FrozenTrial, steps: int) -> SeedScor
     again, confirm = _confirm_steps(ctx, steps), []
     plan = scored_plan(anchor)
     if again > 0 and plan is not None and not _confirm_is_repeats(ctx, again, steps):
-        confirming = _confirm_context(ctx)
-        confirm = [_score(confirming, (plan, order, again, True)) for order in _confirm_orders(confirming)]
+        confirming = confirm_context(ctx)
+        confirm = [_score(confirming, (plan, order, again, True)) for order in confirm_orders(confirming)]
     return SeedScores(anchor.number, steps, repeats, again, confirm)
 
 
@@ -439,13 +442,13 @@ def _confirm_is_repeats(ctx: SearchContext, again: int, top: int) -> bool:
     return ctx.afresh and again == top and ctx.cfg.confirm_calibration is None
 
 
-def _confirm_context(ctx: SearchContext) -> SearchContext:
+def confirm_context(ctx: SearchContext) -> SearchContext:
     """The context the confirmation trains in: on ``confirm_calibration`` rows where given."""
     rows = ctx.cfg.confirm_calibration
     return ctx if rows is None else ctx.with_calibration(rows)
 
 
-def _confirm_orders(ctx: SearchContext) -> range:
+def confirm_orders(ctx: SearchContext) -> range:
     """The confirmation's row orders: ``noise_seeds`` + 1 orders other than the search's own."""
     return range(ctx.cfg.seed + 1, ctx.cfg.seed + 2 + ctx.cfg.noise_seeds)
 
@@ -457,8 +460,8 @@ def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial, steps: 
     curse, so those scores are left out), on ``confirm_calibration`` rows where given: the candidate's scores and
     the seed's, order by order. ``known``: the two plans' scores under the first of those orders, already
     measured the same way (the top rung's repeats where rungs train afresh), so not trained again."""
-    ctx = _confirm_context(ctx)
-    orders = _confirm_orders(ctx)
+    ctx = confirm_context(ctx)
+    orders = confirm_orders(ctx)
     plans = [p for p in (scored_plan(best), scored_plan(anchor)) if p is not None]
     assert len(plans) == 2, "both plans reached the top rung, so both have a scored plan"
     jobs = [

@@ -47,13 +47,15 @@ from pruner.teacher import Teacher
 
 
 def context_of(study: optuna.Study, budget: str, confirm_steps: int | None = None, *,
-               confirm_calibration: int | None = None, confirm_lead: float | None = None) -> SearchContext:  # fmt: skip
+               confirm_calibration: int | None = None, confirm_lead: float | None = None,
+               confirm_runners_up: int = 0) -> SearchContext:  # fmt: skip
     """The search context the study was scored in, with the confirmation's settings as given."""
     settings = study.user_attrs["search"]
     cfg = SearchConfig(budget=budget, seed=settings["seed"], calibration=settings["calibration"],
                        held_out=settings["held_out"], proxy_steps=settings["rungs"][1],
                        top_steps=settings["rungs"][-1], confirm_steps=confirm_steps, progress=False,
-                       confirm_calibration=confirm_calibration, confirm_lead=confirm_lead, out=None)  # fmt: skip
+                       confirm_calibration=confirm_calibration, confirm_lead=confirm_lead,
+                       confirm_runners_up=confirm_runners_up, out=None)  # fmt: skip
     teacher = Teacher.resolve(settings["teacher"])
     return build_context(cfg, teacher, parse_budget(cfg.budget), schedule=proxy_schedule(study))
 
@@ -66,12 +68,14 @@ def decide_again(
     *,
     confirm_calibration: int | None = None,
     confirm_lead: float | None = None,
+    confirm_runners_up: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any], float, float]:
     """The study's noise floor and found-plan choice measured afresh with this pruner (overwriting both), the
     confirmation as ``pruner search``'s settings of the same names ask, and the seconds each took."""
     for attr in ("noise_floor", "found_choice"):  # measured again, as this pruner measures them
         study.set_user_attr(attr, {})
-    ctx = context_of(study, budget, confirm_steps, confirm_calibration=confirm_calibration, confirm_lead=confirm_lead)
+    ctx = context_of(study, budget, confirm_steps, confirm_calibration=confirm_calibration, confirm_lead=confirm_lead,
+                     confirm_runners_up=confirm_runners_up)  # fmt: skip
     start = time.perf_counter()
     floor = noise_floor(study, ctx)
     middle = time.perf_counter()
@@ -116,6 +120,7 @@ def main() -> None:
     p.add_argument("--confirm-steps", type=int, help="the confirmation's steps (default: the top rung's; 0: none)")
     p.add_argument("--confirm-calibration", type=int, help="rows the confirmation trains on (default: the search's)")
     p.add_argument("--confirm-lead", type=float, help="the lead the confirmation must show (default: a fifth)")
+    p.add_argument("--confirm-runners-up", type=int, default=0, help="where the seed is named, confirm this many more")
     p.add_argument("--trials", type=int, nargs="+", help="confirm these trials against the seed instead of deciding")
     args = p.parse_args()
     torch.set_num_threads(default_threads())
@@ -130,7 +135,8 @@ def main() -> None:
         return
     floor, made, floor_s, decision_s = decide_again(study, args.budget, args.confirm_steps,
                                                     confirm_calibration=args.confirm_calibration,
-                                                    confirm_lead=args.confirm_lead)  # fmt: skip
+                                                    confirm_lead=args.confirm_lead,
+                                                    confirm_runners_up=args.confirm_runners_up)  # fmt: skip
     print(json.dumps({"noise_floor": floor, "found_choice": made}, indent=1))
     print(f"noise floor {floor_s:.0f} s, the decision {decision_s:.0f} s")
 

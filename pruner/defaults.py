@@ -18,6 +18,7 @@ CONFIRM_STEPS = None  # the found-plan rule's confirmation: KD steps in one segm
 CONFIRM_CALIBRATION = 384  # rows the confirmation trains on (None: the search's): docs/benchmarks/search-oracle.md,
 # "The confirmation by default"
 CONFIRM_LEAD = 0.08  # the lead the confirmation must show, a share of the seed's score (None: the rule's fifth)
+CONFIRM_RUNNERS_UP = 0  # where the rule names the seed, confirm this many next-best plans too (a 30% benchmark)
 SPACE = "default"
 CALIBRATION = 96  # rows the proxy trains on (384 ranked no better at 20%: README, proxy fidelity)
 HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder close plans)

@@ -144,7 +144,8 @@ def test_every_search_and_distill_knob_reaches_its_settings(monkeypatch: pytest.
     monkeypatch.setattr("pruner.study.study.run_search", caught)
     given = {"trials": 3, "proxy_steps": 5, "top_steps": 7, "sampler": "tpe", "noise_seeds": 1, "calibration": 9,
              "held_out": 11, "study": "s", "seed": 4, "device": "cpu", "mixed_precision": "bf16", "space": "depth-only",
-             "storage": "sqlite:///x.db", "prompts": "p.txt"}  # fmt: skip
+             "storage": "sqlite:///x.db", "prompts": "p.txt", "confirm_steps": 12, "confirm_calibration": 13,
+             "confirm_lead": 0.1, "confirm_runners_up": 2}  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         pruner.search("tiny-sdxl", "40%", objectives="quality, params", **given)  # type: ignore[arg-type]
     config = seen["config"]

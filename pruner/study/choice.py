@@ -19,6 +19,13 @@ that ended 1.27-1.34x better than the seed after 1000 steps and turned down the 
 did; at 20% and 40% it kept the seed where 300 steps named plans 0.5-5% better, and it never named a plan
 behind the seed (``docs/benchmarks/search-oracle.md``, "The confirmation by default").
 
+Where the rule names the seed, ``confirm_runners_up`` (0 by default) asks the same confirmation of the next
+best sampled plans at the top rung, up to that many, each within a fifth of the seed's score there: the
+clearest lead that carries names its plan. At 30% of the bundled teacher's parameters the plans that end
+best score 2-4% behind the seed at the top rung, and a 1000-step confirmation on 384 rows read the two of
+them a search had proposed +26% and +40% ahead, and five plans that end level or behind under the 8% lead
+(``docs/benchmarks/search-oracle.md``, "The distillation itself, shorter").
+
 The seed's share of that work does not wait for the trials: on a CPU whose one-thread search leaves a core
 idle, :class:`SeedAhead` scores the seed's repeats and confirmation there once its trial is done, so after
 the trials only the candidate is trained (the quick start's search: 227 s with the confirmation, against
@@ -47,10 +54,10 @@ from tqdm import tqdm
 
 from pruner.runtime import forked_map, idle_cpu_workers
 from pruner.study.context import SearchContext
-from pruner.study.front import best_quality_trial
+from pruner.study.front import best_quality_trial, feasible_trials
 from pruner.study.heuristics import ANCHOR
 from pruner.study.proxy import Calibration
-from pruner.study.sampler import scored_plan
+from pruner.study.sampler import ranked_plans, scored_plan
 from pruner.unet.plan import Plan
 
 __all__ = [
@@ -69,6 +76,7 @@ __all__ = [
     "recorded_choice",
     "recorded_noise_floor",
     "repeat_workers",
+    "runners_up",
     "screened_lead",
     "seed_scores",
     "settled",
@@ -453,25 +461,23 @@ def confirm_orders(ctx: SearchContext) -> range:
     return range(ctx.cfg.seed + 1, ctx.cfg.seed + 2 + ctx.cfg.noise_seeds)
 
 
-def _confirm(ctx: SearchContext, best: FrozenTrial, anchor: FrozenTrial, steps: int,
-             known: tuple[Sequence[float], Sequence[float]] = ((), ())) -> tuple[list[float], list[float]]:  # fmt: skip
-    """Both plans trained ``steps`` in one cosine segment (``straight_kd``) under ``noise_seeds`` + 1
-    row orders other than the search's own, the one the candidate was picked on (its luck there is the winner's
-    curse, so those scores are left out), on ``confirm_calibration`` rows where given: the candidate's scores and
-    the seed's, order by order. ``known``: the two plans' scores under the first of those orders, already
-    measured the same way (the top rung's repeats where rungs train afresh), so not trained again."""
+def _confirm(ctx: SearchContext, trials: Sequence[FrozenTrial], steps: int, known: Sequence[Sequence[float]]
+             ) -> list[list[float]]:  # fmt: skip
+    """Each of ``trials`` (the candidates and the seed) trained ``steps`` in one cosine segment (``straight_kd``)
+    under ``noise_seeds`` + 1 row orders other than the search's own, the one the candidate was picked on (its
+    luck there is the winner's curse, so those scores are left out), on ``confirm_calibration`` rows where given:
+    each trial's scores, order by order. ``known[i]``: trial i's scores under the first of those orders,
+    already measured the same way (the top rung's repeats where rungs train afresh), so not trained again. All
+    the runs are scored together, several at once where cores allow."""
     ctx = confirm_context(ctx)
     orders = confirm_orders(ctx)
-    plans = [p for p in (scored_plan(best), scored_plan(anchor)) if p is not None]
-    assert len(plans) == 2, "both plans reached the top rung, so both have a scored plan"
-    jobs = [
-        (plan, order, steps, True) for plan, have in zip(plans, known, strict=True) for order in orders[len(have) :]
-    ]
+    plans = [p for t in trials if (p := scored_plan(t)) is not None]
+    assert len(plans) == len(trials), "the plans confirmed reached the top rung, so they have a scored plan"
+    jobs = [(p, order, steps, True) for p, have in zip(plans, known, strict=True) for order in orders[len(have) :]]
     rows = f" on {ctx.calib.n_train} rows" if ctx.cfg.confirm_calibration is not None else ""
-    desc = f"too close to call: trials {best.number} and {anchor.number}, {steps} steps straight{rows}"
-    scores = iter(_score_orders(ctx, jobs, desc))
-    cand, seed = ([*have, *(next(scores) for _ in orders[len(have) :])] for have in known)
-    return cand, seed
+    names = ", ".join(str(t.number) for t in trials[:-1]) + f" and {trials[-1].number}"
+    scores = iter(_score_orders(ctx, jobs, f"too close to call: trials {names}, {steps} steps straight{rows}"))
+    return [[*have, *(next(scores) for _ in orders[len(have) :])] for have in known]
 
 
 def _seed_confirm(seed: SeedScores | None, anchor: int, steps: int) -> list[float]:
@@ -494,6 +500,53 @@ def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequenc
         return anchor.number, (f"{said}: clear, but under {100 * min_lead:.0f}% of the seed's score, less than "
                                "the proxy's error against full distillation, so found.yaml names the seed")  # fmt: skip
     return anchor.number, f"{said}: within {LEAD_SE:g} standard errors (noise), so found.yaml names the seed"
+
+
+def runners_up(study: optuna.Study, anchor: FrozenTrial, steps: int, skip: set[int], n: int) -> list[FrozenTrial]:
+    """Up to ``n`` sampled plans within budget that reached the top rung of ``steps``, best first, each within a
+    fifth (:data:`MIN_LEAD`) of the seed's score there; none in ``skip`` (confirmed already)."""
+    seed_first = (anchor.user_attrs.get("rung_kd") or {}).get(str(steps))
+    if seed_first is None or n <= 0:
+        return []
+    near = [t for _, t in ranked_plans(feasible_trials(study))
+            if t.number != anchor.number and t.number not in skip and t.user_attrs.get("rung_steps") == steps
+            and float(t.user_attrs["proxy_kd"]) <= (1 + MIN_LEAD) * float(seed_first)]  # fmt: skip
+    return near[:n]
+
+
+def _confirm_runners_up(study: optuna.Study, ctx: SearchContext, anchor: FrozenTrial, choice: dict[str, Any],
+                        status: Callable[[str], None], seed: SeedScores | None) -> None:  # fmt: skip
+    """Where ``choice`` names the seed, the confirmation of its runners-up (``confirm_runners_up``): each trained
+    as the confirmation trains, against the seed's confirmation scores (trained once); the clearest lead that
+    carries names its plan. Records each in ``choice['runners_up']``."""
+    steps = int(choice["steps"])
+    again = _confirm_steps(ctx, steps)
+    if choice["chosen"] != anchor.number or again <= 0:
+        return
+    confirmed = choice.get("confirm")
+    skip = {int(choice["candidate"])} if confirmed else set()
+    runners = runners_up(study, anchor, steps, skip, ctx.cfg.confirm_runners_up)
+    if not runners:
+        return
+    status(f"found: the seed, so its {len(runners)} runners-up at the top rung are trained {again} steps too")
+    seed_long = list(confirmed["seed_kd"]) if confirmed else _seed_confirm(seed, anchor.number, again)
+    rows = ctx.cfg.confirm_calibration
+    rows = None if rows is None else ctx.with_calibration(rows).calib.n_train
+    *longer, seed_long = _confirm(ctx, [*runners, anchor], again, [*([] for _ in runners), seed_long])
+    needed, made, named = confirm_lead(ctx), [], []
+    for trial, cand_long in zip(runners, longer, strict=True):
+        lead = paired_lead(cand_long, seed_long)
+        chosen, why = _decide(trial, anchor, lead, seed_long, again, rows, needed)
+        made.append({"trial": trial.number, "candidate_kd": cand_long, "lead": lead.mean,
+                     "se": lead.se if math.isfinite(lead.se) else None, "named": chosen == trial.number})  # fmt: skip
+        if chosen == trial.number:
+            named.append((lead.mean, trial.number, why))
+    choice["runners_up"] = {"steps": again, "rows": rows, "min_lead": needed, "seed_kd": seed_long, "trials": made}
+    if named:
+        _, number, why = max(named)
+        choice |= {"chosen": number, "reason": why}
+    else:
+        choice["reason"] += f"; none of its {len(runners)} runners-up leads it clearly after {again} steps either"
 
 
 def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] | None,
@@ -532,7 +585,7 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
             status(f"found: {why.split(':')[0]}: too close to call, both trained {again} steps again")
             ahead = _seed_confirm(seed, anchor.number, again)
             known = (kd[1:], seed_kd[1:]) if _confirm_is_repeats(ctx, again, steps) else ((), ahead)
-            cand_long, seed_long = _confirm(ctx, best, anchor, again, known)
+            cand_long, seed_long = _confirm(ctx, [best, anchor], again, known)
             longer = paired_lead(cand_long, seed_long)
             rows = None if rows is None else ctx.with_calibration(rows).calib.n_train  # fewer in a small cache
             chosen, why = _decide(best, anchor, longer, seed_long, again, rows, needed)
@@ -540,6 +593,8 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
                        "seed_kd": seed_long, "lead": longer.mean,
                        "se": longer.se if math.isfinite(longer.se) else None}  # fmt: skip
             choice |= {"chosen": chosen, "reason": why, "confirm": confirm}
+    if anchor is not None and ctx.cfg.confirm_runners_up > 0:
+        _confirm_runners_up(study, ctx, anchor, choice, status, seed)
     choice["tie_margin"] = tie_margin(kd, choice.get("seed_kd") if choice.get("paired") else None)
     study.set_user_attr("found_choice", choice)
     status(f"found: {choice['reason']}")

@@ -29,6 +29,7 @@ class SearchConfig:
     confirm_steps: int | None = defaults.CONFIRM_STEPS  # too close to call: both trained again (None: by schedule)
     confirm_calibration: int | None = defaults.CONFIRM_CALIBRATION  # ...on this many rows (None: the search's)
     confirm_lead: float | None = defaults.CONFIRM_LEAD  # ...and the lead they must show (None: MIN_LEAD)
+    confirm_runners_up: int = defaults.CONFIRM_RUNNERS_UP  # where the seed is named: its runners-up confirmed too
     data: str | None = None
     prompts: str | None = None
     space: str = defaults.SPACE

@@ -454,3 +454,86 @@ def _recipe(trial: optuna.trial.FrozenTrial) -> Recipe:
                                   "teacher": {"model": "tiny-sdxl"}, "plan": {"remove": trial.user_attrs["removed"]},
                                   "distill": {"stages": [{"steps": 10, "learning_rate": 1e-4}]},
                                   "provenance": {"source": "search", "trial": trial.number}})  # fmt: skip
+
+
+RUNNER_A = ["down_blocks.1.attentions.0.transformer_blocks.0"]
+RUNNER_B = ["down_blocks.1.attentions.1.transformer_blocks.0"]
+FAR = ["up_blocks.0.attentions.0.transformer_blocks.0"]
+
+
+def _seed_best_study() -> optuna.Study:
+    """The seed scores best at the top rung; two sampled plans within a fifth of it (A 2.6% behind, B 5.3%) and
+    one far behind (50%)."""
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.add_trials([_trial(0.00190, SEED_PLAN, "sensitivity"), _trial(0.00195, RUNNER_A), _trial(0.00200, RUNNER_B),
+                      _trial(0.00285, FAR)])  # fmt: skip
+    return study
+
+
+def _runners_confirmed(study: optuna.Study, longer: dict[str, list[float]], monkeypatch: pytest.MonkeyPatch,
+                       **cfg: Any) -> tuple[dict[str, Any], list[tuple[str, int]]]:  # fmt: skip
+    """The choice with the top rung's repeats fixed (the seed's and the sampled plan's, from ``SMALL``) and
+    each confirmation's scores from ``longer`` (by plan name, orders 1-3); returns it and what was confirmed."""
+    names = {Plan.removing(SEED_PLAN): "seed", Plan.removing(SAMPLED_PLAN): "sampled", Plan.removing(RUNNER_A): "A",
+             Plan.removing(RUNNER_B): "B", Plan.removing(FAR): "far"}  # fmt: skip
+    confirmed: list[tuple[str, int]] = []
+
+    def repeat(_ctx: SearchContext, plan: Plan, seed: int, _steps: int) -> float:
+        return SMALL[names[plan], seed]
+
+    def straight(_ctx: SearchContext, plan: Plan, seed: int, _steps: int) -> float:
+        confirmed.append((names[plan], seed))
+        return longer[names[plan]][seed - 1]
+
+    monkeypatch.setattr(choice, "top_rung_kd", repeat)
+    monkeypatch.setattr(choice, "straight_kd", straight)
+    monkeypatch.setattr(choice, "repeat_workers", lambda _ctx, _jobs: 1)
+    ctx = _ctx(afresh=True, confirm_calibration=384, confirm_lead=0.08, **cfg)
+    made = choose_found(study, ctx, choice.noise_floor(study, ctx))
+    assert made is not None
+    return made, confirmed
+
+
+def test_where_the_seed_scores_best_its_runners_up_are_confirmed_and_a_clear_lead_names_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``confirm_runners_up``: the next best plans at the top rung within a fifth of the seed's score (not the
+    one 50% behind), each trained as the confirmation trains, the seed once; a clear lead of 8% names it."""
+    longer = {"seed": [0.00200, 0.00199, 0.00201], "A": [0.00150, 0.00152, 0.00149], "B": [0.00196, 0.00197, 0.00195]}
+    made, confirmed = _runners_confirmed(_seed_best_study(), longer, monkeypatch, confirm_runners_up=3)
+    assert sorted(confirmed) == sorted((p, k) for p in ("seed", "A", "B") for k in (1, 2, 3))
+    assert [r["trial"] for r in made["runners_up"]["trials"]] == [1, 2]  # best first; trial 3 is too far behind
+    assert [r["named"] for r in made["runners_up"]["trials"]] == [True, False]  # B: +2%, under 8%
+    assert made["runners_up"]["seed_kd"] == longer["seed"] and made["runners_up"]["steps"] == 100
+    assert made["chosen"] == 1 and "names trial 1" in made["reason"], made["reason"]
+    assert made["candidate"] == 0  # the choice was made for the best at the top rung, the seed: it stays valid
+    assert found_trial(_with_choice(_seed_best_study(), made)).number == 1  # type: ignore[union-attr]
+
+
+def _with_choice(study: optuna.Study, made: dict[str, Any]) -> optuna.Study:
+    study.set_user_attr("found_choice", made)
+    return study
+
+
+def test_runners_up_that_cannot_show_the_lead_leave_the_seed_and_none_are_trained_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    level = {"seed": [0.00200, 0.00199, 0.00201], "A": [0.00190, 0.00192, 0.00189], "B": [0.00196, 0.00197, 0.00195]}
+    made, confirmed = _runners_confirmed(_seed_best_study(), level, monkeypatch, confirm_runners_up=1)
+    assert sorted(confirmed) == sorted((p, k) for p in ("seed", "A") for k in (1, 2, 3))  # one runner-up asked
+    assert made["chosen"] == 0 and "none of its 1 runners-up leads it clearly after 100 steps" in made["reason"]
+    made, confirmed = _runners_confirmed(_seed_best_study(), level, monkeypatch)  # the default: 0
+    assert confirmed == [] and "runners_up" not in made and made["chosen"] == 0
+
+
+def test_runners_up_after_a_candidate_turned_down_reuse_the_seeds_confirmation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the best sampled plan was confirmed and turned down, its runners-up (not it again) are trained
+    against the seed's confirmation scores, which are not trained again."""
+    study = _study(seed_kd=0.00200, sampled_kd=0.00190)
+    study.add_trials([_trial(0.00210, RUNNER_A)])
+    longer = {"seed": [0.00200, 0.00199, 0.00201], "sampled": [0.00190, 0.00188, 0.00193],  # +5%: turned down
+              "A": [0.00150, 0.00152, 0.00149]}  # fmt: skip
+    made, confirmed = _runners_confirmed(study, longer, monkeypatch, confirm_runners_up=2)
+    assert sorted(confirmed) == sorted((p, k) for p in ("seed", "sampled", "A") for k in (1, 2, 3))
+    assert made["confirm"]["seed_kd"] == made["runners_up"]["seed_kd"] == longer["seed"]
+    assert [r["trial"] for r in made["runners_up"]["trials"]] == [3] and made["chosen"] == 3, made["reason"]

@@ -23,8 +23,9 @@ Where the rule names the seed, ``confirm_runners_up`` (0 by default) asks the sa
 best sampled plans at the top rung, up to that many, each within a fifth of the seed's score there: the
 clearest lead that carries names its plan. At 30% of the bundled teacher's parameters the plans that end
 best score 2-4% behind the seed at the top rung, and a 1000-step confirmation on 384 rows read the two of
-them a search had proposed +26% and +40% ahead, and five plans that end level or behind under the 8% lead
-(``docs/benchmarks/search-oracle.md``, "The distillation itself, shorter").
+them a search had proposed +26% and +40% ahead, and five plans that end level or behind under the 8% lead; at
+20% it named a plan that ends 1.11x better than the seed (``docs/benchmarks/search-oracle.md``, "The
+distillation itself, shorter").
 
 The seed's share of that work does not wait for the trials: on a CPU whose one-thread search leaves a core
 idle, :class:`SeedAhead` scores the seed's repeats and confirmation there once its trial is done, so after

@@ -30,18 +30,10 @@ import optuna
 import torch
 
 from pruner.budget import parse_budget
-from pruner.runtime import default_threads, forked_map, idle_cpu_workers
-from pruner.study.choice import (
-    choose_found,
-    confirm_context,
-    confirm_orders,
-    noise_floor,
-    paired_lead,
-    straight_kd,
-)
+from pruner.runtime import default_threads
+from pruner.study.choice import choose_found, confirm_context, confirm_scores, noise_floor, paired_lead
 from pruner.study.context import SearchContext
 from pruner.study.heuristics import ANCHOR
-from pruner.study.sampler import scored_plan
 from pruner.study.study import SearchConfig, build_context, proxy_schedule, storage_of
 from pruner.teacher import Teacher
 
@@ -90,26 +82,21 @@ def confirm_trials(study: optuna.Study, budget: str, numbers: list[int], steps: 
     """What the confirmation reads for each of ``numbers`` against the sensitivity seed: both trained ``steps``
     in one segment under the confirmation's row orders (on ``rows`` calibration rows), and each trial's lead
     over the seed paired over them (a share of the seed's mean score; positive: ahead)."""
-    ctx = confirm_context(context_of(study, budget, steps, confirm_calibration=rows))
+    ctx = context_of(study, budget, steps, confirm_calibration=rows)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     anchor = next(t for t in trials.values() if t.user_attrs.get("label") == ANCHOR)
-    plans = {n: scored_plan(trials[n]) for n in [anchor.number, *numbers]}
-    jobs = [(n, order) for n in plans for order in confirm_orders(ctx)]
     start = time.perf_counter()
-    scores = forked_map(lambda job: straight_kd(ctx, plans[job[0]], job[1], steps), jobs,  # type: ignore[arg-type]
-                        idle_cpu_workers(ctx.calib.device, len(jobs)))  # fmt: skip
-    by_trial: dict[int, list[float]] = {}
-    for (n, _), kd in zip(jobs, scores, strict=True):
-        by_trial.setdefault(n, []).append(kd)
-    seed_kd = by_trial.pop(anchor.number)
+    *scores, seed_kd = confirm_scores(
+        ctx, [*(trials[n] for n in numbers), anchor], steps, [[] for _ in range(len(numbers) + 1)]
+    )
     base = sum(seed_kd) / len(seed_kd)
     leads = {}
-    for n, kd in by_trial.items():
+    for n, kd in zip(numbers, scores, strict=True):
         lead = paired_lead(kd, seed_kd)
         leads[str(n)] = {"plan_key": trials[n].user_attrs.get("plan_key"), "kd": kd, "lead": lead.mean / base,
                          "se": lead.se / base}  # fmt: skip
-    return {"steps": steps, "rows": ctx.calib.n_train, "seed": anchor.number, "seed_kd": seed_kd, "trials": leads,
-            "seconds": round(time.perf_counter() - start)}  # fmt: skip
+    return {"steps": steps, "rows": confirm_context(ctx).calib.n_train, "seed": anchor.number, "seed_kd": seed_kd,
+            "trials": leads, "seconds": round(time.perf_counter() - start)}  # fmt: skip
 
 
 def main() -> None:

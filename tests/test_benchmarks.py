@@ -346,8 +346,10 @@ def test_found_rule_confirms_named_trials_against_the_seed_under_the_confirmatio
         trained.append((name, order, steps))
         return seed_kd[order] * {"mid_block": 1.0, "a": 0.8, "b": 1.02}[name]
 
-    monkeypatch.setattr(found_rule, "straight_kd", straight_kd)
-    monkeypatch.setattr(found_rule, "idle_cpu_workers", lambda *_a: 1)
+    from pruner.study import choice
+
+    monkeypatch.setattr(choice, "straight_kd", straight_kd)
+    monkeypatch.setattr(choice, "repeat_workers", lambda *_a: 1)
     out = found_rule.confirm_trials(study, "30%", [1, 2], 1000, 384)
     assert asked["rows"] == 384 and out["rows"] == 384 and out["steps"] == 1000
     assert sorted(trained) == sorted((n, o, 1000) for n in ("mid_block", "a", "b") for o in (6, 7, 8))

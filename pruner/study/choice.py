@@ -71,6 +71,8 @@ __all__ = [
     "confirm_context",
     "confirm_lead",
     "confirm_orders",
+    "confirm_rows",
+    "confirm_scores",
     "noise_floor",
     "paired_lead",
     "prescore_repeats",
@@ -457,12 +459,18 @@ def confirm_context(ctx: SearchContext) -> SearchContext:
     return ctx if rows is None else ctx.with_calibration(rows)
 
 
+def confirm_rows(ctx: SearchContext) -> int | None:
+    """The calibration rows the confirmation trains on, where ``confirm_calibration`` asks for its own (fewer than
+    asked in a small cache); None where it trains on the search's."""
+    return None if ctx.cfg.confirm_calibration is None else confirm_context(ctx).calib.n_train
+
+
 def confirm_orders(ctx: SearchContext) -> range:
     """The confirmation's row orders: ``noise_seeds`` + 1 orders other than the search's own."""
     return range(ctx.cfg.seed + 1, ctx.cfg.seed + 2 + ctx.cfg.noise_seeds)
 
 
-def _confirm(ctx: SearchContext, trials: Sequence[FrozenTrial], steps: int, known: Sequence[Sequence[float]]
+def confirm_scores(ctx: SearchContext, trials: Sequence[FrozenTrial], steps: int, known: Sequence[Sequence[float]]
              ) -> list[list[float]]:  # fmt: skip
     """Each of ``trials`` (the candidates and the seed) trained ``steps`` in one cosine segment (``straight_kd``)
     under ``noise_seeds`` + 1 row orders other than the search's own, the one the candidate was picked on (its
@@ -531,9 +539,8 @@ def _confirm_runners_up(study: optuna.Study, ctx: SearchContext, anchor: FrozenT
         return
     status(f"found: the seed, so its {len(runners)} runners-up at the top rung are trained {again} steps too")
     seed_long = list(confirmed["seed_kd"]) if confirmed else _seed_confirm(seed, anchor.number, again)
-    rows = ctx.cfg.confirm_calibration
-    rows = None if rows is None else ctx.with_calibration(rows).calib.n_train
-    *longer, seed_long = _confirm(ctx, [*runners, anchor], again, [*([] for _ in runners), seed_long])
+    rows = confirm_rows(ctx)
+    *longer, seed_long = confirm_scores(ctx, [*runners, anchor], again, [*([] for _ in runners), seed_long])
     needed, made, named = confirm_lead(ctx), [], []
     for trial, cand_long in zip(runners, longer, strict=True):
         lead = paired_lead(cand_long, seed_long)
@@ -572,7 +579,7 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
         choice |= {"chosen": best.number, "reason": why}
     else:
         first = (anchor.user_attrs.get("rung_kd") or {}).get(str(steps))
-        again, needed, rows = _confirm_steps(ctx, steps), confirm_lead(ctx), ctx.cfg.confirm_calibration
+        again, needed = _confirm_steps(ctx, steps), confirm_lead(ctx)
         lead = screened_lead(kd, first) if first is not None else None
         seed_kd = [float(first)] if first is not None else []
         if lead is None or not _screen_settles(lead, seed_kd[0], again > 0):
@@ -586,9 +593,9 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
             status(f"found: {why.split(':')[0]}: too close to call, both trained {again} steps again")
             ahead = _seed_confirm(seed, anchor.number, again)
             known = (kd[1:], seed_kd[1:]) if _confirm_is_repeats(ctx, again, steps) else ((), ahead)
-            cand_long, seed_long = _confirm(ctx, [best, anchor], again, known)
+            cand_long, seed_long = confirm_scores(ctx, [best, anchor], again, known)
             longer = paired_lead(cand_long, seed_long)
-            rows = None if rows is None else ctx.with_calibration(rows).calib.n_train  # fewer in a small cache
+            rows = confirm_rows(ctx)
             chosen, why = _decide(best, anchor, longer, seed_long, again, rows, needed)
             confirm = {"steps": again, "rows": rows, "min_lead": needed, "candidate_kd": cand_long,
                        "seed_kd": seed_long, "lead": longer.mean,

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -25,8 +25,10 @@ __all__ = [
     "auto_threads",
     "configure_threads",
     "count_idle",
+    "cpu_slots",
     "default_threads",
     "forked_map",
+    "idle_cpu_room",
     "idle_cpu_workers",
     "idle_cpus",
     "out_of_memory_advice",
@@ -64,17 +66,33 @@ def configure_threads(threads: int | None = None) -> int:
 def idle_cpu_workers(device: Any, jobs: int) -> int:
     """How many processes can run ``jobs`` independent jobs at once on ``device``: on a CPU whose torch threads
     leave cores idle (one thread on two cores: thread wake-ups cost a tiny UNet more than a second core gives),
-    one per core that other work leaves idle (:func:`idle_cpus`: a second process on a core another job keeps
-    busy only slows both); else one (a GPU, another platform, a single job)."""
+    one per core that other work leaves idle (:func:`idle_cpu_room`: a second process on a core another job
+    keeps busy only slows both); else one (a GPU, another platform, a single job)."""
+    room = idle_cpu_room(device) if jobs >= 2 else None
+    return 1 if room is None else max(1, min(jobs, room()))
+
+
+def idle_cpu_room(device: Any) -> Callable[[], int] | None:
+    """Where processes can share ``device``'s cores (a CPU on Linux whose torch threads fill at most half of
+    them), a function that says how many more workers the cores other work leaves idle could hold now
+    (:func:`idle_cpus`, over torch's thread count); None elsewhere. :func:`forked_map` asks it again as a
+    long batch runs, so a batch that started on one core takes the second once another job frees it."""
     import torch
 
-    if jobs < 2 or torch.device(device).type != "cpu" or sys.platform != "linux":
-        return 1
-    threads = max(1, torch.get_num_threads())
-    cpus = os.sched_getaffinity(0)
-    if len(cpus) // threads < 2:
-        return 1
-    return max(1, min(jobs, idle_cpus(cpus) // threads))
+    if torch.device(device).type != "cpu" or sys.platform != "linux":
+        return None
+    if cpu_slots() < 2:
+        return None
+    threads, cpus = max(1, torch.get_num_threads()), os.sched_getaffinity(0)
+    return lambda: idle_cpus(cpus) // threads
+
+
+def cpu_slots() -> int:
+    """How many processes of torch's thread count this process's cores hold side by side."""
+    import torch
+
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return max(1, len(cpus) // max(1, torch.get_num_threads()))
 
 
 def idle_cpus(cpus: set[int], window: float = 0.2) -> int:
@@ -131,16 +149,20 @@ def _run_forked(i: int) -> tuple[int, Any]:
 
 
 def forked_map(
-    fn: Callable[[T], R], items: Sequence[T], workers: int, done: Callable[[], object] = lambda: None
-) -> list[R]:
+    fn: Callable[[T], R], items: Sequence[T], workers: int, done: Callable[[], object] = lambda: None,
+    grow: Callable[[], int] | None = None,
+) -> list[R]:  # fmt: skip
     """``[fn(x) for x in items]``, on ``workers`` forked processes where more than one is asked: each shares the
     caller's memory as it was at the fork (the teacher, the calibration), so nothing is pickled but an index
     and a result, and each runs torch with the caller's thread count. ``done`` is called as each item
-    finishes (a progress bar). A result depends only on its item, so the list equals one process's. A worker
+    finishes (a progress bar). ``grow`` (say :func:`idle_cpu_room`'s) is asked, as items finish and every
+    :data:`GROW_POLL_S` seconds meanwhile, how many more workers the idle cores could hold now: a long batch
+    that started on one core (another job held the other) takes the second once it frees, and gives one up
+    when another job takes it. A result depends only on its item, so the list equals one process's. A worker
     killed before it answers (out of memory) leaves its items to this process, which measures them itself."""
     out: list[Any] = [_MISSING] * len(items)
-    if workers > 1 and len(items) > 1:
-        _map_in_forks(fn, items, min(workers, len(items)), out, done)
+    if (workers > 1 or grow is not None) and len(items) > 1:
+        _map_in_forks(fn, items, max(1, min(workers, len(items))), out, done, grow)
     for i, item in enumerate(items):
         if out[i] is _MISSING:
             out[i] = fn(item)
@@ -149,22 +171,36 @@ def forked_map(
 
 
 _MISSING = object()  # an item no worker answered
+GROW_POLL_S = 10.0  # how often a growing forked_map looks for idle cores while all its workers are busy
 
 
 def _map_in_forks(
-    fn: Callable[[T], R], items: Sequence[T], workers: int, out: list[Any], done: Callable[[], object]
-) -> None:
-    """Fill ``out`` with what forked workers answer; stop at the first dead worker (the rest stays missing)."""
+    fn: Callable[[T], R], items: Sequence[T], workers: int, out: list[Any], done: Callable[[], object],
+    grow: Callable[[], int] | None = None,
+) -> None:  # fmt: skip
+    """Fill ``out`` with what forked workers answer, ``workers`` at once (as many as ``grow`` allows, at least
+    one, where it is given); stop at the first dead worker (the rest stays missing)."""
     global _FORKED
     import torch
 
     _FORKED = (fn, items)
     fork = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(workers, fork, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
-    try:  # every worker forks at a submit below, while _FORKED holds this call's work
-        for future in as_completed([pool.submit(_run_forked, i) for i in range(len(items))]):
-            i, out[i] = future.result()
-            done()
+    most = workers if grow is None else min(len(items), max(workers, cpu_slots()))  # forks all at the start
+    pool = ProcessPoolExecutor(most, fork, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
+    waiting = list(range(len(items)))[::-1]
+    running: set[Future[tuple[int, Any]]] = set()
+    try:  # a worker forks at a submit below, while _FORKED holds this call's work
+        for _ in range(workers):
+            running.add(pool.submit(_run_forked, waiting.pop()))
+        while running:
+            poll = GROW_POLL_S if grow is not None and waiting else None
+            finished, running = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, out[i] = future.result()
+                done()
+            more = (grow() if grow is not None else len(finished)) if waiting else 0
+            for _ in range(min(len(waiting), max(more, 0 if running else 1))):
+                running.add(pool.submit(_run_forked, waiting.pop()))
     except BrokenProcessPool:
         pass
     finally:

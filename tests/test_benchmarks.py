@@ -350,6 +350,7 @@ def test_found_rule_confirms_named_trials_against_the_seed_under_the_confirmatio
 
     monkeypatch.setattr(choice, "straight_kd", straight_kd)
     monkeypatch.setattr(choice, "repeat_workers", lambda *_a: 1)
+    monkeypatch.setattr(choice, "repeat_room", lambda *_a: None)  # in this process: ``trained`` sees them
     out = found_rule.confirm_trials(study, "30%", [1, 2], 1000, 384)
     assert asked["rows"] == 384 and out["rows"] == 384 and out["steps"] == 1000
     assert sorted(trained) == sorted((n, o, 1000) for n in ("mid_block", "a", "b") for o in (6, 7, 8))

@@ -94,3 +94,52 @@ def test_forked_workers_are_only_as_many_as_the_idle_cores(monkeypatch: pytest.M
 def test_idle_cpus_counts_at_most_the_cpus_asked() -> None:
     cpus = os.sched_getaffinity(0)
     assert 0 <= idle_cpus(cpus, window=0.05) <= len(cpus)
+
+
+def _span_of_a_nap(x: int) -> tuple[int, float, float]:
+    import time
+
+    start = time.monotonic()  # one clock for every process on Linux
+    time.sleep(0.3)
+    return x, start, time.monotonic()
+
+
+def _most_at_once(spans: list[tuple[int, float, float]]) -> int:
+    return max(sum(s <= start < e for _, s, e in spans) for _, start, _ in spans)
+
+
+def test_a_batch_started_on_one_worker_takes_more_as_cores_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long batch that began beside another job (one worker) runs a second item at once as soon as a core
+    is idle, and the results are still each item's own, in order."""
+    monkeypatch.setattr(runtime, "GROW_POLL_S", 0.05)
+    monkeypatch.setattr(runtime, "cpu_slots", lambda: 2)  # two cores of one thread each, whatever this machine has
+    looks: list[int] = []
+
+    def a_core_frees_at_the_second_look() -> int:  # then both are ours: busy at every later look
+        looks.append(1)
+        return int(len(looks) == 2)
+
+    out = forked_map(_span_of_a_nap, list(range(6)), workers=1, grow=a_core_frees_at_the_second_look)
+    assert [x for x, _, _ in out] == list(range(6))
+    assert _most_at_once(out) == 2
+
+
+def test_a_batch_whose_cores_stay_busy_runs_one_item_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "GROW_POLL_S", 0.05)
+    out = forked_map(_span_of_a_nap, list(range(3)), workers=1, grow=lambda: 0)
+    assert [x for x, _, _ in out] == [0, 1, 2]
+    assert _most_at_once(out) == 1  # no idle core: never a second at once
+    assert _most_at_once(forked_map(_span_of_a_nap, list(range(3)), workers=2)) == 2  # the measure can see two
+
+
+def test_the_room_for_more_workers_is_asked_only_where_processes_can_share_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(runtime, "idle_cpus", lambda _cpus: 1)
+    with threads(1):
+        room = runtime.idle_cpu_room("cpu")
+        assert room is not None and room() == 1
+        assert runtime.idle_cpu_room("meta") is None  # not a CPU
+    with threads(2):
+        assert runtime.idle_cpu_room("cpu") is None  # two threads fill both cores

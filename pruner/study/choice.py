@@ -53,7 +53,7 @@ import torch
 from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
-from pruner.runtime import forked_map, idle_cpu_workers
+from pruner.runtime import forked_map, idle_cpu_room, idle_cpu_workers
 from pruner.study.context import SearchContext
 from pruner.study.front import best_quality_trial, feasible_trials
 from pruner.study.heuristics import ANCHOR
@@ -197,11 +197,19 @@ def repeat_workers(ctx: SearchContext, jobs: int) -> int:
     return idle_cpu_workers(ctx.calib.device, jobs)
 
 
+def repeat_room(ctx: SearchContext) -> Callable[[], int] | None:
+    """How many more processes the cores other work leaves idle could hold now, asked again as a batch of
+    repeats runs (:func:`pruner.runtime.idle_cpu_room`); None where the repeats run in one process."""
+    return idle_cpu_room(ctx.calib.device)
+
+
 def _score_orders(ctx: SearchContext, jobs: list[Job], desc: str) -> list[float]:
     """Each job's score (``top_rung_kd`` or ``straight_kd``), with a bar; several at once where cores allow
-    (:func:`repeat_workers`: forked processes that share the search's context and calibration)."""
+    (:func:`repeat_workers`: forked processes that share the search's context and calibration), more as
+    other work frees cores during the batch (a long confirmation that started beside a busy core)."""
     with tqdm(total=len(jobs), desc=desc, unit="order", disable=not ctx.cfg.progress, dynamic_ncols=True) as bar:
-        return forked_map(lambda job: _score(ctx, job), jobs, repeat_workers(ctx, len(jobs)), bar.update)
+        workers = repeat_workers(ctx, len(jobs))
+        return forked_map(lambda job: _score(ctx, job), jobs, workers, bar.update, repeat_room(ctx))
 
 
 def _repeat_jobs(ctx: SearchContext, trial: FrozenTrial, steps: int) -> tuple[float | None, list[Job]]:

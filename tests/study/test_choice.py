@@ -31,6 +31,13 @@ SEED_PLAN = ["down_blocks.2.attentions.0.transformer_blocks.0-9"]
 SAMPLED_PLAN = ["down_blocks.2.attentions.1.transformer_blocks.0-9"]
 
 
+@pytest.fixture(autouse=True)
+def _workers_as_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The repeats run on as many processes as ``repeat_workers`` says (one: in this process, where the fixed
+    scorers record what ran), none added as cores free (that growth: tests/test_runtime.py)."""
+    monkeypatch.setattr(choice, "repeat_room", lambda _ctx: None)
+
+
 def test_a_lead_within_twice_its_standard_error_is_not_clear() -> None:
     lead = paired_lead([0.00200, 0.00210, 0.00195], [0.00201, 0.00205, 0.00204])  # 1% ahead, 2% apart between orders
     assert lead.paired and lead.orders == 3 and lead.mean > 0 and not lead.clear

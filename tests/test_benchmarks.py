@@ -358,3 +358,31 @@ def test_found_rule_confirms_named_trials_against_the_seed_under_the_confirmatio
     assert out["trials"]["1"]["lead"] == pytest.approx(0.2)
     assert out["trials"]["1"]["se"] == pytest.approx(0.02 / 3**0.5)
     assert out["trials"]["2"]["lead"] == pytest.approx(-0.02)
+
+
+def test_confirm_vs_final_reads_each_decisions_leads_as_shares_of_the_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored decision's confirmation and runners-up hold leads in KD (divided by the seed's mean there), a
+    ``--trials`` reading holds shares already; each plan's final lead comes from the means through its key."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import confirm_vs_final
+
+    trials = [SimpleNamespace(number=n, user_attrs={"plan_key": f"plan{n}"}) for n in range(4)]
+    monkeypatch.setattr(confirm_vs_final, "study_of", lambda _search: SimpleNamespace(trials=trials))
+    finals = {"plan1": 0.05, "plan2": -0.09}
+    monkeypatch.setattr(confirm_vs_final, "final_lead", lambda budget, key, seed: finals.get(key))
+    decided = tmp_path / "decided-runners-up-default-30%-seed0.json"
+    confirm = {"lead": 0.0001, "se": 0.00002, "seed_kd": [0.001, 0.001, 0.001]}
+    runners = {"seed_kd": [0.002, 0.002, 0.002], "trials": [{"trial": 2, "lead": 0.0002, "se": None}]}
+    decided.write_text(json.dumps({"found_choice": {"seed": 0, "candidate": 1, "confirm": confirm,
+                                                    "runners_up": runners}}))  # fmt: skip
+    read = tmp_path / "runners-up-default-30%-seed3.json"
+    read.write_text(json.dumps({"seed": 0, "seed_kd": [0.002], "trials": {"3": {"lead": 0.26, "se": 0.025}}}))
+    got = confirm_vs_final.confirmed_in(decided) + confirm_vs_final.confirmed_in(read)
+    assert [(c.trial, c.budget, c.final) for c in got] == [(1, "30%", 0.05), (2, "30%", -0.09), (3, "30%", None)]
+    assert [c.lead for c in got] == pytest.approx([0.1, 0.1, 0.26])
+    assert [c.se for c in got] == pytest.approx([0.02, 0.0, 0.025])
+    assert got[0].search == "default-30%-seed0" and got[2].search == "default-30%-seed3"

@@ -29,7 +29,12 @@ RESULTS = Path(__file__).parent / "results"
 JOURNALS = ["long_confirmation", "search_oracle", "search_oracle_seeds"]
 MEANS = {
     "20%": ["long_confirmation/noise-20%.json", "runners_up_20/noise-20%.json"],
-    "30%": ["search_oracle/noise-30%.json", "search_oracle_seeds/noise-30%.json", "moves_runners_up/noise-30%.json"],
+    "30%": [
+        "search_oracle/noise-30%.json",
+        "search_oracle_seeds/noise-30%.json",
+        "moves_runners_up/noise-30%.json",
+        "runners_up_30/noise-30%.json",
+    ],
     "40%": ["long_confirmation/noise-40%.json"],
     "50%": ["search_oracle/noise-50%.json", "search_oracle_seeds/noise-50%.json"],
 }

@@ -112,7 +112,11 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(default_threads())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=args.study, storage=storage_of(args.storage))
+    storage = storage_of(args.storage)
+    names = optuna.get_all_study_names(storage)
+    if args.study not in names:
+        p.exit(2, f"error: no study {args.study!r} in {args.storage}; it holds {', '.join(names) or 'none'}\n")
+    study = optuna.load_study(study_name=args.study, storage=storage)
     if args.trials:
         steps = args.confirm_steps or study.user_attrs["search"]["rungs"][-1]
         out = confirm_trials(study, args.budget, args.trials, steps, args.confirm_calibration)

@@ -159,9 +159,10 @@ def forked_map(
     :data:`GROW_POLL_S` seconds meanwhile, how many more workers the idle cores could hold now: a long batch
     that started on one core (another job held the other) takes the second once it frees, and gives one up
     when another job takes it. A result depends only on its item, so the list equals one process's. A worker
-    killed before it answers (out of memory) leaves its items to this process, which measures them itself."""
+    killed before it answers (out of memory) leaves its items to this process, which measures them itself.
+    A daemonic process (a ``multiprocessing.Pool`` worker) may not fork workers: it maps in itself."""
     out: list[Any] = [_MISSING] * len(items)
-    if (workers > 1 or grow is not None) and len(items) > 1:
+    if (workers > 1 or grow is not None) and len(items) > 1 and not multiprocessing.current_process().daemon:
         _map_in_forks(fn, items, max(1, min(workers, len(items))), out, done, grow)
     for i, item in enumerate(items):
         if out[i] is _MISSING:

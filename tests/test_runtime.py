@@ -143,3 +143,23 @@ def test_the_room_for_more_workers_is_asked_only_where_processes_can_share_the_c
         assert runtime.idle_cpu_room("meta") is None  # not a CPU
     with threads(2):
         assert runtime.idle_cpu_room("cpu") is None  # two threads fill both cores
+
+
+def _map_in_a_daemon(conn: object) -> None:
+    out = forked_map(_square_in_a_worker, [1, 2, 3], workers=2, grow=lambda: 1)
+    conn.send(out)  # type: ignore[attr-defined]
+
+
+def test_a_daemonic_process_maps_in_itself() -> None:
+    """A daemonic process (say a multiprocessing.Pool worker running a search) may not start children: the
+    map runs in that process instead of failing."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    here, there = fork.Pipe(duplex=False)
+    daemon = fork.Process(target=_map_in_a_daemon, args=(there,), daemon=True)
+    daemon.start()
+    assert here.poll(60), "the daemon answered nothing"
+    got = here.recv()
+    daemon.join(10)
+    assert [v for v, _ in got] == [1, 4, 9] and daemon.exitcode == 0

@@ -157,8 +157,8 @@ def forked_map(
     and a result, and each runs torch with the caller's thread count. ``done`` is called as each item
     finishes (a progress bar). ``grow`` (say :func:`idle_cpu_room`'s) is asked, as items finish and every
     :data:`GROW_POLL_S` seconds meanwhile, how many more workers the idle cores could hold now: a long batch
-    that started on one core (another job held the other) takes the second once it frees, and gives one up
-    when another job takes it. A result depends only on its item, so the list equals one process's. A worker
+    that started on one core (another job held the other) takes the second once it frees; it is not asked
+    while the workers fill the cores. A result depends only on its item, so the list equals one process's. A worker
     killed before it answers (out of memory) leaves its items to this process, which measures them itself.
     A daemonic process (a ``multiprocessing.Pool`` worker) may not fork workers: it maps in itself."""
     out: list[Any] = [_MISSING] * len(items)
@@ -194,14 +194,17 @@ def _map_in_forks(
         for _ in range(workers):
             running.add(pool.submit(_run_forked, waiting.pop()))
         while running:
-            poll = GROW_POLL_S if grow is not None and waiting else None
-            finished, running = wait(running, timeout=poll, return_when=FIRST_COMPLETED)
+            room = grow is not None and len(running) < most  # only then can idle cores take more
+            finished, running = wait(running, timeout=GROW_POLL_S if room and waiting else None,
+                                     return_when=FIRST_COMPLETED)  # fmt: skip
             for future in finished:
                 i, out[i] = future.result()
                 done()
-            more = (grow() if grow is not None else len(finished)) if waiting else 0
-            for _ in range(min(len(waiting), max(more, 0 if running else 1))):
+            for _ in range(min(len(waiting), len(finished))):  # each freed worker takes the next item
                 running.add(pool.submit(_run_forked, waiting.pop()))
+            if grow is not None and waiting and len(running) < most:
+                for _ in range(min(len(waiting), most - len(running), grow())):
+                    running.add(pool.submit(_run_forked, waiting.pop()))
     except BrokenProcessPool:
         pass
     finally:

@@ -79,20 +79,24 @@ def idle_cpu_room(device: Any) -> Callable[[], int] | None:
     long batch runs, so a batch that started on one core takes the second once another job frees it."""
     import torch
 
-    if torch.device(device).type != "cpu" or sys.platform != "linux":
+    threads, cpus = _threads_and_cpus()
+    if torch.device(device).type != "cpu" or sys.platform != "linux" or len(cpus) // threads < 2:
         return None
-    if cpu_slots() < 2:
-        return None
-    threads, cpus = max(1, torch.get_num_threads()), os.sched_getaffinity(0)
     return lambda: idle_cpus(cpus) // threads
 
 
 def cpu_slots() -> int:
     """How many processes of torch's thread count this process's cores hold side by side."""
+    threads, cpus = _threads_and_cpus()
+    return max(1, len(cpus) // threads)
+
+
+def _threads_and_cpus() -> tuple[int, set[int]]:
+    """Torch's CPU thread count and the cores this process may run on."""
     import torch
 
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    return max(1, len(cpus) // max(1, torch.get_num_threads()))
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    return max(1, torch.get_num_threads()), cpus
 
 
 def idle_cpus(cpus: set[int], window: float = 0.2) -> int:

@@ -34,6 +34,7 @@ MEANS = {
         "search_oracle_seeds/noise-30%.json",
         "moves_runners_up/noise-30%.json",
         "runners_up_30/noise-30%.json",
+        "moves_runners_up_34/noise-30%.json",
     ],
     "40%": ["long_confirmation/noise-40%.json", "runners_up_40/noise-40%.json"],
     "50%": ["search_oracle/noise-50%.json", "search_oracle_seeds/noise-50%.json"],

@@ -8,6 +8,7 @@ order, and the seconds of the noise floor and of the decision.
 
     cp "/tmp/pruner-search-vs-heuristics/svh-30%-seed0.log" /tmp/s.log
     python benchmarks/found_rule.py journal:/tmp/s.log svh-30%-seed0 --budget 30%
+    python benchmarks/found_rule.py journal:/tmp/s.log svh-30%-seed0 --budget 30% --json decided.json  # kept too
 
 ``--trials N ...`` asks instead what the confirmation would read for other plans than the one the rule
 picks (the runners-up at the top rung, say): each named trial and the seed trained ``--confirm-steps`` in one
@@ -24,12 +25,14 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
 from pruner.budget import parse_budget
+from pruner.io import write_json
 from pruner.runtime import default_threads
 from pruner.study.choice import choose_found, confirm_context, confirm_scores, noise_floor, paired_lead
 from pruner.study.context import SearchContext
@@ -109,6 +112,7 @@ def main() -> None:
     p.add_argument("--confirm-lead", type=float, help="the lead the confirmation must show (default: a fifth)")
     p.add_argument("--confirm-runners-up", type=int, default=0, help="where the seed is named, confirm this many more")
     p.add_argument("--trials", type=int, nargs="+", help="confirm these trials against the seed instead of deciding")
+    p.add_argument("--json", type=Path, help="also write what is printed as JSON here (the seconds under 'seconds')")
     args = p.parse_args()
     torch.set_num_threads(default_threads())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -123,13 +127,18 @@ def main() -> None:
         print(json.dumps(out, indent=1))
         for n, t in out["trials"].items():
             print(f"trial {n} ({t['plan_key']}): {100 * t['lead']:+.1f}% ± {100 * t['se']:.1f}% over the seed")
+        if args.json:
+            write_json(args.json, out, indent=1)
         return
     floor, made, floor_s, decision_s = decide_again(study, args.budget, args.confirm_steps,
                                                     confirm_calibration=args.confirm_calibration,
                                                     confirm_lead=args.confirm_lead,
                                                     confirm_runners_up=args.confirm_runners_up)  # fmt: skip
+    seconds = f"noise floor {floor_s:.0f} s, the decision {decision_s:.0f} s"
     print(json.dumps({"noise_floor": floor, "found_choice": made}, indent=1))
-    print(f"noise floor {floor_s:.0f} s, the decision {decision_s:.0f} s")
+    print(seconds)
+    if args.json:  # the kept decisions' form (results/long_confirmation/confirm1000/decided-*.json)
+        write_json(args.json, {"noise_floor": floor, "found_choice": made, "seconds": seconds}, indent=1)
 
 
 if __name__ == "__main__":

@@ -313,9 +313,10 @@ def search(
             the clearest lead that carries names its plan (0: none). With --refill, 1000 confirmation steps and
             3, the 30% searches of the benchmark named plans 1.049x, 1.006x, 1.006x and 1.006x of the best found
             at four search seeds of five (the seed is 1.109x), at 20% one 1.11x better than the seed, for 6-12
-            minutes more a search on two cores. Without --refill it named no better plan at 30%, 40% or 50%; 1000-step leads of
-            4-10% belonged to plans that ended level or up to 9% behind the seed (every lead of 10% or more
-            to one that ended ahead), so pair it with ``confirm_lead=0.12`` (docs/benchmarks/search-oracle.md).
+            minutes more a search on two cores. Without --refill it named no better plan at 30%, 40% or 50%;
+            1000-step leads of 4-10% belonged to plans that ended level or up to 9% behind the seed (every lead
+            of 10% or more to one that ended ahead), so pair it with ``confirm_lead=0.12``
+            (docs/benchmarks/search-oracle.md).
         calibration: Calibration rows the proxy trains on.
         held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
         refill: The mutation sampler may also return one layer to an attention module the plan empties (a

@@ -360,6 +360,39 @@ def test_found_rule_confirms_named_trials_against_the_seed_under_the_confirmatio
     assert out["trials"]["2"]["lead"] == pytest.approx(-0.02)
 
 
+def test_found_rule_keeps_the_decision_as_json_and_names_a_missing_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``found_rule.py --json PATH`` writes what it prints in the kept decisions' form (the seconds under
+    ``seconds``), whole or not at all; a study the storage lacks is named in one line, exit 2, nothing written."""
+    import optuna
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import found_rule
+
+    journal = tmp_path / "s.log"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    optuna.create_study(study_name="s-30%", storage=storage, directions=["minimize", "minimize"])
+    floor, made = {"trial": 3, "kd": [1.0, 1.1]}, {"chosen": 0, "reason": "the sensitivity seed scored best"}
+    monkeypatch.setattr(found_rule, "decide_again", lambda *_a, **_k: (floor, made, 8.2, 411.4))
+    out = tmp_path / "decided.json"
+    monkeypatch.setattr("sys.argv", ["found_rule.py", f"journal:{journal}", "s-30%", "--budget", "30%",
+                                     "--json", str(out)])  # fmt: skip
+    found_rule.main()
+    kept = json.loads(out.read_text())
+    assert kept == {"noise_floor": floor, "found_choice": made, "seconds": "noise floor 8 s, the decision 411 s"}
+    assert capsys.readouterr().out.rstrip().endswith("noise floor 8 s, the decision 411 s")
+
+    missing = tmp_path / "missing.json"
+    monkeypatch.setattr("sys.argv", ["found_rule.py", f"journal:{journal}", "other", "--budget", "30%",
+                                     "--json", str(missing)])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        found_rule.main()
+    assert exit_.value.code == 2 and not missing.exists()
+    err = capsys.readouterr().err
+    assert "no study 'other'" in err and "it holds s-30%" in err
+
+
 def test_confirm_vs_final_reads_each_decisions_leads_as_shares_of_the_seed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,8 +13,10 @@ For each budget, in phases that a rerun skips once done (all state in ``--out``,
    ``--final-steps`` and evaluated on held-out prompts (``search_vs_heuristics.final_of``: one JSON per plan
    under ``finals/``, claims so several runs on one ``--out`` share the work; students under ``--scratch``,
    deleted once evaluated);
-5. **table**: ``table.md`` (every budget done so far) and the best plan at each budget as a recipe,
-   ``--recipes/oracle-BUDGET.yaml``, with its final KD in the description and this benchmark in its provenance.
+5. **table**: ``summary-BUDGET.json`` (the run's default searches at that budget, under the command that made
+   it), ``table.md`` (every budget's summary in ``--out``, each under its command: a run at one budget keeps
+   the others') and the best plan at each budget as a recipe, ``--recipes/oracle-BUDGET.yaml``, with its final
+   KD in the description and this benchmark in its provenance.
 
 Reported: the best final KD any plan reached, each default search's regret (its found plan's final KD over
 the best) and the seed's ratio to the best.
@@ -47,6 +49,7 @@ from found_rule import decide_again
 from search_vs_heuristics import Claimed, Final, final_of, kendall_tau, search
 
 from pruner import defaults
+from pruner.io import write_json, write_text
 from pruner.recipe import save_recipe
 from pruner.runtime import default_threads
 from pruner.study.export import recipe_for_trial
@@ -324,8 +327,20 @@ def run_budget(budget: str, args: argparse.Namespace) -> dict[str, Any]:
     print(text, flush=True)
     summary["recipe"] = str(keep_best(budget, jobs, finals, args))
     summary["table"] = text
-    (args.out / f"summary-{tag(budget)}.json").write_text(json.dumps(summary, indent=1))
+    summary["command"] = args.command
+    write_json(args.out / f"summary-{tag(budget)}.json", summary, indent=1)
     return summary
+
+
+def write_table(out: Path) -> Path:
+    """``table.md`` from every budget's summary in ``out``, each under the command that made it: a run at one
+    budget rewrites that budget's summary only, so the table keeps what earlier runs measured at the others."""
+    sections = []
+    for path in sorted(out.glob("summary-*.json")):
+        summary = json.loads(path.read_text())
+        made_by = f"{summary['command']}\n\n" if summary.get("command") else ""
+        sections.append(made_by + str(summary["table"]))
+    return write_text(out / "table.md", "\n".join(sections))
 
 
 def default_settings(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
@@ -407,10 +422,13 @@ def main() -> None:
     torch.set_num_threads(default_threads())
     args.out.mkdir(parents=True, exist_ok=True)
     args.recipes.mkdir(parents=True, exist_ok=True)
-    summaries = [run_budget(budget, args) for budget in args.budgets.split(",")]
     command = f"python benchmarks/search_oracle.py {' '.join(sys.argv[1:])}".strip()
-    header = f"`{command}`: {args.final_steps} distillation steps at batch {args.final_batch}, {args.eval_n} prompts.\n"
-    (args.out / "table.md").write_text(header + "\n" + "\n".join(str(s["table"]) for s in summaries))
+    args.command = (
+        f"`{command}`: {args.final_steps} distillation steps at batch {args.final_batch}, {args.eval_n} prompts."
+    )
+    for budget in args.budgets.split(","):
+        run_budget(budget, args)
+    write_table(args.out)
 
 
 if __name__ == "__main__":

@@ -419,3 +419,17 @@ def test_confirm_vs_final_reads_each_decisions_leads_as_shares_of_the_seed(
     assert [c.lead for c in got] == pytest.approx([0.1, 0.1, 0.26])
     assert [c.se for c in got] == pytest.approx([0.02, 0.0, 0.025])
     assert got[0].search == "default-30%-seed0" and got[2].search == "default-30%-seed3"
+
+
+def test_search_oracle_table_keeps_the_budgets_an_earlier_run_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import search_oracle
+
+    (tmp_path / "summary-50%.json").write_text(json.dumps({"table": "### 50%\n\n| plan |"}))  # an older run's
+    (tmp_path / "summary-30%.json").write_text(json.dumps({"table": "### 30%\n\n| seed |", "command": "`run b`"}))
+    (tmp_path / "table.md").write_text("### 30%\n\nonly the last run's budget")
+    table = search_oracle.write_table(tmp_path).read_text()
+    assert table.index("`run b`") < table.index("### 30%") < table.index("### 50%")  # each under what made it
+    assert "| plan |" in table and "only the last run's budget" not in table

@@ -36,10 +36,11 @@ MEANS = {
         "runners_up_30/noise-30%.json",
         "moves_runners_up_34/noise-30%.json",
     ],
-    "40%": ["long_confirmation/noise-40%.json", "runners_up_40/noise-40%.json"],
+    "40%": ["long_confirmation/noise-40%.json", "runners_up_40/noise-40%.json", "moves_runners_up_40/noise-40%.json"],
     "50%": ["search_oracle/noise-50%.json", "search_oracle_seeds/noise-50%.json"],
 }
-STUDIES = {"40%-seed": ("s40-seed", "tiny-sdxl-40-default")}  # journals named apart from their study
+# journals named apart from their searches' decisions (and their study, where it is not the journal's name)
+STUDIES = {"40%-seed": ("s40-seed", "tiny-sdxl-40-default"), "40%-refill-seed": ("s40-refill-seed", None)}
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,8 @@ def study_of(search: str) -> optuna.Study:
     journal, name = search, search
     for part, (file_part, study_name) in STUDIES.items():
         if part in search:
-            journal, name = search.replace(part, file_part), study_name
+            journal = search.replace(part, file_part)
+            name = study_name or journal
     found = [RESULTS / d / f"{journal}.log.gz" for d in JOURNALS if (RESULTS / d / f"{journal}.log.gz").exists()]
     if not found:
         raise SystemExit(f"no journal kept for {search} under {RESULTS}")

@@ -312,8 +312,9 @@ def search(
             at the top rung (each within a fifth of the seed's score there), trained as the confirmation trains;
             the clearest lead that carries names its plan (0: none). With --refill, 1000 confirmation steps and
             3, the 30% searches of the benchmark named plans 1.049x, 1.006x, 1.006x and 1.006x of the best found
-            at four search seeds of five (the seed is 1.109x), at 20% one 1.11x better than the seed, for 6-12
-            minutes more a search on two cores. Without --refill it named no better plan at 30%, 40% or 50%;
+            at four search seeds of five (the seed is 1.109x), at 20% one 1.11x better than the seed, at 40% one
+            1.02x better at one search of three, for 5-13 minutes more a search on two cores (at 50% the rule
+            never kept the seed: nothing to confirm). Without --refill it named no better plan at 30%, 40% or 50%;
             1000-step leads of 4-10% belonged to plans that ended level or up to 9% behind the seed (every lead
             of 10% or more to one that ended ahead), so pair it with ``confirm_lead=0.12``
             (docs/benchmarks/search-oracle.md).

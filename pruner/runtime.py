@@ -9,6 +9,7 @@ torch is imported on first use, so that the CLI starts at once.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import sys
@@ -23,6 +24,7 @@ from pruner.errors import OutOfDeviceMemory, PrunerError
 
 __all__ = [
     "auto_threads",
+    "cgroup_cpu_limit",
     "configure_threads",
     "count_idle",
     "cpu_slots",
@@ -34,18 +36,49 @@ __all__ = [
     "out_of_memory_advice",
     "parse_cpu_times",
     "threads",
+    "usable_cpus",
 ]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
+CGROUP = Path("/sys/fs/cgroup")  # where a container sees its own control group
+
+
 def default_threads() -> int:
-    """One thread on machines with two cores or fewer: measured there, thread wake-ups made a tiny UNet's
-    call 50-85x slower than one thread did. Elsewhere torch's own default."""
+    """One thread where this process has two cores or fewer (:func:`usable_cpus`): measured there, thread
+    wake-ups made a tiny UNet's call 50-85x slower than one thread did. Elsewhere torch's own default, at most
+    the usable cores (torch counts a container's host, not its CPU limit)."""
     import torch
 
-    return 1 if (os.cpu_count() or 1) <= 2 else torch.get_num_threads()
+    cores = usable_cpus()
+    return 1 if cores <= 2 else min(torch.get_num_threads(), cores)
+
+
+def usable_cpus() -> int:
+    """How many cores this process can keep busy: those its CPU affinity allows, at most a container's CPU
+    limit (docker ``--cpus``, a Kubernetes limit; :func:`cgroup_cpu_limit`), which neither the affinity nor
+    ``os.cpu_count()`` shows: threads or workers past it only queue for the same CPU time."""
+    cores = len(_affinity())
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores, math.floor(limit))) if limit is not None else cores
+
+
+def cgroup_cpu_limit(root: Path = CGROUP) -> float | None:
+    """The CPU time this container may use, in cores: cgroup v2's ``cpu.max`` or v1's ``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us`` under ``root``; None where there is no limit or it cannot be read."""
+    try:
+        if (v2 := root / "cpu.max").is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        for group in ("cpu", "cpu,cpuacct"):
+            if (v1 := root / group / "cpu.cfs_quota_us").is_file():
+                quota_us = int(v1.read_text())
+                return None if quota_us < 0 else quota_us / int((root / group / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return None
 
 
 def auto_threads() -> int:
@@ -79,24 +112,27 @@ def idle_cpu_room(device: Any) -> Callable[[], int] | None:
     long batch runs, so a batch that started on one core takes the second once another job frees it."""
     import torch
 
-    threads, cpus = _threads_and_cpus()
-    if torch.device(device).type != "cpu" or sys.platform != "linux" or len(cpus) // threads < 2:
+    threads, cpus, cores = _threads_and_cpus()
+    if torch.device(device).type != "cpu" or sys.platform != "linux" or cores // threads < 2:
         return None
-    return lambda: idle_cpus(cpus) // threads
+    return lambda: min(idle_cpus(cpus), cores) // threads
 
 
 def cpu_slots() -> int:
     """How many processes of torch's thread count this process's cores hold side by side."""
-    threads, cpus = _threads_and_cpus()
-    return max(1, len(cpus) // threads)
+    threads, _cpus, cores = _threads_and_cpus()
+    return max(1, cores // threads)
 
 
-def _threads_and_cpus() -> tuple[int, set[int]]:
-    """Torch's CPU thread count and the cores this process may run on."""
+def _threads_and_cpus() -> tuple[int, set[int], int]:
+    """Torch's CPU thread count, the cores this process may run on, and how many of them it can keep busy."""
     import torch
 
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    return max(1, torch.get_num_threads()), cpus
+    return max(1, torch.get_num_threads()), _affinity(), usable_cpus()
+
+
+def _affinity() -> set[int]:
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
 def idle_cpus(cpus: set[int], window: float = 0.2) -> int:

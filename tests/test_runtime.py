@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,6 +82,7 @@ def test_a_cpu_another_job_keeps_busy_is_not_counted_idle() -> None:
 def test_forked_workers_are_only_as_many_as_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """One torch thread on two cores forks a second worker only where no other job keeps a core busy."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)  # whatever container runs the tests
     with threads(1):
         monkeypatch.setattr(runtime, "idle_cpus", lambda cpus: len(cpus))
         assert idle_cpu_workers("cpu", 3) == 2 and idle_cpu_workers("cpu", 1) == 1
@@ -163,3 +165,40 @@ def test_a_daemonic_process_maps_in_itself() -> None:
     got = here.recv()
     daemon.join(10)
     assert [v for v, _ in got] == [1, 4, 9] and daemon.exitcode == 0
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2: docker --cpus=1.5
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # cgroup v1
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbled\n"}, None),
+        ({}, None),  # no cgroup files: not in a container, or another platform
+    ],
+)
+def test_cgroup_cpu_limit_reads_a_containers_quota_in_cores(
+    tmp_path: Path, files: dict[str, str], limit: float | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert runtime.cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_a_container_limit_caps_threads_and_workers_below_the_cores_it_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container limited to 2 CPUs on a 16-core host sees all 16 in its affinity and os.cpu_count(): one
+    torch thread and at most two workers, as on a 2-core machine, not sixteen that queue for the same time."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
+    monkeypatch.setattr(runtime, "idle_cpus", lambda cpus: len(cpus))  # the host's cores all idle
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: 2.5)
+    assert runtime.usable_cpus() == 2 and runtime.default_threads() == 1
+    with threads(1):
+        assert runtime.cpu_slots() == 2 and idle_cpu_workers("cpu", 8) == 2
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: 0.5)
+    assert runtime.usable_cpus() == 1
+    monkeypatch.setattr(runtime, "cgroup_cpu_limit", lambda: None)
+    assert runtime.usable_cpus() == 16
+    with threads(1):
+        assert runtime.cpu_slots() == 16 and idle_cpu_workers("cpu", 8) == 8

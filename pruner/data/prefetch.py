@@ -10,12 +10,13 @@ errors reach the consumer, and a consumer that stops early stops the threads.
 from __future__ import annotations
 
 import collections
-import os
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
+
+from pruner.runtime import usable_cpus
 
 __all__ = ["decode_threads", "ordered_map", "prefetched"]
 
@@ -77,10 +78,10 @@ def prefetched(values: Iterator[T], depth: int) -> Generator[T, None, None]:
 
 
 def decode_threads(processes_here: int = 1) -> int:
-    """Threads a process decodes pictures with: its share of this machine's cores less the one its encoders
+    """Threads a process decodes pictures with: its share of the cores it can use less the one its encoders
     use, at most ``MAX_DECODE_THREADS``; one (decoding beside the encoders, in the read-ahead thread) on a
     machine of two cores."""
-    share = (os.cpu_count() or 1) // max(1, processes_here)
+    share = usable_cpus() // max(1, processes_here)
     return max(1, min(MAX_DECODE_THREADS, share - 1))
 
 

@@ -316,13 +316,14 @@ def search(
             1.02x better at one search of three, for 5-13 minutes more a search on two cores (at 50% the rule
             never kept the seed: nothing to confirm). Without --refill it named no better plan at 30%, 40% or 50%;
             1000-step leads of 4-10% belonged to plans that ended level or up to 9% behind the seed (every lead
-            of 10% or more to one that ended ahead), so pair it with ``confirm_lead=0.12``
+            of 10% or more to one that ended ahead), so pair it with ``confirm_lead`` 0.12
             (docs/benchmarks/search-oracle.md).
         calibration: Calibration rows the proxy trains on.
         held_out: Rows (fixed noise and timesteps) the proxy scores on; more ranks steadier.
         refill: The mutation sampler may also return one layer to an attention module the plan empties (a
-            move the one-shot seed cannot make; off: over three seeds at four budgets it did not change what
-            found.yaml names beyond noise).
+            move the one-shot seed cannot make; off: alone, over three seeds at four budgets it did not change
+            what found.yaml names beyond noise, as its plans' leads are too small for the top rung; with
+            ``confirm_runners_up`` it named better plans at 20%, 30% and 40%).
         module_sensitivity: Also measure each attention module's sensitivity (its layers removed together):
             adds the sensitivity-modules seed and weights the refill move.
         storage: Optuna storage: sqlite:///x.db, postgresql://user@host/db or journal:PATH (workers share it;

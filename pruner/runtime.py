@@ -65,20 +65,50 @@ def usable_cpus() -> int:
     return max(1, min(cores, math.floor(limit))) if limit is not None else cores
 
 
-def cgroup_cpu_limit(root: Path = CGROUP) -> float | None:
-    """The CPU time this container may use, in cores: cgroup v2's ``cpu.max`` or v1's ``cpu.cfs_quota_us`` over
-    ``cpu.cfs_period_us`` under ``root``; None where there is no limit or it cannot be read."""
+def cgroup_cpu_limit(root: Path = CGROUP, membership: str | None = None) -> float | None:
+    """The CPU time this process may use, in cores: the tightest cgroup limit (v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``) on the way from its own group (``membership``, the text of
+    ``/proc/self/cgroup``) up to ``root``, and at ``root`` itself (what a container sees of its own group);
+    None where no limit is set or none can be read."""
+    if membership is None:
+        membership = _read_text(Path("/proc/self/cgroup"))
+    limits = [_folder_cpu_limit(folder) for folder in _cgroup_folders(root, membership)]
+    return min((limit for limit in limits if limit is not None), default=None)
+
+
+def _cgroup_folders(root: Path, membership: str) -> list[Path]:
+    """The folders whose CPU limit applies: this process's group in the v2 tree and the v1 ``cpu`` one, each
+    parent, and the roots (a container's own group, mounted there)."""
+    folders = []
+    for line in membership.splitlines():
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if controllers and "cpu" not in controllers.split(","):
+            continue
+        base = root / controllers if controllers else root
+        own = Path(path.strip().lstrip("/"))
+        folders += [base / part for part in (own, *own.parents)]
+    return [*folders, root, root / "cpu", root / "cpu,cpuacct"]
+
+
+def _folder_cpu_limit(folder: Path) -> float | None:
+    """One cgroup folder's CPU limit in cores; None where it sets none or cannot be read."""
     try:
-        if (v2 := root / "cpu.max").is_file():
+        if (v2 := folder / "cpu.max").is_file():
             quota, period = v2.read_text().split()[:2]
             return None if quota == "max" else int(quota) / int(period)
-        for group in ("cpu", "cpu,cpuacct"):
-            if (v1 := root / group / "cpu.cfs_quota_us").is_file():
-                quota_us = int(v1.read_text())
-                return None if quota_us < 0 else quota_us / int((root / group / "cpu.cfs_period_us").read_text())
+        if (v1 := folder / "cpu.cfs_quota_us").is_file():
+            quota_us = int(v1.read_text())
+            return None if quota_us < 0 else quota_us / int((folder / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError, ZeroDivisionError):
         return None
     return None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def auto_threads() -> int:

@@ -184,7 +184,34 @@ def test_cgroup_cpu_limit_reads_a_containers_quota_in_cores(
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert runtime.cgroup_cpu_limit(tmp_path) == limit
+    assert runtime.cgroup_cpu_limit(tmp_path, membership="0::/\n") == limit
+
+
+@pytest.mark.parametrize(
+    ("membership", "files", "limit"),
+    [  # a Kubernetes pod's limit on its parent group, none on the container's own
+        (
+            "0::/kubepods/pod1/c1\n",
+            {"kubepods/pod1/cpu.max": "200000 100000", "kubepods/pod1/c1/cpu.max": "max 1"},
+            2.0,
+        ),
+        ("0::/a/b\n", {"a/cpu.max": "400000 100000", "a/b/cpu.max": "150000 100000"}, 1.5),  # the tightest
+        (
+            "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n",
+            {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "300000", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"},
+            3.0,
+        ),
+        ("0::/system.slice/x.service\n", {"cpu.max": "100000 100000"}, 1.0),  # a container's own group at the root
+        ("garbled\n", {}, None),
+    ],
+)
+def test_cgroup_cpu_limit_follows_the_processs_own_group_and_its_parents(
+    tmp_path: Path, membership: str, files: dict[str, str], limit: float | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert runtime.cgroup_cpu_limit(tmp_path, membership) == limit
 
 
 def test_a_container_limit_caps_threads_and_workers_below_the_cores_it_sees(monkeypatch: pytest.MonkeyPatch) -> None:

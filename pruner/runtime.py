@@ -87,7 +87,7 @@ def _cgroup_folders(root: Path, membership: str) -> list[Path]:
         base = root / controllers if controllers else root
         own = Path(path.strip().lstrip("/"))
         folders += [base / part for part in (own, *own.parents)]
-    return [*folders, root, root / "cpu", root / "cpu,cpuacct"]
+    return list(dict.fromkeys([*folders, root, root / "cpu", root / "cpu,cpuacct"]))  # each read once
 
 
 def _folder_cpu_limit(folder: Path) -> float | None:

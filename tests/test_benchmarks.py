@@ -433,3 +433,60 @@ def test_search_oracle_table_keeps_the_budgets_an_earlier_run_measured(
     table = search_oracle.write_table(tmp_path).read_text()
     assert table.index("`run b`") < table.index("### 30%") < table.index("### 50%")  # each under what made it
     assert "| plan |" in table and "only the last run's budget" not in table
+
+
+def test_proxy_rows_ranks_each_quarter_of_the_timesteps_and_reads_leads_over_the_seed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fixed per-row scores: the quarters split the rows by timestep, each ranked on its own rows; a lead is one
+    minus a plan's score over the seed's."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import proxy_rows
+
+    timesteps = [10, 20, 300, 310, 600, 610, 900, 910]
+    assert proxy_rows.quarter_bins(timesteps) == [(-1, 20), (20, 310), (310, 610), (610, 910)]
+    final = {"best": 1.0, "seed": 2.0, "worst": 3.0}
+    per_row = {  # "best" reads worse than the seed at low timesteps, better at high ones
+        "best": [3.5, 3.5, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0],
+        "seed": [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0],
+        "worst": [3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0],
+    }
+    lines = proxy_rows.rank_table(per_row, timesteps, final, "seed", "rows")
+    assert lines[0] == "rows: 3 plans, in the order they end: best seed worst"
+    rows = {line[:22].strip(): line[22:].split() for line in lines[2:]}
+    assert rows["all rows"] == ["1.00", "1.00", "+6%", "seed", "-50%"]  # 1.875 against 2.0
+    assert rows["t in (-1, 20]"][:3] == ["-0.33", "-1.00", "-75%"]  # best reads worst there: 3.5 against 2
+    assert rows["t in (610, 910]"][:3] == ["1.00", "1.00", "+50%"]
+
+
+@pytest.mark.slow
+def test_proxy_rows_scores_each_plan_on_held_out_rows_and_on_teacher_samples(tmp_path: Path) -> None:
+    results = ROOT / "benchmarks" / "results" / "search_oracle"
+    keys = ["a0197189548be7c5", "99df6c245bf1b67a"]  # the 30% sensitivity seed and the oracle's best
+    (tmp_path / "plans").mkdir()
+    for key in keys:
+        (tmp_path / "plans" / f"{key}.yaml").write_bytes((results / "plans" / f"{key}.yaml").read_bytes())
+    summary = json.loads((results / "summary-30%.json").read_text())
+    summary["plans"] = [p for p in summary["plans"] if p["key"] in keys]
+    (tmp_path / "summary-30%.json").write_text(json.dumps(summary))
+    out = run("benchmarks/proxy_rows.py", str(tmp_path / "summary-30%.json"), "--steps", "1", "--samples", "4",
+              "--json", str(tmp_path / "rows.json"))  # fmt: skip
+    assert "final KD: distillation seed 0" in out  # no noise-30%.json beside: the summary's own finals
+    assert "held-out rows: 2 plans, in the order they end: 99df6c24 a0197189" in out
+    assert "teacher samples: 2 plans" in out and out.count("t in (") == 8
+    kept = json.loads((tmp_path / "rows.json").read_text())
+    assert len(kept["timesteps"]["teacher samples"]) == 4
+    assert {k: len(v[0]) for k, v in kept["per_row"]["teacher samples"].items()} == dict.fromkeys(keys, 4)
+    assert len(kept["per_row"]["held-out rows"][keys[0]][0]) == len(kept["timesteps"]["held-out rows"])
+    again = run("benchmarks/proxy_rows.py", str(tmp_path / "summary-30%.json"), "--report", str(tmp_path / "rows.json"),
+                str(tmp_path / "rows.json"))  # fmt: skip
+    assert "averaged over orders [1, 1]" in again  # two runs' orders together, nothing trained
+    assert (
+        again.split("averaged over orders")[1].splitlines()[1:] == out.split("averaged over orders")[1].splitlines()[1:]
+    )
+    kept["steps"] = 2
+    (tmp_path / "other.json").write_text(json.dumps(kept))
+    reports = [str(tmp_path / "rows.json"), str(tmp_path / "other.json")]
+    script = [sys.executable, "benchmarks/proxy_rows.py", str(tmp_path / "summary-30%.json"), "--report", *reports]
+    refused = subprocess.run(script, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "trained or scored otherwise" in refused.stderr

@@ -152,7 +152,8 @@ def rank_table(per_row: dict[str, list[float]], timesteps: Sequence[int], final:
     for name, idx in scorings(timesteps):
         score = {k: statistics.fmean(per_row[k][i] for i in idx) for k in keys}
         tau, half = kendall_tau([score[k] for k in keys], ends), best_half_tau([score[k] for k in keys], ends)
-        leads = " ".join(f"{1 - score[k] / score[seed]:+.0%}" if k != seed else "seed" for k in keys)
+        base = score.get(seed)  # None where the seed has no final to rank it by
+        leads = " ".join("seed" if k == seed else f"{1 - score[k] / base:+.0%}" if base else "-" for k in keys)
         lines.append(f"{name:<22}{tau:>8.2f}{half:>12.2f}  {leads}")
     return lines
 

@@ -457,6 +457,8 @@ def test_proxy_rows_ranks_each_quarter_of_the_timesteps_and_reads_leads_over_the
     assert rows["all rows"] == ["1.00", "1.00", "+6%", "seed", "-50%"]  # 1.875 against 2.0
     assert rows["t in (-1, 20]"][:3] == ["-0.33", "-1.00", "-75%"]  # best reads worst there: 3.5 against 2
     assert rows["t in (610, 910]"][:3] == ["1.00", "1.00", "+50%"]
+    unranked = proxy_rows.rank_table(per_row, timesteps, {"best": 1.0, "worst": 3.0}, "seed", "rows")
+    assert unranked[2].split()[-2:] == ["-", "-"]  # a seed with no final: its plans ranked, no lead read
 
 
 @pytest.mark.slow

@@ -164,10 +164,9 @@ def mean_over_orders(runs: Sequence[list[float]]) -> list[float]:
 
 def measure(args: argparse.Namespace, summary: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     """Train every plan under each order and score its student row by row on each set: the kept run."""
-    cfg = SearchConfig(budget=summary["budget"], seed=0, progress=False)
+    cfg = SearchConfig(budget=summary["budget"], seed=0, calibration=args.calibration, progress=False)
     teacher = Teacher.resolve(cfg.teacher)
     ctx = build_context(cfg, teacher, parse_budget(cfg.budget), schedule=AFRESH)
-    ctx = ctx.with_calibration(args.calibration)
     sets = [held_out_rows(ctx)] + ([teacher_samples(teacher, args.samples, args.prompt_seed)] if args.samples else [])
     print(f"each trained {args.steps} steps in one segment on {ctx.calib.n_train} rows, orders {args.orders}")
     per_row: dict[str, dict[str, list[list[float]]]] = {s.name: {} for s in sets}

@@ -60,9 +60,13 @@ def usable_cpus() -> int:
     """How many cores this process can keep busy: those its CPU affinity allows, at most a container's CPU
     limit (docker ``--cpus``, a Kubernetes limit; :func:`cgroup_cpu_limit`), which neither the affinity nor
     ``os.cpu_count()`` shows: threads or workers past it only queue for the same CPU time."""
-    cores = len(_affinity())
+    return _capped(_affinity())
+
+
+def _capped(cpus: set[int]) -> int:
+    """How many of ``cpus`` (this process's affinity) the cgroup CPU limit lets it keep busy."""
     limit = cgroup_cpu_limit()
-    return max(1, min(cores, math.floor(limit))) if limit is not None else cores
+    return max(1, min(len(cpus), math.floor(limit))) if limit is not None else len(cpus)
 
 
 def cgroup_cpu_limit(root: Path = CGROUP, membership: str | None = None) -> float | None:
@@ -158,7 +162,8 @@ def _threads_and_cpus() -> tuple[int, set[int], int]:
     """Torch's CPU thread count, the cores this process may run on, and how many of them it can keep busy."""
     import torch
 
-    return max(1, torch.get_num_threads()), _affinity(), usable_cpus()
+    cpus = _affinity()
+    return max(1, torch.get_num_threads()), cpus, _capped(cpus)
 
 
 def _affinity() -> set[int]:

@@ -12,6 +12,7 @@ import contextlib
 import math
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from pruner.errors import OutOfDeviceMemory, PrunerError
 __all__ = [
     "auto_threads",
     "cgroup_cpu_limit",
+    "cgroup_mounts",
     "configure_threads",
     "count_idle",
     "cpu_slots",
@@ -69,29 +71,72 @@ def _capped(cpus: set[int]) -> int:
     return max(1, min(len(cpus), math.floor(limit))) if limit is not None else len(cpus)
 
 
-def cgroup_cpu_limit(root: Path = CGROUP, membership: str | None = None) -> float | None:
+def cgroup_cpu_limit(root: Path = CGROUP, membership: str | None = None, mountinfo: str | None = None
+                     ) -> float | None:  # fmt: skip
     """The CPU time this process may use, in cores: the tightest cgroup limit (v2 ``cpu.max``, v1
-    ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``) on the way from its own group (``membership``, the text of
-    ``/proc/self/cgroup``) up to ``root``, and at ``root`` itself (what a container sees of its own group);
-    None where no limit is set or none can be read."""
+    ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``) on the way from its own group up to the top of each cgroup
+    file system that holds it, and at ``root`` itself (what a container sees of its own group); None where no
+    limit is set or none can be read. ``membership`` and ``mountinfo``: the texts of ``/proc/self/cgroup`` and
+    ``/proc/self/mountinfo``, read where not given; the mounts find a group wherever its file system is mounted
+    (``root`` is only where it usually is)."""
     if membership is None:
         membership = _read_text(Path("/proc/self/cgroup"))
-    limits = [_folder_cpu_limit(folder) for folder in _cgroup_folders(root, membership)]
+    if mountinfo is None:
+        mountinfo = _read_text(Path("/proc/self/mountinfo"))
+    folders = _cgroup_folders(root, membership, cgroup_mounts(mountinfo))
+    limits = [_folder_cpu_limit(folder) for folder in folders]
     return min((limit for limit in limits if limit is not None), default=None)
 
 
-def _cgroup_folders(root: Path, membership: str) -> list[Path]:
+def cgroup_mounts(mountinfo: str) -> list[tuple[str, Path, str]]:
+    """The cgroup file systems ``mountinfo`` (the text of ``/proc/self/mountinfo``) shows that can limit CPU
+    time: each as ``(kind, mount point, the group mounted there)``, kind ``""`` for the v2 tree (as
+    ``/proc/self/cgroup`` names it) and ``"cpu"`` for a v1 tree with the ``cpu`` controller."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        dash = fields.index("-", 6)
+        fs_type, options = fields[dash + 1], (fields[dash + 3] if len(fields) > dash + 3 else "").split(",")
+        if fs_type == "cgroup2" or (fs_type == "cgroup" and "cpu" in options):
+            kind = "" if fs_type == "cgroup2" else "cpu"
+            mounts.append((kind, Path(_unescape(fields[4])), _unescape(fields[3])))
+    return mounts
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path with its octal escapes (``\\040`` for a space) decoded."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _cgroup_folders(root: Path, membership: str, mounts: Sequence[tuple[str, Path, str]] = ()) -> list[Path]:
     """The folders whose CPU limit applies: this process's group in the v2 tree and the v1 ``cpu`` one, each
-    parent, and the roots (a container's own group, mounted there)."""
+    parent, under ``root`` and under each mount of that tree (:func:`cgroup_mounts`), and the roots (a
+    container's own group, mounted there)."""
     folders = []
     for line in membership.splitlines():
         _, controllers, path = [*line.split(":", 2), "", ""][:3]
         if controllers and "cpu" not in controllers.split(","):
             continue
-        base = root / controllers if controllers else root
-        own = Path(path.strip().lstrip("/"))
-        folders += [base / part for part in (own, *own.parents)]
+        group = "/" + path.strip().strip("/")
+        bases = [(root / controllers if controllers else root, "/")]
+        bases += [(point, mounted) for kind, point, mounted in mounts if kind == ("cpu" if controllers else "")]
+        for base, mounted in bases:
+            inside = _relative_group(group, mounted)
+            if inside is not None:
+                folders += [base / part for part in (inside, *inside.parents)]
     return list(dict.fromkeys([*folders, root, root / "cpu", root / "cpu,cpuacct"]))  # each read once
+
+
+def _relative_group(group: str, mounted: str) -> Path | None:
+    """Where ``group`` lies below the group ``mounted`` at a mount point (None: not below it)."""
+    top = "/" + mounted.strip("/")
+    if top == "/":
+        return Path(group.lstrip("/"))
+    if group == top or group.startswith(top + "/"):
+        return Path(group[len(top) :].lstrip("/"))
+    return None
 
 
 def _folder_cpu_limit(folder: Path) -> float | None:

@@ -184,7 +184,7 @@ def test_cgroup_cpu_limit_reads_a_containers_quota_in_cores(
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert runtime.cgroup_cpu_limit(tmp_path, membership="0::/\n") == limit
+    assert runtime.cgroup_cpu_limit(tmp_path, membership="0::/\n", mountinfo="") == limit
 
 
 @pytest.mark.parametrize(
@@ -211,7 +211,51 @@ def test_cgroup_cpu_limit_follows_the_processs_own_group_and_its_parents(
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert runtime.cgroup_cpu_limit(tmp_path, membership) == limit
+    assert runtime.cgroup_cpu_limit(tmp_path, membership, mountinfo="") == limit
+
+
+def test_cgroup_mounts_reads_where_each_cpu_tree_is_mounted() -> None:
+    mountinfo = (
+        "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+        "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:9 - cgroup cgroup rw,cpu,cpuacct\n"
+        "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+        "41 31 0:38 /docker/abc /mnt/my\\040groups rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n"
+        "garbled line\n"
+    )
+    assert runtime.cgroup_mounts(mountinfo) == [
+        ("cpu", Path("/sys/fs/cgroup/cpu,cpuacct"), "/"),
+        ("", Path("/mnt/my groups"), "/docker/abc"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("membership", "mounted", "files", "limit"),
+    [  # a v2 tree mounted elsewhere than /sys/fs/cgroup: the process's group and its parents there
+        ("0::/kubepods/pod1/c1\n", "/", {"v2/kubepods/pod1/cpu.max": "200000 100000"}, 2.0),
+        # a container without its own cgroup namespace: the host's path to its group, mounted at the top
+        ("0::/docker/abc\n", "/docker/abc", {"v2/cpu.max": "150000 100000"}, 1.5),
+        ("0::/docker/abc/sub\n", "/docker/abc", {"v2/sub/cpu.max": "50000 100000", "v2/cpu.max": "max 1"}, 0.5),
+        ("0::/elsewhere\n", "/docker/abc", {"v2/cpu.max": "150000 100000"}, None),  # not below the mounted group
+        (
+            "1:cpu,cpuacct:/batch\n",
+            "/",
+            {"v1/batch/cpu.cfs_quota_us": "300000", "v1/batch/cpu.cfs_period_us": "100000"},
+            3.0,
+        ),
+    ],
+)
+def test_cgroup_cpu_limit_finds_a_group_wherever_its_tree_is_mounted(
+    tmp_path: Path, membership: str, mounted: str, files: dict[str, str], limit: float | None
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    mountinfo = (
+        f"40 1 0:38 {mounted} {tmp_path / 'v2'} rw - cgroup2 cgroup2 rw\n"
+        f"41 1 0:39 {mounted} {tmp_path / 'v1'} rw - cgroup cgroup rw,cpu,cpuacct\n"
+    )
+    assert runtime.cgroup_cpu_limit(tmp_path / "usual", membership, mountinfo) == limit
+    assert runtime.cgroup_cpu_limit(tmp_path / "usual", membership, mountinfo="") is None  # the usual place only
 
 
 def test_a_container_limit_caps_threads_and_workers_below_the_cores_it_sees(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,14 +162,18 @@ def mean_over_orders(runs: Sequence[list[float]]) -> list[float]:
     return [statistics.fmean(row) for row in zip(*runs, strict=True)]
 
 
-def measure(args: argparse.Namespace, summary: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """Train every plan under each order and score its student row by row on each set: the kept run."""
+def measure(args: argparse.Namespace, summary: dict[str, Any], keys: list[str],
+            keep: Callable[[dict[str, Any]], None] = lambda _run: None) -> dict[str, Any]:  # fmt: skip
+    """Train every plan under each order and score its student row by row on each set: the kept run, also
+    handed to ``keep`` after each plan (a run stopped part-way keeps the plans it finished)."""
     cfg = SearchConfig(budget=summary["budget"], seed=0, calibration=args.calibration, progress=False)
     teacher = Teacher.resolve(cfg.teacher)
     ctx = build_context(cfg, teacher, parse_budget(cfg.budget), schedule=AFRESH)
     sets = [held_out_rows(ctx)] + ([teacher_samples(teacher, args.samples, args.prompt_seed)] if args.samples else [])
     print(f"each trained {args.steps} steps in one segment on {ctx.calib.n_train} rows, orders {args.orders}")
     per_row: dict[str, dict[str, list[list[float]]]] = {s.name: {} for s in sets}
+    kept = {"steps": args.steps, "calibration": ctx.calib.n_train, "orders": args.orders,
+            "timesteps": {s.name: s.timesteps for s in sets}, "per_row": per_row}  # fmt: skip
     start = time.perf_counter()
     for key in keys:
         plan = load_recipe(args.summary.parent / "plans" / f"{key}.yaml").plan_obj()
@@ -180,9 +184,9 @@ def measure(args: argparse.Namespace, summary: dict[str, Any], keys: list[str]) 
                     per_row[s.name].setdefault(key, []).append(row_kd(run.student, s))
         means = (f"{s.name} {statistics.fmean(mean_over_orders(per_row[s.name][key])):.6f}" for s in sets)
         print(f"  {key[:8]}: {', '.join(means)}", flush=True)
-    print(f"{(time.perf_counter() - start) / (len(keys) * len(args.orders)):.0f} s a plan and order")
-    return {"steps": args.steps, "calibration": ctx.calib.n_train, "orders": args.orders,
-            "timesteps": {s.name: s.timesteps for s in sets}, "per_row": per_row}  # fmt: skip
+        keep(kept)
+    print(f"{(time.perf_counter() - start) / max(1, len(keys) * len(args.orders)):.0f} s a plan and order")
+    return kept
 
 
 def merged(paths: Sequence[Path]) -> dict[str, Any]:
@@ -222,10 +226,11 @@ def main() -> None:
     final, which = final_means(args.summary, summary)
     keys = [k for k in dict.fromkeys(p["key"] for p in summary["plans"]) if k in final]
     print(f"{len(keys)} plans at {summary['budget']}, final KD: {which}", flush=True)
-    kept = merged(args.report) if args.report else measure(args, summary, keys)
+    if args.report:
+        kept = merged(args.report)
+    else:
+        kept = measure(args, summary, keys, (lambda run: write_json(args.json, run)) if args.json else lambda _r: None)
     report(kept, final, seed_key(summary))
-    if args.json and not args.report:
-        write_json(args.json, kept)
 
 
 if __name__ == "__main__":

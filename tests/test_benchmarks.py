@@ -492,3 +492,10 @@ def test_proxy_rows_scores_each_plan_on_held_out_rows_and_on_teacher_samples(tmp
     script = [sys.executable, "benchmarks/proxy_rows.py", str(tmp_path / "summary-30%.json"), "--report", *reports]
     refused = subprocess.run(script, cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode != 0 and "trained or scored otherwise" in refused.stderr
+    first, second = dict.fromkeys(p["key"] for p in summary["plans"])
+    (tmp_path / "plans" / f"{second}.yaml").unlink()  # the run stops at the second plan
+    script = [sys.executable, "benchmarks/proxy_rows.py", str(tmp_path / "summary-30%.json"), "--steps", "1",
+              "--samples", "4", "--json", str(tmp_path / "part.json")]  # fmt: skip
+    stopped = subprocess.run(script, cwd=ROOT, capture_output=True, text=True)
+    assert stopped.returncode != 0
+    assert list(json.loads((tmp_path / "part.json").read_text())["per_row"]["held-out rows"]) == [first]

@@ -22,8 +22,13 @@ better than the seed), plans in the order they end:
     python benchmarks/proxy_rows.py benchmarks/results/search_oracle/summary-30%.json --steps 100 --orders 1 2 3
     python benchmarks/proxy_rows.py benchmarks/results/search_oracle/summary-30%.json --steps 1000 --calibration 384
 
-``--json`` keeps every row's KD; ``--report`` prints the tables of kept runs again, runs of the same training
-under other orders merged (``--orders 1`` then ``--orders 2 3`` read as ``--orders 1 2 3``), training nothing.
+Last, which plans the found-plan rule would name on each kind of rows and on both (``paired_lead`` over the
+orders, at least ``--min-lead`` of the seed's score and ``LEAD_SE`` standard errors: the long confirmation's
+bar), beside how each ends against the seed.
+
+``--json`` keeps every row's KD (after each plan, so a run stopped part-way keeps what it finished);
+``--report`` prints the tables of kept runs again, runs of the same training under other orders merged
+(``--orders 1`` then ``--orders 2 3`` read as ``--orders 1 2 3``), training nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import sys
 import time
@@ -55,6 +61,7 @@ from pruner.evaluation import eval_prompts
 from pruner.io import write_json
 from pruner.recipe import load_recipe
 from pruner.runtime import default_threads
+from pruner.study.choice import LEAD_SE, Lead, carries, paired_lead
 from pruner.study.context import AFRESH, SearchContext
 from pruner.study.study import SearchConfig, build_context
 from pruner.teacher import Teacher
@@ -202,12 +209,49 @@ def merged(paths: Sequence[Path]) -> dict[str, Any]:
     return {**runs[0], "orders": orders, "per_row": per_row}
 
 
-def report(kept: dict[str, Any], final: dict[str, float], seed: str) -> None:
-    """Each set's table: the plans' scores averaged over the kept orders."""
+def rule_leads(per_order: dict[str, list[list[float]]], seed: str, min_lead: float) -> dict[str, tuple[Lead, bool]]:
+    """Each plan's lead over ``seed`` as the found-plan rule reads it (its mean KD under each order against the
+    seed's under the same order, :func:`paired_lead`), and whether it names the plan (:func:`carries`: more
+    than ``LEAD_SE`` standard errors and ``min_lead`` of the seed's score)."""
+    means = {k: [statistics.fmean(rows) for rows in runs] for k, runs in per_order.items()}
+    base = statistics.fmean(means[seed])
+    leads = {k: paired_lead(v, means[seed]) for k, v in means.items() if k != seed}
+    return {k: (lead, carries(lead, base, min_lead)) for k, lead in leads.items()}
+
+
+def rule_table(kept: dict[str, Any], final: dict[str, float], seed: str, min_lead: float) -> list[str]:
+    """Which plans the rule would name on each kind of rows, and on all of them at once, beside how each plan
+    ends against the seed (positive: a lower final KD), plans in the order they end."""
+    sets = {name: rule_leads(plans, seed, min_lead) for name, plans in kept["per_row"].items() if seed in plans}
+    if not sets or seed not in final:
+        return []
+    base = {name: statistics.fmean(statistics.fmean(r) for r in kept["per_row"][name][seed]) for name in sets}
+    keys = sorted((k for k in final if all(k in leads for leads in sets.values())), key=final.__getitem__)
+    lines = [f"the rule's lead over the seed ({seed[:8]}), paired over orders {kept['orders']}: named at "
+             f"{min_lead:.0%} or more of the seed's score and over {LEAD_SE:g} standard errors"]  # fmt: skip
+    lines.append(f"{'plan':<10}{'ends':>8}" + "".join(f"{name:>22}" for name in sets) + "  named on")
+    for k in keys:
+        cells, named = [], []
+        for name, leads in sets.items():
+            lead, carried = leads[k]
+            se = f" ± {lead.se / base[name]:.1%}" if math.isfinite(lead.se) else ""
+            cells.append(f"{lead.mean / base[name]:+.1%}{se}{'*' if carried else ' '}")
+            named += [name] if carried else []
+        every = "both" if len(sets) == 2 else "all"
+        where = every if len(named) == len(sets) > 1 else ", ".join(named) or "-"
+        lines.append(
+            f"{k[:8]:<10}{1 - final[k] / final[seed]:>+8.1%}" + "".join(f"{c:>22}" for c in cells) + f"  {where}"
+        )
+    return lines
+
+
+def report(kept: dict[str, Any], final: dict[str, float], seed: str, min_lead: float) -> None:
+    """Each set's table: the plans' scores averaged over the kept orders; then the rule's leads on each set."""
     print(f"{kept['steps']} steps on {kept['calibration']} rows, the scores averaged over orders {kept['orders']}")
     for name, plans in kept["per_row"].items():
         scores = {k: mean_over_orders(v) for k, v in plans.items()}
         print("\n".join(["", *rank_table(scores, kept["timesteps"][name], final, seed, name)]))
+    print("\n".join(["", *rule_table(kept, final, seed, min_lead)]))
 
 
 def main() -> None:
@@ -218,6 +262,12 @@ def main() -> None:
     p.add_argument("--orders", type=int, nargs="+", default=[1], help="row orders, each plan's scores averaged")
     p.add_argument("--samples", type=int, default=128, help="teacher samples to score on (0: none)")
     p.add_argument("--prompt-seed", type=int, default=7, help="seeds the samples' prompts, noise (0: the yardstick's)")
+    p.add_argument(
+        "--min-lead",
+        type=float,
+        default=defaults.CONFIRM_LEAD,
+        help="the lead, a share of the seed's score, the rule needs to name a plan (the confirmation's)",
+    )
     p.add_argument("--json", type=Path, help="keep every plan's per-row KDs here")
     p.add_argument("--report", type=Path, nargs="+", help="train nothing: the tables of these kept runs, merged")
     args = p.parse_args()
@@ -229,8 +279,10 @@ def main() -> None:
     if args.report:
         kept = merged(args.report)
     else:
-        kept = measure(args, summary, keys, (lambda run: write_json(args.json, run)) if args.json else lambda _r: None)
-    report(kept, final, seed_key(summary))
+        kept = measure(
+            args, summary, keys, (lambda run: write_json(args.json, run, indent=None)) if args.json else lambda _r: None
+        )
+    report(kept, final, seed_key(summary), args.min_lead)
 
 
 if __name__ == "__main__":

@@ -461,6 +461,36 @@ def test_proxy_rows_ranks_each_quarter_of_the_timesteps_and_reads_leads_over_the
     assert unranked[2].split()[-2:] == ["-", "-"]  # a seed with no final: its plans ranked, no lead read
 
 
+def test_proxy_rows_names_a_plan_on_both_kinds_of_rows_only_when_its_lead_carries_on_each() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import proxy_rows
+
+    per_row = {  # each plan's per-row KD under three orders; the seed's differ by order
+        "held-out rows": {
+            "seed": [[1.0, 1.0], [1.1, 1.1], [0.9, 0.9]],
+            "both": [[0.8, 0.8], [0.85, 0.85], [0.75, 0.75]],  # +20%, steady
+            "one": [[0.85, 0.85], [0.95, 0.95], [0.8, 0.8]],  # +13%, steady
+            "noise": [[0.8, 0.8], [1.2, 1.2], [1.0, 1.0]],  # level on the mean, +-20% by order
+        },
+        "teacher samples": {
+            "seed": [[2.0], [2.0], [2.1]],
+            "both": [[1.6], [1.7], [1.7]],  # +18%
+            "one": [[2.0], [1.95], [2.05]],  # +2%: under the 8%
+            "noise": [[1.5], [2.4], [2.0]],
+        },
+    }
+    kept = {"orders": [1, 2, 3], "per_row": per_row}
+    final = {"seed": 1.0, "both": 0.9, "one": 1.02, "noise": 1.05}
+    lines = proxy_rows.rule_table(kept, final, "seed", 0.08)
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert list(rows) == ["both", "one", "noise"]  # in the order they end
+    assert rows["both"].split()[1] == "+10.0%" and rows["both"].endswith("both")
+    assert rows["one"].endswith("held-out rows") and "+13.3% ± 1.7%*" in rows["one"]
+    assert rows["noise"].endswith("-")  # a level mean: never named, however large an order's lead
+    assert proxy_rows.rule_table(kept, final, "seed", 0.25)[2].endswith("-")  # the bar is the share asked
+    assert proxy_rows.rule_table(kept, {"both": 0.9}, "seed", 0.08) == []  # no final for the seed: nothing read
+
+
 @pytest.mark.slow
 def test_proxy_rows_scores_each_plan_on_held_out_rows_and_on_teacher_samples(tmp_path: Path) -> None:
     results = ROOT / "benchmarks" / "results" / "search_oracle"
@@ -483,9 +513,14 @@ def test_proxy_rows_scores_each_plan_on_held_out_rows_and_on_teacher_samples(tmp
     again = run("benchmarks/proxy_rows.py", str(tmp_path / "summary-30%.json"), "--report", str(tmp_path / "rows.json"),
                 str(tmp_path / "rows.json"))  # fmt: skip
     assert "averaged over orders [1, 1]" in again  # two runs' orders together, nothing trained
-    assert (
-        again.split("averaged over orders")[1].splitlines()[1:] == out.split("averaged over orders")[1].splitlines()[1:]
-    )
+
+    def tables(printout: str) -> list[str]:
+        return printout.split("averaged over orders")[1].split("the rule's lead")[0].splitlines()[1:]
+
+    assert tables(again) == tables(out)
+    assert "the rule's lead over the seed (a0197189), paired over orders [1]" in out
+    assert out.rstrip().splitlines()[-1].startswith("99df6c24")  # one order: no error measured, nothing named
+    assert out.rstrip().endswith("-")
     kept["steps"] = 2
     (tmp_path / "other.json").write_text(json.dumps(kept))
     reports = [str(tmp_path / "rows.json"), str(tmp_path / "other.json")]

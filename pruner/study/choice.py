@@ -67,6 +67,7 @@ __all__ = [
     "Lead",
     "SeedAhead",
     "SeedScores",
+    "carries",
     "choose_found",
     "confirm_context",
     "confirm_lead",
@@ -418,7 +419,7 @@ def _percent(lead: Lead, base: float) -> str:
     return f"{100 * lead.mean / base:+.1f}%{error}"
 
 
-def _carries(lead: Lead, base: float, min_lead: float = MIN_LEAD) -> bool:
+def carries(lead: Lead, base: float, min_lead: float = MIN_LEAD) -> bool:
     """Whether a lead over a seed scoring ``base`` names the candidate: clear, and at least ``min_lead`` of it."""
     return lead.clear and lead.mean >= min_lead * base
 
@@ -429,14 +430,14 @@ def settled(lead: Lead, base: float, confirm_share: float = MIN_LEAD) -> bool:
     seed's score) even at :data:`LEAD_SE` standard errors above its mean (the seed). In between, the scores are
     too noisy to tell, and the rule trains both plans again in one segment (``_confirm``)."""
     reach = lead.mean + LEAD_SE * lead.se
-    return _carries(lead, base) or (math.isfinite(lead.se) and reach < confirm_share * base)
+    return carries(lead, base) or (math.isfinite(lead.se) and reach < confirm_share * base)
 
 
 def _screen_settles(lead: Lead, base: float, confirming: bool) -> bool:
     """Whether the screen's lead (one order, its error bounded) decides without the seed's repeats: when it is
     clear, unless it falls short of :data:`MIN_LEAD` where a confirmation could still name the candidate (then
     the paired lead says whether to run it)."""
-    return _carries(lead, base) if confirming else lead.clear
+    return carries(lead, base) if confirming else lead.clear
 
 
 def confirm_lead(ctx: SearchContext) -> float:
@@ -511,7 +512,7 @@ def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequenc
     how += f" after {steps} steps in one segment" if steps is not None else ""
     how += f" on {rows} calibration rows" if rows is not None else ""
     said = f"trial {best.number} leads the sensitivity seed (trial {anchor.number}) by {_percent(lead, base)} {how}"
-    if _carries(lead, base, min_lead):
+    if carries(lead, base, min_lead):
         return best.number, f"{said}: more than {LEAD_SE:g} standard errors, so found.yaml names trial {best.number}"
     if lead.clear:
         return anchor.number, (f"{said}: clear, but under {100 * min_lead:.0f}% of the seed's score, less than "

@@ -209,23 +209,26 @@ def merged(paths: Sequence[Path]) -> dict[str, Any]:
     return {**runs[0], "orders": orders, "per_row": per_row}
 
 
-def rule_leads(per_order: dict[str, list[list[float]]], seed: str, min_lead: float) -> dict[str, tuple[Lead, bool]]:
-    """Each plan's lead over ``seed`` as the found-plan rule reads it (its mean KD under each order against the
-    seed's under the same order, :func:`paired_lead`), and whether it names the plan (:func:`carries`: more
-    than ``LEAD_SE`` standard errors and ``min_lead`` of the seed's score)."""
+def rule_leads(per_order: dict[str, list[list[float]]], seed: str, min_lead: float
+               ) -> tuple[float, dict[str, tuple[Lead, bool]]]:  # fmt: skip
+    """The seed's mean score, and each plan's lead over ``seed`` as the found-plan rule reads it (its mean KD
+    under each order against the seed's under the same order, :func:`paired_lead`) with whether it names the
+    plan (:func:`carries`: more than ``LEAD_SE`` standard errors and ``min_lead`` of the seed's score). A plan
+    scored under other orders than the seed (a run stopped part-way) is left out."""
     means = {k: [statistics.fmean(rows) for rows in runs] for k, runs in per_order.items()}
     base = statistics.fmean(means[seed])
-    leads = {k: paired_lead(v, means[seed]) for k, v in means.items() if k != seed}
-    return {k: (lead, carries(lead, base, min_lead)) for k, lead in leads.items()}
+    leads = {k: paired_lead(v, means[seed]) for k, v in means.items() if k != seed and len(v) == len(means[seed])}
+    return base, {k: (lead, carries(lead, base, min_lead)) for k, lead in leads.items()}
 
 
 def rule_table(kept: dict[str, Any], final: dict[str, float], seed: str, min_lead: float) -> list[str]:
     """Which plans the rule would name on each kind of rows, and on all of them at once, beside how each plan
     ends against the seed (positive: a lower final KD), plans in the order they end."""
-    sets = {name: rule_leads(plans, seed, min_lead) for name, plans in kept["per_row"].items() if seed in plans}
-    if not sets or seed not in final:
+    read = {name: rule_leads(plans, seed, min_lead) for name, plans in kept["per_row"].items() if seed in plans}
+    if not read or seed not in final:
         return []
-    base = {name: statistics.fmean(statistics.fmean(r) for r in kept["per_row"][name][seed]) for name in sets}
+    base = {name: seed_mean for name, (seed_mean, _) in read.items()}
+    sets = {name: leads for name, (_, leads) in read.items()}
     keys = sorted((k for k in final if all(k in leads for leads in sets.values())), key=final.__getitem__)
     lines = [f"the rule's lead over the seed ({seed[:8]}), paired over orders {kept['orders']}: named at "
              f"{min_lead:.0%} or more of the seed's score and over {LEAD_SE:g} standard errors"]  # fmt: skip

@@ -489,6 +489,8 @@ def test_proxy_rows_names_a_plan_on_both_kinds_of_rows_only_when_its_lead_carrie
     assert rows["noise"].endswith("-")  # a level mean: never named, however large an order's lead
     assert proxy_rows.rule_table(kept, final, "seed", 0.25)[2].endswith("-")  # the bar is the share asked
     assert proxy_rows.rule_table(kept, {"both": 0.9}, "seed", 0.08) == []  # no final for the seed: nothing read
+    per_row["held-out rows"]["one"] = per_row["held-out rows"]["one"][:2]  # a run stopped before its third order
+    assert [line.split()[0] for line in proxy_rows.rule_table(kept, final, "seed", 0.08)[2:]] == ["both", "noise"]
 
 
 @pytest.mark.slow

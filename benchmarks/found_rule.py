@@ -3,7 +3,7 @@
 Opens a study a search wrote (say one of ``search_vs_heuristics.py``'s journals; work on a copy, the study's
 ``noise_floor`` and ``found_choice`` are measured again and overwritten), scores the best plan with the
 search's other row orders (the noise floor), then decides as ``pruner search`` now does whether found.yaml
-names it or the sensitivity seed (``pruner.study.choice``). Prints the decision, each plan's scores per row
+names it or the anchor (``pruner.study.choice``). Prints the decision, each plan's scores per row
 order, and the seconds of the noise floor and of the decision.
 
     cp "/tmp/pruner-search-vs-heuristics/svh-30%-seed0.log" /tmp/s.log
@@ -34,9 +34,15 @@ import torch
 from pruner.budget import parse_budget
 from pruner.io import write_json
 from pruner.runtime import default_threads
-from pruner.study.choice import choose_found, confirm_context, confirm_scores, noise_floor, paired_lead
+from pruner.study.choice import (
+    anchor_label,
+    choose_found,
+    confirm_context,
+    confirm_scores,
+    noise_floor,
+    paired_lead,
+)
 from pruner.study.context import SearchContext
-from pruner.study.heuristics import ANCHOR
 from pruner.study.study import SearchConfig, build_context, proxy_schedule, storage_of
 from pruner.teacher import Teacher
 
@@ -87,7 +93,7 @@ def confirm_trials(study: optuna.Study, budget: str, numbers: list[int], steps: 
     over the seed paired over them (a share of the seed's mean score; positive: ahead)."""
     ctx = context_of(study, budget, steps, confirm_calibration=rows)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    anchor = next(t for t in trials.values() if t.user_attrs.get("label") == ANCHOR)
+    anchor = next(t for t in trials.values() if t.user_attrs.get("label") == anchor_label(study))
     start = time.perf_counter()
     *scores, seed_kd = confirm_scores(
         ctx, [*(trials[n] for n in numbers), anchor], steps, [[] for _ in range(len(numbers) + 1)]

@@ -255,6 +255,7 @@ def search(
     calibration: Annotated[int, Knob(min=4)] = defaults.CALIBRATION,
     held_out: Annotated[int, Knob(min=2)] = defaults.HELD_OUT,
     refill: bool = defaults.REFILL,
+    anchor: Annotated[str, Knob(choices=defaults.ANCHOR_CHOICES)] = defaults.ANCHOR,
     module_sensitivity: bool = defaults.MODULE_SENSITIVITY,
     storage: str | None = None,
     study: str | None = None,
@@ -324,6 +325,12 @@ def search(
             move the one-shot seed cannot make; off: alone, over three seeds at four budgets it did not change
             what found.yaml names beyond noise, as its plans' leads are too small for the top rung; with
             ``confirm_runners_up`` it named better plans at 20%, 30% and 40%).
+        anchor: The one-shot seed found.yaml falls back to, and the bar a sampled plan must clearly beat:
+            ``sensitivity`` (the least sensitive units removed first), or ``sensitivity-refilled``: that plan with
+            one layer returned to the dearest attention module it empties (where it empties none, the
+            sensitivity seed). Distilled in full the refill ended better at five budgets on the bundled teacher's
+            search seed 0 (1.04-1.58x; at 30% the oracle's best plan), but at 20% another search seed's refill,
+            paid for with a ResNet layer, ended 1.19x worse: an option (docs/benchmarks/search-oracle.md).
         module_sensitivity: Also measure each attention module's sensitivity (its layers removed together):
             adds the sensitivity-modules seed and weights the refill move.
         storage: Optuna storage: sqlite:///x.db, postgresql://user@host/db or journal:PATH (workers share it;

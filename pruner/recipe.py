@@ -137,8 +137,8 @@ class Provenance(_Strict):
     costs: dict[str, float] | None = None
     choice: str | None = Field(
         None,
-        description="Why the search's found.yaml names this plan (a sampled plan over the sensitivity seed "
-        "only when its lead is clear of the noise).",
+        description="Why the search's found.yaml names this plan (a sampled plan over the search's one-shot "
+        "anchor only when its lead is clear of the noise).",
     )
     ties: list[int] | None = Field(
         None, description="Trials of the same front whose proxy KD is within the search's noise of this one's."

@@ -207,7 +207,7 @@ def test_final_noise_counts_how_often_a_race_stopped_at_a_step_keeps_the_better_
     assert early_rows["1"][4:] == [5, 6, 2, 3] and early_rows["2"][4:] == [6, 6, 3, 3]
 
 
-def test_seed_variants_writes_the_sensitivity_seed_and_the_unemptied_plan_for_final_noise(tmp_path: Path) -> None:
+def test_seed_variants_writes_the_sensitivity_seed_and_its_variants_for_final_noise(tmp_path: Path) -> None:
     from pruner.cost import CostModel
     from pruner.recipe import load_recipe
     from pruner.study.heuristics import emptied_modules
@@ -217,10 +217,13 @@ def test_seed_variants_writes_the_sensitivity_seed_and_the_unemptied_plan_for_fi
         "--out", str(tmp_path))  # fmt: skip
     summary = json.loads((tmp_path / "summary-50%.json").read_text())
     roles = {p["role"]: p["key"] for p in summary["plans"]}
-    assert set(roles) == {"sensitivity seed", "unemptied seed"} and summary["budget"] == "50%"
+    assert set(roles) == {"sensitivity seed", "unemptied seed", "refilled seed"} and summary["budget"] == "50%"
     topo = topology_of(meta_unet(architecture_config("tiny-sdxl")))
     plans = {role: load_recipe(tmp_path / "plans" / f"{key}.yaml").plan_obj() for role, key in roles.items()}
     assert not emptied_modules(plans["unemptied seed"], topo, lambda _n: True)
+    emptied = emptied_modules(plans["sensitivity seed"], topo, lambda _n: True)
+    back = plans["sensitivity seed"].removed - plans["refilled seed"].removed
+    assert len(back) == 1 and any(back <= set(layers) for layers in emptied.values())  # one layer refills one
     cost = CostModel(architecture_config("tiny-sdxl"))
     assert all(cost.params(plan) <= 0.5 * cost.params(Plan()) for plan in plans.values())
 

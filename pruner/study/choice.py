@@ -1,11 +1,14 @@
 """After the trials: the found plan's noise floor, and which plan ``found.yaml`` names.
 
-The search names a sampled plan over the sensitivity one-shot seed (the plan a user gets for free) only when
-its lead at the top rung is clear: both plans are scored with the same few row orders (common random
-numbers, so each order gives one paired difference) and the lead counts when its mean exceeds twice its
-standard error (:data:`LEAD_SE`) and a fifth of the seed's score (:data:`MIN_LEAD`: a smaller lead at the
-proxy did not carry to full distillation). Otherwise ``found.yaml`` names the seed and says why. Plans whose proxy
-scores differ by less than the same noise are ties (``pruner.study.front.tied_trials``).
+The search names a sampled plan over its *anchor*, the one-shot seed a user gets for free (the sensitivity
+seed, or with ``anchor="sensitivity-refilled"`` its refill where it empties an attention module:
+:func:`anchor_label`, ``pruner.study.heuristics.refilled_plan``), only when its lead at the top rung is
+clear: both plans are scored with the same few row orders (common random numbers, so each order gives one
+paired difference) and the lead counts when its mean exceeds twice its standard error (:data:`LEAD_SE`) and a
+fifth of the seed's score (:data:`MIN_LEAD`: a smaller lead at the proxy did not carry to full distillation).
+Otherwise ``found.yaml`` names the seed (the anchor) and says why. The sensitivity seed itself is never named
+over its own refill (:func:`refill_of`). Plans whose proxy scores differ by less than the same noise are ties
+(``pruner.study.front.tied_trials``).
 
 When the top rung's scores settle neither way (:func:`settled`: the lead is not clear and a fifth, yet its upper
 bound reaches ``confirm_lead``, 8% by default), both plans are trained again under three fresh row orders,
@@ -56,7 +59,7 @@ from tqdm import tqdm
 from pruner.runtime import forked_map, idle_cpu_room, idle_cpu_workers
 from pruner.study.context import SearchContext
 from pruner.study.front import best_quality_trial, feasible_trials
-from pruner.study.heuristics import ANCHOR
+from pruner.study.heuristics import REFILLED, SENSITIVITY
 from pruner.study.proxy import Calibration
 from pruner.study.sampler import ranked_plans, scored_plan
 from pruner.unet.plan import Plan
@@ -67,6 +70,7 @@ __all__ = [
     "Lead",
     "SeedAhead",
     "SeedScores",
+    "anchor_label",
     "carries",
     "choose_found",
     "confirm_context",
@@ -79,6 +83,7 @@ __all__ = [
     "prescore_repeats",
     "recorded_choice",
     "recorded_noise_floor",
+    "refill_of",
     "repeat_workers",
     "runners_up",
     "screened_lead",
@@ -315,7 +320,9 @@ class SeedAhead:
         self._conn: Any = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self._process is not None or trial.user_attrs.get("label") != ANCHOR or scored_plan(trial) is None:
+        if self._process is not None or scored_plan(trial) is None:
+            return
+        if trial.user_attrs.get("label") != anchor_label(study):
             return
         steps = self.ctx.cfg.rungs[-1]
         reached = str(steps) in (trial.user_attrs.get("rung_kd") or {})  # not a duplicate that stepped aside
@@ -402,9 +409,17 @@ def noise_floor(study: optuna.Study, ctx: SearchContext, scored: Repeats | None 
     return floor
 
 
+def anchor_label(study: optuna.Study) -> str:
+    """The label of the seed found.yaml falls back to: the first seed the study enqueued (``sensitivity``, or
+    ``sensitivity-refilled`` where asked for and the sensitivity seed empties an attention module,
+    ``pruner.study.heuristics.seed_plans``), or ``sensitivity`` in a study that recorded none (made before)."""
+    return str(study.user_attrs.get("anchor", SENSITIVITY))
+
+
 def _anchor(study: optuna.Study) -> FrozenTrial | None:
-    """The sensitivity seed's trial (the one that ran it, not a duplicate that stepped aside), if any."""
-    return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("label") == ANCHOR
+    """The anchor's trial (the one that ran it, not a duplicate that stepped aside), if any."""
+    label = anchor_label(study)
+    return next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("label") == label
                  and scored_plan(t) is not None and "rung_kd" in t.user_attrs), None)  # fmt: skip
 
 
@@ -503,6 +518,14 @@ def _seed_confirm(seed: SeedScores | None, anchor: int, steps: int) -> list[floa
     return list(seed.confirm) if seed is not None and (seed.trial, seed.confirm_steps) == (anchor, steps) else []
 
 
+def refill_of(candidate: FrozenTrial, anchor: FrozenTrial) -> bool:
+    """Whether ``anchor`` is ``candidate``'s own refill: the sensitivity seed against the refilled seed. Short KD
+    reads the returned layer as a loss (the plans that end best at 30% of the bundled teacher's parameters
+    start slowly), but distilled in full the refilled seed ended better at every budget measured (1.03-1.5x,
+    ``benchmarks/seed_variants.py``), so the sensitivity seed is never named over it."""
+    return candidate.user_attrs.get("label") == SENSITIVITY and anchor.user_attrs.get("label") == REFILLED
+
+
 def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequence[float], steps: int | None = None,
             rows: int | None = None, min_lead: float = MIN_LEAD) -> tuple[int, str]:  # fmt: skip
     """The chosen trial and the line that says why (``steps``, ``rows``: the confirmation's training the lead
@@ -511,7 +534,8 @@ def _decide(best: FrozenTrial, anchor: FrozenTrial, lead: Lead, seed_kd: Sequenc
     how = f"over {lead.orders} row orders (paired)" if lead.paired else "at one row order (its error bounded)"
     how += f" after {steps} steps in one segment" if steps is not None else ""
     how += f" on {rows} calibration rows" if rows is not None else ""
-    said = f"trial {best.number} leads the sensitivity seed (trial {anchor.number}) by {_percent(lead, base)} {how}"
+    seed = f"the {anchor.user_attrs.get('label', SENSITIVITY)} seed (trial {anchor.number})"
+    said = f"trial {best.number} leads {seed} by {_percent(lead, base)} {how}"
     if carries(lead, base, min_lead):
         return best.number, f"{said}: more than {LEAD_SE:g} standard errors, so found.yaml names trial {best.number}"
     if lead.clear:
@@ -527,7 +551,8 @@ def runners_up(study: optuna.Study, anchor: FrozenTrial, steps: int, skip: set[i
     if seed_first is None or n <= 0:
         return []
     near = [t for _, t in ranked_plans(feasible_trials(study))
-            if t.number != anchor.number and t.number not in skip and t.user_attrs.get("rung_steps") == steps
+            if t.number != anchor.number and t.number not in skip and not refill_of(t, anchor)
+            and t.user_attrs.get("rung_steps") == steps
             and float(t.user_attrs["proxy_kd"]) <= (1 + MIN_LEAD) * float(seed_first)]  # fmt: skip
     return near[:n]
 
@@ -584,8 +609,14 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
     choice: dict[str, Any] = {"candidate": best.number, "steps": steps, "candidate_kd": kd,
                               "rule": f"lead > {LEAD_SE:g} SE"}  # fmt: skip
     if anchor is None or anchor.number == best.number:
-        why = "the sensitivity seed scored best" if anchor else "the study has no sensitivity seed to compare with"
+        label = anchor_label(study)
+        why = f"the {label} seed scored best" if anchor else f"the study has no {label} seed to compare with"
         choice |= {"chosen": best.number, "reason": why}
+    elif refill_of(best, anchor):
+        why = (f"trial {best.number}, the {SENSITIVITY} seed, scored best, but its refill (the {REFILLED} seed, "
+               f"trial {anchor.number}) ended better distilled in full at every budget measured, which short KD "
+               f"does not see, so found.yaml names the {REFILLED} seed")  # fmt: skip
+        choice |= {"seed": anchor.number, "chosen": anchor.number, "reason": why}
     else:
         first = (anchor.user_attrs.get("rung_kd") or {}).get(str(steps))
         again, needed = _confirm_steps(ctx, steps), confirm_lead(ctx)

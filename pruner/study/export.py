@@ -112,7 +112,7 @@ def export_study(study: optuna.Study, out: Path, teacher: Teacher | None = None)
 
 
 def study_recipes(study: optuna.Study, teacher: Teacher | None = None) -> tuple[Recipe, list[Recipe]]:
-    """A finished study's found recipe (``found_trial``: best quality within budget, or the sensitivity seed
+    """A finished study's found recipe (``found_trial``: best quality within budget, or the one-shot anchor
     where the best plan's lead over it is within noise) and its Pareto front's recipes, cheapest first."""
     found, front = front_recipes(study, _recipe_maker(study, teacher))
     return found, list(front.values())

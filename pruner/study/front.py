@@ -143,7 +143,7 @@ def _chosen(study: optuna.Study, best: FrozenTrial | None) -> FrozenTrial | None
 
 
 def found_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The trial found.yaml names: the best quality, or the sensitivity seed where the search found the best
+    """The trial found.yaml names: the best quality, or the one-shot anchor where the search found the best
     plan's lead over it within noise (its ``found_choice``, ``pruner.study.choice``)."""
     return _chosen(study, best_quality_trial(study))
 

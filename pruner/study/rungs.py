@@ -6,8 +6,8 @@ the best third of those get ``top_steps``, trained again from the pruned student
 top rung costs ``proxy_steps`` more than continuing would, and scores what one segment gives). A trial that
 falls behind is stopped (PRUNED) with the scores it reached (user attribute ``rung_kd``: held-out KD by
 steps), so completed trials are all at the top fidelity. Heuristic seeds always get past the zero-shot rung,
-so every baseline gets a trained score, and the sensitivity seed (``ANCHOR``) reaches the top rung: it is the
-bar the found plan is held to there.
+so every baseline gets a trained score, and the anchor (``ANCHORS``: the sensitivity seed, and its refill where
+that is the anchor) reaches the top rung: it is the bar the found plan is held to there.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import optuna
 
-from pruner.study.heuristics import ANCHOR
+from pruner.study.heuristics import ANCHORS
 from pruner.study.proxy import ProxyRun
 
 __all__ = ["KEEP", "PEER_MACS", "promote", "record_rung", "rung_steps", "score_in_rungs"]
@@ -79,7 +79,7 @@ def score_in_rungs(trial: optuna.Trial, run: ProxyRun, rungs: Sequence[int], mac
             kd = run.train_to(steps) if steps else kd
             if rung == len(rungs) - 1:
                 break
-            if label == ANCHOR:  # the bar to beat at the top rung: never stopped on the way
+            if label in ANCHORS:  # the bar to beat (and the one-shot seed) at the top rung: never stopped
                 record_rung(trial, steps, kd)
             else:
                 promote(trial, rung, steps, kd, macs, seeded=label is not None)

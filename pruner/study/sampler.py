@@ -34,7 +34,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from pruner.budget import PlanCost
-from pruner.study.heuristics import emptied_modules
+from pruner.study.heuristics import emptied_modules, module_weight
 from pruner.study.repair import repair_to_budget
 from pruner.study.space import SearchSpace, genome_distributions, genome_of, width_levels
 from pruner.unet.plan import Plan, implied_by, nearest_expressible, unit_kinds
@@ -240,8 +240,7 @@ class PlanSampler(optuna.samplers.BaseSampler):
         if not emptied:
             return plan, ""
         sens, module_sens = self.plans.sens, self.plans.module_sens
-        weight = lambda m: module_sens.get(m, sum(sens.get(n, 0.0) for n in emptied[m]))  # noqa: E731
-        module = self._pick(sorted(emptied), lambda m: -weight(m))
+        module = self._pick(sorted(emptied), lambda m: -module_weight(m, emptied[m], sens, module_sens))
         layer = self._pick(emptied[module], lambda n: -sens.get(n, 0.0))
         return nearest_expressible(plan.without([layer]), self.plans.topo), f"+{layer} (refills {module})"
 

@@ -48,7 +48,7 @@ from pruner.study.choice import (
 from pruner.study.config import OBJECTIVES, SAMPLERS, SearchConfig
 from pruner.study.context import AFRESH, CONTINUED, SearchContext, build_context, search_device
 from pruner.study.export import export_study, slug
-from pruner.study.heuristics import seed_plans
+from pruner.study.heuristics import ANCHORS, REFILLED, seed_plans
 from pruner.study.repair import repair_to_budget
 from pruner.study.rungs import score_in_rungs
 from pruner.study.sampler import PlanSampler, PlanSpace
@@ -169,7 +169,10 @@ def _enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> None:
     """Heuristic plans first, labelled, once per study."""
     if study.user_attrs.get("seeded"):
         return
-    seeds = list(seed_plans(ctx.topo, ctx.cost, ctx.limit, ctx.sens, ctx.allow, ctx.module_sens).items())
+    refilled = ctx.cfg.anchor == REFILLED
+    seeds = list(seed_plans(ctx.topo, ctx.cost, ctx.limit, ctx.sens, ctx.allow, ctx.module_sens, refilled).items())
+    if seeds and seeds[0][0] in ANCHORS:  # the seed found.yaml falls back to (pruner.study.choice); a hand style never
+        study.set_user_attr("anchor", seeds[0][0])
     for label, plan in seeds[: ctx.cfg.trials]:
         params = genome_of(plan, ctx.space, ctx.topo)
         # skip_if_exists: a second worker on the same storage does not enqueue the seeds again

@@ -22,6 +22,7 @@ from pruner.study.choice import choose_found, paired_lead, screened_lead, tie_ma
 from pruner.study.config import SearchConfig
 from pruner.study.context import AFRESH, CONTINUED, SearchContext
 from pruner.study.front import found_trial, front_recipes, front_rows, tied_trials
+from pruner.study.heuristics import REFILLED, SENSITIVITY
 from pruner.unet import Plan
 
 FORKS = pytest.mark.skipif(sys.platform != "linux", reason="the background scorer forks: Linux only, as the search")
@@ -159,6 +160,42 @@ def test_the_study_names_the_seed_when_the_sampled_plans_lead_is_noise(monkeypat
     assert [r["ties"] for r in front_rows(study)] == [[2], [0]]  # 0.5% apart: within the noise, a tie
     assert tied_trials(study, study.trials[1:]) == {1: [], 2: []}  # the BK plan is 5x worse: no tie
     assert choice.recorded_choice(study, study.trials[2]) == made  # a rerun finds it made
+
+
+def _refilled_study(refilled_kd: float, sensitivity_kd: float, sampled_kd: float) -> optuna.Study:
+    """A study that enqueued the refilled sensitivity seed first (its anchor), then the sensitivity seed."""
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.set_user_attr("anchor", REFILLED)
+    study.add_trials([_trial(refilled_kd, SEED_PLAN, REFILLED), _trial(sensitivity_kd, ["mid_block"], SENSITIVITY),
+                      _trial(0.01, [], "bk", macs=150.0), _trial(sampled_kd, SAMPLED_PLAN)])  # fmt: skip
+    return study
+
+
+def test_the_anchor_is_the_seed_the_study_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study that enqueued the refilled sensitivity seed first records it as its anchor: the bar, and what
+    found.yaml falls back to; a study that recorded no anchor (made before) falls back to the sensitivity seed."""
+    study = _refilled_study(refilled_kd=0.00201, sensitivity_kd=0.00230, sampled_kd=0.00200)
+    assert choice.anchor_label(study) == REFILLED
+    scores = {("sampled", 1): 0.00212, ("sampled", 2): 0.00190, ("seed", 1): 0.00210, ("seed", 2): 0.00193}
+    made, _ = _choose(study, scores, monkeypatch)
+    assert made["candidate"] == 3 and made["seed"] == 0 and made["chosen"] == 0  # the refilled seed: noise
+    assert f"leads the {REFILLED} seed (trial 0)" in made["reason"] and "names the seed" in made["reason"]
+    assert found_trial(study).number == 0  # type: ignore[union-attr]
+    assert choice.anchor_label(_study(seed_kd=0.00201, sampled_kd=0.00200)) == SENSITIVITY
+
+
+def test_the_sensitivity_seed_is_never_named_over_its_own_refill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short KD reads the returned layer as a loss (30% of the bundled teacher: the sensitivity seed led its
+    refill by +26% at the top rung at one search seed, and ended 1.11x behind it distilled in full), so a lead of
+    the sensitivity seed over the refilled anchor, however clear, names the anchor without scoring anything."""
+    study = _refilled_study(refilled_kd=0.00277, sensitivity_kd=0.00150, sampled_kd=0.00290)  # 46% ahead
+    scores = {("sampled", 1): 0.00151, ("sampled", 2): 0.00152}  # the sensitivity seed's repeats: the floor
+    made, ran = _choose(study, scores, monkeypatch)
+    assert ran == [("sampled", 1), ("sampled", 2)]  # the noise floor only: the anchor is not scored again
+    assert made["candidate"] == 1 and made["chosen"] == 0 and "ended better distilled in full" in made["reason"]
+    assert found_trial(study).number == 0  # type: ignore[union-attr]
+    assert choice.refill_of(study.trials[1], study.trials[0]) and not choice.refill_of(study.trials[3], study.trials[0])
+    assert [t.number for t in choice.runners_up(study, study.trials[0], 100, set(), 3)] == [3]  # nor a runner-up
 
 
 def test_the_study_names_the_sampled_plan_when_its_lead_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:

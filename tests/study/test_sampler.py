@@ -8,7 +8,15 @@ import optuna
 import pytest
 
 from pruner.cost import CostModel
-from pruner.study.heuristics import attention_modules, emptied_modules, seed_plans, unemptied_plan
+from pruner.study.heuristics import (
+    REFILLED,
+    SENSITIVITY,
+    attention_modules,
+    emptied_modules,
+    refilled_plan,
+    seed_plans,
+    unemptied_plan,
+)
 from pruner.study.sampler import PlanSampler, PlanSpace, ranked_plans
 from pruner.study.space import SearchSpace, genome_distributions, genome_of, suggest_genome
 from pruner.study.workers import plan_key
@@ -173,10 +181,37 @@ def test_the_module_sensitivity_seed_does_not_empty_a_module_that_costs_much_tog
     module_sens |= {m: 1e3 for m in costly}  # emptying these costs far more than their layers alone
     seeds = seed_plans(space.topo, space.cost, space.limit, space.sens, space.allow, module_sens)
     aware = seeds["sensitivity-modules"]
-    assert list(seeds)[:2] == ["sensitivity", "sensitivity-modules"]
+    assert list(seeds)[:2] == ["sensitivity", "sensitivity-modules"]  # the anchor first
     assert space.cost(aware) <= space.limit
     check_expressible(aware, space.topo)
     assert not set(costly) & set(emptied_modules(aware, space.topo, space.allow))
+
+
+def test_the_refilled_seed_returns_the_dearest_layer_of_the_dearest_emptied_module_and_empties_no_other(
+    plan_space: PlanSpace,
+) -> None:
+    kinds = unit_kinds(plan_space.topo)  # transformer layers cheapest one by one: the per-unit seed empties modules
+    sens = {n: 1e-6 * k if kinds[n] == "transformer_layer" else 1.0 for k, n in enumerate(kinds)}
+    space = dataclasses.replace(plan_space, sens=sens)
+    assert REFILLED not in seed_plans(space.topo, space.cost, space.limit, space.sens, space.allow)  # an option
+    seeds = seed_plans(space.topo, space.cost, space.limit, space.sens, space.allow, refilled=True)
+    plain, refilled = seeds[SENSITIVITY], seeds[REFILLED]
+    assert list(seeds)[:2] == [REFILLED, SENSITIVITY]  # the anchor first, the one-shot seed beside it
+    emptied = emptied_modules(plain, space.topo, space.allow)
+    assert len(emptied) >= 2, "the per-unit seed empties several modules at half the parameters"
+    dearest = max(emptied, key=lambda m: sum(sens[n] for n in emptied[m]))  # no module sensitivities: their sums
+    assert refilled == refilled_plan(plain, space.topo, space.cost, space.limit, sens, {}, space.allow)
+    assert plain.removed - refilled.removed == {max(emptied[dearest], key=sens.__getitem__)}  # one layer back
+    assert space.cost(refilled) <= space.limit
+    check_expressible(refilled, space.topo)
+    assert set(emptied_modules(refilled, space.topo, space.allow)) == set(emptied) - {dearest}  # none emptied anew
+    # measured module sensitivities choose the module: the cheapest one by its layers, made dear
+    cheap = min(emptied, key=lambda m: sum(sens[n] for n in emptied[m]))
+    by_module = refilled_plan(plain, space.topo, space.cost, space.limit, sens, {cheap: 1.0}, space.allow)
+    assert by_module is not None and plain.removed - by_module.removed == {max(emptied[cheap], key=sens.__getitem__)}
+    # a seed that empties no module has no refilled plan: the sensitivity seed is the anchor then
+    kept = unemptied_plan(space.topo, space.cost, space.limit, space.sens, space.allow)
+    assert kept is not None and refilled_plan(kept, space.topo, space.cost, space.limit, sens, {}, space.allow) is None
 
 
 def test_the_unemptied_seed_keeps_a_layer_in_every_module_the_sensitivity_seed_empties(plan_space: PlanSpace) -> None:

@@ -16,7 +16,7 @@ from pruner.recipe import load_recipe
 from pruner.student import resolve_recipe
 from pruner.study.choice import MIN_LEAD, Lead, settled
 from pruner.study.context import AFRESH
-from pruner.study.heuristics import seed_plans
+from pruner.study.heuristics import ANCHORS, seed_plans
 from pruner.study.repair import repair_to_budget
 from pruner.study.space import SearchSpace, decode, genome_of
 from pruner.study.workers import counted
@@ -325,8 +325,9 @@ def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
 
     # 10 training rows, 16 a step: every row order is the same single batch, so the repeats noise the training
     # rows afresh (Calibration.renoised), and the noise floor and the found plan's choice see a real spread
+    # anchored on the sensitivity seed's refill (an option): both one-shot seeds reach the top rung
     result = pruner.search(tiny_sdxl_pipeline, "50%", data=tiny_cache, trials=10, proxy_steps=2, top_steps=4,
-                           calibration=12, held_out=16)  # fmt: skip
+                           calibration=12, held_out=16, anchor="sensitivity-refilled")  # fmt: skip
     study = result.study
     finished = [t for t in study.trials if counted(t)]
     assert len(finished) == 10
@@ -341,7 +342,11 @@ def test_rungs_score_every_plan_zero_shot_and_the_best_longer(
     assert reached[0] == 10 and reached[0] >= reached[1] >= reached[2] >= 1
     seeds = [t for t in finished if t.user_attrs.get("label")]
     assert all("2" in t.user_attrs["rung_kd"] for t in seeds)  # every baseline gets a trained score
-    assert seeds[0].user_attrs["label"] == "sensitivity" and seeds[0].state.name == "COMPLETE"  # the bar to beat
+    anchor = study.user_attrs["anchor"]  # the refilled sensitivity seed where the sensitivity seed empties a module
+    labels = [t.user_attrs["label"] for t in seeds]
+    assert anchor == ANCHORS[0] and labels[:2] == list(ANCHORS)  # the refill first (the bar to beat), then its seed
+    one_shot = [t for t in seeds if t.user_attrs["label"] in ANCHORS]  # the anchor and the sensitivity seed
+    assert one_shot and all(t.state.name == "COMPLETE" for t in one_shot)  # both reach the top rung
     best = best_quality_trial(study)
     assert best is not None
     floor = study.user_attrs["noise_floor"]

@@ -519,10 +519,12 @@ def _seed_confirm(seed: SeedScores | None, anchor: int, steps: int) -> list[floa
 
 
 def refill_of(candidate: FrozenTrial, anchor: FrozenTrial) -> bool:
-    """Whether ``anchor`` is ``candidate``'s own refill: the sensitivity seed against the refilled seed. Short KD
-    reads the returned layer as a loss (the plans that end best at 30% of the bundled teacher's parameters
-    start slowly), but distilled in full the refilled seed ended better at every budget measured (1.03-1.5x,
-    ``benchmarks/seed_variants.py``), so the sensitivity seed is never named over it."""
+    """Whether ``anchor`` is ``candidate``'s own refill (``anchor="sensitivity-refilled"``): the sensitivity seed
+    against the refilled seed. Short KD reads the returned layer as a loss (the plans that end best at 30% of
+    the bundled teacher's parameters start slowly: there the sensitivity seed led its refill by +26% at the top
+    rung and ends 1.11x behind it), while distilled in full the refill ended better at five budgets on one
+    search seed's sensitivities (1.03-1.58x, ``benchmarks/seed_variants.py``). So where a user asked for the
+    refill as the anchor, the sensitivity seed is never named over it."""
     return candidate.user_attrs.get("label") == SENSITIVITY and anchor.user_attrs.get("label") == REFILLED
 
 
@@ -613,9 +615,9 @@ def choose_found(study: optuna.Study, ctx: SearchContext, floor: dict[str, Any] 
         why = f"the {label} seed scored best" if anchor else f"the study has no {label} seed to compare with"
         choice |= {"chosen": best.number, "reason": why}
     elif refill_of(best, anchor):
-        why = (f"trial {best.number}, the {SENSITIVITY} seed, scored best, but its refill (the {REFILLED} seed, "
-               f"trial {anchor.number}) ended better distilled in full at every budget measured, which short KD "
-               f"does not see, so found.yaml names the {REFILLED} seed")  # fmt: skip
+        why = (f"trial {best.number}, the {SENSITIVITY} seed, scored best, but the anchor is its refill (the "
+               f"{REFILLED} seed, trial {anchor.number}), whose returned layer short KD reads as a loss where full "
+               f"distillation read a gain, so found.yaml names the {REFILLED} seed")  # fmt: skip
         choice |= {"seed": anchor.number, "chosen": anchor.number, "reason": why}
     else:
         first = (anchor.user_attrs.get("rung_kd") or {}).get(str(steps))

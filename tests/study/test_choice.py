@@ -192,7 +192,7 @@ def test_the_sensitivity_seed_is_never_named_over_its_own_refill(monkeypatch: py
     scores = {("sampled", 1): 0.00151, ("sampled", 2): 0.00152}  # the sensitivity seed's repeats: the floor
     made, ran = _choose(study, scores, monkeypatch)
     assert ran == [("sampled", 1), ("sampled", 2)]  # the noise floor only: the anchor is not scored again
-    assert made["candidate"] == 1 and made["chosen"] == 0 and "ended better distilled in full" in made["reason"]
+    assert made["candidate"] == 1 and made["chosen"] == 0 and "where full distillation read a gain" in made["reason"]
     assert found_trial(study).number == 0  # type: ignore[union-attr]
     assert choice.refill_of(study.trials[1], study.trials[0]) and not choice.refill_of(study.trials[3], study.trials[0])
     assert [t.number for t in choice.runners_up(study, study.trials[0], 100, set(), 3)] == [3]  # nor a runner-up

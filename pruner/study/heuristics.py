@@ -37,6 +37,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 
+from pruner import defaults
 from pruner.budget import PlanCost
 from pruner.study.repair import repair_to_budget
 from pruner.unet.plan import MID_ATTN, Plan, implied_by, nearest_expressible, unit_kinds
@@ -56,9 +57,9 @@ __all__ = [
     "unemptied_plan",
 ]
 
-SEEDS = ("sensitivity", "bk", "koala", "ssd", "vega")  # the one-shot criterion first
-SENSITIVITY = SEEDS[0]  # the one-shot criterion's plan: the bar of the benchmarks ("found over the seed")
-REFILLED = "sensitivity-refilled"  # ``refilled_plan`` of the sensitivity seed
+# the one-shot criterion's plan (the bar of the benchmarks, "found over the seed") and its refill (``refilled_plan``)
+SENSITIVITY, REFILLED = defaults.ANCHOR_CHOICES
+SEEDS = (SENSITIVITY, "bk", "koala", "ssd", "vega")  # the one-shot criterion first
 ANCHORS = (REFILLED, SENSITIVITY)  # the plan found.yaml falls back to (pruner.study.choice): the first there is
 
 
@@ -217,7 +218,7 @@ def seed_plans(
         if plan is not None and plan not in plans.values():
             plans[style] = plan
     seed = plans.get(SENSITIVITY)
-    refill = seed and refilled and refilled_plan(seed, topo, cost, limit, sens, module_sens or {}, allow)
-    if not refill or refill in plans.values():
+    if not refilled or seed is None:
         return plans
-    return {REFILLED: refill, **plans}
+    refill = refilled_plan(seed, topo, cost, limit, sens, module_sens or {}, allow)
+    return plans if refill is None or refill in plans.values() else {REFILLED: refill, **plans}

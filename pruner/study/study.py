@@ -171,7 +171,7 @@ def _enqueue_seeds(study: optuna.Study, ctx: SearchContext) -> None:
         return
     refilled = ctx.cfg.anchor == REFILLED
     seeds = list(seed_plans(ctx.topo, ctx.cost, ctx.limit, ctx.sens, ctx.allow, ctx.module_sens, refilled).items())
-    if seeds and seeds[0][0] in ANCHORS:  # the seed found.yaml falls back to (pruner.study.choice); a hand style never
+    if seeds and seeds[0][0] in ANCHORS:  # what found.yaml falls back to (pruner.study.choice); never a hand style
         study.set_user_attr("anchor", seeds[0][0])
     for label, plan in seeds[: ctx.cfg.trials]:
         params = genome_of(plan, ctx.space, ctx.topo)

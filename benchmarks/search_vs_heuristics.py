@@ -32,12 +32,14 @@ from typing import Any
 import optuna
 import torch
 
+from pruner import defaults
 from pruner.distillation.run import DistillOptions, distill_recipe
 from pruner.evaluation import evaluate_student
 from pruner.recipe import load_recipe, save_recipe
 from pruner.runtime import default_threads
 from pruner.study.export import recipe_for_trial
 from pruner.study.front import found_trial
+from pruner.study.heuristics import SENSITIVITY
 from pruner.study.sampler import ranked_plans
 from pruner.study.study import SearchConfig, run_search
 from pruner.study.workers import plan_key
@@ -86,15 +88,15 @@ class Row:
 
 
 def chosen(study: optuna.Study, extra: int) -> list[tuple[str, optuna.trial.FrozenTrial]]:
-    """(role, trial): the found plan (what found.yaml names), the sensitivity seed, the best hand style and
-    ``extra`` next best."""
+    """(role, trial): the found plan (what found.yaml names), the sensitivity seed (and its refill, with
+    ``--anchor sensitivity-refilled``), the best hand style and ``extra`` next best."""
     best = found_trial(study)
     ranked = [t for _, t in ranked_plans(study.get_trials(deepcopy=False))]
     picks: list[tuple[str, optuna.trial.FrozenTrial]] = []
     if best is not None:
         picks.append(("found", best))
     seeds = {t.user_attrs.get("label"): t for t in ranked if t.user_attrs.get("label")}
-    picks += [(label, seeds[label]) for label in ("sensitivity", "sensitivity-modules") if label in seeds]
+    picks += [(label, seeds[label]) for label in (*defaults.ANCHOR_CHOICES, "sensitivity-modules") if label in seeds]
     hand = next((t for t in ranked if t.user_attrs.get("label") in HAND), None)
     if hand is not None:
         picks.append((f"hand:{hand.user_attrs['label']}", hand))
@@ -270,6 +272,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/pruner-search-vs-heuristics"))
     p.add_argument("--refill", action="store_true", help="the search's refill move (issue #31)")
     p.add_argument("--module-sensitivity", action="store_true", help="the search's module sensitivities")
+    p.add_argument("--anchor", default=defaults.ANCHOR, choices=defaults.ANCHOR_CHOICES,
+                   help="the one-shot plan found.yaml falls back to (issue #31)")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(default_threads())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -278,8 +282,10 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         moves = {"refill": args.refill, "module_sensitivity": args.module_sensitivity}
         prefix = "svh" + "".join(f"-{k.replace('_', '-')}" for k, on in moves.items() if on)  # its own studies
+        if args.anchor != SENSITIVITY:  # studies named before the refill was an anchor keep their names
+            prefix += f"-{args.anchor.removeprefix('sensitivity-')}"
         # every search before any distillation
-        searched = {seed: search(budget, seed, args.out, args, prefix, **moves) for seed in seeds}
+        searched = {seed: search(budget, seed, args.out, args, prefix, anchor=args.anchor, **moves) for seed in seeds}
         jobs = [(seed, role, trial) for seed in seeds for role, trial in chosen(searched[seed][0], args.extra)]
         finals: dict[tuple[int, str], Final] = {}
         while len(finals) < len(jobs):

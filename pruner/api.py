@@ -326,11 +326,12 @@ def search(
             what found.yaml names beyond noise, as its plans' leads are too small for the top rung; with
             ``confirm_runners_up`` it named better plans at 20%, 30% and 40%).
         anchor: The one-shot seed found.yaml falls back to, and the bar a sampled plan must clearly beat:
-            ``sensitivity`` (the least sensitive units removed first), or ``sensitivity-refilled``: that plan with
-            one layer returned to the dearest attention module it empties (where it empties none, the
-            sensitivity seed). Distilled in full the refill ended better at five budgets on the bundled teacher's
-            search seed 0 (1.04-1.58x; at 30% the oracle's best plan), but at 20% another search seed's refill,
-            paid for with a ResNet layer, ended 1.19x worse: an option (docs/benchmarks/search-oracle.md).
+            ``sensitivity-refilled`` (the default): the sensitivity seed with one layer returned to the dearest
+            attention module it empties, paid for with other attention layers (where it empties none, the
+            sensitivity seed itself); or ``sensitivity``: the least sensitive units removed first. Distilled in
+            full the refill ended 1.03-1.58x better than the sensitivity seed at five budgets on the bundled
+            teacher (at 30% the oracle's best plan), and the searches with it were never behind the sensitivity
+            seed (docs/benchmarks/search-oracle.md).
         module_sensitivity: Also measure each attention module's sensitivity (its layers removed together):
             adds the sensitivity-modules seed and weights the refill move.
         storage: Optuna storage: sqlite:///x.db, postgresql://user@host/db or journal:PATH (workers share it;

@@ -23,7 +23,7 @@ SPACE = "default"
 CALIBRATION = 96  # rows the proxy trains on (384 ranked no better at 20%: README, proxy fidelity)
 HELD_OUT = 128  # rows the proxy scores on (32 let one fine-tune's noise reorder close plans)
 REFILL = False  # the sampler's move returning a layer to an emptied attention module (off: issue #31, item 4)
-ANCHOR = "sensitivity"  # the one-shot plan found.yaml falls back to (issue #31: sensitivity-refilled, an option)
+ANCHOR = "sensitivity-refilled"  # the one-shot plan found.yaml falls back to: the refill where one exists (#31)
 ANCHOR_CHOICES = ("sensitivity", "sensitivity-refilled")
 MODULE_SENSITIVITY = False  # each attention module's sensitivity too: a seed and the refill move's weights
 

@@ -250,8 +250,9 @@ def _cli_type(param: Param, default: Any) -> Any:
 
 
 def _cli_help(param: Param, declared: Mapping[str, Param]) -> str:
-    """The docstring's help with ``name`` of a parameter written as its flag, and the range said."""
-    text = re.sub(r"``(\w+)``", lambda m: flag(declared[m.group(1)]) if m.group(1) in declared else m.group(1),
+    """The docstring's help with ``name`` of a parameter written as its flag (other literals plain), and the
+    range said."""
+    text = re.sub(r"``([^`]+)``", lambda m: flag(declared[m.group(1)]) if m.group(1) in declared else m.group(1),
                   param.help)  # fmt: skip
     low, high = param.knob.min, param.knob.max
     if low is not None and high is not None:

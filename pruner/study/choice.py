@@ -1,8 +1,9 @@
 """After the trials: the found plan's noise floor, and which plan ``found.yaml`` names.
 
-The search names a sampled plan over its *anchor*, the one-shot seed a user gets for free (the sensitivity
-seed, or with ``anchor="sensitivity-refilled"`` its refill where it empties an attention module:
-:func:`anchor_label`, ``pruner.study.heuristics.refilled_plan``), only when its lead at the top rung is
+The search names a sampled plan over its *anchor*, the one-shot seed a user gets for free (by default the
+sensitivity seed's refill where that seed empties an attention module, else the sensitivity seed itself;
+``anchor="sensitivity"`` keeps the sensitivity seed: :func:`anchor_label`,
+``pruner.study.heuristics.refilled_plan``), only when its lead at the top rung is
 clear: both plans are scored with the same few row orders (common random numbers, so each order gives one
 paired difference) and the lead counts when its mean exceeds twice its standard error (:data:`LEAD_SE`) and a
 fifth of the seed's score (:data:`MIN_LEAD`: a smaller lead at the proxy did not carry to full distillation).
@@ -523,8 +524,8 @@ def refill_of(candidate: FrozenTrial, anchor: FrozenTrial) -> bool:
     against the refilled seed. Short KD reads the returned layer as a loss (the plans that end best at 30% of
     the bundled teacher's parameters start slowly: there the sensitivity seed led its refill by +26% at the top
     rung and ends 1.11x behind it), while distilled in full the refill ended better at five budgets on one
-    search seed's sensitivities (1.03-1.58x, ``benchmarks/seed_variants.py``). So where a user asked for the
-    refill as the anchor, the sensitivity seed is never named over it."""
+    search seed's sensitivities (1.03-1.58x, ``benchmarks/seed_variants.py``). So where the refill is the
+    anchor, the sensitivity seed is never named over it."""
     return candidate.user_attrs.get("label") == SENSITIVITY and anchor.user_attrs.get("label") == REFILLED
 
 

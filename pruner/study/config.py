@@ -40,7 +40,7 @@ class SearchConfig:
     calibration: int = defaults.CALIBRATION
     held_out: int = defaults.HELD_OUT
     refill: bool = defaults.REFILL  # the sampler may return a layer to an emptied attention module
-    anchor: str = defaults.ANCHOR  # the seed found.yaml falls back to: sensitivity or sensitivity-refilled
+    anchor: str = defaults.ANCHOR  # the seed found.yaml falls back to: sensitivity-refilled or sensitivity
     module_sensitivity: bool = defaults.MODULE_SENSITIVITY  # measure each attention module's sensitivity too
     progress: bool = True
     device: str | None = None  # None: cuda when available

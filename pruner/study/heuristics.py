@@ -20,15 +20,15 @@ the other seeds, it changed nothing measurable over what found.yaml names at 30%
 by default.
 
 ``refilled_plan`` makes the refill move once, greedily: the sensitivity seed with its most sensitive layer
-returned to the dearest module it empties, the budget met again by removals that empty no other module. After
-1000 distillation steps at three seeds it ends better than the sensitivity seed at every budget measured on the
-bundled teacher (1.04x at 20% of the parameters, 1.11x at 30%, 1.03x at 40%, 1.28x at 50%, 1.58x at
-``macs=50%``; at 30% it is the best plan the oracle study found; ``benchmarks/seed_variants.py``). Asked for
-(``anchor="sensitivity-refilled"``) it is the search's *anchor*: the first seed, the bar a sampled plan must
-clearly beat, and what found.yaml falls back to; the sensitivity seed then stays second, scored to the top rung
-beside it, and is never named over its refill (``pruner.study.choice.refill_of``). Not the default: at 20% the
-refill another search seed's sensitivities gave, paid for with a ResNet layer, ended 1.19x worse than the
-sensitivity seed.
+returned to the dearest module it empties, the budget met again by removing attention layers that empty no
+other module. After 1000 distillation steps at three seeds it ends better than the sensitivity seed at every
+budget measured on the bundled teacher (1.04x at 20% of the parameters, 1.11x at 30%, 1.03x at 40%, 1.28x at
+50%, 1.42-1.58x at ``macs=50%``; at 30% it is the best plan the oracle study found;
+``benchmarks/seed_variants.py``). By default (``anchor="sensitivity-refilled"``) it is the search's *anchor*:
+the first seed, the bar a sampled plan must clearly beat, and what found.yaml falls back to; the sensitivity
+seed stays second, scored to the top rung beside it, and is never named over its refill
+(``pruner.study.choice.refill_of``). A refill the repair paid for with a ResNet layer ended 1.19x worse than
+the sensitivity seed at 20%, hence attention layers only.
 """
 
 from __future__ import annotations
@@ -177,12 +177,13 @@ def refilled_plan(
     module_sens: Mapping[str, float], allow: Callable[[str], bool],
 ) -> Plan | None:  # fmt: skip
     """``seed`` with its most sensitive layer returned to the most sensitive attention module it empties, the
-    budget met again by the repair's cheapest removals, none of which empties another module (each module
-    keeps its most sensitive layer left). The refill move made once, greedily; None when ``seed`` empties no
-    module or no such removal reaches the budget. No sensitivity account decides whether the trade pays: the
-    zero-shot scores price what the repair removes above what the return saves at 20% and 30% of the bundled
-    teacher's parameters, where distilled in full the refill ends 1.04-1.12x better, and one 20% refill that
-    pays with a ResNet layer ends 1.19x worse."""
+    budget met again by the repair's cheapest removals of attention layers, none of which empties another
+    module (each module keeps its most sensitive layer left). The refill move made once, greedily; None when
+    ``seed`` empties no module or no such removal reaches the budget. It pays with attention layers only, as
+    the sampler's swap move does: a 20% refill the repair paid for with a ResNet layer ended 1.19x worse than
+    the sensitivity seed, where the one paid with attention layers ended 1.04x better; no sensitivity account
+    tells them apart (the zero-shot scores price what the repair removes above what the return saves at 20%
+    and 30% of the bundled teacher's parameters, where distilled in full the refill ends 1.04-1.12x better)."""
     emptied = emptied_modules(seed, topo, allow)
     if not emptied:
         return None
@@ -195,7 +196,8 @@ def refilled_plan(
         if not implied_by(layers[0], child.removed, topo)
     }  # fmt: skip
     last = {max(left, key=lambda n: sens.get(n, 0.0)) for left in kept_layers.values() if left}
-    return repair_to_budget(child, topo, cost, limit, dict(sens), allow, keep=frozenset(last),
+    layers = {n for ls in kept_layers.values() for n in ls}
+    return repair_to_budget(child, topo, cost, limit, dict(sens), layers.__contains__, keep=frozenset(last),
                             stay_removed=child.removed)  # fmt: skip
 
 

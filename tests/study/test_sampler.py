@@ -29,6 +29,7 @@ from pruner.unet import (
     topology_of,
     unit_kinds,
 )
+from pruner.unet.plan import implied_by
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,14 @@ def test_the_refilled_seed_returns_the_dearest_layer_of_the_dearest_emptied_modu
     assert space.cost(refilled) <= space.limit
     check_expressible(refilled, space.topo)
     assert set(emptied_modules(refilled, space.topo, space.allow)) == set(emptied) - {dearest}  # none emptied anew
+    # the return is paid for with attention layers only, however cheap a kept ResNet layer reads zero-shot
+    resnets = [n for n in kinds if kinds[n] == "layer" and n not in plain.removed and not implied_by(n, plain.removed,
+               space.topo)]  # fmt: skip
+    resnet = min(resnets, key=lambda n: space.cost(plain.plus({n})))  # the dearest kept ResNet layer, made free
+    tight = space.cost(plain)  # no slack under the budget: the returned layer must be paid for
+    free = refilled_plan(plain, space.topo, space.cost, tight, {**sens, resnet: 0.0}, {}, space.allow)
+    assert free is not None and space.cost(free) <= tight
+    assert {kinds[n] for n in free.removed ^ plain.removed} == {"transformer_layer"}
     # measured module sensitivities choose the module: the cheapest one by its layers, made dear
     cheap = min(emptied, key=lambda m: sum(sens[n] for n in emptied[m]))
     by_module = refilled_plan(plain, space.topo, space.cost, space.limit, sens, {cheap: 1.0}, space.allow)

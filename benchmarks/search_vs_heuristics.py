@@ -14,6 +14,10 @@ against the final KD over all distilled plans and over their best half; what the
 distillation; and the goals of issue #17, each met or not.
 
     python benchmarks/search_vs_heuristics.py --budgets 20%,30%,50%,macs=50% --seeds 0,1,2 --final-steps 1000
+
+``--anchor`` picks the plan found.yaml falls back to (the search's default: the sensitivity seed's refill); the
+refill's own row is distilled beside the sensitivity seed's, and studies with it are named ``svh-refilled-*``
+so that the journals of searches made with the plain sensitivity seed (``svh-*``) keep their meaning.
 """
 
 from __future__ import annotations

@@ -228,6 +228,25 @@ def test_seed_variants_writes_the_sensitivity_seed_and_its_variants_for_final_no
     assert all(cost.params(plan) <= 0.5 * cost.params(Plan()) for plan in plans.values())
 
 
+def test_search_vs_heuristics_distils_the_refill_beside_the_sensitivity_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import search_vs_heuristics
+
+    def trial(removed: list[str], kd: float, label: str | None = None) -> optuna.trial.FrozenTrial:
+        attrs = {"removed": removed, "ff_keep": {}, "label": label, "proxy_kd": kd, "rung_steps": 100}
+        return create_trial(state=TrialState.COMPLETE, values=[kd, 1.0], user_attrs=attrs)
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.add_trials([trial(["a"], 0.10, "sensitivity-refilled"), trial(["b"], 0.12, "sensitivity"),
+                      trial(["c"], 0.50, "ssd"), trial(["d"], 0.09), trial(["e"], 0.11)])  # fmt: skip
+    roles = [(role, t.number) for role, t in search_vs_heuristics.chosen(study, extra=1)]
+    # found (no recorded choice: the best proxy), both one-shot seeds, the best hand style, the next sampled plan
+    assert roles == [("found", 3), ("sensitivity", 1), ("sensitivity-refilled", 0), ("hand:ssd", 2), ("searched", 4)]
+
+
 def test_search_oracle_packs_a_journal_only_once_no_other_worker_of_its_search_is_live(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

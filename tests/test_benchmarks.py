@@ -236,7 +236,8 @@ def test_search_vs_heuristics_distils_the_refill_beside_the_sensitivity_seed(mon
     import search_vs_heuristics
 
     def trial(removed: list[str], kd: float, label: str | None = None) -> optuna.trial.FrozenTrial:
-        attrs = {"removed": removed, "ff_keep": {}, "label": label, "proxy_kd": kd, "rung_steps": 100}
+        attrs: dict[str, object] = {"removed": removed, "ff_keep": {}, "label": label, "proxy_kd": kd,
+                                    "rung_steps": 100}  # fmt: skip
         return create_trial(state=TrialState.COMPLETE, values=[kd, 1.0], user_attrs=attrs)
 
     study = optuna.create_study(directions=["minimize", "minimize"])

@@ -196,8 +196,8 @@ def refilled_plan(
         if not implied_by(layers[0], child.removed, topo)
     }  # fmt: skip
     last = {max(left, key=lambda n: sens.get(n, 0.0)) for left in kept_layers.values() if left}
-    layers = {n for ls in kept_layers.values() for n in ls}
-    return repair_to_budget(child, topo, cost, limit, dict(sens), layers.__contains__, keep=frozenset(last),
+    payable = {n for left in kept_layers.values() for n in left}  # attention layers still in place: they pay
+    return repair_to_budget(child, topo, cost, limit, dict(sens), payable.__contains__, keep=frozenset(last),
                             stay_removed=child.removed)  # fmt: skip
 
 
